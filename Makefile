@@ -1,0 +1,28 @@
+# The README's two commands are `make demo` and `make test`.
+VENV := .venv/bin
+.PHONY: demo deps install lint typecheck pytest test bench clean
+
+install:
+	scripts/install.sh
+
+deps:
+	scripts/install-test-deps.sh
+
+demo: install
+	$(VENV)/steward node --gpu-backend sim --listen 127.0.0.1:9400 --log-format text
+
+lint: deps
+	$(VENV)/ruff check agent tests bench
+	$(VENV)/mypy agent
+
+pytest: deps
+	scripts/run-tests.sh -q
+
+# Everything CI checks: lint, types, tests.
+test: lint pytest
+
+bench: deps
+	$(VENV)/python bench/scrape_cost.py
+
+clean:
+	rm -rf .venv .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,94 @@
+"""The ``steward`` command line: parses arguments, loads config, dispatches, maps exit codes.
+
+Exit codes: 0 success, 2 bad usage or bad config (one line naming the problem, no
+traceback), 1 runtime failure. Subcommands import their modules lazily so that the node
+agent does not pay for the controller's libraries in memory or start-up time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from agent import __version__
+from agent.config import ConfigError, StewardConfig, load_config, with_overrides
+from agent.log import configure_logging, register_secret
+
+log = logging.getLogger("agent.cli")
+EXIT_OK, EXIT_RUNTIME, EXIT_USAGE = 0, 1, 2
+
+
+class UsageError(Exception):
+    """Bad arguments the parser could not catch: exit 2 with one line."""
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", type=Path, default=None,
+                        help="YAML config file (default: $STEWARD_CONFIG, else built-in defaults)")
+    parser.add_argument("--log-format", choices=("json", "text"), default="json",
+                        help="JSON lines on stderr (default) or text for humans")
+    parser.add_argument("--log-level", choices=("debug", "info", "warning", "error"),
+                        default="info")
+
+
+def _cmd_node(args: argparse.Namespace, config: StewardConfig) -> int:
+    from agent.node.app import run_node
+
+    return run_node(config)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="steward",
+        description="Observability and ops automation for AI platforms on Kubernetes.")
+    parser.add_argument("--version", action="version", version=f"steward {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    node = sub.add_parser("node", help="run the node agent (DaemonSet): GPU metrics on /metrics",
+                          description="Run the node agent: reads GPUs through NVML and serves "
+                                      "/metrics, /healthz and /readyz.")
+    _common(node)
+    node.add_argument("--gpu-backend", choices=("nvml", "sim"), default=None,
+                      help="nvml (real GPUs, default) or sim (the simulated GPUs)")
+    node.add_argument("--listen", default=None, metavar="HOST:PORT",
+                      help="address of the metrics endpoint (default 0.0.0.0:9400)")
+    node.set_defaults(handler=_cmd_node, overrides=lambda a: {
+        "node.gpu_backend": ("--gpu-backend", a.gpu_backend),
+        "node.listen": ("--listen", a.listen)})
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    configure_logging(fmt=args.log_format, level=args.log_level)
+    try:
+        config = load_config(args.config)
+        overrides: Callable[[argparse.Namespace], dict[str, tuple[str, object]]] | None = \
+            getattr(args, "overrides", None)
+        if overrides is not None:
+            config = with_overrides(config, overrides(args))
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(f"steward: config error: {problem}", file=sys.stderr)
+        return EXIT_USAGE
+    token = config.slack.token
+    register_secret(token.get_secret_value() if token is not None else None)
+    try:
+        handler: Callable[[argparse.Namespace, StewardConfig], int] = args.handler
+        return handler(args, config)
+    except UsageError as exc:
+        print(f"steward: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        return EXIT_RUNTIME
+    except Exception:
+        log.exception("steward %s failed", args.command)
+        return EXIT_RUNTIME
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,299 @@
+"""Steward's configuration: one YAML file plus ``STEWARD_<SECTION>__<KEY>`` overrides.
+
+Validated once at start-up. Unknown keys and bad values are a :class:`ConfigError` whose
+lines each name the key (and the environment variable, when the value came from one).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+)
+
+ENV_PREFIX = "STEWARD_"
+CONFIG_ENV = "STEWARD_CONFIG"
+SLACK_TOKEN_ENV = "SLACK_BOT_TOKEN"
+_LISTEN_RE = re.compile(r"^(?P<host>\[[0-9a-fA-F:]+\]|[A-Za-z0-9.\-]*):(?P<port>\d{1,5})$")
+
+
+class ConfigError(Exception):
+    """Bad configuration. Each entry of ``problems`` is one line naming a key."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("\n".join(problems))
+        self.problems = problems
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _check_listen(value: str) -> str:
+    match = _LISTEN_RE.match(value)
+    # Port 0 asks the OS for a free port (tests, several agents on one machine).
+    if not match or not 0 <= int(match["port"]) < 65536:
+        raise ValueError("must be HOST:PORT with a port from 0 to 65535")
+    return value
+
+
+ListenAddress = Annotated[str, AfterValidator(_check_listen)]
+
+
+class SimConfig(_Section):
+    """The simulated GPUs of ``--gpu-backend sim``: one scenario name per GPU."""
+
+    gpus: list[str] = Field(
+        default_factory=lambda: [
+            "training", "training", "idle_allocated", "lost", "xid_storm", "ecc_errors",
+            "thermal_throttling", "mig",
+        ]
+    )
+    seed: int = 0
+    model_name: str = "NVIDIA H100 80GB HBM3"
+    # A GPU with the ``lost`` scenario falls off the bus this long after start.
+    lost_after_seconds: float = Field(default=20.0, ge=0)
+
+    @field_validator("gpus")
+    @classmethod
+    def _known_scenarios(cls, value: list[str]) -> list[str]:
+        from agent.sim.scenarios import SCENARIOS
+
+        unknown = [name for name in value if name not in SCENARIOS]
+        if unknown:
+            raise ValueError(
+                f"unknown scenario {unknown[0]!r}; known: {', '.join(sorted(SCENARIOS))}"
+            )
+        if not value:
+            raise ValueError("needs at least one GPU")
+        return value
+
+
+class NodeConfig(_Section):
+    listen: ListenAddress = "0.0.0.0:9400"
+    gpu_backend: Literal["nvml", "sim"] = "nvml"
+    # Name of the Kubernetes node; the DaemonSet sets NODE_NAME from the downward API.
+    node_name: str = Field(default_factory=lambda: os.environ.get("NODE_NAME") or os.uname()[1])
+    collect_interval_seconds: float = Field(default=10.0, gt=0, le=3600)
+    # How often to retry nvmlInit() after it failed (driver not loaded yet, no GPU).
+    nvml_retry_seconds: float = Field(default=60.0, gt=0)
+    sim: SimConfig = Field(default_factory=SimConfig)
+
+
+class ControllerConfig(_Section):
+    apply: bool = False
+    listen: ListenAddress = "0.0.0.0:9401"
+
+
+class NotifierConfig(_Section):
+    listen: ListenAddress = "0.0.0.0:9500"
+    auth_token_file: Path | None = None
+
+
+class SlackRoute(_Section):
+    match: dict[str, str]
+    channel: str
+
+
+class SlackConfig(_Section):
+    api_url: str = "https://slack.com/api/"
+    # Filled from $SLACK_BOT_TOKEN by load_config when the file and overrides leave it unset.
+    token: SecretStr | None = None
+    token_file: Path | None = None
+    default_channel: str | None = None
+    routes: list[SlackRoute] = Field(default_factory=list)
+
+    def resolved_token(self) -> SecretStr | None:
+        """The token from the environment or the mounted file; never logged."""
+        if self.token is not None:
+            return self.token
+        if self.token_file is not None:
+            return SecretStr(self.token_file.read_text(encoding="utf-8").strip())
+        return None
+
+
+class PrometheusConfig(_Section):
+    url: str = "http://prometheus:9090"
+    timeout_seconds: float = Field(default=30.0, gt=0)
+
+
+class KubernetesConfig(_Section):
+    kubeconfig: Path | None = None
+    context: str | None = None
+
+
+class AwsConfig(_Section):
+    endpoint_url: str | None = None
+    region: str | None = None
+
+
+class RegistryConfig(_Section):
+    type: Literal["ecr", "oci"]
+    url: str
+    repositories: list[str] = Field(default_factory=list)
+    auth: dict[str, str] = Field(default_factory=dict)
+
+
+class FinopsConfig(_Section):
+    prices: dict[str, float] = Field(default_factory=dict)
+    storage_usd_per_gb_month: float = Field(default=0.023, ge=0)
+    team_label: str = "team"
+    namespace_teams: dict[str, str] = Field(default_factory=dict)
+
+
+class StateConfig(_Section):
+    url: str = "sqlite:///steward-state.db"
+
+
+class RunbooksConfig(_Section):
+    base_url: str = "https://github.com/steward-ops/steward/blob/main/runbooks"
+
+
+class UrlConfig(_Section):
+    url: str | None = None
+
+
+class StewardConfig(_Section):
+    node: NodeConfig = Field(default_factory=NodeConfig)
+    controller: ControllerConfig = Field(default_factory=ControllerConfig)
+    notifier: NotifierConfig = Field(default_factory=NotifierConfig)
+    slack: SlackConfig = Field(default_factory=SlackConfig)
+    prometheus: PrometheusConfig = Field(default_factory=PrometheusConfig)
+    kubernetes: KubernetesConfig = Field(default_factory=KubernetesConfig)
+    aws: AwsConfig = Field(default_factory=AwsConfig)
+    registries: list[RegistryConfig] = Field(default_factory=list)
+    finops: FinopsConfig = Field(default_factory=FinopsConfig)
+    state: StateConfig = Field(default_factory=StateConfig)
+    runbooks: RunbooksConfig = Field(default_factory=RunbooksConfig)
+    grafana: UrlConfig = Field(default_factory=UrlConfig)
+    alertmanager: UrlConfig = Field(default_factory=UrlConfig)
+
+
+def _env_overrides(environ: Mapping[str, str]) -> dict[tuple[str, ...], tuple[str, str]]:
+    """``STEWARD_A__B=v`` -> {("a", "b"): ("STEWARD_A__B", "v")}. Needs a double underscore."""
+    found: dict[tuple[str, ...], tuple[str, str]] = {}
+    for name, value in environ.items():
+        if not name.startswith(ENV_PREFIX) or "__" not in name:
+            continue
+        path = tuple(part.lower() for part in name[len(ENV_PREFIX):].split("__"))
+        if any(not part for part in path):
+            raise ConfigError([f"{name}: empty key in environment override name"])
+        found[path] = (name, value)
+    return found
+
+
+def _env_value(raw: str) -> Any:
+    # Scalars stay strings so that pydantic coerces them to the field's type ("10" -> 10,
+    # "true" -> True) without YAML turning "0123" into an octal int. Lists and maps are
+    # written as YAML/JSON flow: STEWARD_SLACK__ROUTES='[{match: {a: b}, channel: "#x"}]'.
+    stripped = raw.strip()
+    if stripped.startswith(("[", "{")):
+        return yaml.safe_load(stripped)
+    return raw
+
+
+def _merge_override(data: dict[str, Any], path: tuple[str, ...], value: Any, source: str) -> None:
+    node = data
+    for depth, key in enumerate(path[:-1]):
+        child = node.setdefault(key, {})
+        if not isinstance(child, dict):
+            dotted = ".".join(path[: depth + 1])
+            raise ConfigError([f"{source}: {dotted} is not a section"])
+        node = child
+    node[path[-1]] = value
+
+
+def _format_error(err: Mapping[str, Any], env_keys: Mapping[tuple[str, ...], str]) -> str:
+    loc = tuple(str(part) for part in err["loc"])
+    dotted = ".".join(loc) or "(top level)"
+    message = str(err["msg"]).removeprefix("Value error, ")
+    if err["type"] == "extra_forbidden":
+        message = "unknown key"
+    elif err["type"] == "missing":
+        message = "required key is missing"
+    env_name = next((name for path, name in env_keys.items() if loc[: len(path)] == path), None)
+    where = f"{env_name} ({dotted})" if env_name else dotted
+    value = err.get("input")
+    shown = "" if err["type"] in {"extra_forbidden", "missing"} or isinstance(value, dict) \
+        else f" (got {value!r})"
+    return f"{where}: {message}{shown}"
+
+
+def load_config(path: Path | str | None = None, *,
+                environ: Mapping[str, str] | None = None) -> StewardConfig:
+    """Read ``path`` (or ``$STEWARD_CONFIG``), apply environment overrides, validate."""
+    env = os.environ if environ is None else environ
+    file_path = Path(path) if path is not None else (
+        Path(env[CONFIG_ENV]) if env.get(CONFIG_ENV) else None
+    )
+    data: dict[str, Any] = {}
+    if file_path is not None:
+        try:
+            text = file_path.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise ConfigError([f"config file {file_path}: {exc.strerror or exc}"]) from exc
+        try:
+            loaded = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f" line {mark.line + 1}" if mark is not None else ""
+            problem = getattr(exc, "problem", None) or "not valid YAML"
+            raise ConfigError([f"config file {file_path}{where}: {problem}"]) from exc
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise ConfigError([f"config file {file_path}: top level must be a mapping"])
+        data = loaded
+
+    overrides = _env_overrides(env)
+    for key_path, (name, raw) in sorted(overrides.items()):
+        try:
+            value = _env_value(raw)
+        except yaml.YAMLError as exc:
+            raise ConfigError([f"{name}: not valid YAML flow syntax"]) from exc
+        _merge_override(data, key_path, value, name)
+
+    slack = data.get("slack")
+    if env.get(SLACK_TOKEN_ENV) and (slack is None or isinstance(slack, dict)) and \
+            not (slack or {}).get("token"):
+        data.setdefault("slack", {})["token"] = env[SLACK_TOKEN_ENV]
+    try:
+        return StewardConfig.model_validate(data)
+    except ValidationError as exc:
+        env_keys = {key_path: name for key_path, (name, _) in overrides.items()}
+        raise ConfigError([_format_error(err, env_keys) for err in exc.errors()]) from None
+
+
+def with_overrides(config: StewardConfig, overrides: Mapping[str, tuple[str, Any]]
+                   ) -> StewardConfig:
+    """Apply command-line flags: ``{"node.listen": ("--listen", value)}``; None is skipped.
+
+    Flags win over the file and the environment, and are validated like any other source,
+    with the flag named in the error.
+    """
+    data = config.model_dump()
+    flags: dict[tuple[str, ...], str] = {}
+    for dotted, (flag, value) in overrides.items():
+        if value is None:
+            continue
+        path = tuple(dotted.split("."))
+        _merge_override(data, path, value, flag)
+        flags[path] = flag
+    if not flags:
+        return config
+    try:
+        return StewardConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError([_format_error(err, flags) for err in exc.errors()]) from None

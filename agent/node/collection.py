@@ -1,0 +1,158 @@
+"""Collection loops: each collector runs on its own thread and interval, off the scrape path.
+
+A collector returns metric families (and the names of partial errors); the loop keeps its
+last result, times it and counts its errors. A collector that hangs (a wedged NVML call)
+stalls only itself: the other collectors and ``/metrics`` go on. Every finished run calls
+``on_publish`` so the exposition can re-render once instead of on every scrape.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from prometheus_client.metrics_core import Metric
+
+log = logging.getLogger(__name__)
+_CAMEL_RE = re.compile(r"(?<!^)(?=[A-Z])")
+
+
+@dataclass(frozen=True)
+class CollectResult:
+    families: list[Metric]
+    # Bounded names of problems that did not stop the run (one GPU field unreadable).
+    errors: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Collector:
+    name: str
+    collect: Callable[[], CollectResult]
+    interval: float
+
+
+class CollectorFailed(Exception):
+    """A collector's run failed for a reason with a bounded name (the ``error`` label)."""
+
+    def __init__(self, kind: str, message: str) -> None:
+        super().__init__(message)
+        self.kind = kind
+
+
+def _error_kind(exc: BaseException) -> str:
+    if isinstance(exc, CollectorFailed):
+        return exc.kind
+    return _CAMEL_RE.sub("_", type(exc).__name__).lower()
+
+
+@dataclass
+class CollectorState:
+    families: list[Metric] = field(default_factory=list)
+    up: bool = False
+    ran: bool = False
+    duration: float = 0.0
+    errors: dict[str, int] = field(default_factory=dict)
+    last_message: str | None = None
+
+
+class CollectionLoops:
+    def __init__(self, collectors: Sequence[Collector], *,
+                 on_publish: Callable[[], None] = lambda: None,
+                 monotonic: Callable[[], float] = time.monotonic) -> None:
+        self._collectors = list(collectors)
+        self._states = {c.name: CollectorState() for c in self._collectors}
+        self._lock = threading.Lock()
+        self._on_publish = on_publish
+        self._monotonic = monotonic
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+
+    def run_once(self, collector: Collector) -> None:
+        """One run of ``collector``: never raises, records the outcome in its state."""
+        started = self._monotonic()
+        try:
+            result = collector.collect()
+        except Exception as exc:  # a collector bug must not kill its loop thread
+            kind = _error_kind(exc)
+            duration = self._monotonic() - started
+            with self._lock:
+                state = self._states[collector.name]
+                changed = state.up or state.last_message != str(exc)
+                state.families, state.up, state.ran, state.duration = [], False, True, duration
+                state.errors[kind] = state.errors.get(kind, 0) + 1
+                state.last_message = str(exc)
+            if changed:  # log transitions, not every failed run
+                log.error("collector failed", extra={"collector": collector.name,
+                                                     "error": kind, "detail": str(exc)})
+        else:
+            duration = self._monotonic() - started
+            with self._lock:
+                state = self._states[collector.name]
+                if not state.up and state.ran:
+                    log.info("collector recovered", extra={"collector": collector.name})
+                state.families, state.up, state.ran, state.duration = (
+                    result.families, True, True, duration)
+                state.last_message = None
+                for kind in result.errors:
+                    state.errors[kind] = state.errors.get(kind, 0) + 1
+        self._on_publish()
+
+    def run_all_once(self) -> None:
+        """Every collector once, in this thread (tests, one-shot runs)."""
+        for collector in self._collectors:
+            self.run_once(collector)
+
+    def _loop(self, collector: Collector) -> None:
+        while not self._stop.is_set():
+            started = self._monotonic()
+            self.run_once(collector)
+            elapsed = self._monotonic() - started
+            self._stop.wait(max(0.0, collector.interval - elapsed))
+
+    def start(self) -> None:
+        for collector in self._collectors:
+            thread = threading.Thread(target=self._loop, args=(collector,),
+                                      name=f"collect-{collector.name}", daemon=True)
+            thread.start()
+            self._threads.append(thread)
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(timeout)
+
+    def alive(self) -> bool:
+        return bool(self._threads) and all(t.is_alive() for t in self._threads)
+
+    def ready(self) -> bool:
+        with self._lock:
+            return all(s.ran for s in self._states.values())
+
+    def families(self) -> list[Metric]:
+        """Every collector's last families plus the self-monitoring families."""
+        up = Metric("steward_collector_up", "1 when the collector's last run succeeded.", "gauge")
+        duration = Metric("steward_collector_duration_seconds",
+                          "How long the collector's last run took.", "gauge")
+        errors = Metric("steward_collector_errors", "Collector errors by kind.", "counter")
+        out: list[Metric] = []
+        with self._lock:
+            for name, state in self._states.items():
+                out.extend(state.families)
+                if not state.ran:
+                    continue
+                labels = {"collector": name}
+                up.add_sample("steward_collector_up", labels, 1.0 if state.up else 0.0)
+                duration.add_sample("steward_collector_duration_seconds", labels, state.duration)
+                for kind, count in sorted(state.errors.items()):
+                    errors.add_sample("steward_collector_errors_total",
+                                      {"collector": name, "error": kind}, float(count))
+        out.extend(m for m in (up, duration, errors) if m.samples)
+        return out
+
+    def state(self, name: str) -> CollectorState:
+        with self._lock:
+            return self._states[name]

@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# Runs pytest; "no tests ran" (pytest exit 5) is a failure, never a pass.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+.venv/bin/python -m pytest "$@"
+rc=$?
+if [ "$rc" -eq 5 ]; then
+  echo "run-tests: pytest collected no tests; treating as failure" >&2
+  exit 1
+fi
+exit "$rc"

@@ -1,0 +1,123 @@
+"""A real Prometheus (Debian package) started by a test, and a small PromQL client for it."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import tempfile
+import urllib.parse
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from tests.support.binaries import require_binary
+from tests.support.net import free_port, http_ok, wait_until
+
+
+@dataclass
+class ScrapeJob:
+    name: str
+    targets: list[str]
+    interval: str = "1s"
+
+
+@dataclass
+class Prometheus:
+    url: str
+    process: subprocess.Popen[bytes]
+    workdir: Path
+    log_path: Path
+    rule_files: list[Path] = field(default_factory=list)
+
+    def query(self, expr: str, *, at: float | None = None) -> list[dict[str, Any]]:
+        params = {"query": expr}
+        if at is not None:
+            params["time"] = str(at)
+        data = self._get("/api/v1/query", params)
+        return list(data["result"])
+
+    def scalar_values(self, expr: str) -> dict[tuple[tuple[str, str], ...], float]:
+        """Instant vector -> {sorted label items (without __name__): value}."""
+        out = {}
+        for sample in self.query(expr):
+            labels = tuple(sorted((k, v) for k, v in sample["metric"].items() if k != "__name__"))
+            out[labels] = float(sample["value"][1])
+        return out
+
+    def alerts(self) -> list[dict[str, Any]]:
+        return list(self._get("/api/v1/alerts", {})["alerts"])
+
+    def targets_up(self) -> bool:
+        data = self._get("/api/v1/targets", {})
+        active = data["activeTargets"]
+        return bool(active) and all(t["health"] == "up" for t in active)
+
+    def _get(self, path: str, params: dict[str, str]) -> Any:
+        url = f"{self.url}{path}?{urllib.parse.urlencode(params)}"
+        try:
+            with urllib.request.urlopen(url, timeout=10) as response:
+                body = json.load(response)
+        except urllib.error.HTTPError as exc:
+            raise AssertionError(f"{path} {params}: HTTP {exc.code}: {exc.read()!r}") from exc
+        if body.get("status") != "success":
+            raise AssertionError(f"{path} {params}: {body}")
+        return body["data"]
+
+    def wait_for(self, expr: str, *, timeout: float = 20.0) -> list[dict[str, Any]]:
+        """Poll until ``expr`` returns a non-empty result (new targets take ~5 s to appear)."""
+        result: list[dict[str, Any]] = []
+
+        def has_data() -> bool:
+            nonlocal result
+            result = self.query(expr)
+            return bool(result)
+
+        wait_until(has_data, timeout=timeout, interval=0.25, what=f"PromQL {expr!r}")
+        return result
+
+    def stop(self) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+
+def start_prometheus(jobs: list[ScrapeJob], *, rule_files: list[Path] | None = None,
+                     evaluation_interval: str = "1s") -> Prometheus:
+    binary = require_binary("prometheus")
+    workdir = Path(tempfile.mkdtemp(prefix="steward-prom-"))
+    config = {
+        "global": {"scrape_interval": "1s", "evaluation_interval": evaluation_interval,
+                   "scrape_timeout": "1s"},
+        "rule_files": [str(p) for p in (rule_files or [])],
+        "scrape_configs": [
+            {"job_name": job.name, "scrape_interval": job.interval,
+             "static_configs": [{"targets": job.targets}]}
+            for job in jobs
+        ],
+    }
+    config_path = workdir / "prometheus.yml"
+    config_path.write_text(yaml.safe_dump(config), encoding="utf-8")
+    port = free_port()
+    log_path = workdir / "prometheus.log"
+    log_file = log_path.open("wb")
+    process = subprocess.Popen(
+        [binary, f"--config.file={config_path}", f"--storage.tsdb.path={workdir / 'data'}",
+         f"--web.listen-address=127.0.0.1:{port}", "--web.enable-lifecycle"],
+        stdout=log_file, stderr=subprocess.STDOUT,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_until(lambda: process.poll() is None and http_ok(f"{url}/-/ready"), timeout=20,
+                   what="prometheus ready")
+    except TimeoutError:
+        process.kill()
+        raise AssertionError(
+            f"prometheus did not start: {log_path.read_text()[-2000:]}") from None
+    return Prometheus(url=url, process=process, workdir=workdir, log_path=log_path,
+                      rule_files=list(rule_files or []))

@@ -1,0 +1,104 @@
+"""The steward CLI as a user runs it: exit codes, one-line errors, logs, no secrets."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from tests.support.net import wait_until
+from tests.support.steward import start_node
+
+
+def steward(*args: str, env: dict[str, str] | None = None,
+            timeout: float = 30) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "agent.cli", *args], capture_output=True,
+                          check=False, text=True, timeout=timeout,
+                          env={**os.environ, **(env or {})})
+
+
+@pytest.mark.parametrize("args", [("--help",), ("node", "--help")])
+def test_help_exits_zero(args: tuple[str, ...]) -> None:
+    result = steward(*args)
+    assert result.returncode == 0
+    assert "usage: steward" in result.stdout
+
+
+@pytest.mark.parametrize("args", [(), ("frobnicate",), ("node", "--gpu-backend", "cuda")])
+def test_bad_usage_exits_two(args: tuple[str, ...]) -> None:
+    result = steward(*args)
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+
+
+def test_bad_config_is_one_line_and_exit_two(tmp_path: Path) -> None:
+    config = tmp_path / "c.yaml"
+    config.write_text("node:\n  collect_interval_seconds: 0\n", encoding="utf-8")
+    result = steward("node", "--config", str(config), "--gpu-backend", "sim")
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("steward: config error: node.collect_interval_seconds:")
+
+
+def test_bad_flag_value_names_the_flag() -> None:
+    result = steward("node", "--listen", "localhost:http")
+    assert result.returncode == 2
+    assert "--listen (node.listen)" in result.stderr
+
+
+def test_bad_env_override_names_the_variable() -> None:
+    result = steward("node", env={"STEWARD_NODE__GPU_BACKEND": "rocm"})
+    assert result.returncode == 2
+    assert result.stderr.startswith(
+        "steward: config error: STEWARD_NODE__GPU_BACKEND (node.gpu_backend):")
+
+
+def _metrics(url: str) -> str:
+    with urllib.request.urlopen(f"{url}/metrics", timeout=5) as response:
+        return str(response.read().decode())
+
+
+def test_nvml_missing_still_serves_and_logs_once(tmp_path: Path) -> None:
+    """No GPU driver on this machine: the real NVML path must degrade, not crash-loop."""
+    node = start_node(
+        tmp_path, args=("--gpu-backend", "nvml"),
+        config="node: {collect_interval_seconds: 0.1, nvml_retry_seconds: 0.1}\n",
+        env={"SLACK_BOT_TOKEN": "xoxb-secret-value-123"})
+    try:
+        wait_until(lambda: _errors(node.url) >= 5, timeout=15, what="five failed NVML retries")
+        body = _metrics(node.url)
+        assert 'steward_collector_up{collector="gpu"} 0.0' in body
+        assert 'steward_collector_up{collector="xid_events"} 0.0' in body
+        assert "steward_gpu_up" not in body
+        assert node.process.poll() is None
+    finally:
+        assert node.stop() == 0
+    records = [json.loads(line) for line in node.log().splitlines()]
+    nvml_errors = [r for r in records if r["level"] == "error" and "NVML unavailable" in r["msg"]]
+    assert len(nvml_errors) == 1, records
+    assert "libnvidia-ml" in nvml_errors[0]["msg"] or "Library Not Found" in nvml_errors[0]["msg"]
+    assert all({"ts", "level", "logger", "msg"} <= r.keys() for r in records)
+    assert "xoxb-secret-value-123" not in node.log()
+
+
+NVML_ERRORS = 'steward_collector_errors_total{collector="gpu",error="nvml_unavailable"}'
+
+
+def _errors(url: str) -> float:
+    for line in _metrics(url).splitlines():
+        if line.startswith(NVML_ERRORS):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+def test_text_log_format(tmp_path: Path) -> None:
+    node = start_node(tmp_path, args=("--gpu-backend", "sim", "--log-format", "text"))
+    assert node.stop() == 0
+    first = node.log().splitlines()[0]
+    assert "INFO" in first and not first.startswith("{")
