@@ -18,8 +18,13 @@ log = logging.getLogger(__name__)
 
 
 class _Handler(BaseHTTPRequestHandler):
-    # Keep-alive: Prometheus reuses its connection between scrapes.
+    # Keep-alive: Prometheus reuses its connection between scrapes. Headers and body then
+    # must leave in one segment: written separately, Nagle's algorithm and the client's
+    # delayed ACK stall every response by ~40 ms. A buffered wfile (flushed once per
+    # request by the base class) plus TCP_NODELAY avoids that.
     protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True
+    wbufsize = 256 * 1024
     server: MetricsServer
 
     def _send(self, status: int, body: bytes, content_type: str,

@@ -324,9 +324,15 @@ class SimulatedNvml:
                     data.gpuInstanceId = _NO_INSTANCE
                     data.computeInstanceId = _NO_INSTANCE
                     return data
+                upcoming = [when for gpu in self._gpus if gpu.index in registered
+                            for schedule in gpu.scenario.xids(gpu.ctx)
+                            if (when := schedule.next_after(self._events_until)) is not None]
             remaining = deadline - self._clock()
             if remaining <= 0:
                 _raise(pynvml.NVML_ERROR_TIMEOUT)
-            self._sleep(min(remaining, 0.1))
+            # Sleep until the next scheduled XID, like the real call blocks in the driver,
+            # instead of polling.
+            until_next = min(upcoming, default=float("inf")) - self.elapsed()
+            self._sleep(max(0.001, min(remaining, until_next)))
 
     nvmlEventSetWait = nvmlEventSetWait_v2

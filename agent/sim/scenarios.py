@@ -52,9 +52,15 @@ class XidSchedule:
     start: float = 0.0
     stop: float | None = None
 
+    def next_after(self, t: float) -> float | None:
+        """The first event time after ``t``, or None when the schedule is over."""
+        k = max(0, math.floor((t - self.start) / self.period) + 1)
+        when = self.start + k * self.period
+        return None if self.stop is not None and when > self.stop else when
+
     def between(self, t0: float, t1: float) -> list[float]:
         """Event times in (t0, t1]."""
-        if t1 <= self.start:
+        if t1 < self.start:
             return []
         first = max(0, math.floor((t0 - self.start) / self.period) + 1)
         times = []
@@ -132,10 +138,25 @@ def idle_free(t: float, ctx: ScenarioContext) -> GpuState:
     )
 
 
+BURST_PERIOD, BURST_LENGTH, BURST_WATTS = 300.0, 30.0, 550.0
+
+
 def bursty(t: float, ctx: ScenarioContext) -> GpuState:
     # Inference with traffic: busy 30 s out of every 5 minutes, idle in between.
-    busy = (t + ctx.phase * 10) % 300 < 30
-    return _busy(t, ctx) if busy else idle_allocated(t, ctx)
+    offset = ctx.phase * 10
+    busy = (t + offset) % BURST_PERIOD < BURST_LENGTH
+
+    def busy_seconds(x: float) -> float:  # time spent in bursts in [-offset, x - offset)
+        full, rest = divmod(x, BURST_PERIOD)
+        return full * BURST_LENGTH + min(rest, BURST_LENGTH)
+
+    idle = idle_allocated(t, ctx)
+    burst_time = busy_seconds(t + offset) - busy_seconds(offset)
+    energy = idle.energy_joules + (BURST_WATTS - idle.power_watts) * burst_time
+    if not busy:
+        return GpuState(**{**idle.__dict__, "energy_joules": energy})
+    return GpuState(**{**_busy(t, ctx).__dict__, "power_watts": BURST_WATTS,
+                       "energy_joules": energy})
 
 
 def lost(t: float, ctx: ScenarioContext) -> GpuState:

@@ -1,0 +1,201 @@
+"""Scrape cost of one node agent with 8 simulated GPUs, against the prometheus-client floor.
+
+Run: ``.venv/bin/python bench/scrape_cost.py [--scrapes 2000] [--window 60]``
+
+The floor is ``prometheus_client.generate_latest()`` on a pre-filled registry (real Gauge and
+Counter objects) holding exactly the series the agent served, measured in this same run:
+no exporter built on prometheus-client can serve those series for less. Reported:
+
+- scrape p50/p99: wall time of ``GET /metrics`` over a kept-alive connection, with the
+  headers Prometheus 2.x sends (OpenMetrics preferred, gzip), and with plain text; ratio
+  to the floor's p50/p99. Target <= 1.5x.
+- CPU-seconds per minute of the agent process at a 15 s scrape interval (its collection
+  loops run meanwhile at their default 10 s interval); ratio to the floor's CPU for the
+  same 4 scrapes a minute.
+- peak RSS of the agent process (VmHWM). Target <= 80 MiB.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import psutil
+from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
+from prometheus_client.parser import text_string_to_metric_families
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from tests.support.net import free_port, http_ok, wait_until  # noqa: E402
+
+PROMETHEUS_ACCEPT = ("application/openmetrics-text;version=1.0.0,application/openmetrics-text;"
+                     "version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1")
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+def prefilled_registry(text: str) -> tuple[CollectorRegistry, int]:
+    """A registry of real Gauge/Counter objects with the same series as ``text``."""
+    registry = CollectorRegistry()
+    series = 0
+    for family in text_string_to_metric_families(text):
+        if family.name.startswith(("process_", "python_")):
+            continue
+        label_names = sorted({k for s in family.samples for k in s.labels})
+        if family.type == "counter":
+            metric: Counter | Gauge = Counter(family.name, family.documentation, label_names,
+                                              registry=registry)
+        else:
+            metric = Gauge(family.name, family.documentation, label_names, registry=registry)
+        for sample in family.samples:
+            if sample.name.endswith("_created"):
+                continue
+            child = metric.labels(**{k: sample.labels.get(k, "") for k in label_names}) \
+                if label_names else metric
+            if isinstance(child, Counter):
+                child.inc(sample.value)
+            else:
+                child.set(sample.value)
+            series += 1
+    return registry, series
+
+
+def time_floor(registry: CollectorRegistry, n: int) -> tuple[list[float], float]:
+    walls, cpu0 = [], time.process_time()
+    for _ in range(n):
+        t0 = time.perf_counter()
+        generate_latest(registry)
+        walls.append(time.perf_counter() - t0)
+    return walls, (time.process_time() - cpu0) / n
+
+
+def time_scrapes(port: int, n: int, headers: dict[str, str]) -> list[float]:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    walls = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        conn.request("GET", "/metrics", headers=headers)
+        response = conn.getresponse()
+        response.read()
+        walls.append(time.perf_counter() - t0)
+        assert response.status == 200
+    conn.close()
+    return walls
+
+
+def cpu_seconds(proc: psutil.Process) -> float:
+    times = proc.cpu_times()
+    return float(times.user + times.system)
+
+
+def peak_rss_bytes(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError("no VmHWM")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--scrapes", type=int, default=2000)
+    parser.add_argument("--window", type=float, default=60.0,
+                        help="seconds of the CPU-per-minute measurement (4 scrapes a minute)")
+    parser.add_argument("--json", type=Path, help="also write the figures here")
+    args = parser.parse_args()
+
+    port = free_port()
+    workdir = Path(tempfile.mkdtemp(prefix="steward-bench-"))
+    config = workdir / "node.yaml"
+    config.write_text("node: {}\n", encoding="utf-8")  # defaults: 8 GPUs, 10 s collection
+    agent = subprocess.Popen(
+        [sys.executable, "-m", "agent.cli", "node", "--config", str(config), "--gpu-backend",
+         "sim", "--listen", f"127.0.0.1:{port}"],
+        cwd=ROOT, stdout=subprocess.DEVNULL, stderr=(workdir / "node.log").open("wb"),
+        env={**os.environ, "NODE_NAME": "bench-node"})
+    try:
+        wait_until(lambda: http_ok(f"http://127.0.0.1:{port}/readyz"), timeout=30,
+                   what="agent ready")
+        proc = psutil.Process(agent.pid)
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        conn.request("GET", "/metrics")
+        body = conn.getresponse().read().decode()
+        conn.close()
+        registry, series = prefilled_registry(body)
+
+        floor_walls, floor_cpu = time_floor(registry, args.scrapes)
+        prom_walls = time_scrapes(port, args.scrapes, {"Accept": PROMETHEUS_ACCEPT,
+                                                       "Accept-Encoding": "gzip"})
+        text_walls = time_scrapes(port, args.scrapes, {})
+
+        # CPU per minute at a 15 s scrape interval: scrape on schedule, read the agent's CPU.
+        interval = 15.0
+        cpu_start, started = cpu_seconds(proc), time.monotonic()
+        scrapes = 0
+        while time.monotonic() - started < args.window:
+            time_scrapes(port, 1, {"Accept": PROMETHEUS_ACCEPT, "Accept-Encoding": "gzip"})
+            scrapes += 1
+            time.sleep(max(0.0, started + scrapes * interval - time.monotonic()))
+        elapsed = time.monotonic() - started
+        agent_cpu_per_min = (cpu_seconds(proc) - cpu_start) / elapsed * 60
+        floor_cpu_per_min = floor_cpu * 60 / interval
+        rss = peak_rss_bytes(agent.pid)
+    finally:
+        agent.terminate()
+        agent.wait(10)
+
+    f50, f99 = percentile(floor_walls, 0.5), percentile(floor_walls, 0.99)
+    figures = {
+        "series": series,
+        "floor_generate_latest_p50_ms": f50 * 1e3,
+        "floor_generate_latest_p99_ms": f99 * 1e3,
+        "scrape_prometheus_headers_p50_ms": percentile(prom_walls, 0.5) * 1e3,
+        "scrape_prometheus_headers_p99_ms": percentile(prom_walls, 0.99) * 1e3,
+        "scrape_text_p50_ms": percentile(text_walls, 0.5) * 1e3,
+        "scrape_text_p99_ms": percentile(text_walls, 0.99) * 1e3,
+        "ratio_scrape_p50": percentile(prom_walls, 0.5) / f50,
+        "ratio_scrape_p99": percentile(prom_walls, 0.99) / f99,
+        "ratio_text_scrape_p50": percentile(text_walls, 0.5) / f50,
+        "ratio_text_scrape_p99": percentile(text_walls, 0.99) / f99,
+        "agent_cpu_seconds_per_minute": agent_cpu_per_min,
+        "floor_cpu_seconds_per_minute": floor_cpu_per_min,
+        "ratio_cpu_per_minute": agent_cpu_per_min / floor_cpu_per_min,
+        "peak_rss_mib": rss / 2**20,
+        "window_seconds": elapsed,
+        "mean_scrape_ms_statistics": statistics.fmean(prom_walls) * 1e3,
+    }
+    print(f"node agent, 8 simulated GPUs, {series} series, {args.scrapes} scrapes each")
+    print(f"floor  generate_latest()       p50 {f50 * 1e3:7.3f} ms   p99 {f99 * 1e3:7.3f} ms")
+    print(f"scrape Prometheus headers      p50 {figures['scrape_prometheus_headers_p50_ms']:7.3f}"
+          f" ms   p99 {figures['scrape_prometheus_headers_p99_ms']:7.3f} ms   "
+          f"ratio p50 {figures['ratio_scrape_p50']:.2f}x  p99 {figures['ratio_scrape_p99']:.2f}x"
+          "  (target <= 1.5x)")
+    print(f"scrape plain text              p50 {figures['scrape_text_p50_ms']:7.3f}"
+          f" ms   p99 {figures['scrape_text_p99_ms']:7.3f} ms   "
+          f"ratio p50 {figures['ratio_text_scrape_p50']:.2f}x  p99 "
+          f"{figures['ratio_text_scrape_p99']:.2f}x")
+    print(f"CPU per minute (15 s scrapes, {elapsed:.0f} s window): agent "
+          f"{agent_cpu_per_min:.4f} s  floor {floor_cpu_per_min:.4f} s  "
+          f"ratio {figures['ratio_cpu_per_minute']:.2f}x")
+    print(f"peak RSS of the agent: {figures['peak_rss_mib']:.1f} MiB (target <= 80 MiB)")
+    if args.json:
+        args.json.write_text(json.dumps(figures, indent=2), encoding="utf-8")
+    ok = figures["ratio_scrape_p50"] <= 1.5 and figures["ratio_scrape_p99"] <= 1.5 and \
+        figures["peak_rss_mib"] <= 80
+    print("targets met" if ok else "TARGETS MISSED")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
