@@ -113,6 +113,8 @@ def main() -> int:
     parser.add_argument("--window", type=float, default=60.0,
                         help="seconds of the CPU-per-minute measurement (4 scrapes a minute)")
     parser.add_argument("--json", type=Path, help="also write the figures here")
+    parser.add_argument("--gpu-backend", choices=("sim", "nvml"), default="sim",
+                        help="nvml measures the real GPUs of this machine instead")
     args = parser.parse_args()
 
     port = free_port()
@@ -121,7 +123,7 @@ def main() -> int:
     config.write_text("node: {}\n", encoding="utf-8")  # defaults: 8 GPUs, 10 s collection
     agent = subprocess.Popen(
         [sys.executable, "-m", "agent.cli", "node", "--config", str(config), "--gpu-backend",
-         "sim", "--listen", f"127.0.0.1:{port}"],
+         args.gpu_backend, "--listen", f"127.0.0.1:{port}"],
         cwd=ROOT, stdout=subprocess.DEVNULL, stderr=(workdir / "node.log").open("wb"),
         env={**os.environ, "NODE_NAME": "bench-node"})
     try:
@@ -175,7 +177,8 @@ def main() -> int:
         "window_seconds": elapsed,
         "mean_scrape_ms_statistics": statistics.fmean(prom_walls) * 1e3,
     }
-    print(f"node agent, 8 simulated GPUs, {series} series, {args.scrapes} scrapes each")
+    gpus = "8 simulated GPUs" if args.gpu_backend == "sim" else "this machine's GPUs (NVML)"
+    print(f"node agent, {gpus}, {series} series, {args.scrapes} scrapes each")
     print(f"floor  generate_latest()       p50 {f50 * 1e3:7.3f} ms   p99 {f99 * 1e3:7.3f} ms")
     print(f"scrape Prometheus headers      p50 {figures['scrape_prometheus_headers_p50_ms']:7.3f}"
           f" ms   p99 {figures['scrape_prometheus_headers_p99_ms']:7.3f} ms   "
