@@ -1,6 +1,6 @@
 # The README's two commands are `make demo` and `make test`.
 VENV := .venv/bin
-.PHONY: demo deps install lint typecheck pytest test bench clean
+.PHONY: demo deps install lint build pytest test bench clean
 
 install:
 	scripts/install.sh
@@ -12,8 +12,14 @@ demo: install
 	$(VENV)/steward node --gpu-backend sim --listen 127.0.0.1:9400 --log-format text
 
 lint: deps
-	$(VENV)/ruff check agent tests bench
+	$(VENV)/ruff check agent tests bench dashboards
 	$(VENV)/mypy agent
+	# Generated files are committed; CI fails when they are stale.
+	$(VENV)/steward build --check
+	scripts/gen-podresources.sh --check
+
+build: install
+	$(VENV)/steward build
 
 pytest: deps
 	scripts/run-tests.sh -q

@@ -40,6 +40,25 @@ def _cmd_node(args: argparse.Namespace, config: StewardConfig) -> int:
     return run_node(config)
 
 
+def _cmd_build(args: argparse.Namespace, config: StewardConfig) -> int:
+    from agent.build import BuildError, build
+
+    try:
+        result = build(args.root, runbook_base_url=config.runbooks.base_url, check=args.check)
+    except BuildError as exc:
+        raise UsageError(str(exc)) from exc
+    verb = "stale" if args.check else "wrote"
+    for path in result.changed:
+        print(f"{verb} {path}")
+    for problem in result.problems:
+        print(f"lint: {problem}", file=sys.stderr)
+    if args.check and result.changed:
+        print(f"steward build --check: {len(result.changed)} generated file(s) are stale; "
+              "run steward build", file=sys.stderr)
+        return EXIT_RUNTIME
+    return EXIT_OK if result.ok else EXIT_RUNTIME
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="steward",
@@ -58,6 +77,17 @@ def build_parser() -> argparse.ArgumentParser:
     node.set_defaults(handler=_cmd_node, overrides=lambda a: {
         "node.gpu_backend": ("--gpu-backend", a.gpu_backend),
         "node.listen": ("--listen", a.listen)})
+
+    build = sub.add_parser(
+        "build", help="write dashboards/*.json, alerts/*.yaml, check runbooks (idempotent)",
+        description="Regenerate the alert rules, dashboards JSON and the runbooks' XID table "
+                    "from their sources, then lint the alert catalog against the runbooks.")
+    _common(build)
+    build.add_argument("--root", type=Path, default=Path.cwd(),
+                       help="the repository checkout (default: the current folder)")
+    build.add_argument("--check", action="store_true",
+                       help="write nothing; exit 1 when a generated file is stale (CI)")
+    build.set_defaults(handler=_cmd_build)
     return parser
 
 
