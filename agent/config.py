@@ -37,7 +37,9 @@ class ConfigError(Exception):
         self.problems = problems
 
 
-class _Section(BaseModel):
+class Section(BaseModel):
+    """A config section: unknown keys are an error, values are read-only."""
+
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
@@ -52,7 +54,7 @@ def _check_listen(value: str) -> str:
 ListenAddress = Annotated[str, AfterValidator(_check_listen)]
 
 
-class SimConfig(_Section):
+class SimConfig(Section):
     """The simulated GPUs of ``--gpu-backend sim``: one scenario name per GPU."""
 
     gpus: list[str] = Field(
@@ -81,7 +83,7 @@ class SimConfig(_Section):
         return value
 
 
-class NodeConfig(_Section):
+class NodeConfig(Section):
     listen: ListenAddress = "0.0.0.0:9400"
     gpu_backend: Literal["nvml", "sim"] = "nvml"
     # Name of the Kubernetes node; the DaemonSet sets NODE_NAME from the downward API.
@@ -92,22 +94,29 @@ class NodeConfig(_Section):
     sim: SimConfig = Field(default_factory=SimConfig)
 
 
-class ControllerConfig(_Section):
+class ControllerConfig(Section):
     apply: bool = False
     listen: ListenAddress = "0.0.0.0:9401"
 
 
-class NotifierConfig(_Section):
+class NotifierConfig(Section):
     listen: ListenAddress = "0.0.0.0:9500"
+    # Bearer token Alertmanager must send (http_config.authorization in its receiver).
     auth_token_file: Path | None = None
+    max_body_bytes: int = Field(default=1024 * 1024, gt=0)
+    # Slack asks for about one message per second per channel.
+    channel_pacing_seconds: float = Field(default=1.0, ge=0)
+    retry_max_seconds: float = Field(default=300.0, gt=0)
+    # Dashboard links cover the alert's start minus/plus this window.
+    dashboard_window_minutes: int = Field(default=60, gt=0)
 
 
-class SlackRoute(_Section):
+class SlackRoute(Section):
     match: dict[str, str]
     channel: str
 
 
-class SlackConfig(_Section):
+class SlackConfig(Section):
     api_url: str = "https://slack.com/api/"
     # Filled from $SLACK_BOT_TOKEN by load_config when the file and overrides leave it unset.
     token: SecretStr | None = None
@@ -124,48 +133,55 @@ class SlackConfig(_Section):
         return None
 
 
-class PrometheusConfig(_Section):
+class PrometheusConfig(Section):
     url: str = "http://prometheus:9090"
     timeout_seconds: float = Field(default=30.0, gt=0)
 
 
-class KubernetesConfig(_Section):
+class KubernetesConfig(Section):
     kubeconfig: Path | None = None
     context: str | None = None
 
 
-class AwsConfig(_Section):
+class AwsConfig(Section):
     endpoint_url: str | None = None
     region: str | None = None
 
 
-class RegistryConfig(_Section):
+class RegistryConfig(Section):
     type: Literal["ecr", "oci"]
     url: str
     repositories: list[str] = Field(default_factory=list)
     auth: dict[str, str] = Field(default_factory=dict)
 
 
-class FinopsConfig(_Section):
+class FinopsConfig(Section):
+    # USD per GPU-hour by NVML model name (steward_gpu_info's modelName).
     prices: dict[str, float] = Field(default_factory=dict)
     storage_usd_per_gb_month: float = Field(default=0.023, ge=0)
     team_label: str = "team"
     namespace_teams: dict[str, str] = Field(default_factory=dict)
+    # Utilization under this floor counts as idle (not zero: idle GPUs read ~0.00x).
+    idle_floor: float = Field(default=0.01, ge=0, le=1)
+    step: str = "1h"  # resolution of the Prometheus range queries
+    schedule: str = "0 8 * * 1"  # cron, in the controller's time zone: Monday 08:00
+    slack_channel: str | None = None
+    out_dir: Path = Path("finops-reports")
 
 
-class StateConfig(_Section):
+class StateConfig(Section):
     url: str = "sqlite:///steward-state.db"
 
 
-class RunbooksConfig(_Section):
+class RunbooksConfig(Section):
     base_url: str = "https://github.com/steward-ops/steward/blob/main/runbooks"
 
 
-class UrlConfig(_Section):
+class UrlConfig(Section):
     url: str | None = None
 
 
-class StewardConfig(_Section):
+class StewardConfig(Section):
     node: NodeConfig = Field(default_factory=NodeConfig)
     controller: ControllerConfig = Field(default_factory=ControllerConfig)
     notifier: NotifierConfig = Field(default_factory=NotifierConfig)
