@@ -67,6 +67,10 @@ class SimConfig(Section):
     model_name: str = "NVIDIA H100 80GB HBM3"
     # A GPU with the ``lost`` scenario falls off the bus this long after start.
     lost_after_seconds: float = Field(default=20.0, ge=0)
+    # CPU-only filler pods (benchmarks: a node with 110 pods), and replacing them with new
+    # ones every this many seconds (pod churn).
+    extra_pods: int = Field(default=0, ge=0, le=10_000)
+    pod_churn_seconds: float | None = Field(default=None, gt=0)
 
     @field_validator("gpus")
     @classmethod
@@ -92,6 +96,11 @@ class NodeConfig(Section):
     # How often to retry nvmlInit() after it failed (driver not loaded yet, no GPU).
     nvml_retry_seconds: float = Field(default=60.0, gt=0)
     sim: SimConfig = Field(default_factory=SimConfig)
+    # The kubelet PodResources API (mounted read-only from the host by the DaemonSet).
+    pod_resources_socket: Path = Path("/var/lib/kubelet/pod-resources/kubelet.sock")
+    attribution_timeout_seconds: float = Field(default=5.0, gt=0)
+    # The host's /proc (hostPID, or a mount) for mapping GPU processes to pods.
+    proc_root: Path = Path("/proc")
 
 
 class ControllerConfig(Section):

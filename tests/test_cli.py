@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.net import wait_until
+from tests.support.net import metric_value, wait_until
 from tests.support.steward import start_node
 
 
@@ -73,8 +73,8 @@ def test_nvml_missing_still_serves_and_logs_once(tmp_path: Path) -> None:
     try:
         wait_until(lambda: _errors(node.url) >= 5, timeout=15, what="five failed NVML retries")
         body = _metrics(node.url)
-        assert 'steward_collector_up{collector="gpu"} 0.0' in body
-        assert 'steward_collector_up{collector="xid_events"} 0.0' in body
+        assert metric_value(body, "steward_collector_up", collector="gpu") == 0
+        assert metric_value(body, "steward_collector_up", collector="xid_events") == 0
         assert "steward_gpu_up" not in body
         assert node.process.poll() is None
     finally:
@@ -87,14 +87,9 @@ def test_nvml_missing_still_serves_and_logs_once(tmp_path: Path) -> None:
     assert "xoxb-secret-value-123" not in node.log()
 
 
-NVML_ERRORS = 'steward_collector_errors_total{collector="gpu",error="nvml_unavailable"}'
-
-
 def _errors(url: str) -> float:
-    for line in _metrics(url).splitlines():
-        if line.startswith(NVML_ERRORS):
-            return float(line.rsplit(" ", 1)[1])
-    return 0.0
+    return metric_value(_metrics(url), "steward_collector_errors_total", collector="gpu",
+                        error="nvml_unavailable") or 0.0
 
 
 def test_text_log_format(tmp_path: Path) -> None:

@@ -7,22 +7,28 @@ import signal
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from functools import partial
 
 from prometheus_client.process_collector import ProcessCollector
 
 from agent.config import StewardConfig
+from agent.kube import api_client, cluster_configured
+from agent.node.attribution import DeviceSource, LatestReadings, attribution_collector
+from agent.node.cgroup import pod_uid_for_pid
 from agent.node.collection import CollectionLoops, Collector, CollectorFailed, CollectResult
 from agent.node.exposition import Exposition
 from agent.node.gpu_metrics import GpuInventory, build_gpu_families, build_xid_families
 from agent.node.nvml import NvmlGpuSource
+from agent.node.podresources.client import PodResourcesClient
+from agent.node.pods import PodCache, PodSource, build_pod_families
 from agent.node.readings import GpuSourceUnavailable
 from agent.node.server import MetricsServer, parse_listen
 
 log = logging.getLogger(__name__)
 
 
-def gpu_collector(source: NvmlGpuSource, hostname: str, interval: float) -> Collector:
+def gpu_collector(source: NvmlGpuSource, hostname: str, interval: float, *,
+                  latest: LatestReadings | None = None) -> Collector:
     inventory = GpuInventory()
 
     def collect() -> CollectResult:
@@ -31,6 +37,8 @@ def gpu_collector(source: NvmlGpuSource, hostname: str, interval: float) -> Coll
         except GpuSourceUnavailable as exc:
             raise CollectorFailed("nvml_unavailable", str(exc)) from exc
         readings = inventory.reconcile(readings)
+        if latest is not None:
+            latest.set(readings)
         errors = list(source.last_errors)
         errors.extend("gpu_lost" for r in readings if r.lost)
         return CollectResult(build_gpu_families(readings, hostname), errors)
@@ -49,16 +57,66 @@ def xid_collector(source: NvmlGpuSource, hostname: str, interval: float) -> Coll
     return Collector("xid_events", collect, interval)
 
 
-def make_gpu_source(config: StewardConfig, **kwargs: Any) -> NvmlGpuSource:
+def pods_collector(source: PodSource, hostname: str, interval: float) -> Collector:
+    def collect() -> CollectResult:
+        families = build_pod_families(source.pods(), hostname)
+        problem = source.health()
+        # A reconnecting watch still has the last known pods: export them, report down.
+        return CollectResult(families, degraded=None if problem is None else
+                             ("pod_watch_failed", problem))
+
+    return Collector("pods", collect, interval)
+
+
+@dataclass
+class NodeSources:
+    """Where the node agent's collectors read from: real (NVML, kubelet, API) or simulated."""
+
+    gpus: NvmlGpuSource
+    devices: DeviceSource
+    pod_uid_for_pid: Callable[[int], str | None]
+    pods: PodSource | None
+    closers: list[Callable[[], None]]
+    starters: list[Callable[[], None]]
+
+
+def make_sources(config: StewardConfig) -> NodeSources:
     node = config.node
+    if node.gpu_backend == "sim" and not cluster_configured(config.kubernetes):
+        from agent.sim.nvml import SimulatedNvml
+        from agent.sim.pods import SimulatedPods
+
+        lib = SimulatedNvml(node.sim.gpus, hostname=node.node_name, seed=node.sim.seed,
+                            model_name=node.sim.model_name,
+                            lost_after_seconds=node.sim.lost_after_seconds)
+        sim_pods = SimulatedPods(lib, node.node_name, extra_pods=node.sim.extra_pods,
+                                 churn_seconds=node.sim.pod_churn_seconds)
+        gpus = NvmlGpuSource(lib=lib, retry_seconds=node.nvml_retry_seconds)
+        return NodeSources(gpus, sim_pods, sim_pods.pod_uid_for_pid, sim_pods,
+                           closers=[gpus.close], starters=[])
     if node.gpu_backend == "sim":
         from agent.sim.nvml import SimulatedNvml
 
-        lib: Any = SimulatedNvml(node.sim.gpus, hostname=node.node_name, seed=node.sim.seed,
-                                 model_name=node.sim.model_name,
-                                 lost_after_seconds=node.sim.lost_after_seconds)
-        return NvmlGpuSource(lib=lib, retry_seconds=node.nvml_retry_seconds, **kwargs)
-    return NvmlGpuSource(retry_seconds=node.nvml_retry_seconds, **kwargs)
+        gpus = NvmlGpuSource(lib=SimulatedNvml(
+            node.sim.gpus, hostname=node.node_name, seed=node.sim.seed,
+            model_name=node.sim.model_name, lost_after_seconds=node.sim.lost_after_seconds),
+            retry_seconds=node.nvml_retry_seconds)
+    else:
+        gpus = NvmlGpuSource(retry_seconds=node.nvml_retry_seconds)
+    devices = PodResourcesClient(str(node.pod_resources_socket),
+                                 timeout=node.attribution_timeout_seconds)
+    closers: list[Callable[[], None]] = [gpus.close, devices.close]
+    starters: list[Callable[[], None]] = []
+    pods: PodSource | None = None
+    if cluster_configured(config.kubernetes):
+        from kubernetes import client
+
+        cache = PodCache(client.CoreV1Api(api_client(config.kubernetes)), node.node_name)
+        pods = cache
+        starters.append(cache.start)
+        closers.insert(0, cache.stop)
+    return NodeSources(gpus, devices, partial(pod_uid_for_pid, proc_root=node.proc_root),
+                       pods, closers=closers, starters=starters)
 
 
 @dataclass
@@ -66,38 +124,49 @@ class NodeAgent:
     loops: CollectionLoops
     exposition: Exposition
     server: MetricsServer
-    source: NvmlGpuSource
+    sources: NodeSources
 
     @property
     def port(self) -> int:
         return self.server.port
 
     def start(self) -> None:
+        for start in self.sources.starters:
+            start()
         self.server.start()
         self.loops.start()
 
     def stop(self) -> None:
         self.loops.stop()
         self.server.stop()
-        self.source.close()
+        for close in self.sources.closers:
+            close()
 
 
-def build_node_agent(config: StewardConfig, *, source: NvmlGpuSource | None = None,
+def build_node_agent(config: StewardConfig, *, sources: NodeSources | None = None,
                      extra_collectors: list[Collector] | None = None) -> NodeAgent:
     node = config.node
-    source = source or make_gpu_source(config)
+    sources = sources or make_sources(config)
+    interval = node.collect_interval_seconds
+    latest = LatestReadings()
+    pods = sources.pods
     collectors = [
-        gpu_collector(source, node.node_name, node.collect_interval_seconds),
-        xid_collector(source, node.node_name, node.collect_interval_seconds),
+        gpu_collector(sources.gpus, node.node_name, interval, latest=latest),
+        xid_collector(sources.gpus, node.node_name, interval),
+        attribution_collector(sources.devices, latest, node.node_name, interval,
+                              pod_uid_for_pid=sources.pod_uid_for_pid,
+                              pods=pods.pods if pods is not None else None),
+        *([pods_collector(pods, node.node_name, interval)] if pods is not None else []),
         *(extra_collectors or []),
     ]
     process = ProcessCollector(registry=None)
     # Closures bind late: each names the other, and neither is called before start().
-    loops = CollectionLoops(collectors, on_publish=lambda: exposition.publish())  # noqa: PLW0108
+    loops = CollectionLoops(collectors, on_publish=lambda: exposition.publish(),  # noqa: PLW0108
+                            const_labels={"hostname": node.node_name})
     exposition = Exposition(lambda: [*loops.families(), *process.collect()])
     server = MetricsServer(parse_listen(node.listen), exposition,
                            healthy=loops.alive, ready=loops.ready)
-    return NodeAgent(loops=loops, exposition=exposition, server=server, source=source)
+    return NodeAgent(loops=loops, exposition=exposition, server=server, sources=sources)
 
 
 def run_node(config: StewardConfig, *, stop: threading.Event | None = None,

@@ -26,6 +26,9 @@ class CollectResult:
     families: list[Metric]
     # Bounded names of problems that did not stop the run (one GPU field unreadable).
     errors: list[str] = field(default_factory=list)
+    # (kind, message): the families are the best there is but may be stale (a watch is
+    # reconnecting); exported, with the collector reported down until it recovers.
+    degraded: tuple[str, str] | None = None
 
 
 @dataclass(frozen=True)
@@ -62,7 +65,10 @@ class CollectorState:
 class CollectionLoops:
     def __init__(self, collectors: Sequence[Collector], *,
                  on_publish: Callable[[], None] = lambda: None,
-                 monotonic: Callable[[], float] = time.monotonic) -> None:
+                 monotonic: Callable[[], float] = time.monotonic,
+                 const_labels: dict[str, str] | None = None) -> None:
+        # Labels on the self-metrics (hostname on the node agent, so alerts can name it).
+        self._const_labels = dict(const_labels or {})
         self._collectors = list(collectors)
         self._states = {c.name: CollectorState() for c in self._collectors}
         self._lock = threading.Lock()
@@ -90,14 +96,17 @@ class CollectionLoops:
                                                      "error": kind, "detail": str(exc)})
         else:
             duration = self._monotonic() - started
+            degraded = result.degraded
+            up = degraded is None
+            kinds = [*result.errors, *([degraded[0]] if degraded is not None else [])]
             with self._lock:
                 state = self._states[collector.name]
-                if not state.up and state.ran:
+                if up and not state.up and state.ran:
                     log.info("collector recovered", extra={"collector": collector.name})
                 state.families, state.up, state.ran, state.duration = (
-                    result.families, True, True, duration)
-                state.last_message = None
-                for kind in result.errors:
+                    result.families, up, True, duration)
+                state.last_message = None if degraded is None else degraded[1]
+                for kind in kinds:
                     state.errors[kind] = state.errors.get(kind, 0) + 1
         self._on_publish()
 
@@ -144,12 +153,12 @@ class CollectionLoops:
                 out.extend(state.families)
                 if not state.ran:
                     continue
-                labels = {"collector": name}
+                labels = {**self._const_labels, "collector": name}
                 up.add_sample("steward_collector_up", labels, 1.0 if state.up else 0.0)
                 duration.add_sample("steward_collector_duration_seconds", labels, state.duration)
                 for kind, count in sorted(state.errors.items()):
                     errors.add_sample("steward_collector_errors_total",
-                                      {"collector": name, "error": kind}, float(count))
+                                      {**labels, "error": kind}, float(count))
         out.extend(m for m in (up, duration, errors) if m.samples)
         return out
 

@@ -24,6 +24,7 @@ DRIVER_VERSION = "550.90.07"
 MEMORY_TOTAL = 80 * GIB
 POWER_LIMIT_MW = 700_000
 _NO_INSTANCE = 0xFFFFFFFF
+_PID_BASE = 10_000
 
 
 def sim_uuid(hostname: str, index: int, seed: int, kind: str = "GPU") -> str:
@@ -109,6 +110,15 @@ class SimulatedNvml:
     def mig_uuids(self, index: int) -> list[str]:
         gpu = self._gpus[index]
         return [sim_uuid(f"{gpu.uuid}", i, 0, "MIG") for i in range(len(gpu.mig_handles))]
+
+    def mig_profile(self, index: int, slot: int) -> str:
+        gpu = self._gpus[index]
+        return gpu.scenario.state(0, gpu.ctx).mig[slot].profile
+
+    @staticmethod
+    def process_pid(index: int, offset: int) -> int:
+        """The PID the simulated GPU ``index`` reports for its ``offset``-th process."""
+        return _PID_BASE + index * 100 + offset
 
     def _check_init(self) -> None:
         if not self._initialized:
@@ -249,10 +259,10 @@ class SimulatedNvml:
         if mig is not None:
             gpu, slot, state = mig
             pid_offset, used = state.processes[slot]
-            return [pynvml.nvmlFriendlyObject({"pid": 10_000 + gpu.index * 100 + pid_offset,
+            return [pynvml.nvmlFriendlyObject({"pid": self.process_pid(gpu.index, pid_offset),
                                                "usedGpuMemory": used})]
         gpu, state = self._gpu(handle)
-        return [pynvml.nvmlFriendlyObject({"pid": 10_000 + gpu.index * 100 + off,
+        return [pynvml.nvmlFriendlyObject({"pid": self.process_pid(gpu.index, off),
                                            "usedGpuMemory": used})
                 for off, used in state.processes]
 

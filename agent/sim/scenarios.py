@@ -182,8 +182,10 @@ def ecc_errors(t: float, ctx: ScenarioContext) -> GpuState:
 
 
 def thermal_throttling(t: float, ctx: ScenarioContext) -> GpuState:
-    # hw_thermal | sw_thermal: a failed fan or blocked airflow.
-    return _busy(t, ctx, util=0.9, temp=91.0, clock=1100e6, mask=0x20 | 0x40)
+    # hw_thermal | sw_thermal: a failed fan or blocked airflow. Two inference replicas
+    # time-slice this GPU, so it has two processes.
+    state = _busy(t, ctx, util=0.9, temp=91.0, clock=1100e6, mask=0x20 | 0x40)
+    return GpuState(**{**state.__dict__, "processes": ((0, 40 * GIB), (1, 30 * GIB))})
 
 
 MIG_LAYOUT = (

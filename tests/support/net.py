@@ -32,3 +32,14 @@ def http_ok(url: str) -> bool:
             return 200 <= int(response.status) < 300
     except (urllib.error.URLError, OSError):
         return False
+
+
+def metric_value(exposition: str, name: str, **labels: str) -> float | None:
+    """The value of the sample ``name`` whose labels include ``labels``, or None."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    for family in text_string_to_metric_families(exposition):
+        for sample in family.samples:
+            if sample.name == name and labels.items() <= sample.labels.items():
+                return float(sample.value)
+    return None

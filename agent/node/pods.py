@@ -1,0 +1,259 @@
+"""The pods of this node: a list-then-watch cache, and the pod health metrics built from it.
+
+The cache watches only pods with ``spec.nodeName`` = this node (a DaemonSet of N agents must
+not each watch the whole cluster), resumes from the last resourceVersion when a watch ends,
+relists on 410 Gone, and backs off on errors. Collection reads the cache; it never calls the
+API server.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Protocol
+
+from prometheus_client.metrics_core import Metric
+
+log = logging.getLogger(__name__)
+
+GPU_RESOURCE_PREFIXES = ("nvidia.com/gpu", "nvidia.com/mig-")
+
+
+@dataclass(frozen=True)
+class ContainerInfo:
+    name: str
+    restarts: int
+    waiting_reason: str | None
+    last_terminated_reason: str | None
+    last_terminated_at: float | None  # unix seconds
+
+
+@dataclass(frozen=True)
+class PodInfo:
+    uid: str
+    namespace: str
+    name: str
+    phase: str
+    gpus_requested: int
+    containers: tuple[ContainerInfo, ...]
+    created_at: float | None = None
+
+
+def _timestamp(value: Any) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, datetime):
+        return value.timestamp()
+    return datetime.fromisoformat(str(value).replace("Z", "+00:00")).timestamp()
+
+
+def _gpu_count(resources: Any) -> int:
+    if resources is None:
+        return 0
+    # Limits are what the device plugin allocates; requests must equal them for GPUs.
+    quantities = resources.limits or resources.requests or {}
+    total = 0
+    for name, quantity in quantities.items():
+        if name.startswith(GPU_RESOURCE_PREFIXES):
+            try:
+                total += int(str(quantity))
+            except ValueError:
+                continue
+    return total
+
+
+def pod_info_from_api(pod: Any) -> PodInfo:
+    """A ``kubernetes.client.V1Pod`` reduced to what the metrics need (and memory allows)."""
+    status = pod.status
+    statuses = {s.name: s for s in (status.container_statuses or [])} if status else {}
+    containers = []
+    for spec in pod.spec.containers or []:
+        cs = statuses.get(spec.name)
+        waiting = cs.state.waiting.reason if cs and cs.state and cs.state.waiting else None
+        terminated = None
+        if cs is not None:
+            if cs.state and cs.state.terminated:
+                terminated = cs.state.terminated
+            elif cs.last_state and cs.last_state.terminated:
+                terminated = cs.last_state.terminated
+        containers.append(ContainerInfo(
+            name=spec.name,
+            restarts=int(cs.restart_count) if cs else 0,
+            waiting_reason=waiting,
+            last_terminated_reason=terminated.reason if terminated else None,
+            last_terminated_at=_timestamp(terminated.finished_at) if terminated else None,
+        ))
+    return PodInfo(
+        uid=pod.metadata.uid,
+        namespace=pod.metadata.namespace,
+        name=pod.metadata.name,
+        phase=(status.phase if status and status.phase else "Unknown"),
+        gpus_requested=sum(_gpu_count(c.resources) for c in pod.spec.containers or []),
+        containers=tuple(containers),
+        created_at=_timestamp(pod.metadata.creation_timestamp),
+    )
+
+
+class PodSource(Protocol):
+    """Where the pod collector reads pods from: the watch cache or the simulated node."""
+
+    def pods(self) -> list[PodInfo]: ...
+
+    def health(self) -> str | None:
+        """None when current, else why the pods may be stale or missing."""
+        ...
+
+
+class PodCache:
+    """List-then-watch of this node's pods on a background thread."""
+
+    def __init__(self, core_api: Any, node_name: str, *, watch_timeout_seconds: int = 300,
+                 backoff_initial: float = 1.0, backoff_max: float = 60.0,
+                 watch_factory: Callable[[], Any] | None = None) -> None:
+        self._core = core_api
+        self._node = node_name
+        self._selector = f"spec.nodeName={node_name}"
+        self._watch_timeout = watch_timeout_seconds
+        self._backoff_initial = backoff_initial
+        self._backoff_max = backoff_max
+        if watch_factory is None:
+            from kubernetes import watch
+
+            watch_factory = watch.Watch
+        self._watch_factory = watch_factory
+        self._pods: dict[str, PodInfo] = {}
+        self._lock = threading.Lock()
+        self._synced = False
+        self._error: str | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._current_watch: Any = None
+        self.relists = 0  # how many full lists were needed (tests, debugging)
+
+    # -- PodSource --
+    def pods(self) -> list[PodInfo]:
+        with self._lock:
+            return list(self._pods.values())
+
+    def by_uid(self, uid: str) -> PodInfo | None:
+        with self._lock:
+            return self._pods.get(uid)
+
+    def health(self) -> str | None:
+        if not self._synced:
+            return self._error or "pod list not synced yet"
+        return self._error
+
+    # -- lifecycle --
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="pod-watch", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        current = self._current_watch
+        if current is not None:
+            current.stop()
+        if self._thread is not None:
+            self._thread.join(5)
+
+    def _run(self) -> None:
+        from kubernetes.client.exceptions import ApiException
+
+        backoff = self._backoff_initial
+        resource_version: str | None = None
+        while not self._stop.is_set():
+            try:
+                if resource_version is None:
+                    resource_version = self._relist()
+                resource_version = self._watch(resource_version)
+                backoff = self._backoff_initial
+            except ApiException as exc:
+                if exc.status == 410:
+                    # Our resourceVersion was compacted away: relist, no backoff needed.
+                    log.info("pod watch expired (410 Gone), relisting",
+                             extra={"node": self._node})
+                    resource_version = None
+                    continue
+                self._failed(f"Kubernetes API answered {exc.status} {exc.reason}")
+            except Exception as exc:  # network errors, timeouts, decoding problems
+                self._failed(f"{type(exc).__name__}: {exc}")
+            else:
+                continue
+            resource_version = None  # after an error, trust nothing: relist
+            # Full jitter keeps N node agents from relisting in lockstep after an outage.
+            self._stop.wait(random.uniform(0, backoff))
+            backoff = min(self._backoff_max, backoff * 2)
+
+    def _failed(self, message: str) -> None:
+        if message != self._error:
+            log.warning("pod watch failed; keeping the last known pods",
+                        extra={"node": self._node, "detail": message})
+        self._error = message
+
+    def _relist(self) -> str:
+        listed = self._core.list_pod_for_all_namespaces(field_selector=self._selector,
+                                                        _request_timeout=30)
+        pods = {p.metadata.uid: pod_info_from_api(p) for p in listed.items}
+        with self._lock:
+            self._pods = pods
+        self.relists += 1
+        self._synced, self._error = True, None
+        return str(listed.metadata.resource_version)
+
+    def _watch(self, resource_version: str) -> str:
+        watcher = self._watch_factory()
+        self._current_watch = watcher
+        try:
+            for event in watcher.stream(
+                    self._core.list_pod_for_all_namespaces, field_selector=self._selector,
+                    resource_version=resource_version, allow_watch_bookmarks=True,
+                    timeout_seconds=self._watch_timeout, _request_timeout=self._watch_timeout + 30):
+                if self._stop.is_set():
+                    break
+                kind, obj = event["type"], event["object"]
+                resource_version = str(obj.metadata.resource_version)
+                if kind == "BOOKMARK":
+                    continue
+                info = pod_info_from_api(obj)
+                with self._lock:
+                    if kind == "DELETED":
+                        self._pods.pop(info.uid, None)
+                    else:
+                        self._pods[info.uid] = info
+                self._error = None
+        finally:
+            self._current_watch = None
+        return resource_version
+
+
+def build_pod_families(pods: Iterable[PodInfo], hostname: str) -> list[Metric]:
+    phase = Metric("steward_pod_phase", "The pod's phase; always 1.", "gauge")
+    gpus = Metric("steward_pod_gpu_requested", "GPUs (and MIG slices) the pod requests.",
+                  "gauge")
+    restarts = Metric("steward_container_restarts", "The container's restartCount.", "gauge")
+    waiting = Metric("steward_container_waiting",
+                     "1 while the container waits for that reason.", "gauge")
+    terminated = Metric("steward_container_last_terminated_timestamp_seconds",
+                        "When the container last terminated, by reason.", "gauge")
+    for pod in sorted(pods, key=lambda p: (p.namespace, p.name)):
+        labels = {"namespace": pod.namespace, "pod": pod.name, "hostname": hostname}
+        phase.add_sample("steward_pod_phase", {**labels, "phase": pod.phase}, 1.0)
+        if pod.gpus_requested:
+            gpus.add_sample("steward_pod_gpu_requested", labels, float(pod.gpus_requested))
+        for container in pod.containers:
+            c_labels = {**labels, "container": container.name}
+            restarts.add_sample("steward_container_restarts", c_labels, float(container.restarts))
+            if container.waiting_reason:
+                waiting.add_sample("steward_container_waiting",
+                                   {**c_labels, "reason": container.waiting_reason}, 1.0)
+            if container.last_terminated_reason and container.last_terminated_at is not None:
+                terminated.add_sample(
+                    "steward_container_last_terminated_timestamp_seconds",
+                    {**c_labels, "reason": container.last_terminated_reason},
+                    container.last_terminated_at)
+    return [m for m in (phase, gpus, restarts, waiting, terminated) if m.samples]

@@ -1,0 +1,141 @@
+"""The simulated node's pods: the kubelet's PodResources answer, the pod list, PID cgroups.
+
+Built from the simulated GPUs so that the two agree: each allocated GPU scenario gets the
+kind of workload that produces it (a training job on a busy GPU, a forgotten notebook on
+the idle one, a crash-looping trainer on the XID storm, two inference replicas time-slicing
+the hot GPU, one pod per MIG slice), plus a pending pod and optional filler pods for
+benchmarks. They feed the same collectors the real sources do.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from agent.node.podresources.client import ContainerDevices
+from agent.node.pods import ContainerInfo, PodInfo
+from agent.sim.nvml import SimulatedNvml
+
+GPU_RESOURCE = "nvidia.com/gpu"
+_NAMESPACE_UUID = uuid.UUID("5f1b7a0e-3c4d-4e5f-8a9b-0c1d2e3f4a5b")
+
+
+@dataclass(frozen=True)
+class Workload:
+    namespace: str
+    name: str
+    container: str
+    replicas: int = 1  # >1: time-slicing replicas sharing the GPU
+    waiting_reason: str | None = None
+    restarts: int = 0
+    terminated_reason: str | None = None
+    terminated_ago: float | None = None  # seconds before the simulation started
+
+
+WORKLOADS: dict[str, Workload] = {
+    "training": Workload("ml-research", "train-llama", "trainer"),
+    "idle_allocated": Workload("data-science", "jupyter-alice", "notebook"),
+    "bursty": Workload("inference", "chat-api", "server"),
+    "lost": Workload("ml-research", "train-resnet", "trainer"),
+    "xid_storm": Workload("ml-research", "finetune-crashloop", "trainer",
+                          waiting_reason="CrashLoopBackOff", restarts=7,
+                          terminated_reason="Error", terminated_ago=40.0),
+    "ecc_errors": Workload("ml-research", "eval-bert", "evaluator"),
+    "thermal_throttling": Workload("inference", "llm-server", "server", replicas=2,
+                                   restarts=1, terminated_reason="OOMKilled",
+                                   terminated_ago=90.0),
+}
+MIG_WORKLOADS = (
+    Workload("inference", "embedder", "server"),
+    Workload("data-science", "jupyter-bob", "notebook"),
+    Workload("inference", "reranker", "server"),
+)
+
+
+def _uid(*parts: str) -> str:
+    return str(uuid.uuid5(_NAMESPACE_UUID, "/".join(parts)))
+
+
+class SimulatedPods:
+    """PodSource, DeviceSource and PID->pod lookup for one simulated node."""
+
+    def __init__(self, nvml: SimulatedNvml, hostname: str, *, extra_pods: int = 0,
+                 churn_seconds: float | None = None,
+                 clock: Callable[[], float] = time.time) -> None:
+        self._hostname = hostname
+        self._extra = extra_pods
+        self._churn = churn_seconds
+        self._clock = clock
+        self._start = clock()
+        self._pods: list[PodInfo] = []
+        self._devices: list[ContainerDevices] = []
+        self._pid_to_uid: dict[int, str] = {}
+        for index, (gpu_uuid, scenario, allocated) in enumerate(nvml.gpus()):
+            if not allocated:
+                continue
+            if scenario == "mig":
+                for slot, (mig_uuid, work) in enumerate(zip(nvml.mig_uuids(index),
+                                                            MIG_WORKLOADS, strict=False)):
+                    pod = self._add_pod(work, f"{work.name}-{index}")
+                    profile = nvml.mig_profile(index, slot)
+                    self._devices.append(ContainerDevices(
+                        pod.namespace, pod.name, work.container, f"nvidia.com/mig-{profile}",
+                        (mig_uuid,)))
+                    self._pid_to_uid[nvml.process_pid(index, slot)] = pod.uid
+                continue
+            work = WORKLOADS.get(scenario, Workload("default", scenario.replace("_", "-"), "main"))
+            for replica in range(work.replicas):
+                name = f"{work.name}-{index}" if work.replicas == 1 else \
+                    f"{work.name}-{index}-{replica}"
+                pod = self._add_pod(work, name)
+                device_id = gpu_uuid if work.replicas == 1 else f"{gpu_uuid}::{replica}"
+                self._devices.append(ContainerDevices(pod.namespace, pod.name, work.container,
+                                                      GPU_RESOURCE, (device_id,)))
+                self._pid_to_uid[nvml.process_pid(index, replica)] = pod.uid
+        # Scheduled but stuck: the image cannot be pulled, so no GPU was handed out yet.
+        pending = Workload("ml-research", "train-gpt-pending", "trainer",
+                           waiting_reason="ImagePullBackOff")
+        self._pods.append(self._pod_info(pending, "train-gpt-pending", phase="Pending"))
+
+    def _pod_info(self, work: Workload, name: str, *, phase: str = "Running") -> PodInfo:
+        terminated_at = None if work.terminated_ago is None else self._start - work.terminated_ago
+        return PodInfo(
+            uid=_uid(self._hostname, work.namespace, name), namespace=work.namespace,
+            name=name, phase=phase, gpus_requested=1, created_at=self._start - 3600,
+            containers=(ContainerInfo(
+                name=work.container, restarts=work.restarts, waiting_reason=work.waiting_reason,
+                last_terminated_reason=work.terminated_reason,
+                last_terminated_at=terminated_at),))
+
+    def _add_pod(self, work: Workload, name: str) -> PodInfo:
+        pod = self._pod_info(work, name)
+        self._pods.append(pod)
+        return pod
+
+    def _filler(self) -> list[PodInfo]:
+        """CPU-only pods; with churn, replaced by new ones (new names) every period."""
+        generation = 0
+        if self._churn:
+            generation = int((self._clock() - self._start) // self._churn)
+        return [PodInfo(uid=_uid(self._hostname, "batch", str(generation), str(i)),
+                        namespace="batch", name=f"etl-{generation}-{i}", phase="Running",
+                        gpus_requested=0, created_at=self._start,
+                        containers=(ContainerInfo("etl", 0, None, None, None),))
+                for i in range(self._extra)]
+
+    # -- PodSource --
+    def pods(self) -> list[PodInfo]:
+        return [*self._pods, *self._filler()]
+
+    def health(self) -> str | None:
+        return None
+
+    # -- DeviceSource --
+    def list_devices(self) -> list[ContainerDevices]:
+        return list(self._devices)
+
+    # -- cgroup lookup --
+    def pod_uid_for_pid(self, pid: int) -> str | None:
+        return self._pid_to_uid.get(pid)
