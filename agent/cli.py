@@ -40,6 +40,16 @@ def _cmd_node(args: argparse.Namespace, config: StewardConfig) -> int:
     return run_node(config)
 
 
+def _cmd_controller(args: argparse.Namespace, config: StewardConfig) -> int:
+    from agent.controller.app import run_controller
+    from agent.kube import KubeConfigError
+
+    try:
+        return run_controller(config)
+    except KubeConfigError as exc:
+        raise UsageError(str(exc)) from exc
+
+
 def _cmd_build(args: argparse.Namespace, config: StewardConfig) -> int:
     from agent.build import BuildError, build
 
@@ -77,6 +87,17 @@ def build_parser() -> argparse.ArgumentParser:
     node.set_defaults(handler=_cmd_node, overrides=lambda a: {
         "node.gpu_backend": ("--gpu-backend", a.gpu_backend),
         "node.listen": ("--listen", a.listen)})
+
+    controller = sub.add_parser(
+        "controller", help="run the controller (leader-elected Deployment)",
+        description="Run the controller: leader election on a Lease; the leader runs the "
+                    "cluster collectors (pipelines, pending GPU pods) and the hygiene jobs. "
+                    "Dry-run unless --apply or controller.apply.")
+    _common(controller)
+    controller.add_argument("--apply", action="store_true", default=None,
+                            help="let hygiene jobs act (default: dry-run)")
+    controller.set_defaults(handler=_cmd_controller, overrides=lambda a: {
+        "controller.apply": ("--apply", a.apply)})
 
     build = sub.add_parser(
         "build", help="write dashboards/*.json, alerts/*.yaml, check runbooks (idempotent)",

@@ -21,6 +21,7 @@ from pydantic import (
     SecretStr,
     ValidationError,
     field_validator,
+    model_validator,
 )
 
 ENV_PREFIX = "STEWARD_"
@@ -106,6 +107,24 @@ class NodeConfig(Section):
 class ControllerConfig(Section):
     apply: bool = False
     listen: ListenAddress = "0.0.0.0:9401"
+    collect_interval_seconds: float = Field(default=30.0, gt=0)
+    # Leader election (client-go's defaults): only the Lease holder runs cluster work.
+    lease_name: str = "steward-controller"
+    lease_namespace: str = Field(default_factory=lambda: os.environ.get("POD_NAMESPACE")
+                                 or "steward")
+    identity: str = Field(default_factory=lambda: os.environ.get("POD_NAME")
+                          or f"{os.uname()[1]}-{os.getpid()}")
+    lease_duration_seconds: float = Field(default=15.0, gt=0)
+    renew_deadline_seconds: float = Field(default=10.0, gt=0)
+    retry_period_seconds: float = Field(default=2.0, gt=0)
+
+    @model_validator(mode="after")
+    def _election_timing(self) -> ControllerConfig:
+        if not (self.retry_period_seconds < self.renew_deadline_seconds
+                < self.lease_duration_seconds):
+            raise ValueError("needs retry_period_seconds < renew_deadline_seconds < "
+                             "lease_duration_seconds")
+        return self
 
 
 class NotifierConfig(Section):

@@ -7,7 +7,8 @@ agent must not pay for it when no cluster is configured (the simulated node).
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping
+from datetime import datetime
 from typing import Any
 
 from agent.config import KubernetesConfig
@@ -45,3 +46,25 @@ def api_client(config: KubernetesConfig, *, environ: Mapping[str, str] | None = 
     except kube_config.ConfigException as exc:
         raise KubeConfigError(f"cannot load Kubernetes configuration: {exc}") from exc
     return client.ApiClient(configuration)
+
+
+def timestamp(value: Any) -> float | None:
+    """A Kubernetes time (datetime from the client, or RFC 3339 text) as unix seconds."""
+    if value is None:
+        return None
+    if isinstance(value, datetime):
+        return value.timestamp()
+    return datetime.fromisoformat(str(value).replace("Z", "+00:00")).timestamp()
+
+
+def paged(list_call: Callable[..., Any], *, page_size: int = 500,
+          **kwargs: Any) -> Iterable[Any]:
+    """Every item of a list call, a page at a time (``limit``/``continue``): a large
+    cluster's Jobs or pods never arrive as one giant response."""
+    token = None
+    while True:
+        page = list_call(limit=page_size, _continue=token, _request_timeout=30, **kwargs)
+        yield from page.items
+        token = page.metadata._continue
+        if not token:
+            return

@@ -12,17 +12,17 @@ from functools import partial
 from prometheus_client.process_collector import ProcessCollector
 
 from agent.config import StewardConfig
+from agent.exporter.collection import CollectionLoops, Collector, CollectorFailed, CollectResult
+from agent.exporter.exposition import Exposition
+from agent.exporter.server import MetricsServer, parse_listen
 from agent.kube import api_client, cluster_configured
 from agent.node.attribution import DeviceSource, LatestReadings, attribution_collector
 from agent.node.cgroup import pod_uid_for_pid
-from agent.node.collection import CollectionLoops, Collector, CollectorFailed, CollectResult
-from agent.node.exposition import Exposition
 from agent.node.gpu_metrics import GpuInventory, build_gpu_families, build_xid_families
 from agent.node.nvml import NvmlGpuSource
 from agent.node.podresources.client import PodResourcesClient
 from agent.node.pods import PodCache, PodSource, build_pod_families
 from agent.node.readings import GpuSourceUnavailable
-from agent.node.server import MetricsServer, parse_listen
 
 log = logging.getLogger(__name__)
 
@@ -161,7 +161,7 @@ def build_node_agent(config: StewardConfig, *, sources: NodeSources | None = Non
     ]
     process = ProcessCollector(registry=None)
     # Closures bind late: each names the other, and neither is called before start().
-    loops = CollectionLoops(collectors, on_publish=lambda: exposition.publish(),  # noqa: PLW0108
+    loops = CollectionLoops(collectors, on_publish=lambda: exposition.publish(),
                             const_labels={"hostname": node.node_name})
     exposition = Exposition(lambda: [*loops.families(), *process.collect()])
     server = MetricsServer(parse_listen(node.listen), exposition,

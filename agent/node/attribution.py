@@ -20,7 +20,7 @@ from typing import Protocol
 
 from prometheus_client.metrics_core import Metric
 
-from agent.node.collection import Collector, CollectorFailed, CollectResult
+from agent.exporter.collection import Collector, CollectorFailed, CollectResult
 from agent.node.gpu_metrics import gpu_labels
 from agent.node.podresources.client import ContainerDevices, PodResourcesError
 from agent.node.pods import PodInfo

@@ -13,10 +13,11 @@ import random
 import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any, Protocol
 
 from prometheus_client.metrics_core import Metric
+
+from agent.kube import timestamp
 
 log = logging.getLogger(__name__)
 
@@ -41,14 +42,6 @@ class PodInfo:
     gpus_requested: int
     containers: tuple[ContainerInfo, ...]
     created_at: float | None = None
-
-
-def _timestamp(value: Any) -> float | None:
-    if value is None:
-        return None
-    if isinstance(value, datetime):
-        return value.timestamp()
-    return datetime.fromisoformat(str(value).replace("Z", "+00:00")).timestamp()
 
 
 def _gpu_count(resources: Any) -> int:
@@ -85,7 +78,7 @@ def pod_info_from_api(pod: Any) -> PodInfo:
             restarts=int(cs.restart_count) if cs else 0,
             waiting_reason=waiting,
             last_terminated_reason=terminated.reason if terminated else None,
-            last_terminated_at=_timestamp(terminated.finished_at) if terminated else None,
+            last_terminated_at=timestamp(terminated.finished_at) if terminated else None,
         ))
     return PodInfo(
         uid=pod.metadata.uid,
@@ -94,7 +87,7 @@ def pod_info_from_api(pod: Any) -> PodInfo:
         phase=(status.phase if status and status.phase else "Unknown"),
         gpus_requested=sum(_gpu_count(c.resources) for c in pod.spec.containers or []),
         containers=tuple(containers),
-        created_at=_timestamp(pod.metadata.creation_timestamp),
+        created_at=timestamp(pod.metadata.creation_timestamp),
     )
 
 
@@ -112,12 +105,14 @@ class PodCache:
     """List-then-watch of this node's pods on a background thread."""
 
     def __init__(self, core_api: Any, node_name: str, *, watch_timeout_seconds: int = 300,
+                 request_timeout: float = 30.0,
                  backoff_initial: float = 1.0, backoff_max: float = 60.0,
                  watch_factory: Callable[[], Any] | None = None) -> None:
         self._core = core_api
         self._node = node_name
         self._selector = f"spec.nodeName={node_name}"
         self._watch_timeout = watch_timeout_seconds
+        self._request_timeout = request_timeout
         self._backoff_initial = backoff_initial
         self._backoff_max = backoff_max
         if watch_factory is None:
@@ -132,7 +127,10 @@ class PodCache:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._current_watch: Any = None
+        self._resume_from: str | None = None
         self.relists = 0  # how many full lists were needed (tests, debugging)
+        self.failures = 0
+        self.last_failure: str | None = None
 
     # -- PodSource --
     def pods(self) -> list[PodInfo]:
@@ -170,8 +168,11 @@ class PodCache:
             try:
                 if resource_version is None:
                     resource_version = self._relist()
+                # Returns when the server ends the watch (timeoutSeconds): resume from
+                # where it stopped, with no new list.
                 resource_version = self._watch(resource_version)
                 backoff = self._backoff_initial
+                continue
             except ApiException as exc:
                 if exc.status == 410:
                     # Our resourceVersion was compacted away: relist, no backoff needed.
@@ -180,16 +181,19 @@ class PodCache:
                     resource_version = None
                     continue
                 self._failed(f"Kubernetes API answered {exc.status} {exc.reason}")
-            except Exception as exc:  # network errors, timeouts, decoding problems
+            except Exception as exc:  # a dropped connection, a timeout, a decoding problem
                 self._failed(f"{type(exc).__name__}: {exc}")
-            else:
-                continue
-            resource_version = None  # after an error, trust nothing: relist
-            # Full jitter keeps N node agents from relisting in lockstep after an outage.
+            if resource_version is not None:
+                resource_version = self._resume_from
+            # A broken watch resumes from the last resourceVersion it saw (the API replays
+            # what happened meanwhile, or answers 410 and we relist); a failed list retries.
+            # Full jitter keeps N node agents from hitting the API in lockstep after an outage.
             self._stop.wait(random.uniform(0, backoff))
             backoff = min(self._backoff_max, backoff * 2)
 
     def _failed(self, message: str) -> None:
+        self.failures += 1
+        self.last_failure = message
         if message != self._error:
             log.warning("pod watch failed; keeping the last known pods",
                         extra={"node": self._node, "detail": message})
@@ -197,7 +201,7 @@ class PodCache:
 
     def _relist(self) -> str:
         listed = self._core.list_pod_for_all_namespaces(field_selector=self._selector,
-                                                        _request_timeout=30)
+                                                        _request_timeout=self._request_timeout)
         pods = {p.metadata.uid: pod_info_from_api(p) for p in listed.items}
         with self._lock:
             self._pods = pods
@@ -208,23 +212,30 @@ class PodCache:
     def _watch(self, resource_version: str) -> str:
         watcher = self._watch_factory()
         self._current_watch = watcher
+        self._resume_from = resource_version
         try:
             for event in watcher.stream(
                     self._core.list_pod_for_all_namespaces, field_selector=self._selector,
                     resource_version=resource_version, allow_watch_bookmarks=True,
-                    timeout_seconds=self._watch_timeout, _request_timeout=self._watch_timeout + 30):
+                    timeout_seconds=self._watch_timeout,
+                    _request_timeout=self._watch_timeout + self._request_timeout):
                 if self._stop.is_set():
                     break
                 kind, obj = event["type"], event["object"]
-                resource_version = str(obj.metadata.resource_version)
                 if kind == "BOOKMARK":
+                    # The client leaves bookmarks undecoded: a dict with only metadata.
+                    resource_version = str(obj["metadata"]["resourceVersion"])
+                    self._resume_from = resource_version
+                    self._error = None  # the watch is live again, even with no pod changes
                     continue
+                resource_version = str(obj.metadata.resource_version)
                 info = pod_info_from_api(obj)
                 with self._lock:
                     if kind == "DELETED":
                         self._pods.pop(info.uid, None)
                     else:
                         self._pods[info.uid] = info
+                self._resume_from = resource_version
                 self._error = None
         finally:
             self._current_watch = None

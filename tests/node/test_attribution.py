@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 from prometheus_client import CollectorRegistry
 
+from agent.exporter.collection import CollectionLoops
 from agent.node.app import gpu_collector
 from agent.node.attribution import (
     DeviceIndex,
@@ -21,7 +22,6 @@ from agent.node.attribution import (
     match_allocations,
 )
 from agent.node.cgroup import pod_uid_for_pid
-from agent.node.collection import CollectionLoops
 from agent.node.nvml import NvmlGpuSource
 from agent.node.podresources.client import ContainerDevices, PodResourcesClient
 from agent.node.pods import ContainerInfo, PodInfo

@@ -17,8 +17,8 @@ import pynvml
 import pytest
 from prometheus_client import CollectorRegistry
 
+from agent.exporter.collection import CollectionLoops
 from agent.node.app import gpu_collector, xid_collector
-from agent.node.collection import CollectionLoops
 from agent.node.nvml import NvmlGpuSource
 from agent.node.readings import GpuSourceUnavailable
 from tests.support.net import wait_until

@@ -14,9 +14,9 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 
 from agent.config import load_config
+from agent.exporter.collection import Collector, CollectResult
+from agent.exporter.exposition import Exposition
 from agent.node.app import NodeAgent, build_node_agent
-from agent.node.collection import Collector, CollectResult
-from agent.node.exposition import Exposition
 from tests.support.net import wait_until
 
 

@@ -1,4 +1,4 @@
-"""The agent's HTTP endpoint: ``/metrics``, ``/healthz`` and ``/readyz`` on one port.
+"""The HTTP endpoint of every Steward process: ``/metrics``, ``/healthz``, ``/readyz``.
 
 Handlers only read what the collection loops already produced; nothing here touches a GPU
 or an API server, so a slow source can never stall a scrape or a probe.
@@ -12,7 +12,7 @@ from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from agent.node.exposition import Exposition
+from agent.exporter.exposition import Exposition
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,1 @@
+"""The controller: leader election, cluster-scope collectors, scheduled hygiene jobs."""

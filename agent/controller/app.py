@@ -1,0 +1,135 @@
+"""Assembles the controller: leader election gates the cluster-scope collectors (and, later,
+the scheduled jobs); every replica serves ``/metrics``, ``/healthz`` and ``/readyz``.
+
+Followers export only their own health and ``steward_controller_leader 0``: the cluster
+collectors do not exist there, so they report nothing rather than a failing collector.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from prometheus_client.metrics_core import Metric
+from prometheus_client.process_collector import ProcessCollector
+
+from agent.config import StewardConfig
+from agent.controller.leader import LeaderElector
+from agent.controller.pending import pending_pods_collector
+from agent.controller.pipelines import pipelines_collector
+from agent.exporter.collection import CollectionLoops, Collector, CollectResult
+from agent.exporter.exposition import Exposition
+from agent.exporter.server import MetricsServer, parse_listen
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Controller:
+    elector: LeaderElector
+    server: MetricsServer
+    exposition: Exposition
+    base_loops: CollectionLoops
+    make_cluster_loops: Callable[[], CollectionLoops]
+    cluster_loops: CollectionLoops | None = None
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @property
+    def port(self) -> int:
+        return self.server.port
+
+    def families(self) -> list[Metric]:
+        with self._lock:
+            cluster = self.cluster_loops
+        return [*self.base_loops.families(), *(cluster.families() if cluster else [])]
+
+    def started_leading(self) -> None:
+        with self._lock:
+            self.cluster_loops = self.make_cluster_loops()
+            self.cluster_loops.start()
+
+    def stopped_leading(self) -> None:
+        with self._lock:
+            loops, self.cluster_loops = self.cluster_loops, None
+        if loops is not None:
+            loops.stop()
+        self.exposition.publish()
+
+    def start(self) -> None:
+        self.server.start()
+        self.base_loops.start()
+        self.elector.start()
+
+    def stop(self) -> None:
+        self.elector.stop(release=True)  # calls stopped_leading if leading
+        self.base_loops.stop()
+        self.server.stop()
+
+
+def leader_collector(elector: LeaderElector, identity: str, interval: float) -> Collector:
+    def collect() -> CollectResult:
+        family = Metric("steward_controller_leader",
+                        "1 on the replica that holds the leader lease.", "gauge")
+        family.add_sample("steward_controller_leader", {"identity": identity},
+                          1.0 if elector.is_leader else 0.0)
+        return CollectResult([family])
+
+    return Collector("leader", collect, interval)
+
+
+def build_controller(config: StewardConfig, *, api_client: Any) -> Controller:
+    from kubernetes import client
+
+    ctl = config.controller
+    # Closures bind late: the callbacks name ``controller``, assigned below, before start().
+    elector = LeaderElector(
+        client.CoordinationV1Api(api_client), name=ctl.lease_name,
+        namespace=ctl.lease_namespace, identity=ctl.identity,
+        lease_duration=ctl.lease_duration_seconds, renew_deadline=ctl.renew_deadline_seconds,
+        retry_period=ctl.retry_period_seconds,
+        on_started_leading=lambda: controller.started_leading(),
+        on_stopped_leading=lambda: controller.stopped_leading())
+    process = ProcessCollector(registry=None)
+
+    def publish() -> None:
+        exposition.publish()
+
+    base = CollectionLoops([leader_collector(elector, ctl.identity, ctl.retry_period_seconds)],
+                           on_publish=publish)
+
+    def cluster_loops() -> CollectionLoops:
+        interval = ctl.collect_interval_seconds
+        return CollectionLoops([
+            pipelines_collector(client.BatchV1Api(api_client), client.CustomObjectsApi(api_client),
+                                interval),
+            pending_pods_collector(client.CoreV1Api(api_client), interval),
+        ], on_publish=publish)
+
+    exposition = Exposition(lambda: [*controller.families(), *process.collect()])
+    server = MetricsServer(parse_listen(ctl.listen), exposition, healthy=base.alive,
+                           ready=base.ready)
+    controller = Controller(elector=elector, server=server, exposition=exposition,
+                            base_loops=base, make_cluster_loops=cluster_loops)
+    return controller
+
+
+def run_controller(config: StewardConfig, *, stop: threading.Event | None = None) -> int:
+    from agent.kube import api_client
+
+    stop = stop or threading.Event()
+    controller = build_controller(config, api_client=api_client(config.kubernetes))
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    controller.start()
+    log.info("controller started", extra={
+        "listen": config.controller.listen, "port": controller.port,
+        "identity": config.controller.identity,
+        "mode": "apply" if config.controller.apply else "dry_run"})
+    stop.wait()
+    log.info("controller stopping")
+    controller.stop()
+    return 0

@@ -1,0 +1,169 @@
+"""The node's pod cache against the Kubernetes API stand-in, through the official client."""
+
+from __future__ import annotations
+
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from kubernetes import client
+
+from agent.node.pods import PodCache, build_pod_families
+from tests.support.kube_api import KubeApiServer
+from tests.support.net import metric_value, wait_until
+
+
+def pod(name: str, node: str, *, namespace: str = "ml", gpus: int = 1,
+        waiting: str | None = None, terminated: str | None = None) -> dict[str, Any]:
+    status: dict[str, Any] = {"phase": "Running", "containerStatuses": [{
+        "name": "main", "restartCount": 3 if waiting else 0, "ready": waiting is None,
+        "image": "img", "imageID": "", "state": {"waiting": {"reason": waiting}} if waiting
+        else {"running": {"startedAt": "2026-11-22T10:00:00Z"}},
+        "lastState": {"terminated": {"reason": terminated, "exitCode": 137,
+                                     "finishedAt": "2026-11-22T09:59:00Z"}} if terminated else {},
+    }]}
+    return {"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": name, "namespace": namespace},
+            "spec": {"nodeName": node, "containers": [{
+                "name": "main", "image": "img",
+                "resources": {"limits": {"nvidia.com/gpu": str(gpus)}} if gpus else {}}]},
+            "status": status}
+
+
+@pytest.fixture
+def kube() -> Iterator[KubeApiServer]:
+    with KubeApiServer(bookmark_interval=0.2, namespaces=("default", "ml")) as server:
+        yield server
+
+
+@pytest.fixture
+def cache(kube: KubeApiServer) -> Iterator[PodCache]:
+    api = kube.api_client()
+    pod_cache = PodCache(client.CoreV1Api(api), "n1", watch_timeout_seconds=5,
+                         request_timeout=2, backoff_initial=0.05, backoff_max=0.2)
+    yield pod_cache
+    pod_cache.stop()
+    api.close()
+
+
+def names(cache: PodCache) -> list[str]:
+    return sorted(p.name for p in cache.pods())
+
+
+def test_lists_then_watches_only_its_node(kube: KubeApiServer, cache: PodCache) -> None:
+    kube.create(pod("a", "n1"))
+    kube.create(pod("other-node", "n2"))
+    cache.start()
+    wait_until(lambda: names(cache) == ["a"], timeout=5, what="initial list")
+    assert cache.health() is None
+    kube.create(pod("b", "n1", waiting="CrashLoopBackOff"))
+    kube.create(pod("c", "n2"))
+    wait_until(lambda: names(cache) == ["a", "b"], timeout=5, what="watched add")
+    requests = [r for r in kube.request_log(method="GET") if r.path == "/api/v1/pods"]
+    assert requests and all(r.query.get("fieldSelector") == "spec.nodeName=n1"
+                            for r in requests)
+    assert any(r.watch for r in requests)
+    assert cache.relists == 1
+
+
+def test_updates_and_deleted_pods_series_disappear(kube: KubeApiServer,
+                                                   cache: PodCache) -> None:
+    kube.create(pod("a", "n1"))
+    kube.create(pod("gone-soon", "n1", terminated="OOMKilled"))
+    cache.start()
+    wait_until(lambda: names(cache) == ["a", "gone-soon"], timeout=5, what="list")
+    kube.apply(pod("a", "n1", waiting="CrashLoopBackOff"))
+    wait_until(lambda: any(c.waiting_reason == "CrashLoopBackOff" for p in cache.pods()
+                           for c in p.containers), timeout=5, what="modified pod")
+    families = {m.name: m for m in build_pod_families(cache.pods(), "n1")}
+    waiting = families["steward_container_waiting"].samples
+    assert [(s.labels["pod"], s.labels["reason"]) for s in waiting] == [("a", "CrashLoopBackOff")]
+    oom = families["steward_container_last_terminated_timestamp_seconds"].samples
+    assert [(s.labels["pod"], s.labels["reason"]) for s in oom] == [("gone-soon", "OOMKilled")]
+    kube.delete("v1", "Pod", "ml", "gone-soon")
+    wait_until(lambda: names(cache) == ["a"], timeout=5, what="deletion")
+    rendered = build_pod_families(cache.pods(), "n1")
+    assert all(s.labels["pod"] != "gone-soon" for m in rendered for s in m.samples)
+
+
+def test_dropped_watch_resumes_without_relisting(kube: KubeApiServer, cache: PodCache) -> None:
+    kube.create(pod("a", "n1"))
+    cache.start()
+    wait_until(lambda: kube.open_watches() == 1, timeout=5, what="watch open")
+    kube.drop_watches()
+    kube.create(pod("while-down", "n1"))  # must be replayed from the resourceVersion
+    wait_until(lambda: names(cache) == ["a", "while-down"], timeout=10, what="resumed watch")
+    assert cache.relists == 1
+
+
+def test_410_gone_relists(kube: KubeApiServer, cache: PodCache) -> None:
+    kube.create(pod("a", "n1"))
+    cache.start()
+    wait_until(lambda: kube.open_watches() == 1, timeout=5, what="watch open")
+    # Hold the re-watch while the history it would resume from changes and is compacted.
+    kube.inject_fault(path_regex=r"^/api/v1/pods$", status=None, delay=1.0, times=1)
+    kube.drop_watches()
+    kube.delete("v1", "Pod", "ml", "a")
+    kube.create(pod("b", "n1"))
+    kube.compact()
+    wait_until(lambda: cache.relists >= 2 and names(cache) == ["b"], timeout=10,
+               what="relist after 410")
+    assert cache.health() is None
+
+
+def test_api_errors_back_off_keep_last_pods_and_recover(kube: KubeApiServer,
+                                                         cache: PodCache) -> None:
+    kube.create(pod("a", "n1"))
+    cache.start()
+    wait_until(lambda: names(cache) == ["a"], timeout=5, what="list")
+    kube.inject_fault(path_regex=r"^/api/v1/pods$", status=500, times=3)
+    kube.drop_watches()
+    wait_until(lambda: "500" in str(cache.health()), timeout=5, what="the 500 noticed")
+    assert names(cache) == ["a"]  # stale but kept, and reported as such
+    wait_until(lambda: cache.health() is None, timeout=10, what="recovery")
+    assert names(cache) == ["a"]
+
+
+def test_timeout_is_reported(kube: KubeApiServer, cache: PodCache) -> None:
+    # The client's urllib3 retries a timed-out read; every attempt must time out.
+    kube.inject_fault(path_regex=r"^/api/v1/pods$", delay=3.0, times=4)
+    cache.start()
+    # 4 attempts of 2 s each before the error reaches the cache
+    wait_until(lambda: cache.failures >= 1, timeout=20, what="timeout noticed")
+    assert "Read timed out" in str(cache.last_failure)
+    wait_until(lambda: cache.health() is None, timeout=10, what="recovery after the delay")
+
+
+def test_node_agent_with_a_cluster_reads_pods_from_the_api(kube: KubeApiServer,
+                                                           tmp_path: Path) -> None:
+    """``steward node`` with a kubeconfig: pods come from the API (not the simulation), and a
+    missing kubelet socket fails attribution alone."""
+    from tests.support.steward import start_node
+
+    kube.create(pod("from-the-api", "gpu-node-7", waiting="CrashLoopBackOff"))
+    kube.create(pod("elsewhere", "gpu-node-8"))
+    node = start_node(tmp_path, env={"KUBECONFIG": str(kube.kubeconfig(tmp_path / "kc")),
+                                     "NODE_NAME": "gpu-node-7"},
+                      config=f"node: {{collect_interval_seconds: 0.2, "
+                             f"pod_resources_socket: {tmp_path / 'missing.sock'}}}\n")
+    try:
+        def body() -> str:
+            with urllib.request.urlopen(f"{node.url}/metrics", timeout=5) as response:
+                return str(response.read().decode())
+
+        wait_until(lambda: metric_value(body(), "steward_pod_phase", pod="from-the-api") == 1,
+                   timeout=10, what="pod from the API")
+        text = body()
+        assert metric_value(text, "steward_pod_phase", pod="elsewhere") is None
+        assert metric_value(text, "steward_pod_phase", pod="jupyter-alice-2") is None  # no sim
+        assert metric_value(text, "steward_container_waiting", pod="from-the-api",
+                            reason="CrashLoopBackOff") == 1
+        assert metric_value(text, "steward_collector_up", collector="pods") == 1
+        assert metric_value(text, "steward_collector_up", collector="attribution") == 0
+        assert metric_value(text, "steward_collector_errors_total", collector="attribution",
+                            error="socket_missing") is not None
+        assert metric_value(text, "steward_collector_up", collector="gpu") == 1
+    finally:
+        node.stop()
