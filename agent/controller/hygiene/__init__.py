@@ -1,0 +1,1 @@
+"""Hygiene: the engine (plan, caps, mark, sweep, audit) and its jobs."""
