@@ -127,6 +127,65 @@ class ControllerConfig(Section):
         return self
 
 
+class HygieneJobConfig(Section):
+    """What every hygiene job shares: schedule, mode, caps, exemptions, mark deadline."""
+
+    enabled: bool = True
+    schedule: str = "0 3 * * *"  # cron, in the controller's time zone
+    # Apply needs both this and the controller in apply mode; dry-run otherwise.
+    apply: bool = False
+    max_actions: int = Field(default=10, ge=0)
+    max_percent: float = Field(default=20.0, ge=0, le=100)
+    # Marked resources are swept this long after the mark, if still non-compliant.
+    mark_hours: float = Field(default=24.0, ge=0)
+    exempt_namespaces: list[str] = Field(default_factory=list)
+    exempt_names: list[str] = Field(default_factory=list)  # glob patterns on the resource
+
+
+class IdleGpusConfig(HygieneJobConfig):
+    schedule: str = "*/30 * * * *"
+    utilization_floor: float = Field(default=0.01, ge=0, le=1)
+    window: str = "2h"  # PromQL duration the GPU must have stayed under the floor
+    grace: str = "10m"  # metric lag: data this recent is not trusted to be complete
+    power_idle_watts: float | None = Field(default=None, gt=0)  # optional confirmation
+    # What to do per workload kind: notify | scale_to_zero | delete (bare pods only).
+    notebook_action: Literal["notify", "scale_to_zero"] = "scale_to_zero"
+    workload_action: Literal["notify", "scale_to_zero"] = "scale_to_zero"
+    job_action: Literal["notify"] = "notify"
+    pod_action: Literal["notify", "delete"] = "notify"
+    notebook_labels: dict[str, str] = Field(
+        default_factory=lambda: {"app.kubernetes.io/component": "notebook"})
+
+
+class StaleImagesConfig(HygieneJobConfig):
+    schedule: str = "0 3 * * *"
+    min_age_days: float = Field(default=30, ge=0)
+    unused_days: float = Field(default=30, ge=0)  # not pulled for this long (ECR)
+    keep_newest: int = Field(default=10, ge=0)
+    protected_tags: list[str] = Field(default_factory=lambda: [
+        "latest", r"v?\d+\.\d+\.\d+"])  # regexes, full match
+
+
+class OrphanedBucketsConfig(HygieneJobConfig):
+    schedule: str = "0 4 * * *"
+    owner_tags: list[str] = Field(default_factory=lambda: ["owner", "team"])
+    teams: list[str] = Field(default_factory=list)  # owners that exist
+    quiet_days: float = Field(default=90, ge=0)  # no object written for this long
+    expire_non_empty: bool = False  # opt-in: lifecycle-expire objects of non-empty orphans
+    expire_after_days: int = Field(default=30, ge=1)
+    buckets: list[str] = Field(default_factory=list)  # glob patterns; empty = all
+
+
+class HygieneConfig(Section):
+    # The global kill switch: here, or key ``kill_switch: "true"`` in the ConfigMap below
+    # (read at the start of every run, so it works without a restart).
+    kill_switch: bool = False
+    kill_switch_configmap: str = "steward-hygiene"
+    idle_gpus: IdleGpusConfig = Field(default_factory=IdleGpusConfig)
+    stale_images: StaleImagesConfig = Field(default_factory=StaleImagesConfig)
+    orphaned_buckets: OrphanedBucketsConfig = Field(default_factory=OrphanedBucketsConfig)
+
+
 class NotifierConfig(Section):
     listen: ListenAddress = "0.0.0.0:9500"
     # Bearer token Alertmanager must send (http_config.authorization in its receiver).
@@ -213,6 +272,7 @@ class StewardConfig(Section):
     node: NodeConfig = Field(default_factory=NodeConfig)
     controller: ControllerConfig = Field(default_factory=ControllerConfig)
     notifier: NotifierConfig = Field(default_factory=NotifierConfig)
+    hygiene: HygieneConfig = Field(default_factory=HygieneConfig)
     slack: SlackConfig = Field(default_factory=SlackConfig)
     prometheus: PrometheusConfig = Field(default_factory=PrometheusConfig)
     kubernetes: KubernetesConfig = Field(default_factory=KubernetesConfig)
