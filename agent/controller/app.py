@@ -81,6 +81,19 @@ def leader_collector(elector: LeaderElector, identity: str, interval: float) -> 
     return Collector("leader", collect, interval)
 
 
+def prices_collector(prices: dict[str, float], interval: float) -> Collector:
+    """The configured GPU prices, so dashboards can turn GPU-hours into money."""
+
+    def collect() -> CollectResult:
+        family = Metric("steward_gpu_price_dollars_per_hour",
+                        "Configured price of one GPU-hour (finops.prices).", "gauge")
+        for model, price in sorted(prices.items()):
+            family.add_sample(family.name, {"modelName": model}, price)
+        return CollectResult([family] if family.samples else [])
+
+    return Collector("prices", collect, interval)
+
+
 def build_controller(config: StewardConfig, *, api_client: Any) -> Controller:
     from kubernetes import client
 
@@ -107,6 +120,8 @@ def build_controller(config: StewardConfig, *, api_client: Any) -> Controller:
             pipelines_collector(client.BatchV1Api(api_client), client.CustomObjectsApi(api_client),
                                 interval),
             pending_pods_collector(client.CoreV1Api(api_client), interval),
+            # On the leader only: N replicas exporting it would multiply every sum().
+            prices_collector(config.finops.prices, interval),
         ], on_publish=publish)
 
     exposition = Exposition(lambda: [*controller.families(), *process.collect()])

@@ -87,10 +87,37 @@ class Prometheus:
             self.process.wait()
 
 
+def history(series: list[tuple[str, dict[str, str]]], *, start: float, end: float,
+            step: float = 60.0, value: float = 1.0) -> str:
+    """OpenMetrics text: each ``(name, labels)`` gauge at ``value`` from ``start`` to ``end``.
+
+    For backfilling, so a Prometheus started now has the past that ``offset`` guards need
+    (a series that existed 30 minutes ago), as it would after running for a while.
+    """
+    lines: list[str] = []
+    for name in sorted({n for n, _ in series}):
+        lines.append(f"# TYPE {name} gauge")
+        for series_name, labels in series:
+            if series_name != name:
+                continue
+            rendered = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
+            t = start
+            while t <= end:
+                lines.append(f"{name}{{{rendered}}} {value} {t:.3f}")
+                t += step
+    return "\n".join([*lines, "# EOF", ""])
+
+
 def start_prometheus(jobs: list[ScrapeJob], *, rule_files: list[Path] | None = None,
-                     evaluation_interval: str = "1s") -> Prometheus:
+                     evaluation_interval: str = "1s", backfill: str | None = None
+                     ) -> Prometheus:
     binary = require_binary("prometheus")
     workdir = Path(tempfile.mkdtemp(prefix="steward-prom-"))
+    if backfill is not None:
+        source = workdir / "backfill.om"
+        source.write_text(backfill, encoding="utf-8")
+        subprocess.run([require_binary("promtool"), "tsdb", "create-blocks-from", "openmetrics",
+                        str(source), str(workdir / "data")], check=True, capture_output=True)
     config = {
         "global": {"scrape_interval": "1s", "evaluation_interval": evaluation_interval,
                    "scrape_timeout": "1s"},
