@@ -79,7 +79,10 @@ def pending_gpu_pod(name: str, *, since: datetime, namespace: str = "ml-research
 def cluster_objects(now: datetime | None = None) -> list[JsonObj]:
     """Everything the controller should find: one pipeline per health state."""
     now = now or datetime.now(UTC)
-    hours = lambda n: now - timedelta(hours=n)  # noqa: E731
+
+    def hours(n: float) -> datetime:
+        return now - timedelta(hours=n)
+
     return [
         *({"apiVersion": "v1", "kind": "Namespace",
            "metadata": {"name": ns, "labels": {"team": ns.split("-")[0]}}} for ns in NAMESPACES),
