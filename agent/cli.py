@@ -50,6 +50,15 @@ def _cmd_controller(args: argparse.Namespace, config: StewardConfig) -> int:
         raise UsageError(str(exc)) from exc
 
 
+def _cmd_report_finops(args: argparse.Namespace, config: StewardConfig) -> int:
+    from agent.finops.report import run_finops_export, run_finops_report
+
+    if args.export_parquet is not None:
+        return run_finops_export(config, path=args.export_parquet, week=args.week)
+    return run_finops_report(config, week=args.week, out_dir=args.out, slack=args.slack,
+                             parquet=args.parquet)
+
+
 def _cmd_build(args: argparse.Namespace, config: StewardConfig) -> int:
     from agent.build import BuildError, build
 
@@ -98,6 +107,26 @@ def build_parser() -> argparse.ArgumentParser:
                             help="let hygiene jobs act (default: dry-run)")
     controller.set_defaults(handler=_cmd_controller, overrides=lambda a: {
         "controller.apply": ("--apply", a.apply)})
+
+    report = sub.add_parser("report", help="reports (the weekly FinOps cost report)")
+    reports = report.add_subparsers(dest="report", metavar="REPORT", required=True)
+    finops = reports.add_parser(
+        "finops", help="GPU cost per team, allocated-but-idle cost, hygiene savings",
+        description="Write the weekly FinOps report (report.html, report.md, CSVs, "
+                    "summary.json) from Prometheus, or from a Parquet export offline.")
+    _common(finops)
+    finops.add_argument("--week", default=None, metavar="YYYY-Www",
+                        help="ISO week, Monday 00:00 UTC to the next (default: last full week)")
+    finops.add_argument("--out", type=Path, default=None, metavar="DIR",
+                        help="output folder (default: finops.out_dir/<week>)")
+    finops.add_argument("--slack", action="store_true",
+                        help="post the summary and upload the report to finops.slack_channel")
+    source = finops.add_mutually_exclusive_group()
+    source.add_argument("--parquet", type=Path, default=None, metavar="FILE",
+                        help="read the series from a Parquet export instead of Prometheus")
+    source.add_argument("--export-parquet", type=Path, default=None, metavar="FILE",
+                        help="write the week's series (and the week before) to FILE and stop")
+    finops.set_defaults(handler=_cmd_report_finops)
 
     build = sub.add_parser(
         "build", help="write dashboards/*.json, alerts/*.yaml, check runbooks (idempotent)",

@@ -4,7 +4,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-APT_PACKAGES=(prometheus prometheus-alertmanager docker-registry)
+# chromium: the FinOps report's HTML is rendered headless in the tests.
+APT_PACKAGES=(prometheus prometheus-alertmanager docker-registry chromium)
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do
   dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
@@ -18,4 +19,4 @@ if ((${#missing[@]})); then
     "${missing[@]}" >/dev/null
 fi
 
-scripts/install.sh --extras test,dev
+scripts/install.sh --extras test,dev,bench

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 import pytest
 from kubernetes import client
 
-from tests.support.kube_api import KubeApiServer
+from agent.sim.kube_api import KubeApiServer
 
 
 @pytest.fixture

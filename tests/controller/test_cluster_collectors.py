@@ -10,7 +10,7 @@ from kubernetes import client
 from agent.controller.pending import pending_pods_collector
 from agent.controller.pipelines import pipelines_collector
 from agent.exporter.collection import CollectionLoops
-from tests.support.kube_api import KubeApiServer
+from agent.sim.kube_api import KubeApiServer
 
 NOW = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
 

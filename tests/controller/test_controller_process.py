@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.kube_api import KubeApiServer
+from agent.sim.kube_api import KubeApiServer
 from tests.support.net import free_port, http_ok, metric_value, wait_until
 
 LEASE, RENEW, RETRY = 3, 2, 0.3

@@ -9,7 +9,7 @@ import pytest
 from kubernetes import client
 
 from agent.controller.leader import LeaderElector
-from tests.support.kube_api import KubeApiServer
+from agent.sim.kube_api import KubeApiServer
 from tests.support.net import wait_until
 
 DURATION, DEADLINE, RETRY = 2.0, 1.0, 0.2

@@ -33,7 +33,7 @@ from agent.dashboards.lint import (
     variable_queries,
 )
 from agent.sim.cluster import cluster_objects, failing_run
-from tests.support.kube_api import KubeApiServer
+from agent.sim.kube_api import KubeApiServer
 from tests.support.net import free_port, http_ok, wait_until
 from tests.support.prometheus import Prometheus, ScrapeJob, history, start_prometheus
 from tests.support.steward import StewardProcess, start_node

@@ -17,7 +17,7 @@ import urllib3
 from kubernetes import client, config, watch
 from kubernetes.client.rest import ApiException
 
-from tests.support.kube_api import KubeApiServer, standin_threads
+from agent.sim.kube_api import KubeApiServer, standin_threads
 from tests.support.net import wait_until
 
 ARGO = ("argoproj.io", "v1alpha1")

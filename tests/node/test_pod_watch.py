@@ -11,7 +11,7 @@ import pytest
 from kubernetes import client
 
 from agent.node.pods import PodCache, build_pod_families
-from tests.support.kube_api import KubeApiServer
+from agent.sim.kube_api import KubeApiServer
 from tests.support.net import metric_value, wait_until
 
 

@@ -1,0 +1,1881 @@
+"""In-process stand-in for the Kubernetes API server, driven through the official client.
+
+A ``ThreadingHTTPServer`` on 127.0.0.1 keeps objects in memory and serves the real API's JSON
+shapes: discovery, CRUD, selectors, paging, watch (bookmarks, 410 Gone), merge and JSON patch,
+optimistic concurrency, the scale subresource, Events, and fault injection for callers' tests.
+
+What it deliberately does not do: no controllers run (a Deployment never gets pods, status is
+only what a test writes), no garbage collection of owned objects, no admission, no auth, no
+server-side apply, and strategic merge patch is applied as a plain JSON merge patch.
+"""
+
+from __future__ import annotations
+
+import base64
+import builtins
+import contextlib
+import copy
+import json
+import random
+import re
+import select
+import socket
+import sys
+import threading
+import time
+import traceback
+import uuid
+from collections import deque
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, Self
+from urllib.parse import parse_qs, urlsplit
+
+import yaml
+
+if TYPE_CHECKING:
+    import kubernetes.client
+
+__all__ = [
+    "Fault", "KubeApiError", "KubeApiServer", "RequestRecord", "parse_label_selector",
+    "standin_threads",
+]
+
+JsonObj = dict[str, Any]
+
+SERVER_VERSION: JsonObj = {
+    "major": "1",
+    "minor": "34",
+    "gitVersion": "v1.34.0-steward-standin",
+    "gitCommit": "0000000000000000000000000000000000000000",
+    "gitTreeState": "clean",
+    "buildDate": "2025-08-27T00:00:00Z",
+    "goVersion": "go1.24.6",
+    "compiler": "gc",
+    "platform": "linux/amd64",
+}
+TEST_TOKEN = "steward-test-token"
+_VERBS = ["create", "delete", "deletecollection", "get", "list", "patch", "update", "watch"]
+_SUB_VERBS = ["get", "patch", "update"]
+_TRUE = {"1", "t", "T", "true", "TRUE", "True"}
+_THREAD_PREFIX = "kube-api-standin"
+
+
+# --------------------------------------------------------------------------- resource catalogue
+
+
+@dataclass(frozen=True)
+class _Resource:
+    group: str
+    version: str
+    plural: str
+    kind: str
+    namespaced: bool = True
+    short_names: tuple[str, ...] = ()
+    status: bool = False  # has a status subresource: main writes keep the stored status
+    scale: bool = False
+    generation: bool = False
+    custom: bool = False  # a CRD: unstructured, optimistic locking required on PUT
+    storage: str = ""  # resources sharing storage (core and events.k8s.io Events)
+    fields: tuple[tuple[str, str], ...] = ()  # field selector label -> path in storage form
+
+    @property
+    def api_version(self) -> str:
+        return f"{self.group}/{self.version}" if self.group else self.version
+
+    @property
+    def group_resource(self) -> str:
+        return f"{self.plural}.{self.group}" if self.group else self.plural
+
+    @property
+    def qualified_kind(self) -> str:
+        return f"{self.kind}.{self.group}" if self.group else self.kind
+
+    @property
+    def storage_key(self) -> str:
+        return self.storage or self.group_resource
+
+    def field_path(self, label: str) -> str | None:
+        if label in ("metadata.name", "metadata.namespace"):
+            return label
+        return dict(self.fields).get(label)
+
+
+_POD_FIELDS = tuple(
+    (f, f)
+    for f in (
+        "spec.nodeName", "spec.restartPolicy", "spec.schedulerName", "spec.serviceAccountName",
+        "spec.hostNetwork", "status.phase", "status.podIP", "status.nominatedNodeName",
+    )
+)
+_INVOLVED = ("kind", "namespace", "name", "uid", "apiVersion", "resourceVersion", "fieldPath")
+_CORE_EVENT_FIELDS = (
+    *((f"involvedObject.{f}", f"involvedObject.{f}") for f in _INVOLVED),
+    ("reason", "reason"), ("reportingComponent", "reportingComponent"),
+    ("source", "source.component"), ("type", "type"),
+)
+_EVENTS_V1_FIELDS = (
+    *((f"regarding.{f}", f"involvedObject.{f}") for f in _INVOLVED),
+    ("reason", "reason"), ("reportingController", "reportingComponent"), ("type", "type"),
+)
+
+_RESOURCES: tuple[_Resource, ...] = (
+    _Resource("", "v1", "pods", "Pod", short_names=("po",), status=True, generation=True,
+              fields=_POD_FIELDS),
+    _Resource("", "v1", "namespaces", "Namespace", namespaced=False, short_names=("ns",),
+              status=True, fields=(("status.phase", "status.phase"),)),
+    _Resource("", "v1", "nodes", "Node", namespaced=False, short_names=("no",), status=True,
+              fields=(("spec.unschedulable", "spec.unschedulable"),)),
+    _Resource("", "v1", "configmaps", "ConfigMap", short_names=("cm",)),
+    _Resource("", "v1", "secrets", "Secret", fields=(("type", "type"),)),
+    _Resource("", "v1", "events", "Event", short_names=("ev",), fields=_CORE_EVENT_FIELDS),
+    _Resource("", "v1", "serviceaccounts", "ServiceAccount", short_names=("sa",)),
+    _Resource("apps", "v1", "deployments", "Deployment", short_names=("deploy",), status=True,
+              scale=True, generation=True),
+    _Resource("apps", "v1", "statefulsets", "StatefulSet", short_names=("sts",), status=True,
+              scale=True, generation=True),
+    _Resource("apps", "v1", "daemonsets", "DaemonSet", short_names=("ds",), status=True,
+              generation=True),
+    _Resource("apps", "v1", "replicasets", "ReplicaSet", short_names=("rs",), status=True,
+              scale=True, generation=True, fields=(("status.replicas", "status.replicas"),)),
+    _Resource("batch", "v1", "jobs", "Job", status=True, generation=True,
+              fields=(("status.successful", "status.successful"),)),
+    _Resource("batch", "v1", "cronjobs", "CronJob", short_names=("cj",), status=True,
+              generation=True),
+    _Resource("coordination.k8s.io", "v1", "leases", "Lease"),
+    _Resource("events.k8s.io", "v1", "events", "Event", short_names=("ev",), storage="events",
+              fields=_EVENTS_V1_FIELDS),
+    # Argo's CRDs declare no status subresource: the workflow controller writes status in place.
+    _Resource("argoproj.io", "v1alpha1", "workflows", "Workflow", short_names=("wf",),
+              custom=True, generation=True),
+    _Resource("argoproj.io", "v1alpha1", "workflowtemplates", "WorkflowTemplate",
+              short_names=("wftmpl",), custom=True, generation=True),
+)
+_CRD_GROUPS = frozenset(r.group for r in _RESOURCES if r.custom)
+# The real registries of these answer DELETE with the deleted object, the others with a Status.
+_RETURNS_DELETED = {"pods", "serviceaccounts"}
+# Time (seconds, UTC "Z") and MicroTime fields the API server parses and re-renders.
+_TIME_FIELDS: dict[str, tuple[tuple[str, bool], ...]] = {
+    "leases.coordination.k8s.io": (("spec.acquireTime", True), ("spec.renewTime", True)),
+    "events": (("firstTimestamp", False), ("lastTimestamp", False), ("eventTime", True),
+               ("series.lastObservedTime", True)),
+    "pods": (("status.startTime", False),),
+    "jobs.batch": (("status.startTime", False), ("status.completionTime", False)),
+    "cronjobs.batch": (("status.lastScheduleTime", False), ("status.lastSuccessfulTime", False)),
+}
+_META_TIMES = (("metadata.creationTimestamp", False), ("metadata.deletionTimestamp", False))
+# events.k8s.io/v1 name <-> core/v1 name; the rest of the two Event shapes is shared.
+_EVENT_RENAMES = (
+    ("regarding", "involvedObject"), ("note", "message"), ("deprecatedSource", "source"),
+    ("deprecatedFirstTimestamp", "firstTimestamp"), ("deprecatedLastTimestamp", "lastTimestamp"),
+    ("deprecatedCount", "count"), ("reportingController", "reportingComponent"),
+)
+
+
+# --------------------------------------------------------------------------- errors
+
+
+class KubeApiError(Exception):
+    """An API error carrying the ``Status`` object the server answers with."""
+
+    def __init__(self, status: JsonObj) -> None:
+        super().__init__(f"{status['code']} {status['reason']}: {status['message']}")
+        self.status = status
+
+    @property
+    def code(self) -> int:
+        return int(self.status["code"])
+
+
+_REASONS = {
+    400: "BadRequest", 401: "Unauthorized", 403: "Forbidden", 404: "NotFound",
+    405: "MethodNotAllowed", 406: "NotAcceptable", 409: "Conflict", 410: "Expired",
+    415: "UnsupportedMediaType", 422: "Invalid", 429: "TooManyRequests", 500: "InternalError",
+    503: "ServiceUnavailable", 504: "Timeout",
+}
+
+
+def _status(code: int, reason: str, message: str, details: JsonObj | None = None) -> JsonObj:
+    body: JsonObj = {
+        "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+        "message": message, "reason": reason, "code": code,
+    }
+    if details is not None:
+        body["details"] = details
+    return body
+
+
+def _error(code: int, message: str, details: JsonObj | None = None) -> KubeApiError:
+    return KubeApiError(_status(code, _REASONS.get(code, "Unknown"), message, details))
+
+
+def _res_details(res: _Resource, name: str) -> JsonObj:
+    details: JsonObj = {"name": name, "kind": res.plural}
+    if res.group:
+        details["group"] = res.group
+    return details
+
+
+def _not_found(res: _Resource, name: str) -> KubeApiError:
+    return _error(404, f'{res.group_resource} "{name}" not found', _res_details(res, name))
+
+
+def _already_exists(res: _Resource, name: str) -> KubeApiError:
+    message = f'{res.group_resource} "{name}" already exists'
+    return KubeApiError(_status(409, "AlreadyExists", message, _res_details(res, name)))
+
+
+def _conflict(res: _Resource, name: str, why: str) -> KubeApiError:
+    return _error(409, f'Operation cannot be fulfilled on {res.group_resource} "{name}": {why}',
+                  _res_details(res, name))
+
+
+_STALE = ("the object has been modified; please apply your changes to the latest version and "
+          "try again")
+
+
+@dataclass(frozen=True)
+class _Cause:
+    field: str
+    reason: str  # FieldValueInvalid, FieldValueRequired, FieldValueNotSupported
+    message: str
+
+
+def _invalid(qualified_kind: str, group: str, name: str, causes: list[_Cause]) -> KubeApiError:
+    parts = [f"{c.field}: {c.message}" for c in causes]
+    text = parts[0] if len(parts) == 1 else "[" + ", ".join(parts) + "]"
+    details: JsonObj = {
+        "name": name, "kind": qualified_kind.split(".", 1)[0],
+        "causes": [{"reason": c.reason, "message": c.message, "field": c.field} for c in causes],
+    }
+    if group:
+        details["group"] = group
+    return _error(422, f'{qualified_kind} "{name}" is invalid: {text}', details)
+
+
+def _bad_value(path: str, value: Any, detail: str) -> _Cause:
+    return _Cause(path, "FieldValueInvalid", f"Invalid value: {json.dumps(value)}: {detail}")
+
+
+def _required(path: str, detail: str = "") -> _Cause:
+    return _Cause(path, "FieldValueRequired", "Required value" + (f": {detail}" if detail else ""))
+
+
+# --------------------------------------------------------------------------- validation
+
+_DNS1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+_DNS1123_SUBDOMAIN = re.compile(
+    r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+_QUALIFIED_NAME = re.compile(r"^([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]$")
+_LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
+_RFC3339 = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?(Z|[+-]\d{2}:\d{2})$")
+_SUBDOMAIN_MSG = (
+    "a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or "
+    "'.', and must start and end with an alphanumeric character"
+)
+_LABEL_MSG = (
+    "a lowercase RFC 1123 label must consist of lower case alphanumeric characters or '-', and "
+    "must start and end with an alphanumeric character"
+)
+
+
+def _qualified_key_error(key: str) -> str | None:
+    prefix, _, name = key.rpartition("/")
+    if "/" in key and (not prefix or len(prefix) > 253 or not _DNS1123_SUBDOMAIN.match(prefix)):
+        return "prefix part " + _SUBDOMAIN_MSG
+    if not name or len(name) > 63 or not _QUALIFIED_NAME.match(name):
+        return ("name part must consist of alphanumeric characters, '-', '_' or '.', must be at "
+                "most 63 characters, and must start and end with an alphanumeric character")
+    return None
+
+
+def _validate_meta(res: _Resource, meta: JsonObj) -> list[_Cause]:
+    causes: list[_Cause] = []
+    name = meta.get("name", "")
+    if not isinstance(name, str) or not name:
+        causes.append(_required("metadata.name", "name or generateName is required"))
+    elif res.custom:
+        if name in (".", "..") or "/" in name or "%" in name:
+            causes.append(_bad_value("metadata.name", name, "may not contain '/' or '%'"))
+    elif res.plural == "namespaces":
+        if len(name) > 63 or not _DNS1123_LABEL.match(name):
+            causes.append(_bad_value("metadata.name", name, _LABEL_MSG))
+    elif len(name) > 253 or not _DNS1123_SUBDOMAIN.match(name):
+        causes.append(_bad_value("metadata.name", name, _SUBDOMAIN_MSG))
+    labels = meta.get("labels") or {}
+    if not isinstance(labels, dict):
+        causes.append(_bad_value("metadata.labels", labels, "must be a map of strings"))
+        labels = {}
+    for key, value in labels.items():
+        problem = _qualified_key_error(key)
+        if problem:
+            causes.append(_bad_value("metadata.labels", key, problem))
+        if not isinstance(value, str) or len(value) > 63 or not _LABEL_VALUE.match(value):
+            causes.append(_bad_value(
+                "metadata.labels", value,
+                "a valid label must be an empty string or consist of alphanumeric characters, "
+                "'-', '_' or '.', and must start and end with an alphanumeric character"))
+    annotations = meta.get("annotations") or {}
+    if not isinstance(annotations, dict):
+        causes.append(_bad_value("metadata.annotations", annotations, "must be a map of strings"))
+        annotations = {}
+    for key, value in annotations.items():
+        problem = _qualified_key_error(key)
+        if problem:
+            causes.append(_bad_value("metadata.annotations", key, problem))
+        if not isinstance(value, str):
+            causes.append(_bad_value("metadata.annotations", value, "must be a string"))
+    return causes
+
+
+_REQUIRED_SPEC: dict[str, tuple[str, ...]] = {
+    "pods": ("containers",),
+    "deployments": ("selector", "template"),
+    "statefulsets": ("selector", "template"),
+    "daemonsets": ("selector", "template"),
+    "replicasets": ("selector",),
+    "jobs": ("template",),
+    "cronjobs": ("schedule", "jobTemplate"),
+}
+_STATUS_COUNTERS: dict[str, tuple[str, ...]] = {
+    "statefulsets": ("replicas",),
+    "replicasets": ("replicas",),
+    "daemonsets": ("currentNumberScheduled", "numberMisscheduled", "desiredNumberScheduled",
+                   "numberReady"),
+}
+
+
+def _validate_spec(res: _Resource, obj: JsonObj) -> list[_Cause]:
+    """The required spec fields of built-in kinds, and workload selectors matching templates."""
+    if res.group != "apps" and res.plural not in _REQUIRED_SPEC:
+        return []
+    spec = obj.get("spec")
+    if not isinstance(spec, dict):
+        return [_required("spec")] if res.plural in _REQUIRED_SPEC else []
+    causes = [_required(f"spec.{name}") for name in _REQUIRED_SPEC.get(res.plural, ())
+              if spec.get(name) in (None, [], "")]
+    selector = spec.get("selector")
+    template = spec.get("template")
+    if res.group == "apps" and isinstance(selector, dict) and isinstance(template, dict):
+        wanted = selector.get("matchLabels") or {}
+        labels = (template.get("metadata") or {}).get("labels") or {}
+        if any(labels.get(k) != v for k, v in wanted.items()):
+            causes.append(_bad_value("spec.template.metadata.labels", labels,
+                                     "`selector` does not match template `labels`"))
+    return causes
+
+
+def _validate_event(res: _Resource, obj: JsonObj) -> list[_Cause]:
+    """The create-time rules of the Event API each group version enforces (storage form)."""
+    causes: list[_Cause] = []
+    meta_ns = obj["metadata"].get("namespace", "")
+    if res.group == "events.k8s.io":
+        if not obj.get("eventTime"):
+            causes.append(_required("eventTime"))
+        for name, storage_name in (("reportingController", "reportingComponent"),
+                                   ("reportingInstance", "reportingInstance"),
+                                   ("action", "action"), ("reason", "reason")):
+            if not obj.get(storage_name):
+                causes.append(_required(name))
+        if obj.get("type") not in ("Normal", "Warning"):
+            causes.append(_Cause("type", "FieldValueNotSupported",
+                                 f'Unsupported value: {json.dumps(obj.get("type", ""))}: '
+                                 'supported values: "Normal", "Warning"'))
+        for name, storage_name in (("deprecatedFirstTimestamp", "firstTimestamp"),
+                                   ("deprecatedLastTimestamp", "lastTimestamp"),
+                                   ("deprecatedCount", "count")):
+            if obj.get(storage_name):
+                causes.append(_bad_value(name, obj[storage_name], "needs to be unset"))
+        return causes
+    involved = obj.get("involvedObject")
+    if not isinstance(involved, dict):
+        return [_required("involvedObject")]
+    involved_ns = involved.get("namespace") or ""
+    if (involved_ns and involved_ns != meta_ns) or (
+            not involved_ns and meta_ns not in ("", "default")):
+        causes.append(_bad_value("involvedObject.namespace", involved_ns,
+                                 "does not match event.namespace"))
+    return causes
+
+
+def _format_time(moment: datetime, *, micro: bool) -> str:
+    moment = moment.astimezone(UTC)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ" if micro else "%Y-%m-%dT%H:%M:%SZ")
+
+
+def _normalise_times(res: _Resource, obj: JsonObj, *, strict: bool) -> None:
+    """Parse and re-render time fields as the API server does; reject what it cannot parse.
+
+    ``strict`` is off for the direct state API, where a naive time means UTC.
+    """
+    specs = _META_TIMES + (() if res.custom else _TIME_FIELDS.get(res.storage_key, ()))
+    for path, micro in specs:
+        *parents, leaf = path.split(".")
+        holder: Any = obj
+        for part in parents:
+            holder = holder.get(part) if isinstance(holder, dict) else None
+        if not isinstance(holder, dict) or holder.get(leaf) is None:
+            continue
+        value = holder[leaf]
+        if not isinstance(value, str) or (strict and not _RFC3339.match(value)):
+            raise _error(400, f'{res.kind} in version "{res.version}" cannot be handled as a '
+                              f'{res.kind}: parsing time {json.dumps(value)} as '
+                              f'"2006-01-02T15:04:05Z07:00" failed ({path})')
+        try:
+            moment = datetime.fromisoformat(value)
+        except ValueError as exc:
+            raise _error(400, f'{res.kind} in version "{res.version}" cannot be handled as a '
+                              f"{res.kind}: {exc} ({path})") from exc
+        if moment.tzinfo is None:
+            moment = moment.replace(tzinfo=UTC)
+        holder[leaf] = _format_time(moment, micro=micro)
+
+
+# --------------------------------------------------------------------------- selectors
+
+
+@dataclass(frozen=True)
+class _Requirement:
+    key: str
+    op: str  # = != in notin exists !exists gt lt
+    values: tuple[str, ...] = ()
+
+    def matches(self, labels: Mapping[str, str]) -> bool:
+        present = self.key in labels
+        value = labels.get(self.key)
+        if self.op in ("=", "in"):
+            return present and value in self.values
+        if self.op in ("!=", "notin"):
+            return not present or value not in self.values
+        if self.op == "exists":
+            return present
+        if self.op == "!exists":
+            return not present
+        try:
+            number = int(value or "")
+        except ValueError:
+            return False
+        limit = int(self.values[0])
+        return number > limit if self.op == "gt" else number < limit
+
+
+def _split_top_level(text: str) -> list[str]:
+    parts: list[str] = []
+    depth = 0
+    current: list[str] = []
+    for char in text:
+        if char == "(":
+            depth += 1
+        elif char == ")":
+            depth -= 1
+        if char == "," and depth == 0:
+            parts.append("".join(current))
+            current = []
+        else:
+            current.append(char)
+    parts.append("".join(current))
+    return parts
+
+
+_KEY = r"[A-Za-z0-9][-A-Za-z0-9_./]*"
+_REQ_EQ = re.compile(rf"^\s*({_KEY})\s*(==|=|!=)\s*([^\s=!]*)\s*$")
+_REQ_SET = re.compile(rf"^\s*({_KEY})\s+(in|notin)\s*\((.*)\)\s*$")
+_REQ_CMP = re.compile(rf"^\s*({_KEY})\s*(>|<)\s*(-?\d+)\s*$")
+_REQ_EXISTS = re.compile(rf"^\s*(!?)\s*({_KEY})\s*$")
+
+
+def parse_label_selector(text: str) -> builtins.list[_Requirement]:
+    """Parse a label selector the way apimachinery does; 400 BadRequest on bad syntax."""
+    requirements: list[_Requirement] = []
+    values: tuple[str, ...]
+    if not text.strip():
+        return requirements
+    for raw in _split_top_level(text):
+        if match := _REQ_EQ.match(raw):
+            key, op, values = match[1], "!=" if match[2] == "!=" else "=", (match[3],)
+        elif match := _REQ_SET.match(raw):
+            key, op = match[1], match[2]
+            values = tuple(v.strip() for v in match[3].split(",") if v.strip())
+            if not values:
+                raise _error(400, f"unable to parse requirement: {raw!r}: for 'in', 'notin' "
+                                  "operators, values set can't be empty")
+        elif match := _REQ_CMP.match(raw):
+            key, op, values = match[1], "gt" if match[2] == ">" else "lt", (match[3],)
+        elif match := _REQ_EXISTS.match(raw):
+            key, op, values = match[2], "!exists" if match[1] else "exists", ()
+        else:
+            raise _error(400, f"unable to parse requirement: found {raw.strip()!r}, "
+                              "expected: identifier, '!', 'in', 'notin', '=', '==', '!='")
+        problem = _qualified_key_error(key)
+        if problem:
+            raise _error(400, f'unable to parse requirement: key: Invalid value: "{key}": '
+                              f"{problem}")
+        for value in values if op not in ("gt", "lt") else ():
+            if len(value) > 63 or not _LABEL_VALUE.match(value):
+                raise _error(400, f'unable to parse requirement: values[0][{key}]: Invalid value: '
+                                  f'"{value}": a valid label must be an empty string or consist '
+                                  "of alphanumeric characters, '-', '_' or '.'")
+        requirements.append(_Requirement(key, op, values))
+    return requirements
+
+
+def _parse_field_selector(res: _Resource, text: str) -> list[tuple[str, str, str]]:
+    terms: list[tuple[str, str, str]] = []
+    if not text.strip():
+        return terms
+    for raw in text.split(","):
+        match = re.match(r"^\s*([^=!\s]+)\s*(==|=|!=)\s*(.*?)\s*$", raw)
+        if not match:
+            raise _error(400, f"invalid selector: '{text}'; can't understand '{raw}'")
+        path = res.field_path(match[1])
+        if path is None:
+            raise _error(400, f'field label not supported: {match[1]}')
+        terms.append((path, "!=" if match[2] == "!=" else "=", match[3]))
+    return terms
+
+
+def _field_value(obj: JsonObj, path: str) -> str:
+    value: Any = obj
+    for part in path.split("."):
+        value = value.get(part) if isinstance(value, dict) else None
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+@dataclass(frozen=True)
+class _Selector:
+    labels: tuple[_Requirement, ...] = ()
+    fields: tuple[tuple[str, str, str], ...] = ()
+
+    @property
+    def empty(self) -> bool:
+        return not self.labels and not self.fields
+
+    def matches(self, obj: JsonObj) -> bool:
+        labels = obj.get("metadata", {}).get("labels") or {}
+        if not all(r.matches(labels) for r in self.labels):
+            return False
+        for path, op, want in self.fields:
+            if (_field_value(obj, path) == want) != (op == "="):
+                return False
+        return True
+
+
+def _selector_string(selector: Any) -> str:
+    """The string form of a LabelSelector, as the scale subresource reports it."""
+    if not isinstance(selector, dict):
+        return ""
+    parts = [f"{k}={v}" for k, v in sorted((selector.get("matchLabels") or {}).items())]
+    for expr in selector.get("matchExpressions") or []:
+        op, key, values = expr.get("operator"), expr.get("key"), expr.get("values") or []
+        if op in ("In", "NotIn"):
+            parts.append(f"{key} {op.lower()} ({','.join(sorted(values))})")
+        elif op == "Exists":
+            parts.append(str(key))
+        elif op == "DoesNotExist":
+            parts.append(f"!{key}")
+    return ",".join(parts)
+
+
+# --------------------------------------------------------------------------- patches
+
+
+class _PatchFailed(Exception):
+    pass
+
+
+def _merge_patch(target: Any, patch: Any) -> Any:
+    """RFC 7386 JSON merge patch."""
+    if not isinstance(patch, dict):
+        return copy.deepcopy(patch)
+    result = dict(target) if isinstance(target, dict) else {}
+    for key, value in patch.items():
+        if value is None:
+            result.pop(key, None)
+        else:
+            result[key] = _merge_patch(result.get(key), value)
+    return result
+
+
+def _pointer(path: Any) -> list[str]:
+    if not isinstance(path, str) or (path and not path.startswith("/")):
+        raise _PatchFailed(f"invalid JSON pointer {path!r}")
+    return [t.replace("~1", "/").replace("~0", "~") for t in path.split("/")[1:]] if path else []
+
+
+def _resolve(doc: Any, tokens: list[str]) -> Any:
+    for token in tokens:
+        if isinstance(doc, dict) and token in doc:
+            doc = doc[token]
+        elif isinstance(doc, list) and token.isdigit() and int(token) < len(doc):
+            doc = doc[int(token)]
+        else:
+            raise _PatchFailed(f"path /{'/'.join(tokens)} does not exist")
+    return doc
+
+
+def _pointer_add(doc: Any, tokens: list[str], value: Any, *, replace: bool) -> Any:
+    if not tokens:
+        return value
+    parent = _resolve(doc, tokens[:-1])
+    leaf = tokens[-1]
+    if isinstance(parent, dict):
+        if replace and leaf not in parent:
+            raise _PatchFailed(f"replace operation does not apply: doc is missing key: {leaf}")
+        parent[leaf] = value
+    elif isinstance(parent, list):
+        if leaf == "-" and not replace:
+            parent.append(value)
+        elif leaf.isdigit() and int(leaf) <= len(parent) - (1 if replace else 0):
+            if replace:
+                parent[int(leaf)] = value
+            else:
+                parent.insert(int(leaf), value)
+        else:
+            raise _PatchFailed(f"index {leaf} out of bounds")
+    else:
+        raise _PatchFailed("cannot add to a scalar")
+    return doc
+
+
+def _pointer_remove(doc: Any, tokens: list[str]) -> Any:
+    if not tokens:
+        raise _PatchFailed("cannot remove the whole document")
+    parent = _resolve(doc, tokens[:-1])
+    leaf = tokens[-1]
+    if isinstance(parent, dict) and leaf in parent:
+        return parent.pop(leaf)
+    if isinstance(parent, list) and leaf.isdigit() and int(leaf) < len(parent):
+        return parent.pop(int(leaf))
+    raise _PatchFailed(f"remove operation does not apply: doc is missing path: /{'/'.join(tokens)}")
+
+
+def _same_json(left: Any, right: Any) -> bool:
+    return json.dumps(left, sort_keys=True) == json.dumps(right, sort_keys=True)
+
+
+def _json_patch(doc: Any, operations: Any) -> Any:
+    """RFC 6902 JSON patch; a malformed patch is 400, one that does not apply is 422."""
+    if not isinstance(operations, list) or not all(isinstance(o, dict) for o in operations):
+        raise _error(400, "json: cannot unmarshal object into Go value of type jsonpatch.Patch")
+    for operation in operations:
+        if operation.get("op") not in ("add", "remove", "replace", "move", "copy", "test"):
+            raise _error(400, f"Unexpected kind: {operation.get('op')}")
+        needs_from = operation["op"] in ("move", "copy")
+        if "path" not in operation or (needs_from and "from" not in operation):
+            raise _error(400, f"operation {operation['op']} is missing a path")
+    doc = copy.deepcopy(doc)
+    try:
+        for operation in operations:
+            op, tokens = operation["op"], _pointer(operation["path"])
+            value = copy.deepcopy(operation.get("value"))
+            if op in ("add", "replace"):
+                doc = _pointer_add(doc, tokens, value, replace=op == "replace")
+            elif op == "remove":
+                _pointer_remove(doc, tokens)
+            elif op == "move":
+                value = _pointer_remove(doc, _pointer(operation["from"]))
+                doc = _pointer_add(doc, tokens, value, replace=False)
+            elif op == "copy":
+                value = copy.deepcopy(_resolve(doc, _pointer(operation["from"])))
+                doc = _pointer_add(doc, tokens, value, replace=False)
+            elif not _same_json(_resolve(doc, tokens), operation.get("value")):
+                raise _PatchFailed(f"testing value {operation['path']} failed: test failed")
+    except _PatchFailed:
+        # The API server turns every jsonpatch apply error into this generic 422.
+        raise _error(422, "the server rejected our request due to an error in our request",
+                     {}) from None
+    return doc
+
+
+# --------------------------------------------------------------------------- public records
+
+
+@dataclass
+class RequestRecord:
+    """One HTTP request the stand-in received (``status`` is filled once answered)."""
+
+    method: str
+    path: str
+    query: dict[str, str]
+    body: Any
+    content_type: str
+    headers: dict[str, str]  # names in lower case
+    status: int | None = None
+
+    @property
+    def watch(self) -> bool:
+        return self.query.get("watch", "") in _TRUE
+
+
+@dataclass
+class Fault:
+    """An injected failure: matching requests wait ``delay`` then answer ``status`` (if set)."""
+
+    path_regex: re.Pattern[str]
+    method: str | None
+    status: int | None
+    times: int | None  # None: until cleared
+    delay: float
+    hits: int = 0
+
+    def matches(self, method: str, path: str) -> bool:
+        return ((self.method is None or self.method.upper() == method)
+                and self.path_regex.search(path) is not None
+                and (self.times is None or self.hits < self.times))
+
+
+@dataclass
+class _Change:
+    rv: int
+    storage: str
+    type: str
+    obj: JsonObj
+    old: JsonObj | None
+
+
+@dataclass(eq=False)
+class _OpenWatch:
+    path: str
+    sock: socket.socket
+    dropped: bool = False
+
+
+# --------------------------------------------------------------------------- HTTP plumbing
+
+
+class _HttpServer(ThreadingHTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+
+    def __init__(self, address: tuple[str, int], api: KubeApiServer) -> None:
+        self.api = api
+        super().__init__(address, _Handler)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        # Named threads, so that tests can check that stop() left none behind.
+        thread = threading.Thread(target=self.process_request_thread,
+                                  args=(request, client_address), daemon=True,
+                                  name=f"{_THREAD_PREFIX}-conn:{self.server_address[1]}")
+        thread.start()
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        exc = sys.exc_info()[1]
+        if isinstance(exc, OSError) or self.api._stopping.is_set():
+            return  # clients hanging up (and our own shutdown) are routine
+        super().handle_error(request, client_address)
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server: _HttpServer
+
+    def setup(self) -> None:
+        super().setup()
+        # Headers and body leave in two writes; with Nagle on, the body waits ~40 ms for the
+        # client's delayed ACK on every single request.
+        self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.server.api._track_connection(self.connection, add=True)
+
+    def finish(self) -> None:
+        try:
+            with contextlib.suppress(OSError):
+                super().finish()
+        finally:
+            self.server.api._track_connection(self.connection, add=False)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass  # the request log is the record; stderr noise helps nobody
+
+    def do_GET(self) -> None:
+        self.server.api._serve(self)
+
+    def do_POST(self) -> None:
+        self.server.api._serve(self)
+
+    def do_PUT(self) -> None:
+        self.server.api._serve(self)
+
+    def do_PATCH(self) -> None:
+        self.server.api._serve(self)
+
+    def do_DELETE(self) -> None:
+        self.server.api._serve(self)
+
+
+def _to_json_value(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return _format_time(value if value.tzinfo else value.replace(tzinfo=UTC), micro=True)
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+_MODEL_NAME = re.compile(r"^(Core|Events)?V\d+(?:(?:alpha|beta)\d+)?(?P<kind>[A-Z]\w*)$")
+
+
+def _as_json_obj(obj: Any) -> JsonObj:
+    """A deep, JSON-clean copy of a dict or of a kubernetes client model.
+
+    A model without ``api_version``/``kind`` gets them from its class name (``V1Pod``).
+    """
+    if hasattr(obj, "openapi_types"):
+        from kubernetes.client import ApiClient
+
+        model = type(obj).__name__
+        obj = ApiClient().sanitize_for_serialization(obj)
+        match = _MODEL_NAME.match(model)
+        if match and "kind" not in obj:
+            candidates = [r for r in _RESOURCES if r.kind == match["kind"]
+                          and (r.group == "events.k8s.io") == (match[1] == "Events")]
+            if candidates:
+                obj.setdefault("apiVersion", candidates[0].api_version)
+                obj["kind"] = candidates[0].kind
+    if not isinstance(obj, Mapping):
+        raise TypeError(f"expected a mapping or a kubernetes model, got {type(obj).__name__}")
+    result: JsonObj = json.loads(json.dumps(obj, default=_to_json_value))
+    return result
+
+
+# --------------------------------------------------------------------------- the server
+
+
+class KubeApiServer:
+    """The stand-in: start it, point a client at it, seed and inspect state directly.
+
+    ``crds`` names the custom resource groups that are installed (``argoproj.io`` by default);
+    a group left out answers 404 everywhere, as on a cluster without that CRD. ``history_limit``
+    is how many changes watches can replay; older resourceVersions get 410 Gone.
+    """
+
+    def __init__(
+        self,
+        *,
+        crds: Iterable[str] = ("argoproj.io",),
+        bookmark_interval: float = 1.0,
+        history_limit: int = 10_000,
+        namespaces: Iterable[str] = ("default", "kube-system", "kube-public", "kube-node-lease"),
+        clock: Callable[[], datetime] | None = None,
+        host: str = "127.0.0.1",
+        port: int = 0,
+    ) -> None:
+        unknown = set(crds) - _CRD_GROUPS
+        if unknown:
+            raise ValueError(f"unknown CRD groups {sorted(unknown)}; known: {sorted(_CRD_GROUPS)}")
+        self._crds = set(crds)
+        self._bookmark_interval = bookmark_interval
+        self._history_limit = history_limit
+        self._clock = clock or (lambda: datetime.now(UTC))
+        self._address = (host, port)
+        self._cond = threading.Condition(threading.RLock())
+        self._objects: dict[str, dict[tuple[str, str], JsonObj]] = {}
+        self._history: deque[_Change] = deque()
+        self._rv = 0
+        self._compacted_rv = 0  # changes with rv > this are retained
+        self._log: list[RequestRecord] = []
+        self._faults: list[Fault] = []
+        self._watches: set[_OpenWatch] = set()
+        self._connections: set[socket.socket] = set()
+        self._handler_threads: set[threading.Thread] = set()
+        self._stopping = threading.Event()
+        self._server: _HttpServer | None = None
+        self._thread: threading.Thread | None = None
+        for name in namespaces:
+            self.create({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}})
+
+    # ----------------------------------------------------------------- lifecycle
+
+    def start(self) -> Self:
+        if self._server is not None:
+            return self
+        self._stopping.clear()
+        self._server = _HttpServer(self._address, self)
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, kwargs={"poll_interval": 0.05},
+            name=f"{_THREAD_PREFIX}:{self.port}", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Stop serving, end every watch and connection, and join the threads."""
+        server, thread = self._server, self._thread
+        if server is None:
+            return
+        self._stopping.set()
+        server.shutdown()  # no new connections from here on
+        server.server_close()
+        with self._cond:
+            self._cond.notify_all()
+            connections = builtins.list(self._connections)
+            handlers = builtins.list(self._handler_threads)
+        # Idle keep-alive connections block their threads in a read: end them too.
+        for conn in connections:
+            with contextlib.suppress(OSError):
+                conn.shutdown(socket.SHUT_RDWR)
+        if thread is not None:
+            thread.join(timeout=5)
+        for handler in handlers:
+            handler.join(timeout=5)
+        self._server = None
+        self._thread = None
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.stop()
+
+    @property
+    def port(self) -> int:
+        if self._server is None:
+            raise RuntimeError("the stand-in is not started")
+        return int(self._server.server_address[1])
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def kubeconfig(self, path: Path | str, *, namespace: str = "default") -> Path:
+        """Write a kubeconfig pointing at this server (for ``load_kube_config``)."""
+        target = Path(path)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        name = "steward-standin"
+        config = {
+            "apiVersion": "v1", "kind": "Config", "current-context": name, "preferences": {},
+            "clusters": [{"name": name, "cluster": {"server": self.url}}],
+            "users": [{"name": name, "user": {"token": TEST_TOKEN}}],
+            "contexts": [{"name": name,
+                          "context": {"cluster": name, "user": name, "namespace": namespace}}],
+        }
+        target.write_text(yaml.safe_dump(config, sort_keys=False))
+        return target
+
+    def client_configuration(self) -> kubernetes.client.Configuration:
+        from kubernetes.client import Configuration
+
+        config = Configuration(host=self.url)
+        # Client 36 looks the token and its prefix up under "BearerToken".
+        config.api_key = {"BearerToken": TEST_TOKEN}
+        config.api_key_prefix = {"BearerToken": "Bearer"}
+        return config
+
+    def api_client(self) -> kubernetes.client.ApiClient:
+        from kubernetes.client import ApiClient
+
+        return ApiClient(self.client_configuration())
+
+    # ----------------------------------------------------------------- test hooks
+
+    @property
+    def resource_version(self) -> int:
+        with self._cond:
+            return self._rv
+
+    def set_group_enabled(self, group: str, enabled: bool) -> None:
+        """Install or remove a CRD group while running (objects are kept, only hidden)."""
+        if group not in _CRD_GROUPS:
+            raise ValueError(f"unknown CRD group {group!r}")
+        with self._cond:
+            (self._crds.add if enabled else self._crds.discard)(group)
+
+    def compact(self) -> None:
+        """Forget all history: a watch from any earlier resourceVersion now gets 410 Gone."""
+        with self._cond:
+            self._history.clear()
+            self._compacted_rv = self._rv
+            self._cond.notify_all()
+
+    def inject_fault(self, *, path_regex: str = ".*", method: str | None = None,
+                     status: int | None = 500, times: int | None = 1,
+                     delay: float = 0.0) -> Fault:
+        """Make the next ``times`` matching requests wait ``delay`` s, then fail with ``status``.
+
+        ``path_regex`` is searched in the URL path (no query). ``status=None`` only delays;
+        ``times=None`` keeps the fault until :meth:`clear_faults`.
+        """
+        fault = Fault(re.compile(path_regex), method, status, times, delay)
+        with self._cond:
+            self._faults.append(fault)
+        return fault
+
+    def clear_faults(self) -> None:
+        with self._cond:
+            self._faults.clear()
+
+    def drop_watches(self) -> int:
+        """Cut every open watch connection abruptly (no final chunk); returns how many."""
+        with self._cond:
+            watches = list(self._watches)
+            for watch in watches:
+                watch.dropped = True
+            self._cond.notify_all()
+        for watch in watches:
+            with contextlib.suppress(OSError):
+                watch.sock.shutdown(socket.SHUT_RDWR)
+        return len(watches)
+
+    def open_watches(self, *, path_regex: str | None = None) -> int:
+        """How many watch streams are open now (optionally only those on matching paths)."""
+        pattern = re.compile(path_regex) if path_regex else None
+        with self._cond:
+            return sum(1 for w in self._watches
+                       if not w.dropped and (pattern is None or pattern.search(w.path)))
+
+    def request_log(self, *, method: str | None = None,
+                    path_regex: str | None = None) -> builtins.list[RequestRecord]:
+        pattern = re.compile(path_regex) if path_regex else None
+        with self._cond:
+            records = builtins.list(self._log)
+        return [r for r in records
+                if (method is None or r.method == method.upper())
+                and (pattern is None or pattern.search(r.path))]
+
+    def clear_request_log(self) -> None:
+        with self._cond:
+            self._log.clear()
+
+    # ----------------------------------------------------------------- direct state API
+
+    def create(self, obj: Any) -> JsonObj:
+        """Create as if through the API, but keep the given status and creationTimestamp,
+        and create a missing namespace on the way."""
+        body = _as_json_obj(obj)
+        res = self._resource_for(body.get("apiVersion", ""), body.get("kind", ""))
+        return self._create(res, body.get("metadata", {}).get("namespace"), body, via_http=False)
+
+    def apply(self, obj: Any) -> JsonObj:
+        """Create, or replace whatever is stored (no resourceVersion check), status included."""
+        body = _as_json_obj(obj)
+        res = self._resource_for(body.get("apiVersion", ""), body.get("kind", ""))
+        meta = body.setdefault("metadata", {})
+        if res.namespaced:
+            meta.setdefault("namespace", "default")
+        with self._cond:
+            current = self._stored(res, meta.get("namespace", ""), meta.get("name", ""))
+            if current is None:
+                return self._create(res, meta.get("namespace"), body, via_http=False)
+            new = self._to_storage(res, body)
+            new["metadata"].pop("resourceVersion", None)
+            return self._to_external(res, self._update(res, current, new, mode="apply"))
+
+    def get(self, api_version: str, kind: str, namespace: str | None,
+            name: str) -> JsonObj | None:
+        res = self._resource_for(api_version, kind)
+        with self._cond:
+            stored = self._stored(res, namespace or "", name)
+            return None if stored is None else self._to_external(res, stored)
+
+    def delete(self, api_version: str, kind: str, namespace: str | None,
+               name: str) -> JsonObj | None:
+        """Delete as through the API (finalizers only mark); None when there was nothing."""
+        res = self._resource_for(api_version, kind)
+        with self._cond:
+            stored = self._stored(res, namespace or "", name)
+            if stored is None:
+                return None
+            return self._delete(res, stored, options={}, dry_run=False)[0]
+
+    def list(self, kind: str, *, api_version: str | None = None, namespace: str | None = None,
+             label_selector: str = "") -> builtins.list[JsonObj]:
+        candidates = [r for r in _RESOURCES if r.kind == kind
+                      and (api_version is None or r.api_version == api_version)]
+        if not candidates:
+            raise KeyError(f"no resource of kind {kind!r} ({api_version or 'any version'})")
+        res = candidates[0]
+        selector = _Selector(tuple(parse_label_selector(label_selector)))
+        with self._cond:
+            items = self._select(res, namespace, selector)
+            return [self._to_external(res, item) for item in items]
+
+    # ----------------------------------------------------------------- storage
+
+    def _resource_for(self, api_version: str, kind: str) -> _Resource:
+        for res in _RESOURCES:
+            if res.api_version == api_version and res.kind == kind:
+                if res.custom and res.group not in self._crds:
+                    raise _error(404, f'no matches for kind "{kind}" in version "{api_version}"')
+                return res
+        raise KeyError(f"the stand-in serves no apiVersion={api_version!r} kind={kind!r}; "
+                       "objects given to the direct API need both")
+
+    def _primary(self, storage_key: str) -> _Resource:
+        return next(r for r in _RESOURCES if r.storage_key == storage_key)
+
+    def _stored(self, res: _Resource, namespace: str, name: str) -> JsonObj | None:
+        return self._objects.get(res.storage_key, {}).get(
+            (namespace if res.namespaced else "", name))
+
+    def _select(self, res: _Resource, namespace: str | None,
+                selector: _Selector) -> builtins.list[JsonObj]:
+        store = self._objects.get(res.storage_key, {})
+        return [obj for key, obj in sorted(store.items())
+                if (not namespace or key[0] == namespace) and selector.matches(obj)]
+
+    def _to_storage(self, res: _Resource, obj: JsonObj) -> JsonObj:
+        obj = copy.deepcopy(obj)
+        if res.group == "events.k8s.io":
+            for external, internal in _EVENT_RENAMES:
+                obj.pop(internal, None)
+                if external in obj:
+                    obj[internal] = obj.pop(external)
+        primary = self._primary(res.storage_key)
+        obj["apiVersion"], obj["kind"] = primary.api_version, primary.kind
+        obj.setdefault("metadata", {})
+        return obj
+
+    def _to_external(self, res: _Resource, obj: JsonObj, *, in_list: bool = False) -> JsonObj:
+        obj = copy.deepcopy(obj)
+        if res.group == "events.k8s.io":
+            for external, internal in _EVENT_RENAMES:
+                obj.pop(external, None)
+                if internal in obj:
+                    obj[external] = obj.pop(internal)
+        if in_list and not res.custom:
+            # Items of built-in lists carry no kind/apiVersion on the wire.
+            obj.pop("apiVersion", None)
+            obj.pop("kind", None)
+        else:
+            obj["apiVersion"], obj["kind"] = res.api_version, res.kind
+        return obj
+
+    def _commit(self, res: _Resource, change: str, obj: JsonObj, old: JsonObj | None) -> JsonObj:
+        """Store one change under a new resourceVersion and wake the watches (lock held)."""
+        self._rv += 1
+        obj["metadata"]["resourceVersion"] = str(self._rv)
+        meta = obj["metadata"]
+        key = (meta.get("namespace", "") if res.namespaced else "", meta["name"])
+        store = self._objects.setdefault(res.storage_key, {})
+        if change == "DELETED":
+            store.pop(key, None)
+        else:
+            store[key] = obj
+        self._history.append(_Change(self._rv, res.storage_key, change, copy.deepcopy(obj), old))
+        while len(self._history) > self._history_limit:
+            self._compacted_rv = self._history.popleft().rv
+        self._cond.notify_all()
+        return obj
+
+    def _now(self) -> str:
+        return _format_time(self._clock(), micro=False)
+
+    def _check_body(self, res: _Resource, body: Any, *, kind: str | None = None) -> JsonObj:
+        if not isinstance(body, dict):
+            raise _error(400, f'{res.kind} in version "{res.version}" cannot be handled as a '
+                              f"{res.kind}: the body is not a JSON object")
+        want_kind = kind or res.kind
+        got_kind, got_version = body.get("kind"), body.get("apiVersion")
+        if (got_kind and got_kind != want_kind) or (
+                got_version and kind is None and got_version != res.api_version):
+            raise _error(400, f"the API version in the data ({got_version}) or kind ({got_kind}) "
+                              f"does not match the expected {res.api_version} {want_kind}")
+        if not isinstance(body.get("metadata", {}), dict):
+            raise _error(400, "metadata must be an object")
+        return body
+
+    def _create(self, res: _Resource, namespace: str | None, body: JsonObj, *, via_http: bool,
+                dry_run: bool = False) -> JsonObj:
+        self._check_body(res, body)
+        obj = self._to_storage(res, body)
+        meta = obj["metadata"]
+        if res.namespaced:
+            if namespace and meta.get("namespace") and meta["namespace"] != namespace:
+                raise _error(400, "the namespace of the provided object does not match the "
+                                  "namespace sent on the request")
+            meta["namespace"] = namespace or meta.get("namespace") or "default"
+        else:
+            meta.pop("namespace", None)
+        if via_http:
+            for system in ("uid", "resourceVersion", "creationTimestamp", "deletionTimestamp",
+                           "deletionGracePeriodSeconds", "generation", "managedFields"):
+                meta.pop(system, None)
+            if res.status and res.plural != "nodes":
+                obj["status"] = ({"phase": "Pending"} if res.plural == "pods" else {})
+        with self._cond:
+            if not meta.get("name") and meta.get("generateName"):
+                meta["name"] = self._generate_name(res, meta)
+            causes = _validate_meta(res, meta) + _validate_spec(res, obj)
+            if res.plural == "events" and via_http:
+                causes += _validate_event(res, obj)
+            if causes:
+                raise _invalid(res.qualified_kind, res.group, meta.get("name", ""), causes)
+            _normalise_times(res, obj, strict=via_http)
+            if res.namespaced:
+                namespaces = self._objects.get("namespaces", {})
+                if ("", meta["namespace"]) not in namespaces:
+                    if via_http:
+                        raise _error(404, f'namespaces "{meta["namespace"]}" not found',
+                                     {"name": meta["namespace"], "kind": "namespaces"})
+                    if not dry_run:
+                        self.create({"apiVersion": "v1", "kind": "Namespace",
+                                     "metadata": {"name": meta["namespace"]}})
+            if self._stored(res, meta.get("namespace", ""), meta["name"]) is not None:
+                raise _already_exists(res, meta["name"])
+            meta["uid"] = str(uuid.uuid4())
+            meta.setdefault("creationTimestamp", self._now())
+            if res.generation:
+                meta["generation"] = 1
+            self._apply_defaults(res, obj)
+            if dry_run:
+                return self._to_external(res, obj)
+            return self._to_external(res, self._commit(res, "ADDED", obj, None))
+
+    def _generate_name(self, res: _Resource, meta: JsonObj) -> str:
+        alphabet = "bcdfghjklmnpqrstvwxz2456789"
+        while True:
+            name = str(meta["generateName"]) + "".join(random.choices(alphabet, k=5))
+            if self._stored(res, meta.get("namespace", ""), name) is None:
+                return name
+
+    def _apply_defaults(self, res: _Resource, obj: JsonObj) -> None:
+        if res.scale:
+            spec = obj.setdefault("spec", {})
+            if isinstance(spec, dict):
+                spec.setdefault("replicas", 1)
+        if res.status:
+            status = obj.setdefault("status", {})
+            # Go serialises these status counters even when zero (no omitempty).
+            for counter in _STATUS_COUNTERS.get(res.plural, ()):
+                if isinstance(status, dict):
+                    status.setdefault(counter, 0)
+        if res.plural == "namespaces":
+            name = obj["metadata"]["name"]
+            obj["metadata"].setdefault("labels", {})["kubernetes.io/metadata.name"] = name
+            obj.setdefault("spec", {}).setdefault("finalizers", ["kubernetes"])
+            obj.setdefault("status", {}).setdefault("phase", "Active")
+
+    def _update(self, res: _Resource, current: JsonObj, new: JsonObj, *, mode: str,
+                dry_run: bool = False) -> JsonObj:
+        """Write ``new`` over ``current`` (lock held). ``mode``: main, status, scale, apply.
+
+        Returns the stored object (storage form). A write that changes nothing is not a write:
+        no new resourceVersion and no watch event, as on the real server.
+        """
+        old_meta = current["metadata"]
+        if mode in ("status", "scale"):
+            result = copy.deepcopy(current)
+            if mode == "status":
+                result["status"] = copy.deepcopy(new.get("status", {}))
+            else:
+                result["spec"] = copy.deepcopy(new["spec"])
+        else:
+            result = copy.deepcopy(new)
+            if mode == "main" and res.status:
+                if "status" in current:
+                    result["status"] = copy.deepcopy(current["status"])
+                else:
+                    result.pop("status", None)
+        meta = result["metadata"]
+        for system in ("uid", "creationTimestamp", "deletionTimestamp",
+                       "deletionGracePeriodSeconds", "generation", "name", "namespace"):
+            if mode == "apply" and system == "creationTimestamp" and meta.get(system):
+                continue  # the direct API may backdate an object
+            if system in old_meta:
+                meta[system] = old_meta[system]
+            else:
+                meta.pop(system, None)
+        self._apply_defaults(res, result)
+        causes = _validate_meta(res, meta) + _validate_spec(res, result)
+        if causes:
+            raise _invalid(res.qualified_kind, res.group, meta.get("name", ""), causes)
+        _normalise_times(res, result, strict=mode != "apply")
+        if res.generation and self._spec_changed(res, current, result):
+            meta["generation"] = int(old_meta.get("generation", 0)) + 1
+        meta["resourceVersion"] = old_meta.get("resourceVersion")
+        if _same_json(result, current):
+            return current
+        if dry_run:
+            return result
+        if meta.get("deletionTimestamp") and not meta.get("finalizers"):
+            return self._commit(res, "DELETED", result, current)
+        return self._commit(res, "MODIFIED", result, current)
+
+    @staticmethod
+    def _spec_changed(res: _Resource, old: JsonObj, new: JsonObj) -> bool:
+        if res.custom and not res.status:
+            # Without a status subresource every non-metadata change is a new generation.
+            strip = ("metadata",)
+        else:
+            return not _same_json(old.get("spec"), new.get("spec"))
+        return not _same_json({k: v for k, v in old.items() if k not in strip},
+                              {k: v for k, v in new.items() if k not in strip})
+
+    def _delete(self, res: _Resource, current: JsonObj, *, options: JsonObj,
+                dry_run: bool) -> tuple[JsonObj, bool]:
+        """Delete, or only mark for deletion while finalizers remain (lock held).
+
+        Returns the object as last stored (external form) and whether it is gone now.
+        """
+        meta = current["metadata"]
+        preconditions = options.get("preconditions") or {}
+        for field_name, label in (("uid", "UID"), ("resourceVersion", "ResourceVersion")):
+            want = preconditions.get(field_name)
+            if want and want != meta.get(field_name):
+                raise _conflict(res, meta["name"],
+                                f"Precondition failed: {label} in precondition: {want}, "
+                                f"{label} in object meta: {meta.get(field_name)}")
+        policy = options.get("propagationPolicy")
+        if policy not in (None, "", "Orphan", "Background", "Foreground"):
+            raise _invalid("DeleteOptions.meta.k8s.io", "", "", [_Cause(
+                "propagationPolicy", "FieldValueNotSupported",
+                f'Unsupported value: "{policy}": supported values: "Foreground", "Background", '
+                '"Orphan", "nil"')])
+        if meta.get("finalizers"):
+            if meta.get("deletionTimestamp"):
+                return self._to_external(res, current), False
+            marked = copy.deepcopy(current)
+            marked["metadata"]["deletionTimestamp"] = self._now()
+            marked["metadata"]["deletionGracePeriodSeconds"] = 0
+            if not dry_run:
+                marked = self._commit(res, "MODIFIED", marked, current)
+            return self._to_external(res, marked), False
+        if res.plural == "namespaces" and not dry_run:
+            # No namespace controller here: the contents go at once, then the namespace.
+            for storage_key, store in builtins.list(self._objects.items()):
+                owner = self._primary(storage_key)
+                for key, obj in builtins.list(store.items()):
+                    if owner.namespaced and key[0] == meta["name"]:
+                        self._commit(owner, "DELETED", copy.deepcopy(obj), obj)
+        gone = copy.deepcopy(current)
+        if not dry_run:
+            gone = self._commit(res, "DELETED", gone, current)
+        return self._to_external(res, gone), True
+
+    @staticmethod
+    def _delete_response(res: _Resource, obj: JsonObj, gone: bool) -> JsonObj:
+        """What DELETE answers: most registries a success Status, some the deleted object."""
+        if not gone or res.custom or res.plural in _RETURNS_DELETED:
+            return obj
+        if res.plural == "namespaces":
+            obj["status"] = {"phase": "Terminating"}
+            return obj
+        details = _res_details(res, obj["metadata"]["name"])
+        details["uid"] = obj["metadata"].get("uid")
+        return {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success",
+                "details": details}
+
+    # ----------------------------------------------------------------- scale subresource
+
+    @staticmethod
+    def _scale_of(current: JsonObj) -> JsonObj:
+        meta = current["metadata"]
+        spec = current.get("spec") or {}
+        status = current.get("status") or {}
+        scale_meta = {k: meta[k] for k in ("name", "namespace", "uid", "resourceVersion",
+                                           "creationTimestamp") if k in meta}
+        return {
+            "kind": "Scale", "apiVersion": "autoscaling/v1", "metadata": scale_meta,
+            "spec": {"replicas": int(spec.get("replicas", 1))},
+            "status": {"replicas": int(status.get("replicas", 0)),
+                       "selector": _selector_string(spec.get("selector"))},
+        }
+
+    def _write_scale(self, res: _Resource, current: JsonObj, scale: Any, *,
+                     dry_run: bool) -> JsonObj:
+        self._check_body(res, scale, kind="Scale")
+        name = current["metadata"]["name"]
+        rv = (scale.get("metadata") or {}).get("resourceVersion")
+        if rv and rv != current["metadata"].get("resourceVersion"):
+            raise _conflict(res, name, _STALE)
+        replicas = (scale.get("spec") or {}).get("replicas")
+        if not isinstance(replicas, int) or isinstance(replicas, bool) or replicas < 0:
+            raise _invalid("Scale.autoscaling", "autoscaling", name, [
+                _bad_value("spec.replicas", replicas, "must be greater than or equal to 0")])
+        new = copy.deepcopy(current)
+        new.setdefault("spec", {})["replicas"] = replicas
+        stored = self._update(res, current, new, mode="scale", dry_run=dry_run)
+        return self._scale_of(stored)
+
+    # ----------------------------------------------------------------- HTTP dispatch
+
+    def _track_connection(self, conn: socket.socket, *, add: bool) -> None:
+        with self._cond:
+            if add:
+                self._connections.add(conn)
+                self._handler_threads.add(threading.current_thread())
+                if self._stopping.is_set():  # accepted while stop() was running
+                    with contextlib.suppress(OSError):
+                        conn.shutdown(socket.SHUT_RDWR)
+            else:
+                self._connections.discard(conn)
+                self._handler_threads.discard(threading.current_thread())
+
+    def _serve(self, handler: _Handler) -> None:
+        method = handler.command
+        parts = urlsplit(handler.path)
+        path = parts.path.rstrip("/") or "/"
+        query = {k: v[-1] for k, v in parse_qs(parts.query, keep_blank_values=True).items()}
+        length = int(handler.headers.get("Content-Length") or 0)
+        raw = handler.rfile.read(length) if length else b""
+        content_type = (handler.headers.get("Content-Type") or "").split(";")[0].strip().lower()
+        try:
+            body: Any = json.loads(raw) if raw else None
+        except ValueError:
+            body = raw.decode("utf-8", errors="replace")
+        headers = {k.lower(): v for k, v in handler.headers.items()}
+        record = RequestRecord(method, path, query, body, content_type, headers)
+        with self._cond:
+            self._log.append(record)
+        try:
+            self._apply_fault(method, path)
+            if isinstance(body, str) and content_type != "application/apply-patch+yaml":
+                raise _error(400, "the request body is not valid JSON")
+            code, payload = self._route(handler, record)
+        except KubeApiError as exc:
+            code, payload = exc.code, exc.status
+        except Exception as exc:  # a bug in the stand-in: answer like the server, show the trace
+            traceback.print_exc()
+            code, payload = 500, _status(500, "InternalError", f"Internal error occurred: {exc}")
+        if code == 0:
+            handler.close_connection = True  # a watch answered on its own
+            return
+        record.status = code
+        self._send(handler, code, payload)
+
+    def _apply_fault(self, method: str, path: str) -> None:
+        with self._cond:
+            fault = next((f for f in self._faults if f.matches(method, path)), None)
+            if fault is not None:
+                fault.hits += 1
+        if fault is None:
+            return
+        if fault.delay:
+            self._stopping.wait(fault.delay)
+        if fault.status is not None:
+            reason = _REASONS.get(fault.status, "InternalError")
+            message = ("Internal error occurred: injected by the test"
+                       if fault.status >= 500 else f"injected by the test: {reason}")
+            details: JsonObj = {"retryAfterSeconds": 1} if fault.status == 429 else {}
+            raise KubeApiError(_status(fault.status, reason, message, details))
+
+    @staticmethod
+    def _send(handler: _Handler, code: int, payload: Any) -> None:
+        text = isinstance(payload, str)  # /healthz and friends answer plain text
+        data = payload.encode() if text else json.dumps(payload, separators=(",", ":")).encode()
+        try:
+            handler.send_response(code)
+            handler.send_header("Content-Type", "text/plain; charset=utf-8" if text
+                                else "application/json")
+            handler.send_header("Content-Length", str(len(data)))
+            if code == 429:
+                handler.send_header("Retry-After", "1")
+            handler.end_headers()
+            handler.wfile.write(data)
+        except OSError:
+            handler.close_connection = True
+
+    def _route(self, handler: _Handler, record: RequestRecord) -> tuple[int, Any]:
+        method, path, query = record.method, record.path, record.query
+        if path in ("/healthz", "/livez", "/readyz"):
+            return 200, "ok"
+        if method != "GET" and path in ("/version", "/api", "/apis"):
+            raise self._method_not_allowed()
+        if path == "/version":
+            return 200, SERVER_VERSION
+        if path == "/api":
+            address = {"clientCIDR": "0.0.0.0/0", "serverAddress": f"127.0.0.1:{self.port}"}
+            return 200, {"kind": "APIVersions", "versions": ["v1"],
+                         "serverAddressByClientCIDRs": [address]}
+        if path == "/apis":
+            return 200, {"kind": "APIGroupList", "apiVersion": "v1",
+                         "groups": [self._group_doc(g) for g in self._groups()]}
+        segments = path.strip("/").split("/")
+        if segments[0] == "api" and len(segments) >= 2:
+            group, version, rest = "", segments[1], segments[2:]
+        elif segments[0] == "apis" and len(segments) >= 2:
+            group = segments[1]
+            if group not in self._groups():
+                raise self._no_such_path()
+            if len(segments) == 2:
+                if method != "GET":
+                    raise self._method_not_allowed()
+                return 200, {"kind": "APIGroup", "apiVersion": "v1", **self._group_doc(group)}
+            version, rest = segments[2], segments[3:]
+        else:
+            raise self._no_such_path()
+        served = [r for r in self._served() if r.group == group and r.version == version]
+        if not served:
+            raise self._no_such_path()
+        if not rest:
+            if method != "GET":
+                raise self._method_not_allowed()
+            return 200, self._resource_list(group, version, served)
+        namespace: str | None = None
+        by_plural = {r.plural: r for r in served}
+        if (rest[0] == "namespaces" and len(rest) >= 3 and rest[2] in by_plural
+                and by_plural[rest[2]].namespaced):
+            namespace, rest = rest[1], rest[2:]
+        res = by_plural.get(rest[0])
+        if res is None or len(rest) > 3 or (res.namespaced and namespace is None and len(rest) > 1):
+            raise self._no_such_path()
+        name = rest[1] if len(rest) > 1 else None
+        sub = rest[2] if len(rest) > 2 else None
+        if sub is not None and not ((sub == "status" and res.status)
+                                    or (sub == "scale" and res.scale)):
+            raise self._no_such_path()
+        dry_run = self._dry_run(query)
+        if name is None:
+            if method == "GET":
+                if query.get("watch", "") in _TRUE:
+                    self._watch(handler, record, res, namespace)
+                    return 0, None
+                return 200, self._list(res, namespace, query)
+            if method == "POST" and (namespace is not None or not res.namespaced):
+                return 201, self._create(res, namespace, self._check_body(res, record.body),
+                                         via_http=True, dry_run=dry_run)
+            if method == "DELETE" and (namespace is not None or not res.namespaced):
+                return 200, self._delete_collection(res, namespace, query, dry_run=dry_run)
+            raise self._method_not_allowed()
+        if method == "GET":
+            with self._cond:
+                current = self._stored(res, namespace or "", name)
+                if current is None:
+                    raise _not_found(res, name)
+                return 200, (self._scale_of(current) if sub == "scale"
+                             else self._to_external(res, current))
+        if method == "PUT":
+            return 200, self._replace(res, namespace, name, record.body, sub, dry_run=dry_run)
+        if method == "PATCH":
+            return 200, self._patch(res, namespace, name, record, sub, dry_run=dry_run)
+        if method == "DELETE" and sub is None:
+            options = dict(record.body) if isinstance(record.body, dict) else {}
+            if "propagationPolicy" in query:
+                options["propagationPolicy"] = query["propagationPolicy"]
+            with self._cond:
+                current = self._stored(res, namespace or "", name)
+                if current is None:
+                    raise _not_found(res, name)
+                obj, gone = self._delete(res, current, options=options, dry_run=dry_run)
+                return 200, self._delete_response(res, obj, gone)
+        raise self._method_not_allowed()
+
+    @staticmethod
+    def _no_such_path() -> KubeApiError:
+        return _error(404, "the server could not find the requested resource", {})
+
+    @staticmethod
+    def _method_not_allowed() -> KubeApiError:
+        return _error(405, "the server does not allow this method on the requested resource", {})
+
+    @staticmethod
+    def _dry_run(query: Mapping[str, str]) -> bool:
+        value = query.get("dryRun", "")
+        if value not in ("", "All"):
+            raise _error(400, f'Invalid dry run value: "{value}"; only "All" is supported')
+        return value == "All"
+
+    def _served(self) -> builtins.list[_Resource]:
+        return [r for r in _RESOURCES if not r.custom or r.group in self._crds]
+
+    def _groups(self) -> builtins.list[str]:
+        groups: list[str] = []
+        for res in self._served():
+            if res.group and res.group not in groups:
+                groups.append(res.group)
+        return groups
+
+    def _group_doc(self, group: str) -> JsonObj:
+        versions: list[JsonObj] = []
+        for res in self._served():
+            if res.group == group and res.version not in [v["version"] for v in versions]:
+                versions.append({"groupVersion": res.api_version, "version": res.version})
+        return {"name": group, "versions": versions, "preferredVersion": versions[0]}
+
+    @staticmethod
+    def _resource_list(group: str, version: str, served: Iterable[_Resource]) -> JsonObj:
+        resources: list[JsonObj] = []
+        for res in served:
+            entry: JsonObj = {"name": res.plural, "singularName": res.kind.lower(),
+                              "namespaced": res.namespaced, "kind": res.kind, "verbs": _VERBS}
+            if res.short_names:
+                entry["shortNames"] = builtins.list(res.short_names)
+            resources.append(entry)
+            if res.status:
+                resources.append({"name": f"{res.plural}/status", "singularName": "",
+                                  "namespaced": res.namespaced, "kind": res.kind,
+                                  "verbs": _SUB_VERBS})
+            if res.scale:
+                resources.append({"name": f"{res.plural}/scale", "singularName": "",
+                                  "namespaced": res.namespaced, "group": "autoscaling",
+                                  "version": "v1", "kind": "Scale", "verbs": _SUB_VERBS})
+        return {"kind": "APIResourceList", "apiVersion": "v1",
+                "groupVersion": f"{group}/{version}" if group else version,
+                "resources": resources}
+
+    def _selector(self, res: _Resource, query: Mapping[str, str]) -> _Selector:
+        return _Selector(tuple(parse_label_selector(query.get("labelSelector", ""))),
+                         tuple(_parse_field_selector(res, query.get("fieldSelector", ""))))
+
+    # ----------------------------------------------------------------- verbs
+
+    def _list(self, res: _Resource, namespace: str | None, query: Mapping[str, str]) -> JsonObj:
+        selector = self._selector(res, query)
+        try:
+            limit = int(query.get("limit") or 0)
+        except ValueError:
+            raise _error(400, f"invalid limit {query.get('limit')!r}") from None
+        with self._cond:
+            list_rv, after = self._rv, None
+            if query.get("continue"):
+                list_rv, after = self._decode_continue(query["continue"])
+            items = self._select(res, namespace, selector)
+            if after is not None:
+                items = [i for i in items if self._key(i) > after]
+            metadata: JsonObj = {"resourceVersion": str(list_rv)}
+            if limit > 0 and len(items) > limit:
+                last = self._key(items[limit - 1])
+                token = json.dumps({"rv": list_rv, "start": list(last)})
+                metadata["continue"] = base64.urlsafe_b64encode(token.encode()).decode()
+                if selector.empty:
+                    metadata["remainingItemCount"] = len(items) - limit
+                items = items[:limit]
+            return {"kind": f"{res.kind}List", "apiVersion": res.api_version,
+                    "metadata": metadata,
+                    "items": [self._to_external(res, i, in_list=True) for i in items]}
+
+    @staticmethod
+    def _key(obj: JsonObj) -> tuple[str, str]:
+        return (obj["metadata"].get("namespace", ""), obj["metadata"]["name"])
+
+    def _decode_continue(self, token: str) -> tuple[int, tuple[str, str]]:
+        try:
+            decoded = json.loads(base64.urlsafe_b64decode(token.encode()))
+            rv, start = int(decoded["rv"]), (str(decoded["start"][0]), str(decoded["start"][1]))
+        except (ValueError, KeyError, TypeError, IndexError):
+            raise _error(400, "continue key is not valid: incorrect encoded start "
+                              "resourceVersion (version meta.k8s.io/v1)") from None
+        if rv < self._compacted_rv:
+            raise _error(410, "The provided continue parameter is too old to display a "
+                              "consistent list result. You can start a new list without the "
+                              "continue parameter.")
+        return rv, start
+
+    def _delete_collection(self, res: _Resource, namespace: str | None,
+                           query: Mapping[str, str], *, dry_run: bool) -> JsonObj:
+        selector = self._selector(res, query)
+        with self._cond:
+            deleted = [self._delete(res, obj, options={}, dry_run=dry_run)[0]
+                       for obj in self._select(res, namespace, selector)]
+            return {"kind": f"{res.kind}List", "apiVersion": res.api_version,
+                    "metadata": {"resourceVersion": str(self._rv)}, "items": deleted}
+
+    def _replace(self, res: _Resource, namespace: str | None, name: str, body: Any,
+                 sub: str | None, *, dry_run: bool) -> JsonObj:
+        if sub == "scale":
+            with self._cond:
+                current = self._stored(res, namespace or "", name)
+                if current is None:
+                    raise _not_found(res, name)
+                return self._write_scale(res, current, body, dry_run=dry_run)
+        body = self._check_body(res, body)
+        meta = body.get("metadata", {})
+        if meta.get("name") != name:
+            raise _error(400, f"the name of the object ({meta.get('name')}) does not match the "
+                              f"name on the URL ({name})")
+        if res.namespaced and meta.get("namespace") not in (None, "", namespace):
+            raise _error(400, "the namespace of the provided object does not match the "
+                              "namespace sent on the request")
+        with self._cond:
+            current = self._stored(res, namespace or "", name)
+            if current is None:
+                raise _not_found(res, name)
+            rv = meta.get("resourceVersion")
+            if rv and rv != current["metadata"].get("resourceVersion"):
+                raise _conflict(res, name, _STALE)
+            if not rv and res.custom:
+                raise _invalid(res.qualified_kind, res.group, name, [_bad_value(
+                    "metadata.resourceVersion", "0x0", "must be specified for an update")])
+            new = self._to_storage(res, body)
+            stored = self._update(res, current, new, mode=sub or "main", dry_run=dry_run)
+            return self._to_external(res, stored)
+
+    def _patch(self, res: _Resource, namespace: str | None, name: str, record: RequestRecord,
+               sub: str | None, *, dry_run: bool) -> JsonObj:
+        kinds = ["application/json-patch+json", "application/merge-patch+json"]
+        if not res.custom:
+            kinds.append("application/strategic-merge-patch+json")
+        if record.content_type == "application/apply-patch+yaml":
+            raise _error(415, "server-side apply is not implemented by the test stand-in")
+        if record.content_type not in kinds:
+            raise _error(415, "the body of the request was in an unknown format - accepted media "
+                              "types include: " + ", ".join(
+                                  [*kinds, "application/apply-patch+yaml"]))
+        with self._cond:
+            current = self._stored(res, namespace or "", name)
+            if current is None:
+                raise _not_found(res, name)
+            base = self._scale_of(current) if sub == "scale" else self._to_external(res, current)
+            if record.content_type == "application/json-patch+json":
+                patched = _json_patch(base, record.body)
+            else:
+                # Strategic merge patch is applied as a JSON merge patch: lists are replaced
+                # whole, never merged by key, and $patch directives are not understood.
+                if not isinstance(record.body, dict):
+                    raise _error(400, "Invalid JSON Patch")
+                patched = _merge_patch(base, record.body)
+            if sub == "scale":
+                return self._write_scale(res, current, patched, dry_run=dry_run)
+            patched = self._check_body(res, patched)
+            meta = patched.get("metadata") or {}
+            if meta.get("name") != name:
+                raise _error(400, f"the name of the object ({meta.get('name')}) does not match "
+                                  f"the name on the URL ({name})")
+            if res.namespaced and meta.get("namespace") != namespace:
+                raise _error(400, "the namespace of the provided object does not match the "
+                                  "namespace sent on the request")
+            rv = meta.get("resourceVersion")
+            if rv and rv != current["metadata"].get("resourceVersion"):
+                raise _conflict(res, name, _STALE)
+            new = self._to_storage(res, patched)
+            stored = self._update(res, current, new, mode=sub or "main", dry_run=dry_run)
+            return self._to_external(res, stored)
+
+    # ----------------------------------------------------------------- watch
+
+    def _watch(self, handler: _Handler, record: RequestRecord, res: _Resource,
+               namespace: str | None) -> None:
+        query = record.query
+        selector = self._selector(res, query)
+        try:
+            timeout = float(query["timeoutSeconds"]) if query.get("timeoutSeconds") else None
+            start = query.get("resourceVersion", "")
+            start_rv = int(start) if start not in ("", "0") else None
+        except ValueError:
+            raise _error(400, "invalid resourceVersion or timeoutSeconds") from None
+        bookmarks = query.get("allowWatchBookmarks", "") in _TRUE
+        watch = _OpenWatch(record.path, handler.connection)
+        initial: list[JsonObj] = []
+        with self._cond:
+            if start_rv is None:
+                cursor = self._rv
+                initial = [{"type": "ADDED", "object": self._to_external(res, obj)}
+                           for obj in self._select(res, namespace, selector)]
+            else:
+                cursor = start_rv
+        try:
+            record.status = 200
+            handler.send_response(200)
+            handler.send_header("Content-Type", "application/json")
+            handler.send_header("Transfer-Encoding", "chunked")
+            handler.send_header("Cache-Control", "no-cache, private")
+            # This connection closes when the watch ends; say so, or the client pools it and
+            # its next request fails on a dead socket.
+            handler.send_header("Connection", "close")
+            handler.end_headers()
+            # Only now is it a watch that drop_watches() can cut: cut earlier, the client
+            # would just retry the GET and watch on as if nothing happened.
+            with self._cond:
+                self._watches.add(watch)
+            self._stream(handler, watch, res, namespace, selector, cursor, initial,
+                         timeout=timeout, bookmarks=bookmarks)
+        except OSError:
+            pass
+        finally:
+            with self._cond:
+                self._watches.discard(watch)
+
+    def _stream(self, handler: _Handler, watch: _OpenWatch, res: _Resource,  # noqa: PLR0917
+                namespace: str | None, selector: _Selector, cursor: int,
+                initial: builtins.list[JsonObj], *, timeout: float | None,
+                bookmarks: bool) -> None:
+        started = time.monotonic()
+        deadline = started + timeout if timeout is not None else None
+        next_bookmark = started + self._bookmark_interval if bookmarks else None
+        pending = builtins.list(initial)
+        while True:
+            if pending and not self._write_events(handler, pending):
+                return
+            pending = []
+            with self._cond:
+                if cursor >= self._compacted_rv and self._rv == cursor and not self._halted(watch):
+                    wake = [0.25]  # also poll for clients that went away
+                    wake += [t - time.monotonic()
+                             for t in (deadline, next_bookmark) if t is not None]
+                    self._cond.wait(timeout=max(0.0, min(wake)))
+                if self._halted(watch):
+                    break
+                if cursor < self._compacted_rv:
+                    gone = _status(410, "Expired", f"too old resource version: {cursor} "
+                                                   f"({self._compacted_rv + 1})")
+                    self._write_events(handler, [{"type": "ERROR", "object": gone}])
+                    self._end_stream(handler)
+                    return
+                changes = [c for c in self._history
+                           if c.rv > cursor and c.storage == res.storage_key]
+                cursor = self._rv
+            for change in changes:
+                event = self._watch_event(res, namespace, selector, change)
+                if event is not None:
+                    pending.append(event)
+            now = time.monotonic()
+            if next_bookmark is not None and now >= next_bookmark:
+                pending.append({"type": "BOOKMARK", "object": {
+                    "kind": res.kind, "apiVersion": res.api_version,
+                    "metadata": {"resourceVersion": str(cursor)}}})
+                next_bookmark = now + self._bookmark_interval
+            if deadline is not None and now >= deadline:
+                if pending:
+                    self._write_events(handler, pending)
+                self._end_stream(handler)
+                return
+            if not pending and self._client_gone(watch.sock):
+                return
+        if not watch.dropped:
+            # Server shutting down: end the stream cleanly so the client sees EOF, not garbage.
+            self._end_stream(handler)
+
+    def _halted(self, watch: _OpenWatch) -> bool:
+        return watch.dropped or self._stopping.is_set()
+
+    def _watch_event(self, res: _Resource, namespace: str | None, selector: _Selector,
+                     change: _Change) -> JsonObj | None:
+        obj = change.obj
+        if namespace and obj["metadata"].get("namespace") != namespace:
+            return None
+        now_matches = selector.matches(obj)
+        if change.type == "MODIFIED" and not selector.empty:
+            # A selector watch sees objects enter and leave its set as ADDED and DELETED.
+            was_matching = change.old is not None and selector.matches(change.old)
+            kind = {(True, True): "MODIFIED", (False, True): "ADDED",
+                    (True, False): "DELETED"}.get((was_matching, now_matches))
+        else:
+            kind = change.type if now_matches else None
+        if kind is None:
+            return None
+        return {"type": kind, "object": self._to_external(res, obj)}
+
+    @staticmethod
+    def _write_events(handler: _Handler, events: Iterable[JsonObj]) -> bool:
+        try:
+            for event in events:
+                data = json.dumps(event, separators=(",", ":")).encode() + b"\n"
+                handler.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
+            handler.wfile.flush()
+        except OSError:
+            return False
+        return True
+
+    @staticmethod
+    def _end_stream(handler: _Handler) -> None:
+        with contextlib.suppress(OSError):
+            handler.wfile.write(b"0\r\n\r\n")
+            handler.wfile.flush()
+
+    @staticmethod
+    def _client_gone(sock: socket.socket) -> bool:
+        try:
+            readable, _, _ = select.select([sock], [], [], 0)
+            return bool(readable) and sock.recv(1, socket.MSG_PEEK) == b""
+        except (OSError, ValueError):
+            return True
+
+
+def standin_threads(*, port: int | None = None) -> list[threading.Thread]:
+    """Live threads of stand-ins (of the one on ``port``), for leak checks after ``stop()``."""
+    return [t for t in threading.enumerate() if t.name.startswith(_THREAD_PREFIX)
+            and (port is None or t.name.endswith(f":{port}"))]
