@@ -32,6 +32,7 @@ from agent.dashboards.lint import (
     substitute_variables,
     variable_queries,
 )
+from agent.demo.servers import rules_without_for
 from agent.sim.cluster import cluster_objects, failing_run
 from agent.sim.kube_api import KubeApiServer
 from tests.support.net import free_port, http_ok, wait_until
@@ -62,14 +63,6 @@ EXPECTED_FIRING = {
 class Cluster:
     prometheus: Prometheus
     kube: KubeApiServer
-
-
-def _rules_without_for(tmp: Path) -> Path:
-    text = (ROOT / "alerts" / "prometheus-rules.yaml").read_text(encoding="utf-8")
-    rewritten = re.sub(r"(?m)^(\s+for: ).*$", r"\g<1>0s", text)
-    path = tmp / "rules.yaml"
-    path.write_text(rewritten, encoding="utf-8")
-    return path
 
 
 @pytest.fixture(scope="module")
@@ -111,7 +104,9 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
         prometheus = start_prometheus(
             [ScrapeJob("steward-node", [f"127.0.0.1:{p.port}" for p in processes] + [dead]),
              ScrapeJob("steward-controller", [f"127.0.0.1:{ctl_port}"])],
-            rule_files=[_rules_without_for(work)], backfill=_past_hour(processes[0], ctl_port))
+            rule_files=[rules_without_for(ROOT / "alerts" / "prometheus-rules.yaml",
+                                          work / "rules.yaml")],
+            backfill=_past_hour(processes[0], ctl_port))
         prometheus.wait_for('steward_pipeline_runs_total{pipeline="feature-refresh"}', timeout=30)
         kube.apply(failing_run())  # a failure after the controller's first look
         # increase() needs two samples of the new failure counter inside its window

@@ -13,15 +13,9 @@ from typing import Any
 
 import yaml
 
+from agent.demo.servers import ScrapeJob, prometheus_config
 from tests.support.binaries import require_binary
 from tests.support.net import free_port, http_ok, wait_until
-
-
-@dataclass
-class ScrapeJob:
-    name: str
-    targets: list[str]
-    interval: str = "1s"
 
 
 @dataclass
@@ -118,16 +112,8 @@ def start_prometheus(jobs: list[ScrapeJob], *, rule_files: list[Path] | None = N
         source.write_text(backfill, encoding="utf-8")
         subprocess.run([require_binary("promtool"), "tsdb", "create-blocks-from", "openmetrics",
                         str(source), str(workdir / "data")], check=True, capture_output=True)
-    config = {
-        "global": {"scrape_interval": "1s", "evaluation_interval": evaluation_interval,
-                   "scrape_timeout": "1s"},
-        "rule_files": [str(p) for p in (rule_files or [])],
-        "scrape_configs": [
-            {"job_name": job.name, "scrape_interval": job.interval,
-             "static_configs": [{"targets": job.targets}]}
-            for job in jobs
-        ],
-    }
+    config = prometheus_config(jobs, rule_files=rule_files,
+                               evaluation_interval=evaluation_interval)
     config_path = workdir / "prometheus.yml"
     config_path.write_text(yaml.safe_dump(config), encoding="utf-8")
     port = free_port()

@@ -1,0 +1,1 @@
+"""``steward demo``: the whole loop on an embedded simulated cluster, no cloud, no cluster."""

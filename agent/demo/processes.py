@@ -1,0 +1,104 @@
+"""The demo's child processes: started in their own sessions, stopped in reverse order.
+
+Each child gets its own process group so that Ctrl-C reaches the demo alone, which then
+stops every child cleanly (SIGTERM, then SIGKILL after a grace period) and prints where
+things are, instead of children dying mid-write in whatever order the terminal chose.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def http_ok(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=1) as response:
+            return 200 <= int(response.status) < 300
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+def wait_for(predicate: Callable[[], bool], *, timeout: float, what: str,
+             interval: float = 0.1) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(interval)
+    raise TimeoutError(f"{what} did not happen within {timeout:g}s")
+
+
+@dataclass
+class Child:
+    name: str
+    process: subprocess.Popen[bytes]
+    log: Path
+    url: str | None = None
+
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+
+@dataclass
+class Children:
+    """Every process the demo started; ``stop_all`` is safe to call more than once."""
+
+    workdir: Path
+    children: list[Child] = field(default_factory=list)
+
+    def start(self, name: str, argv: list[str], *, env: dict[str, str] | None = None,
+              url: str | None = None, ready: str | None = None,
+              timeout: float = 30.0) -> Child:
+        log = self.workdir / f"{name}.log"
+        process = subprocess.Popen(
+            argv, stdout=log.open("wb"), stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            env={**os.environ, **(env or {})}, start_new_session=True, cwd=self.workdir)
+        child = Child(name, process, log, url)
+        self.children.append(child)
+        if ready is not None:
+            try:
+                wait_for(lambda: child.alive() and http_ok(ready), timeout=timeout,
+                         what=f"{name} ready at {ready}")
+            except TimeoutError as exc:
+                tail = log.read_text(errors="replace")[-1500:]
+                raise RuntimeError(f"{name} did not start ({exc}); its log ends:\n{tail}") \
+                    from None
+        return child
+
+    def steward(self, name: str, args: list[str], *, env: dict[str, str] | None = None,
+                ready: str | None = None, timeout: float = 30.0) -> Child:
+        """``steward ARGS`` as a child, with this interpreter (the demo's own install)."""
+        return self.start(name, [sys.executable, "-m", "agent.cli", *args], env=env,
+                          ready=ready, timeout=timeout)
+
+    def stop_all(self, *, grace: float = 10.0) -> None:
+        for child in reversed(self.children):
+            if child.alive():
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(child.process.pid, signal.SIGTERM)
+        deadline = time.monotonic() + grace
+        for child in reversed(self.children):
+            remaining = max(0.1, deadline - time.monotonic())
+            try:
+                child.process.wait(remaining)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(child.process.pid, signal.SIGKILL)
+                child.process.wait()
