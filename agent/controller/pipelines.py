@@ -155,10 +155,12 @@ def pipelines_collector(batch_api: Any, custom_api: Any, interval: float) -> Col
             listed = custom_api.list_cluster_custom_object(
                 ARGO_GROUP, ARGO_VERSION, ARGO_PLURAL, _request_timeout=30)
         except ApiException as exc:
-            if exc.status == 404:
-                # No Argo in this cluster: not an error. Look again after a restart only.
+            if exc.status in (403, 404):
+                # 404: no Argo in this cluster; 403: the chart did not grant it
+                # (pipelines.argo off). Neither is an error; look again after a restart.
                 argo["present"] = False
-                log.info("Argo Workflows CRD not installed; pipelines are CronJobs and Jobs")
+                log.info("Argo Workflows not readable (HTTP %s); pipelines are CronJobs and "
+                         "Jobs", exc.status)
                 return []
             raise
         return [run_of_workflow(w) for w in listed.get("items", [])]

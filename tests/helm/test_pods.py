@@ -1,0 +1,293 @@
+"""Pod security and wiring of every rendered workload: hardened security contexts, resources,
+writable paths only on emptyDir/PVC, the node agent's host access, Secrets and state."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from tests.helm.chart import (
+    COMPONENTS,
+    NAMESPACE,
+    RELEASE,
+    VALUES_FILES,
+    containers,
+    pod_spec,
+    render,
+)
+
+CONFIG_PATH = "/etc/steward/steward.yaml"
+STATE_PATH = "/var/lib/steward"
+
+
+def component(workload: dict[str, Any]) -> str:
+    return str(workload["metadata"]["labels"]["app.kubernetes.io/component"])
+
+
+def env_of(container: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {e["name"]: e for e in container.get("env") or []}
+
+
+def workload(helm: str, values: str, name: str, kind: str = "Deployment") -> dict[str, Any]:
+    return render(helm, values).get(kind, f"{RELEASE}-{name}")
+
+
+@pytest.mark.parametrize("values", list(VALUES_FILES))
+def test_every_container_is_hardened(helm: str, values: str) -> None:
+    workloads = render(helm, values).workloads()
+    assert {component(w) for w in workloads} >= {"node", "controller"}
+    for item in workloads:
+        pod = pod_spec(item)
+        assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+        assert not pod.get("hostNetwork") and not pod.get("hostIPC")
+        for container in containers(item):
+            context = container["securityContext"]
+            where = f"{item['kind']}/{item['metadata']['name']}/{container['name']}"
+            assert context["allowPrivilegeEscalation"] is False, where
+            assert context["readOnlyRootFilesystem"] is True, where
+            assert context["privileged"] is False, where
+            assert context["capabilities"] == {"drop": ["ALL"]}, where
+            assert context["seccompProfile"] == {"type": "RuntimeDefault"}, where
+
+
+@pytest.mark.parametrize("values", list(VALUES_FILES))
+def test_only_the_node_agent_runs_as_root(helm: str, values: str) -> None:
+    """The kubelet's pod-resources socket is root-owned and not writable by others, so the
+    node agent is UID 0 (without any capability); every other pod is non-root."""
+    for item in render(helm, values).workloads():
+        pod_context = pod_spec(item)["securityContext"]
+        if component(item) == "node":
+            assert pod_context["runAsUser"] == 0
+            assert pod_context["runAsNonRoot"] is False
+            continue
+        assert pod_context["runAsNonRoot"] is True
+        assert pod_context["runAsUser"] == 65532
+        assert pod_context["fsGroup"] == 65532
+        for container in containers(item):
+            assert container["securityContext"]["runAsNonRoot"] is True
+            assert container["securityContext"].get("runAsUser", 65532) != 0
+
+
+@pytest.mark.parametrize("values", list(VALUES_FILES))
+def test_resources_and_probes_set(helm: str, values: str) -> None:
+    for item in render(helm, values).workloads():
+        for container in containers(item):
+            resources = container["resources"]
+            assert {"cpu", "memory"} <= set(resources["requests"]), container["name"]
+            assert "memory" in resources["limits"], container["name"]
+            assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
+            assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
+
+
+@pytest.mark.parametrize("values", list(VALUES_FILES))
+def test_writable_paths_are_emptydir_or_pvc(helm: str, values: str) -> None:
+    for item in render(helm, values).workloads():
+        volumes = {v["name"]: v for v in pod_spec(item).get("volumes") or []}
+        for container in containers(item):
+            for mount in container.get("volumeMounts") or []:
+                volume = volumes[mount["name"]]
+                if mount.get("readOnly"):
+                    continue
+                assert "emptyDir" in volume or "persistentVolumeClaim" in volume, \
+                    (item["metadata"]["name"], mount)
+            mounted = {m["mountPath"] for m in container.get("volumeMounts") or []}
+            assert "/tmp" in mounted
+
+
+@pytest.mark.parametrize("values", list(VALUES_FILES))
+def test_host_access_is_the_node_agents_only(helm: str, values: str) -> None:
+    for item in render(helm, values).workloads():
+        pod = pod_spec(item)
+        host_paths = [v for v in pod.get("volumes") or [] if "hostPath" in v]
+        if component(item) != "node":
+            assert not host_paths and not pod.get("hostPID")
+            continue
+        (volume,) = host_paths
+        assert volume["hostPath"]["type"] == "Directory"
+        (agent,) = pod["containers"]
+        (mount,) = [m for m in agent["volumeMounts"] if m["name"] == volume["name"]]
+        assert mount["readOnly"] is True
+        assert mount["mountPath"] == "/var/lib/kubelet/pod-resources"
+
+
+def test_node_agent_daemonset_defaults(helm: str) -> None:
+    daemonset = workload(helm, "default", "node", "DaemonSet")
+    pod = pod_spec(daemonset)
+    (agent,) = pod["containers"]
+    env = env_of(agent)
+    assert env["NODE_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] == "spec.nodeName"
+    # Reads every GPU without taking any from the workloads.
+    assert env["NVIDIA_VISIBLE_DEVICES"]["value"] == "all"
+    assert "nvidia.com/gpu" not in str(agent["resources"])
+    assert pod["nodeSelector"] == {"nvidia.com/gpu.present": "true"}
+    assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} \
+        in pod["tolerations"]
+    assert pod["hostPID"] is True
+    assert daemonset["spec"]["updateStrategy"] == {
+        "type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": "10%"}}
+    assert "priorityClassName" not in pod and "runtimeClassName" not in pod
+    (volume,) = [v for v in pod["volumes"] if "hostPath" in v]
+    assert volume["hostPath"]["path"] == "/var/lib/kubelet/pod-resources"
+    assert agent["args"] == ["node"]
+    assert agent["ports"] == [{"name": "metrics", "containerPort": 9400, "protocol": "TCP"}]
+
+
+def test_node_agent_daemonset_values(helm: str) -> None:
+    daemonset = workload(helm, "all-features", "node", "DaemonSet")
+    pod = pod_spec(daemonset)
+    assert pod["priorityClassName"] == "steward-node-critical"
+    assert pod["runtimeClassName"] == "nvidia"
+    assert daemonset["spec"]["updateStrategy"]["rollingUpdate"] == {"maxUnavailable": 2}
+    (volume,) = [v for v in pod["volumes"] if "hostPath" in v]
+    assert volume["hostPath"]["path"] == "/var/lib/k0s/kubelet/pod-resources"
+    env = env_of(pod["containers"][0])
+    assert env["STEWARD_NODE__COLLECT_INTERVAL_SECONDS"]["value"] == "5"
+    assert pod["imagePullSecrets"] == [{"name": "regcred"}]
+    image = pod["containers"][0]["image"]
+    assert image.startswith("ghcr.io/steward-ops/steward@sha256:")
+
+
+@pytest.mark.parametrize("values", list(VALUES_FILES))
+def test_every_component_reads_the_config_file(helm: str, values: str) -> None:
+    rendered = render(helm, values)
+    for item in rendered.workloads():
+        pod = pod_spec(item)
+        (container,) = pod["containers"]
+        env = env_of(container)
+        assert env["STEWARD_CONFIG"]["value"] == CONFIG_PATH
+        assert env["POD_NAMESPACE"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.namespace"
+        assert env["POD_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
+        (mount,) = [m for m in container["volumeMounts"] if m["mountPath"] == "/etc/steward"]
+        volumes = {v["name"]: v for v in pod["volumes"]}
+        assert volumes[mount["name"]]["configMap"]["name"] == f"{RELEASE}-config"
+        assert container["args"] == [component(item)]
+        # A config change rolls the pods.
+        assert item["spec"]["template"]["metadata"]["annotations"]["checksum/config"]
+
+
+def test_config_change_rolls_the_pods(helm: str) -> None:
+    def checksum(sets: dict[str, str]) -> str:
+        deployment = render(helm, sets=sets).get("Deployment", f"{RELEASE}-controller")
+        return str(deployment["spec"]["template"]["metadata"]["annotations"]["checksum/config"])
+
+    assert checksum({}) != checksum({"config.prometheus.url": "http://prom:9090"})
+
+
+def test_slack_token_from_existing_secret(helm: str) -> None:
+    controller = workload(helm, "default", "controller")
+    notifier = workload(helm, "default", "notifier")
+    for item, optional in ((controller, True), (notifier, False)):
+        ref = env_of(pod_spec(item)["containers"][0])["SLACK_BOT_TOKEN"]["valueFrom"]
+        assert ref == {"secretKeyRef": {"name": "steward-slack", "key": "token",
+                                        "optional": optional}}
+    node = pod_spec(workload(helm, "default", "node", "DaemonSet"))["containers"][0]
+    assert "SLACK_BOT_TOKEN" not in env_of(node)
+
+
+def test_aws_credentials_from_existing_secret(helm: str) -> None:
+    env = env_of(pod_spec(workload(helm, "all-features", "controller"))["containers"][0])
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"):
+        assert env[name]["valueFrom"]["secretKeyRef"] == {"name": "steward-aws", "key": name}
+    for name in ("node", "notifier"):
+        kind = "DaemonSet" if name == "node" else "Deployment"
+        assert not any(k.startswith("AWS_") for k in
+                       env_of(pod_spec(workload(helm, "all-features", name, kind))
+                              ["containers"][0]))
+
+
+def test_irsa_annotates_the_controller_service_account_only(helm: str) -> None:
+    rendered = render(helm, "irsa")
+    role_arn = "arn:aws:iam::111122223333:role/steward-controller"
+    for name in COMPONENTS:
+        account = rendered.get("ServiceAccount", f"{RELEASE}-{name}")
+        annotations = account["metadata"].get("annotations") or {}
+        if name == "controller":
+            assert annotations["eks.amazonaws.com/role-arn"] == role_arn
+        else:
+            assert annotations == {}
+    env = env_of(pod_spec(rendered.get("Deployment", f"{RELEASE}-controller"))["containers"][0])
+    assert not any(k.startswith("AWS_") for k in env)
+
+
+def test_notifier_bearer_token_is_a_mounted_file(helm: str) -> None:
+    rendered = render(helm, "all-features")
+    pod = pod_spec(rendered.get("Deployment", f"{RELEASE}-notifier"))
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    (container,) = pod["containers"]
+    token_file = rendered.config()["notifier"]["auth_token_file"]
+    (mount,) = [m for m in container["volumeMounts"] if token_file.startswith(m["mountPath"] + "/")]
+    assert mount["readOnly"] is True
+    secret = volumes[mount["name"]]["secret"]
+    assert secret["secretName"] == "steward-alertmanager-token"
+    assert secret["items"] == [{"key": "token", "path": token_file.rsplit("/", 1)[1]}]
+    # Not through the environment.
+    assert not any("TOKEN" in name and name != "SLACK_BOT_TOKEN" for name in env_of(container))
+    assert "auth_token_file" not in render(helm).config()["notifier"]
+
+
+@pytest.mark.parametrize("name", ["controller", "notifier"])
+def test_state_on_a_pvc(helm: str, name: str) -> None:
+    rendered = render(helm)
+    deployment = rendered.get("Deployment", f"{RELEASE}-{name}")
+    pod = pod_spec(deployment)
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    (mount,) = [m for m in pod["containers"][0]["volumeMounts"] if m["mountPath"] == STATE_PATH]
+    claim = volumes[mount["name"]]["persistentVolumeClaim"]["claimName"]
+    pvc = rendered.get("PersistentVolumeClaim", claim)
+    assert pvc["metadata"]["namespace"] == NAMESPACE
+    assert pvc["spec"]["accessModes"] == ["ReadWriteOnce"]
+    assert pvc["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
+    # A ReadWriteOnce volume cannot follow a rolling update onto another node.
+    assert deployment["spec"]["strategy"] == {"type": "Recreate"}
+    assert rendered.config()["state"]["url"] == f"sqlite:///{STATE_PATH}/state.db"
+    assert rendered.config()["finops"]["out_dir"].startswith(STATE_PATH + "/")
+
+
+def test_state_volume_options(helm: str) -> None:
+    rendered = render(helm, "all-features")
+    pvc = rendered.get("PersistentVolumeClaim", f"{RELEASE}-controller-state")
+    assert pvc["spec"]["storageClassName"] == "gp3"
+    assert pvc["spec"]["resources"]["requests"]["storage"] == "5Gi"
+    # An existing claim is used, not created.
+    assert not rendered.has("PersistentVolumeClaim", f"{RELEASE}-notifier-state")
+    pod = pod_spec(rendered.get("Deployment", f"{RELEASE}-notifier"))
+    claims = [v["persistentVolumeClaim"]["claimName"] for v in pod["volumes"]
+              if "persistentVolumeClaim" in v]
+    assert claims == ["steward-notifier-state"]
+    minimal = render(helm, "minimal")
+    assert not minimal.of_kind("PersistentVolumeClaim")
+    pod = pod_spec(minimal.get("Deployment", f"{RELEASE}-controller"))
+    (state,) = [v for v in pod["volumes"] if v["name"] == "state"]
+    assert "emptyDir" in state
+
+
+def test_services_select_their_component(helm: str) -> None:
+    rendered = render(helm)
+    for name, port in (("node", 9400), ("controller", 9401), ("notifier", 9500)):
+        service = rendered.get("Service", f"{RELEASE}-{name}")
+        assert service["spec"]["selector"]["app.kubernetes.io/component"] == name
+        (service_port,) = service["spec"]["ports"]
+        assert service_port["port"] == port
+        kind = "DaemonSet" if name == "node" else "Deployment"
+        item = rendered.get(kind, f"{RELEASE}-{name}")
+        labels = item["spec"]["template"]["metadata"]["labels"]
+        assert service["spec"]["selector"].items() <= labels.items()
+        (container,) = pod_spec(item)["containers"]
+        assert service_port["targetPort"] in {p["name"] for p in container["ports"]}
+
+
+def test_monitors_are_opt_in_and_honor_labels(helm: str) -> None:
+    assert not render(helm).of_kind("ServiceMonitor", "PodMonitor", "PrometheusRule")
+    rendered = render(helm, "all-features")
+    monitors = rendered.of_kind("ServiceMonitor")
+    # The node agents are scraped through the PodMonitor there, not twice.
+    assert sorted(m["metadata"]["name"] for m in monitors) == [
+        f"{RELEASE}-controller", f"{RELEASE}-notifier"]
+    (pod_monitor,) = rendered.of_kind("PodMonitor")
+    endpoints = [e for m in monitors for e in m["spec"]["endpoints"]]
+    endpoints += pod_monitor["spec"]["podMetricsEndpoints"]
+    # The series carry the GPU's pod's namespace/pod labels, not Steward's.
+    assert all(e["honorLabels"] is True for e in endpoints)
+    assert all(m["metadata"]["labels"]["release"] == "kube-prometheus-stack" for m in monitors)
+    assert pod_monitor["spec"]["podMetricsEndpoints"][0]["interval"] == "15s"
