@@ -59,6 +59,12 @@ def _cmd_report_finops(args: argparse.Namespace, config: StewardConfig) -> int:
                              parquet=args.parquet)
 
 
+def _cmd_notifier(args: argparse.Namespace, config: StewardConfig) -> int:
+    from agent.notify.app import run_notifier
+
+    return run_notifier(config)
+
+
 def _cmd_build(args: argparse.Namespace, config: StewardConfig) -> int:
     from agent.build import BuildError, build
 
@@ -107,6 +113,16 @@ def build_parser() -> argparse.ArgumentParser:
                             help="let hygiene jobs act (default: dry-run)")
     controller.set_defaults(handler=_cmd_controller, overrides=lambda a: {
         "controller.apply": ("--apply", a.apply)})
+
+    notifier = sub.add_parser(
+        "notifier", help="run the notifier: Alertmanager webhooks to Slack",
+        description="Receive Alertmanager webhooks on POST /alertmanager, store them durably "
+                    "and deliver one Slack message per alert group, updated in place.")
+    _common(notifier)
+    notifier.add_argument("--listen", default=None, metavar="HOST:PORT",
+                          help="address of the webhook endpoint (default 0.0.0.0:9500)")
+    notifier.set_defaults(handler=_cmd_notifier, overrides=lambda a: {
+        "notifier.listen": ("--listen", a.listen)})
 
     report = sub.add_parser("report", help="reports (the weekly FinOps cost report)")
     reports = report.add_subparsers(dest="report", metavar="REPORT", required=True)

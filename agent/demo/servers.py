@@ -68,7 +68,8 @@ def start_prometheus(children: Children, binary: str, jobs: list[ScrapeJob], *,
     url = f"http://127.0.0.1:{port}"
     return children.start("prometheus", [
         binary, f"--config.file={config}", f"--storage.tsdb.path={workdir / 'data'}",
-        f"--web.listen-address=127.0.0.1:{port}"], url=url, ready=f"{url}/-/ready")
+        f"--web.listen-address=127.0.0.1:{port}", "--rules.alert.resend-delay=1s"],
+        url=url, ready=f"{url}/-/ready")
 
 
 def alertmanager_config(webhook_url: str, *, bearer_token_file: Path | None = None

@@ -103,8 +103,9 @@ def history(series: list[tuple[str, dict[str, str]]], *, start: float, end: floa
 
 
 def start_prometheus(jobs: list[ScrapeJob], *, rule_files: list[Path] | None = None,
-                     evaluation_interval: str = "1s", backfill: str | None = None
-                     ) -> Prometheus:
+                     evaluation_interval: str = "1s", backfill: str | None = None,
+                     alertmanager: str | None = None) -> Prometheus:
+    """A real Prometheus; ``alertmanager`` is ``host:port`` to send alerts to."""
     binary = require_binary("prometheus")
     workdir = Path(tempfile.mkdtemp(prefix="steward-prom-"))
     if backfill is not None:
@@ -113,7 +114,8 @@ def start_prometheus(jobs: list[ScrapeJob], *, rule_files: list[Path] | None = N
         subprocess.run([require_binary("promtool"), "tsdb", "create-blocks-from", "openmetrics",
                         str(source), str(workdir / "data")], check=True, capture_output=True)
     config = prometheus_config(jobs, rule_files=rule_files,
-                               evaluation_interval=evaluation_interval)
+                               evaluation_interval=evaluation_interval,
+                               alertmanager=alertmanager)
     config_path = workdir / "prometheus.yml"
     config_path.write_text(yaml.safe_dump(config), encoding="utf-8")
     port = free_port()
@@ -121,7 +123,10 @@ def start_prometheus(jobs: list[ScrapeJob], *, rule_files: list[Path] | None = N
     log_file = log_path.open("wb")
     process = subprocess.Popen(
         [binary, f"--config.file={config_path}", f"--storage.tsdb.path={workdir / 'data'}",
-         f"--web.listen-address=127.0.0.1:{port}", "--web.enable-lifecycle"],
+         f"--web.listen-address=127.0.0.1:{port}", "--web.enable-lifecycle",
+         # Firing alerts re-sent every second: one evaluated before Alertmanager is
+         # discovered is not held back for a minute.
+         "--rules.alert.resend-delay=1s"],
         stdout=log_file, stderr=subprocess.STDOUT,
     )
     url = f"http://127.0.0.1:{port}"

@@ -1,0 +1,1 @@
+"""The weekly FinOps GPU cost report: Prometheus (or Parquet) -> pandas -> HTML, CSV, Slack."""

@@ -1,0 +1,112 @@
+"""The report's charts as PNG bytes (matplotlib's Agg canvas, no pyplot global state)."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Callable
+
+import matplotlib
+import numpy as np
+from matplotlib.figure import Figure
+
+from agent.finops.aggregate import FinopsTables
+
+BUSY, IDLE, USED = "#3b6fb6", "#e4572e", "#59a14f"
+_DPI = 110
+MAX_BARS = 12
+
+
+def _png(figure: Figure) -> bytes:
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=_DPI, bbox_inches="tight")
+    return buffer.getvalue()
+
+
+def _styled(draw: Callable[[FinopsTables], bytes]) -> Callable[[FinopsTables], bytes]:
+    def styled(tables: FinopsTables) -> bytes:
+        # Large type: on a phone the 700 px image shrinks to about 370 px.
+        with matplotlib.rc_context({"font.size": 13, "axes.titlesize": 15,
+                                    "axes.labelsize": 13, "xtick.labelsize": 12,
+                                    "ytick.labelsize": 12, "legend.fontsize": 12}):
+            return draw(tables)
+    return styled
+
+
+def _empty(figure: Figure, title: str) -> bytes:
+    axes = figure.subplots()
+    axes.set_title(title)
+    axes.text(0.5, 0.5, "No GPU allocations in this week", ha="center", va="center",
+              transform=axes.transAxes)
+    axes.set_axis_off()
+    return _png(figure)
+
+
+def cost_by_team(tables: FinopsTables, *, currency: str = "USD") -> bytes:
+    """Horizontal bars per team: busy cost and allocated-but-idle cost, most expensive on top."""
+    title = "GPU cost by team"
+    teams = tables.teams.head(MAX_BARS).iloc[::-1]
+    figure = Figure(figsize=(6.4, 0.45 * max(len(teams), 3) + 1.4))
+    if teams.empty:
+        return _empty(figure, title)
+    axes = figure.subplots()
+    names = [str(t) for t in teams["team"]]
+    idle = teams["idle_cost"].to_numpy(dtype=float)
+    busy = teams["cost"].to_numpy(dtype=float) - idle
+    axes.barh(names, busy, color=BUSY, label="allocated, not idle")
+    axes.barh(names, idle, left=busy, color=IDLE, label="allocated but idle")
+    axes.set_xlabel(currency)
+    axes.set_title(title)
+    axes.legend(ncols=2, frameon=False, loc="upper center", bbox_to_anchor=(0.5, -0.18))
+    axes.grid(axis="x", alpha=0.3)
+    axes.spines[["top", "right"]].set_visible(False)
+    return _png(figure)
+
+
+def daily_gpu_hours(tables: FinopsTables) -> bytes:
+    """Per day: GPU-hours allocated, used (utilization-weighted) and allocated-but-idle."""
+    title = "GPU-hours per day"
+    daily = tables.daily
+    figure = Figure(figsize=(6.4, 3.6))
+    if daily.empty:
+        return _empty(figure, title)
+    axes = figure.subplots()
+    x = np.arange(len(daily))
+    width = 0.27
+    axes.bar(x - width, daily["gpu_hours_allocated"], width, color=BUSY, label="allocated")
+    axes.bar(x, daily["gpu_hours_used"], width, color=USED, label="used")
+    axes.bar(x + width, daily["gpu_hours_idle"], width, color=IDLE, label="idle")
+    axes.set_xticks(x, [str(d)[5:] for d in daily["date"]])
+    axes.set_ylabel("GPU-hours")
+    axes.set_title(title)
+    axes.legend(ncols=3, frameon=False, loc="upper center", bbox_to_anchor=(0.5, -0.12))
+    axes.grid(axis="y", alpha=0.3)
+    axes.spines[["top", "right"]].set_visible(False)
+    return _png(figure)
+
+
+def cost_by_model(tables: FinopsTables, *, currency: str = "USD") -> bytes:
+    """Per GPU model: cost, split busy / idle."""
+    title = "GPU cost by model"
+    models = tables.models.head(MAX_BARS).iloc[::-1]
+    figure = Figure(figsize=(6.4, 0.45 * max(len(models), 3) + 1.4))
+    if models.empty:
+        return _empty(figure, title)
+    axes = figure.subplots()
+    names = [str(m) for m in models["model"]]
+    idle = models["idle_cost"].to_numpy(dtype=float)
+    busy = models["cost"].to_numpy(dtype=float) - idle
+    axes.barh(names, busy, color=BUSY, label="allocated, not idle")
+    axes.barh(names, idle, left=busy, color=IDLE, label="allocated but idle")
+    axes.set_xlabel(currency)
+    axes.set_title(title)
+    axes.legend(ncols=2, frameon=False, loc="upper center", bbox_to_anchor=(0.5, -0.18))
+    axes.grid(axis="x", alpha=0.3)
+    axes.spines[["top", "right"]].set_visible(False)
+    return _png(figure)
+
+
+CHARTS: dict[str, tuple[str, Callable[[FinopsTables], bytes]]] = {
+    "cost-by-team": ("GPU cost by team", _styled(cost_by_team)),
+    "daily-gpu-hours": ("GPU-hours per day", _styled(daily_gpu_hours)),
+    "cost-by-model": ("GPU cost by model", _styled(cost_by_model)),
+}

@@ -1,0 +1,76 @@
+"""The assembled report: what ``render`` writes and ``slack`` posts, and ``summary.json``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from agent.finops.aggregate import FinopsTables
+from agent.finops.period import ReportWeek
+from agent.finops.savings import HygieneSavings
+from agent.finops.series import Gap, iso
+
+CURRENCY = "USD"
+SUMMARY_METRICS = ("gpu_hours_allocated", "gpu_hours_used", "gpu_hours_idle", "cost",
+                   "idle_cost")
+
+
+def _round(value: float) -> float:
+    return round(float(value), 6)
+
+
+def _change(current: float, previous: float) -> float | None:
+    return None if previous <= 0 else _round((current - previous) / previous)
+
+
+@dataclass(frozen=True)
+class FinopsReport:
+    week: ReportWeek
+    tables: FinopsTables
+    gaps: list[Gap]
+    savings: HygieneSavings
+    source: str
+    generated_at: datetime
+    idle_floor: float
+    # Share of the previous week's hours that had data; None when it was not read.
+    previous_coverage: float | None = None
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def week_over_week_available(self) -> bool:
+        return self.tables.previous_totals is not None and bool(self.previous_coverage)
+
+    def week_over_week(self) -> dict[str, Any]:
+        previous = self.week.previous().name
+        prev = self.tables.previous_totals
+        if prev is None or not self.previous_coverage:
+            return {"previous_week": previous, "available": False}
+        now = self.tables.totals
+        return {
+            "previous_week": previous, "available": True,
+            "previous_coverage": _round(self.previous_coverage),
+            "previous_totals": {k: _round(prev[k]) for k in SUMMARY_METRICS},
+            "cost_change": _change(now["cost"], prev["cost"]),
+            "idle_cost_change": _change(now["idle_cost"], prev["idle_cost"]),
+            "gpu_hours_allocated_change": _change(now["gpu_hours_allocated"],
+                                                  prev["gpu_hours_allocated"]),
+        }
+
+    def summary(self) -> dict[str, Any]:
+        """``summary.json``: the shape SPEC.md's "FinOps report output" fixes, plus
+        ``week_over_week`` and ``warnings``."""
+        totals = self.tables.totals
+        return {
+            "week": self.week.name,
+            "currency": CURRENCY,
+            "start": iso(self.week.start),
+            "end": iso(self.week.end),
+            "totals": {k: _round(totals[k]) for k in SUMMARY_METRICS},
+            "teams": [{"team": str(row["team"]), **{k: _round(row[k]) for k in SUMMARY_METRICS}}
+                      for row in self.tables.teams.to_dict("records")],
+            "gaps": [gap.to_json() for gap in self.gaps],
+            "hygiene_savings": self.savings.to_json(),
+            "week_over_week": self.week_over_week(),
+            "warnings": list(self.warnings),
+        }

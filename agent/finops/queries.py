@@ -1,0 +1,236 @@
+"""PromQL for the report and the Prometheus source: chunked range queries over the HTTP API.
+
+Prometheus reduces raw samples to one value per GPU (or container) per step, so what comes
+back grows with GPUs x hours whatever the scrape interval, and the same queries run against
+Thanos or Mimir through the same API. Within a step:
+
+- a container's allocation is the share of the GPU unit's scrapes (``steward_gpu_info``)
+  that also carried its ``steward_gpu_allocation``, divided among the containers sharing
+  the unit (at most 1 in all: a step where sharers come and go is split by presence);
+- utilization is the mean and the peak of ``steward_gpu_utilization_ratio`` of the
+  physical GPU; pandas joins it to the containers holding the GPU.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator, Mapping, Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import requests
+
+from agent.finops.series import (
+    SERIES_COLUMNS,
+    FinopsInputError,
+    Gap,
+    merge_step_gaps,
+)
+
+log = logging.getLogger("agent.finops.queries")
+
+NODE_JOB = "steward-node"
+DEFAULT_CHUNK = timedelta(days=1)
+# Prometheus refuses range queries of more than 11,000 points per series.
+MAX_POINTS = 11_000
+_UNIT = "hostname, UUID, GPU_I_ID"
+_HOLDER = "hostname, UUID, GPU_I_ID, GPU_I_PROFILE, modelName, namespace, pod, container"
+# Prometheus label -> series column
+HOLDER_LABELS: Mapping[str, str] = {
+    "hostname": "hostname", "uuid": "UUID", "gpu_i_id": "GPU_I_ID",
+    "profile": "GPU_I_PROFILE", "model": "modelName", "namespace": "namespace", "pod": "pod",
+    "container": "container",
+}
+_GPU_LABELS: Mapping[str, str] = {"hostname": "hostname", "uuid": "UUID"}
+
+
+class PrometheusError(Exception):
+    """Prometheus could not be reached or refused a query (runtime failure, exit code 1)."""
+
+
+def allocation_share_query(*, selector: str, window: str) -> str:
+    """Per container and GPU unit: the share of the step it held the unit (see module doc)."""
+    held = (
+        f"clamp_max(\n"
+        f"  max by ({_HOLDER}) (count_over_time(steward_gpu_allocation{{{selector}}}[{window}]))\n"
+        f"  / on ({_UNIT}) group_left ()\n"
+        f"  max by ({_UNIT}) (count_over_time(steward_gpu_info{{{selector}}}[{window}])),\n"
+        f"  1)"
+    )
+    return (f"{held}\n/ on ({_UNIT}) group_left ()\n"
+            f"clamp_min(sum by ({_UNIT}) ({held}), 1)")
+
+
+def utilization_query(function: str, *, selector: str, window: str) -> str:
+    """``avg`` or ``max`` of each physical GPU's utilization over the step."""
+    return (f"max by (hostname, UUID) "
+            f"({function}_over_time(steward_gpu_utilization_ratio{{{selector}}}[{window}]))")
+
+
+def scrape_health_query(*, selector: str, window: str) -> str:
+    """Per node agent target: the share of its scrapes in the step that succeeded."""
+    return f"min by (instance) (avg_over_time(up{{{selector}}}[{window}]))"
+
+
+class PrometheusClient:
+    """The Prometheus HTTP API (``/api/v1/query_range``) over ``requests``."""
+
+    def __init__(self, url: str, *, timeout: float = 30.0,
+                 session: requests.Session | None = None) -> None:
+        self.url = url.rstrip("/")
+        self.timeout = timeout
+        self._session = session or requests.Session()
+
+    def query_range(self, query: str, *, start: float, end: float,
+                    step: int) -> list[dict[str, Any]]:
+        """A range query; returns the ``matrix`` result. POST: the queries are long."""
+        if (end - start) / step + 1 > MAX_POINTS:
+            raise ValueError(f"range query of {(end - start) / step + 1:.0f} points per series "
+                             f"exceeds Prometheus' limit of {MAX_POINTS}")
+        endpoint = f"{self.url}/api/v1/query_range"
+        data = {"query": query, "start": f"{start:.3f}", "end": f"{end:.3f}",
+                "step": str(step), "timeout": f"{self.timeout:g}s"}
+        try:
+            response = self._session.post(endpoint, data=data, timeout=self.timeout + 5)
+        except requests.RequestException as exc:
+            raise PrometheusError(f"cannot reach Prometheus at {self.url}: {exc}") from exc
+        try:
+            body = response.json()
+        except ValueError:
+            raise PrometheusError(
+                f"Prometheus at {self.url} answered HTTP {response.status_code} without JSON: "
+                f"{response.text[:200]!r}") from None
+        if response.status_code != 200 or body.get("status") != "success":
+            raise PrometheusError(
+                f"Prometheus at {self.url} refused a query: HTTP {response.status_code} "
+                f"{body.get('errorType', '')}: {body.get('error', '')}")
+        for warning in body.get("warnings") or []:
+            # Thanos and Mimir answer partial data with a warning; the numbers may be low.
+            log.warning("Prometheus warning: %s", warning, extra={"query": query[:120]})
+        result: list[dict[str, Any]] = body["data"]["result"]
+        if body["data"].get("resultType") != "matrix":
+            raise PrometheusError(f"expected a matrix, got {body['data'].get('resultType')}")
+        return result
+
+
+def matrix_frame(result: Sequence[Mapping[str, Any]], labels: Mapping[str, str], value: str,
+                 *, shift: int) -> pd.DataFrame:
+    """A matrix result -> one row per (series, point): ``ts`` (the point minus ``shift``,
+    i.e. the start of its step), one column per label, and ``value``."""
+    lengths = np.fromiter((len(series["values"]) for series in result), dtype=np.int64,
+                          count=len(result))
+    total = int(lengths.sum())
+    ts = np.fromiter((point[0] for series in result for point in series["values"]),
+                     dtype=np.float64, count=total)
+    values = np.fromiter((float(point[1]) for series in result for point in series["values"]),
+                         dtype=np.float64, count=total)
+    owner = np.repeat(np.arange(len(result)), lengths)
+    columns: dict[str, Any] = {"ts": np.rint(ts).astype(np.int64) - shift}
+    for column, label in labels.items():
+        per_series = np.array([series["metric"].get(label, "") for series in result],
+                              dtype=object)
+        columns[column] = per_series[owner] if total else np.array([], dtype=object)
+    columns[value] = values
+    return pd.DataFrame(columns)
+
+
+def chunks(start: datetime, end: datetime, *, step: int,
+           chunk: timedelta = DEFAULT_CHUNK) -> Iterator[tuple[int, int]]:
+    """``[start, end)`` as step-aligned chunks of at most ``chunk`` (epoch seconds)."""
+    size = max(step, int(chunk.total_seconds()) // step * step)
+    size = min(size, (MAX_POINTS - 1) * step)
+    first, last = int(start.timestamp()), int(end.timestamp())
+    for lo in range(first, last, size):
+        yield lo, min(lo + size, last)
+
+
+class PrometheusSource:
+    """The hourly series from Prometheus (or Thanos, Mimir): one batch per chunk (a day)."""
+
+    def __init__(self, client: PrometheusClient, *, step_seconds: int,
+                 selector: str = f'job="{NODE_JOB}"', chunk: timedelta = DEFAULT_CHUNK) -> None:
+        self.client = client
+        self._step = step_seconds
+        self.selector = selector
+        self.chunk = chunk
+
+    @property
+    def step_seconds(self) -> int:
+        return self._step
+
+    def describe(self) -> str:
+        return f"Prometheus {self.client.url} ({{{self.selector}}}, step {self._step}s)"
+
+    def _range(self, query: str, lo: int, hi: int) -> list[dict[str, Any]]:
+        # A point at t covers (t - step, t]: the first point of the chunk is lo + step.
+        return self.client.query_range(query, start=lo + self._step, end=hi, step=self._step)
+
+    def batches(self, start: datetime, end: datetime, *,
+                columns: Sequence[str] | None = None) -> Iterator[pd.DataFrame]:
+        """One frame per chunk with every column (``columns`` is only a lower bound)."""
+        _check_aligned(start, end, self._step)
+        window = f"{self._step}s"
+        share_q = allocation_share_query(selector=self.selector, window=window)
+        mean_q = utilization_query("avg", selector=self.selector, window=window)
+        peak_q = utilization_query("max", selector=self.selector, window=window)
+        for lo, hi in chunks(start, end, step=self._step, chunk=self.chunk):
+            shares = matrix_frame(self._range(share_q, lo, hi), HOLDER_LABELS, "share",
+                                  shift=self._step)
+            if shares.empty:
+                continue
+            mean = matrix_frame(self._range(mean_q, lo, hi), _GPU_LABELS, "util_mean",
+                                shift=self._step)
+            peak = matrix_frame(self._range(peak_q, lo, hi), _GPU_LABELS, "util_max",
+                                shift=self._step)
+            yield join_utilization(shares, mean, peak)
+
+    def gaps(self, start: datetime, end: datetime) -> list[Gap]:
+        _check_aligned(start, end, self._step)
+        query = scrape_health_query(selector=self.selector, window=f"{self._step}s")
+        seen: set[int] = set()
+        down: dict[str, tuple[list[int], list[float]]] = {}
+        for lo, hi in chunks(start, end, step=self._step, chunk=self.chunk):
+            health = matrix_frame(self._range(query, lo, hi), {"instance": "instance"}, "up",
+                                  shift=self._step)
+            seen.update(int(ts) for ts in health["ts"].unique())
+            failing = health[health["up"] < 1]
+            for instance, rows in failing.groupby("instance", sort=True):
+                steps, missing = down.setdefault(str(instance), ([], []))
+                steps.extend(int(ts) for ts in rows["ts"])
+                missing.extend(float(1 - up) for up in rows["up"])
+        first, last = int(start.timestamp()), int(end.timestamp())
+        empty = [ts for ts in range(first, last, self._step) if ts not in seen]
+        gaps = merge_step_gaps(empty, kind="no_data", scope="fleet", step_seconds=self._step)
+        for instance, (steps, missing) in sorted(down.items()):
+            gaps.extend(merge_step_gaps(steps, kind="node_agent_down", scope=instance,
+                                        step_seconds=self._step, missing=missing))
+        return gaps
+
+
+def join_utilization(shares: pd.DataFrame, mean: pd.DataFrame,
+                     peak: pd.DataFrame) -> pd.DataFrame:
+    """Container shares + per-GPU utilization -> :data:`SERIES_COLUMNS`, labels categorical.
+
+    MIG instances get no utilization: the physical GPU's figure says nothing about one slice.
+    """
+    keys = ["ts", "hostname", "uuid"]
+    util = mean.merge(peak, on=keys, how="outer")
+    frame = shares.merge(util, on=keys, how="left")
+    mig = (frame["gpu_i_id"] != "").to_numpy()
+    if mig.any():
+        frame.loc[mig, ["util_mean", "util_max"]] = np.nan
+    frame = frame[list(SERIES_COLUMNS)]
+    for column in HOLDER_LABELS:
+        frame[column] = frame[column].astype("category")
+    return frame
+
+
+def _check_aligned(start: datetime, end: datetime, step: int) -> None:
+    if start.tzinfo is None or end.tzinfo is None:
+        raise ValueError("start and end must be timezone-aware")
+    if int(start.timestamp()) % step or int(end.timestamp()) % step:
+        raise FinopsInputError(
+            f"the report range {start.astimezone(UTC):%Y-%m-%d %H:%M} to "
+            f"{end.astimezone(UTC):%Y-%m-%d %H:%M} is not aligned to the step ({step}s)")

@@ -1,0 +1,372 @@
+"""Writes the report folder: ``report.html`` (self-contained, charts as embedded PNG, readable
+on a phone), ``report.md``, one CSV per table, the chart PNGs and ``summary.json``."""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from agent.finops.charts import CHARTS
+from agent.finops.document import CURRENCY, FinopsReport
+from agent.finops.series import iso
+
+Formatter = Callable[[Any], str]
+
+
+def _is_missing(value: Any) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value))
+
+
+def hours(value: Any) -> str:
+    return "n/a" if _is_missing(value) else f"{float(value):,.1f}"
+
+
+def money(value: Any) -> str:
+    return "n/a" if _is_missing(value) else f"${float(value):,.2f}"
+
+
+def percent(value: Any) -> str:
+    return "n/a" if _is_missing(value) else f"{100 * float(value):.1f}%"
+
+
+def change(value: Any) -> str:
+    return "n/a" if _is_missing(value) else f"{100 * float(value):+.1f}%"
+
+
+def text(value: Any) -> str:
+    return "" if _is_missing(value) else str(value)
+
+
+def count(value: Any) -> str:
+    return "n/a" if _is_missing(value) else f"{int(value):,d}"
+
+
+def size(value: Any) -> str:
+    amount = float(value)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if amount < 1024 or unit == "TiB":
+            return f"{amount:,.1f} {unit}" if unit != "B" else f"{int(amount)} B"
+        amount /= 1024
+    return f"{amount:,.1f} PiB"
+
+
+Column = tuple[str, str, Formatter]  # frame column, header, formatter
+_METRIC_COLUMNS: list[Column] = [
+    ("gpu_hours_allocated", "GPU-h allocated", hours),
+    ("gpu_hours_used", "GPU-h used", hours),
+    ("gpu_hours_idle", "GPU-h idle", hours),
+    ("utilization", "Utilization", percent),
+    ("cost", "Cost", money),
+    ("idle_cost", "Idle cost", money),
+]
+TEAM_COLUMNS: list[Column] = [("team", "Team", text), ("namespaces", "Namespaces", count),
+                              *_METRIC_COLUMNS, ("cost_change", "vs last week", change)]
+NAMESPACE_COLUMNS: list[Column] = [("namespace", "Namespace", text), ("team", "Team", text),
+                                   *_METRIC_COLUMNS, ("cost_change", "vs last week", change)]
+MODEL_COLUMNS: list[Column] = [("model", "GPU model", text),
+                               ("price_per_gpu_hour", "Price / GPU-h", money),
+                               *_METRIC_COLUMNS]
+IDLE_COLUMNS: list[Column] = [("namespace", "Namespace", text), ("workload", "Workload", text),
+                              ("team", "Team", text), ("pods", "Idle pods", count),
+                              ("gpu_hours_idle", "GPU-h idle", hours),
+                              ("idle_cost", "Idle cost", money),
+                              ("idle_share", "Idle share of its GPU-h", percent)]
+DAILY_COLUMNS: list[Column] = [("date", "Day (UTC)", text), *_METRIC_COLUMNS]
+GAP_COLUMNS: list[Column] = [("kind", "Kind", text), ("scope", "Scope", text),
+                             ("start", "From", text), ("end", "To", text),
+                             ("hours", "Hours missing", hours)]
+SAVINGS_COLUMNS: list[Column] = [("job", "Job", text), ("actions", "Actions", count),
+                                 ("gpu_hours_freed", "GPU-h freed", hours),
+                                 ("gpu_cost", "GPU cost saved", money),
+                                 ("bytes_removed", "Storage removed", size),
+                                 ("storage_cost_per_month", "Storage / month", money)]
+_GAP_TEXT = {
+    "no_data": "No data in Prometheus",
+    "node_agent_down": "Node agent not scraped",
+    "utilization_unavailable": "Allocated without utilization (MIG or GPU not answering)",
+}
+
+
+@dataclass
+class ReportFiles:
+    folder: Path
+    html: Path
+    markdown: Path
+    summary: Path
+    csv: dict[str, Path] = field(default_factory=dict)
+    charts: dict[str, Path] = field(default_factory=dict)
+
+
+def _gaps_frame(report: FinopsReport) -> pd.DataFrame:
+    return pd.DataFrame([g.to_json() for g in report.gaps],
+                        columns=["kind", "scope", "start", "end", "hours"])
+
+
+def _readable_gaps(report: FinopsReport) -> pd.DataFrame:
+    frame = _gaps_frame(report)
+    frame["kind"] = frame["kind"].map(lambda k: _GAP_TEXT.get(str(k), str(k)))
+    return frame
+
+
+def _savings_frame(report: FinopsReport) -> pd.DataFrame:
+    columns = [c for c, _, _ in SAVINGS_COLUMNS]
+    return pd.DataFrame([{c: getattr(job, c) for c in columns} for job in report.savings.jobs],
+                        columns=columns)
+
+
+def _tables(report: FinopsReport) -> dict[str, pd.DataFrame]:
+    t = report.tables
+    return {"teams": t.teams, "namespaces": t.namespaces, "models": t.models,
+            "top_idle_workloads": t.top_idle_workloads, "daily": t.daily,
+            "gaps": _gaps_frame(report), "hygiene_savings": _savings_frame(report)}
+
+
+def write_report(report: FinopsReport, folder: Path) -> ReportFiles:
+    folder.mkdir(parents=True, exist_ok=True)
+    files = ReportFiles(folder=folder, html=folder / "report.html",
+                        markdown=folder / "report.md", summary=folder / "summary.json")
+    for name, table in _tables(report).items():
+        path = folder / f"{name}.csv"
+        table.to_csv(path, index=False, float_format="%.6f")
+        files.csv[name] = path
+    charts: dict[str, bytes] = {}
+    for name, (_, draw) in CHARTS.items():
+        charts[name] = draw(report.tables)
+        path = folder / f"chart-{name}.png"
+        path.write_bytes(charts[name])
+        files.charts[name] = path
+    _write(files.html, render_html(report, charts))
+    _write(files.markdown, render_markdown(report))
+    _write(files.summary, json.dumps(report.summary(), indent=2) + "\n")
+    return files
+
+
+def _write(path: Path, content: str) -> None:
+    partial = path.with_name(f".{path.name}.partial")
+    partial.write_text(content, encoding="utf-8")
+    partial.replace(path)
+
+
+# --- shared wording ---------------------------------------------------------------------
+
+
+def headline(report: FinopsReport) -> list[tuple[str, str, str]]:
+    """(label, value, detail) cards: the numbers a platform lead reads first."""
+    totals = report.tables.totals
+    measured = totals["gpu_hours_allocated"] - totals["gpu_hours_unmeasured"]
+    utilization = totals["gpu_hours_used"] / measured if measured > 0 else None
+    idle_share = totals["idle_cost"] / totals["cost"] if totals["cost"] > 0 else None
+    wow = report.week_over_week()
+    savings = report.savings
+    cards = [
+        ("GPU cost", money(totals["cost"]),
+         f"{change(wow.get('cost_change'))} vs {wow['previous_week']}" if wow["available"]
+         else "no data for last week"),
+        ("Allocated but idle", money(totals["idle_cost"]),
+         f"{percent(idle_share)} of the cost, {hours(totals['gpu_hours_idle'])} GPU-h"),
+        ("GPU-hours allocated", hours(totals["gpu_hours_allocated"]),
+         f"{hours(totals['gpu_hours_used'])} used, utilization {percent(utilization)}"),
+        ("Hygiene savings",
+         money(savings.gpu_cost) if savings.available else "not available",
+         (f"{hours(savings.gpu_hours_freed)} GPU-h freed, {size(savings.bytes_removed)} "
+          f"removed ({money(savings.storage_cost_per_month)}/month)")
+         if savings.available else savings.reason),
+    ]
+    return cards
+
+
+def method_notes(report: FinopsReport) -> list[str]:
+    return [
+        f"Week {report.week.name}: {iso(report.week.start)} to {iso(report.week.end)} "
+        "(ISO week, Monday 00:00 UTC to the next Monday).",
+        "Allocated: GPU-hours held by containers (steward_gpu_allocation). A GPU shared by N "
+        "containers counts 1/N to each; a MIG instance counts its slices (3g.40gb = 3/7 GPU).",
+        "Used: allocated GPU-hours weighted by the GPU's mean SM utilization in each step.",
+        f"Idle: allocated GPU-hours in steps whose peak utilization stayed under "
+        f"{percent(report.idle_floor)} (finops.idle_floor).",
+        "Cost: allocated GPU-hours x the model's price per GPU-hour (finops.prices); "
+        "idle cost is the idle part of it.",
+        "Missing data is listed under Data gaps and is not counted as zero cost.",
+        f"Source: {report.source}. Generated {iso(report.generated_at)}.",
+    ]
+
+
+# --- HTML -------------------------------------------------------------------------------
+
+_CSS = """
+:root { color-scheme: light; --fg: #1d2430; --muted: #5b6577; --line: #dde2ea;
+  --accent: #3b6fb6; --idle: #e4572e; --bg: #ffffff; --card: #f5f7fa; }
+* { box-sizing: border-box; }
+body { margin: 0; font: 16px/1.45 -apple-system, "Segoe UI", Roboto, Helvetica, Arial,
+  sans-serif; color: var(--fg); background: var(--bg); }
+main { max-width: 980px; margin: 0 auto; padding: 16px; }
+h1 { font-size: 1.5rem; margin: 0.2em 0; }
+h2 { font-size: 1.15rem; margin: 1.6em 0 0.5em; border-bottom: 1px solid var(--line);
+  padding-bottom: 0.2em; }
+.period, .muted, footer { color: var(--muted); font-size: 0.9rem; }
+.cards { display: grid; grid-template-columns: repeat(auto-fit, minmax(200px, 1fr));
+  gap: 10px; margin: 14px 0; }
+.card { background: var(--card); border-radius: 8px; padding: 10px 12px; }
+.card .label { font-size: 0.8rem; color: var(--muted); text-transform: uppercase;
+  letter-spacing: 0.03em; }
+.card .value { font-size: 1.45rem; font-weight: 600; }
+.card .detail { font-size: 0.85rem; color: var(--muted); }
+.warn { background: #fff4e5; border-left: 4px solid #f0a020; padding: 8px 12px;
+  border-radius: 4px; margin: 10px 0; }
+figure { margin: 8px 0; }
+figure img { display: block; width: 100%; height: auto; max-width: 660px; }
+figcaption { font-size: 0.85rem; color: var(--muted); }
+.table-wrap { overflow-x: auto; -webkit-overflow-scrolling: touch; }
+table { border-collapse: collapse; width: 100%; font-size: 0.9rem; }
+th, td { padding: 5px 8px; border-bottom: 1px solid var(--line); white-space: nowrap; }
+th { text-align: left; background: var(--card); font-weight: 600; }
+td.num, th.num { text-align: right; font-variant-numeric: tabular-nums; }
+footer ul { padding-left: 1.2em; }
+@media (max-width: 600px) { main { padding: 10px; } h1 { font-size: 1.25rem; }
+  .card .value { font-size: 1.2rem; } table { font-size: 0.82rem; } }
+"""
+
+
+def _html_table(frame: pd.DataFrame, columns: Sequence[Column], *, empty: str) -> str:
+    if frame.empty:
+        return f'<p class="muted">{html.escape(empty)}</p>'
+    present = [c for c in columns if c[0] in frame.columns]
+    numeric = {c for c, _, fmt in present if fmt is not text}
+    head = "".join(f'<th{" class=num" if c in numeric else ""} scope="col">'
+                   f"{html.escape(h)}</th>" for c, h, _ in present)
+    body = []
+    for record in frame.to_dict("records"):
+        cells = "".join(f'<td{" class=num" if c in numeric else ""}>'
+                        f"{html.escape(fmt(record[c]))}</td>" for c, _, fmt in present)
+        body.append(f"<tr>{cells}</tr>")
+    return (f'<div class="table-wrap"><table><thead><tr>{head}</tr></thead>'
+            f'<tbody>{"".join(body)}</tbody></table></div>')
+
+
+def _figure(name: str, png: bytes, title: str) -> str:
+    data = base64.b64encode(png).decode("ascii")
+    return (f'<figure><img src="data:image/png;base64,{data}" alt="{html.escape(title)}" '
+            f'data-chart="{html.escape(name)}"><figcaption>{html.escape(title)}</figcaption>'
+            f"</figure>")
+
+
+def render_html(report: FinopsReport, charts: dict[str, bytes]) -> str:
+    week = report.week
+    title = f"GPU cost report {week.name}"
+    tables = report.tables
+    parts = [
+        "<!doctype html>",
+        '<html lang="en"><head><meta charset="utf-8">',
+        '<meta name="viewport" content="width=device-width, initial-scale=1">',
+        f"<title>{html.escape(title)}</title><style>{_CSS}</style></head><body><main>",
+        f"<h1>{html.escape(title)}</h1>",
+        f'<p class="period">{week.start:%a %d %b %Y} to {week.end:%a %d %b %Y}, 00:00 UTC'
+        f" &middot; prices in {CURRENCY}</p>",
+        '<section class="cards">',
+    ]
+    for label, value, detail in headline(report):
+        parts.append(f'<div class="card"><div class="label">{html.escape(label)}</div>'
+                     f'<div class="value">{html.escape(value)}</div>'
+                     f'<div class="detail">{html.escape(detail)}</div></div>')
+    parts.append("</section>")
+    missing = [g for g in report.gaps if g.kind != "utilization_unavailable"]
+    if missing:
+        hours_missing = sum(g.hours for g in missing)
+        parts.append(f'<p class="warn">Data is missing for part of this week '
+                     f"({len(missing)} gap(s), {hours(hours_missing)} hours): the cost of "
+                     "those hours is not counted. See Data gaps below.</p>")
+    for warning in report.warnings:
+        parts.append(f'<p class="warn">{html.escape(warning)}</p>')
+    titles = {name: title for name, (title, _) in CHARTS.items()}
+    parts += [
+        "<h2>Cost by team</h2>", _figure("cost-by-team", charts["cost-by-team"],
+                                         titles["cost-by-team"]),
+        _html_table(tables.teams, TEAM_COLUMNS, empty="No GPU allocations this week."),
+        "<h2>Top idle workloads</h2>",
+        '<p class="muted">Allocated GPUs whose utilization stayed under the idle floor: the '
+        "first candidates to release.</p>",
+        _html_table(tables.top_idle_workloads, IDLE_COLUMNS, empty="No idle allocations."),
+        "<h2>GPU-hours per day</h2>", _figure("daily-gpu-hours", charts["daily-gpu-hours"],
+                                              titles["daily-gpu-hours"]),
+        _html_table(tables.daily, DAILY_COLUMNS, empty="No data."),
+        "<h2>By namespace</h2>",
+        _html_table(tables.namespaces, NAMESPACE_COLUMNS, empty="No GPU allocations."),
+        "<h2>By GPU model</h2>", _figure("cost-by-model", charts["cost-by-model"],
+                                         titles["cost-by-model"]),
+        _html_table(tables.models, MODEL_COLUMNS, empty="No GPU allocations."),
+        "<h2>Hygiene savings</h2>",
+    ]
+    if report.savings.available:
+        parts.append(_html_table(_savings_frame(report), SAVINGS_COLUMNS,
+                                 empty="No hygiene actions were applied this week."))
+    else:
+        parts.append(f'<p class="muted">Not available: {html.escape(report.savings.reason)}.</p>')
+    parts += ["<h2>Data gaps</h2>",
+              _html_table(_readable_gaps(report), GAP_COLUMNS,
+                          empty="None: every hour had data."),
+              "<footer><h2>How these numbers are made</h2><ul>"]
+    parts += [f"<li>{html.escape(note)}</li>" for note in method_notes(report)]
+    parts.append("</ul></footer></main></body></html>\n")
+    return "\n".join(parts)
+
+
+# --- Markdown ---------------------------------------------------------------------------
+
+
+def _md_cell(value: str) -> str:
+    return value.replace("|", "\\|").replace("\n", " ")
+
+
+def _md_table(frame: pd.DataFrame, columns: Sequence[Column], *, empty: str) -> str:
+    if frame.empty:
+        return f"_{empty}_"
+    present = [c for c in columns if c[0] in frame.columns]
+    lines = ["| " + " | ".join(h for _, h, _ in present) + " |",
+             "|" + "|".join("---:" if fmt is not text else "---" for _, _, fmt in present)
+             + "|"]
+    for record in frame.to_dict("records"):
+        lines.append("| " + " | ".join(_md_cell(fmt(record[c])) for c, _, fmt in present)
+                     + " |")
+    return "\n".join(lines)
+
+
+def render_markdown(report: FinopsReport) -> str:
+    tables = report.tables
+    week = report.week
+    lines = [f"# GPU cost report {week.name}", "",
+             f"{week.start:%a %d %b %Y} to {week.end:%a %d %b %Y}, 00:00 UTC; prices in "
+             f"{CURRENCY}.", ""]
+    lines += [f"- **{label}**: {value} ({detail})" for label, value, detail in headline(report)]
+    lines.append("")
+    missing = [g for g in report.gaps if g.kind != "utilization_unavailable"]
+    if missing:
+        lines += [f"> **Data is missing** for {hours(sum(g.hours for g in missing))} hours "
+                  "of this week: their cost is not counted. See Data gaps.", ""]
+    lines += [f"> {warning}" for warning in report.warnings]
+    sections = [
+        ("Cost by team", _md_table(tables.teams, TEAM_COLUMNS, empty="No GPU allocations.")),
+        ("Top idle workloads", _md_table(tables.top_idle_workloads, IDLE_COLUMNS,
+                                         empty="No idle allocations.")),
+        ("GPU-hours per day", _md_table(tables.daily, DAILY_COLUMNS, empty="No data.")),
+        ("By namespace", _md_table(tables.namespaces, NAMESPACE_COLUMNS,
+                                   empty="No GPU allocations.")),
+        ("By GPU model", _md_table(tables.models, MODEL_COLUMNS, empty="No GPU allocations.")),
+        ("Hygiene savings",
+         _md_table(_savings_frame(report), SAVINGS_COLUMNS, empty="No actions this week.")
+         if report.savings.available else f"_Not available: {report.savings.reason}._"),
+        ("Data gaps", _md_table(_readable_gaps(report), GAP_COLUMNS,
+                                empty="None: every hour had data.")),
+    ]
+    for heading, body in sections:
+        lines += ["", f"## {heading}", "", body]
+    lines += ["", "## How these numbers are made", ""]
+    lines += [f"- {note}" for note in method_notes(report)]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,233 @@
+"""``steward report finops``: build the week's report, write its folder, post it to Slack;
+and the weekly schedule the controller registers.
+
+Exit codes: 0 written (and posted), 2 input a user can fix (week, step, price table, Slack
+channel or token, Parquet file), 1 runtime failure (Prometheus or Slack unreachable).
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from dataclasses import dataclass
+from datetime import UTC, datetime, tzinfo
+from pathlib import Path
+from typing import Any
+
+from slack_sdk import WebClient
+from slack_sdk.errors import SlackApiError, SlackClientError
+
+from agent.config import StewardConfig
+from agent.finops.aggregate import aggregate_usage, build_tables, price_usage
+from agent.finops.cron import cron_trigger
+from agent.finops.document import FinopsReport
+from agent.finops.parquet import ParquetSource, export_parquet
+from agent.finops.period import ReportWeek
+from agent.finops.pricing import PriceTable
+from agent.finops.queries import PrometheusClient, PrometheusError, PrometheusSource
+from agent.finops.render import write_report
+from agent.finops.savings import SavingsSource, compute_savings
+from agent.finops.series import FinopsInputError, Gap, SeriesSource, parse_step
+from agent.finops.slack import post_report, slack_client
+from agent.finops.teams import (
+    KubernetesNamespaceLabels,
+    NamespaceLabelsSource,
+    resolve_teams,
+)
+
+log = logging.getLogger("agent.finops.report")
+EXIT_OK, EXIT_RUNTIME, EXIT_USAGE = 0, 1, 2
+JOB_ID = "finops-weekly-report"
+
+
+def default_source(config: StewardConfig, *, parquet: Path | None) -> SeriesSource:
+    if parquet is not None:
+        return ParquetSource(parquet)
+    step = parse_step(config.finops.step)
+    client = PrometheusClient(config.prometheus.url, timeout=config.prometheus.timeout_seconds)
+    return PrometheusSource(client, step_seconds=step)
+
+
+def default_namespace_labels(config: StewardConfig) -> NamespaceLabelsSource | None:
+    from agent.kube import api_client, cluster_configured
+
+    if not cluster_configured(config.kubernetes):
+        return None
+    return KubernetesNamespaceLabels(lambda: api_client(config.kubernetes))
+
+
+def _no_data_hours(gaps: list[Gap]) -> float:
+    return sum(g.hours for g in gaps if g.kind == "no_data")
+
+
+def build_report(config: StewardConfig, week: ReportWeek, *, source: SeriesSource,
+                 namespace_labels: NamespaceLabelsSource | None,
+                 savings: SavingsSource | None = None, now: datetime) -> FinopsReport:
+    """Read the week and the one before, price, attribute to teams, shape the tables."""
+    finops = config.finops
+    prices = PriceTable(finops.prices, finops.storage_usd_per_gb_month)
+    previous = week.previous()
+    warnings: list[str] = []
+    if week.end > now:
+        warnings.append(f"{week.name} is not over yet: the hours after "
+                        f"{now.astimezone(UTC):%a %H:%M} UTC have no data")
+
+    usage = aggregate_usage(source, week.start, week.end, idle_floor=finops.idle_floor)
+    gaps = source.gaps(week.start, week.end)
+    priced = price_usage(usage, prices)
+    prev_usage = aggregate_usage(source, previous.start, previous.end,
+                                 idle_floor=finops.idle_floor)
+    prev_gaps = source.gaps(previous.start, previous.end)
+    week_hours = (previous.end - previous.start).total_seconds() / 3600
+    prev_coverage = max(0.0, 1 - _no_data_hours(prev_gaps) / week_hours)
+    prev_priced = price_usage(prev_usage, prices, strict=False)
+    if prev_priced.unpriced_models:
+        warnings.append(f"{previous.name}: no price for {', '.join(prev_priced.unpriced_models)}"
+                        "; that cost is left out of the week-over-week change")
+    if 0 < prev_coverage < 1:
+        warnings.append(f"{previous.name} has data for {prev_coverage:.0%} of its hours: the "
+                        "week-over-week change compares against a partial week")
+
+    namespaces = {str(ns) for ns in usage["namespace"]} | \
+        {str(ns) for ns in prev_usage["namespace"]}
+    unmapped = sorted(ns for ns in namespaces if ns not in finops.namespace_teams)
+    if namespace_labels is None and unmapped:
+        warnings.append("no Kubernetes cluster configured: namespaces not in "
+                        "finops.namespace_teams are reported as unassigned")
+    teams = resolve_teams(namespaces, static=finops.namespace_teams, label=finops.team_label,
+                          source=namespace_labels)
+    warnings.extend(teams.warnings)
+    # A previous week without any data has no cost to compare with (not a cost of 0).
+    tables = build_tables(priced, prev_priced if prev_coverage > 0 else None,
+                          teams=teams.teams)
+    warnings.extend(tables.warnings)
+
+    unmeasured = tables.totals["gpu_hours_unmeasured"]
+    if unmeasured > 0:
+        gaps.append(Gap(kind="utilization_unavailable",
+                        scope="MIG instances and GPUs without utilization samples",
+                        start=week.start, end=week.end, hours=unmeasured))
+    allocated = tables.totals["gpu_hours_allocated"]
+    mean_price = tables.totals["cost"] / allocated if allocated > 0 else (
+        sum(finops.prices.values()) / len(finops.prices) if finops.prices else 0.0)
+    hygiene = compute_savings(savings, week.start, week.end, prices=finops.prices,
+                              default_gpu_price=mean_price,
+                              storage_usd_per_gb_month=finops.storage_usd_per_gb_month)
+    return FinopsReport(
+        week=week, tables=tables, gaps=gaps, savings=hygiene, source=source.describe(),
+        generated_at=now, idle_floor=finops.idle_floor, previous_coverage=prev_coverage,
+        warnings=warnings)
+
+
+@dataclass(frozen=True)
+class SlackTarget:
+    channel: str
+    client: WebClient
+
+
+def _slack_target(config: StewardConfig, client: WebClient | None) -> SlackTarget:
+    channel = config.finops.slack_channel or config.slack.default_channel
+    if not channel:
+        raise FinopsInputError("finops.slack_channel: --slack needs a channel; set "
+                               "finops.slack_channel or slack.default_channel")
+    if client is None:
+        token = config.slack.resolved_token()
+        if token is None:
+            raise FinopsInputError("slack.token: --slack needs a Slack bot token "
+                                   "($SLACK_BOT_TOKEN or slack.token_file)")
+        client = slack_client(token=token.get_secret_value(), api_url=config.slack.api_url)
+    return SlackTarget(channel=channel, client=client)
+
+
+def run_finops_report(config: StewardConfig, *, week: str | None, out_dir: Path | None,
+                      slack: bool, parquet: Path | None, now: datetime | None = None,
+                      namespace_labels: NamespaceLabelsSource | None = None,
+                      savings: SavingsSource | None = None,
+                      slack_web_client: WebClient | None = None) -> int:
+    """The CLI's entry point; returns the exit code.
+
+    ``week`` defaults to the last complete ISO week before ``now``; the folder to
+    ``finops.out_dir/<week>/``. ``namespace_labels`` defaults to the configured cluster.
+    """
+    moment = now or datetime.now(UTC)
+    try:
+        try:
+            report_week = ReportWeek.parse(week) if week else ReportWeek.last_complete(moment)
+        except ValueError as exc:
+            raise FinopsInputError(f"--week: {exc}") from None
+        target = _slack_target(config, slack_web_client) if slack else None
+        source = default_source(config, parquet=parquet)
+        labels = namespace_labels if namespace_labels is not None else \
+            default_namespace_labels(config)
+        log.info("building the FinOps report",
+                 extra={"week": report_week.name, "source": source.describe()})
+        report = build_report(config, report_week, source=source, namespace_labels=labels,
+                              savings=savings, now=moment)
+        folder = out_dir if out_dir is not None else config.finops.out_dir / report_week.name
+        files = write_report(report, folder)
+        log.info("FinOps report written", extra={
+            "week": report_week.name, "folder": str(folder),
+            "cost": round(report.tables.totals["cost"], 2),
+            "idle_cost": round(report.tables.totals["idle_cost"], 2),
+            "gaps": len(report.gaps)})
+        if target is not None:
+            post_report(target.client, channel=target.channel, report=report, files=files)
+    except FinopsInputError as exc:
+        print(f"steward: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except PrometheusError as exc:
+        log.error("FinOps report failed: %s", exc)
+        return EXIT_RUNTIME
+    except (SlackApiError, SlackClientError) as exc:
+        log.error("FinOps report written but not posted to Slack: %s", exc)
+        return EXIT_RUNTIME
+    except OSError as exc:
+        log.error("FinOps report failed: %s", exc)
+        return EXIT_RUNTIME
+    return EXIT_OK
+
+
+def scheduled_report(config: StewardConfig) -> int:
+    """What the controller runs each week: the last complete week, to Slack if a channel is
+    configured."""
+    return run_finops_report(config, week=None, out_dir=None,
+                             slack=bool(config.finops.slack_channel), parquet=None)
+
+
+def run_finops_export(config: StewardConfig, *, path: Path, week: str | None,
+                      now: datetime | None = None) -> int:
+    """Export the week and the one before from Prometheus to ``path`` (Parquet), so that an
+    offline run (``parquet=path``) has the week-over-week change too; returns the exit code."""
+    moment = now or datetime.now(UTC)
+    try:
+        try:
+            report_week = ReportWeek.parse(week) if week else ReportWeek.last_complete(moment)
+        except ValueError as exc:
+            raise FinopsInputError(f"--week: {exc}") from None
+        source = default_source(config, parquet=None)
+        result = export_parquet(source, path, report_week.previous().start, report_week.end)
+    except FinopsInputError as exc:
+        print(f"steward: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except (PrometheusError, OSError) as exc:
+        log.error("FinOps export failed: %s", exc)
+        return EXIT_RUNTIME
+    log.info("FinOps series exported", extra={
+        "path": str(result.path), "rows": result.rows, "gaps": len(result.gaps),
+        "from": report_week.previous().name, "to": report_week.name})
+    return EXIT_OK
+
+
+def schedule_finops_report(scheduler: Any, config: StewardConfig, *,
+                           timezone: tzinfo | str | None = None) -> Any:
+    """Register the weekly report on an APScheduler 3 scheduler (``finops.schedule``, cron,
+    in ``timezone``, default the controller's local zone); returns the job."""
+    try:
+        trigger = cron_trigger(config.finops.schedule, timezone=timezone)
+    except ValueError as exc:
+        raise FinopsInputError(f"finops.schedule: {config.finops.schedule!r} is not a "
+                               f"5-field cron expression: {exc}") from None
+    # One run at a time; a controller that was down at 08:00 still runs it within the day.
+    return scheduler.add_job(scheduled_report, trigger, args=[config], id=JOB_ID,
+                             name="weekly FinOps report", replace_existing=True,
+                             coalesce=True, max_instances=1, misfire_grace_time=86400)

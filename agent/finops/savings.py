@@ -1,0 +1,118 @@
+"""What the hygiene jobs saved in the report week, from their audit log.
+
+The audit log is read through :class:`SavingsSource`. Until one is connected the report
+says ``"available": false`` instead of claiming zero savings.
+
+- GPUs freed at ``at`` count from then to the end of the week (GPU-hours the week did not
+  spend), priced at their model's price, else the week's mean price per allocated GPU-hour.
+- Bytes removed (images, buckets) are priced at ``finops.storage_usd_per_gb_month`` as a
+  monthly run rate (GB = 2^30 bytes, as cloud storage bills).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Protocol
+
+GIB = 1 << 30
+
+
+@dataclass(frozen=True)
+class SavingAction:
+    job: str  # idle-gpus, stale-images, orphaned-buckets
+    action: str  # scale_to_zero, delete, ...
+    resource: str  # ns/pod, registry/repo@sha256:..., s3://bucket
+    at: datetime
+    gpus: float = 0.0
+    bytes: int = 0
+    gpu_model: str | None = None
+
+
+class SavingsSource(Protocol):
+    def actions(self, start: datetime, end: datetime) -> list[SavingAction]:
+        """Applied actions with ``start <= at < end``."""
+        ...
+
+
+@dataclass(frozen=True)
+class JobSavings:
+    job: str
+    actions: int
+    gpu_hours_freed: float
+    gpu_cost: float
+    bytes_removed: int
+    storage_cost_per_month: float
+
+
+@dataclass(frozen=True)
+class HygieneSavings:
+    available: bool
+    reason: str = ""
+    jobs: list[JobSavings] = field(default_factory=list)
+
+    @property
+    def gpu_hours_freed(self) -> float:
+        return sum(j.gpu_hours_freed for j in self.jobs)
+
+    @property
+    def gpu_cost(self) -> float:
+        return sum(j.gpu_cost for j in self.jobs)
+
+    @property
+    def bytes_removed(self) -> int:
+        return sum(j.bytes_removed for j in self.jobs)
+
+    @property
+    def storage_cost_per_month(self) -> float:
+        return sum(j.storage_cost_per_month for j in self.jobs)
+
+    @property
+    def actions(self) -> int:
+        return sum(j.actions for j in self.jobs)
+
+    def to_json(self) -> dict[str, Any]:
+        if not self.available:
+            return {"available": False, "reason": self.reason}
+        return {
+            "available": True, "actions": self.actions,
+            "gpu_hours_freed": round(self.gpu_hours_freed, 6),
+            "gpu_cost": round(self.gpu_cost, 6),
+            "bytes_removed": self.bytes_removed,
+            "storage_cost_per_month": round(self.storage_cost_per_month, 6),
+            "jobs": [{"job": j.job, "actions": j.actions,
+                      "gpu_hours_freed": round(j.gpu_hours_freed, 6),
+                      "gpu_cost": round(j.gpu_cost, 6), "bytes_removed": j.bytes_removed,
+                      "storage_cost_per_month": round(j.storage_cost_per_month, 6)}
+                     for j in self.jobs],
+        }
+
+
+NOT_CONNECTED = "the hygiene audit log is not connected to the report yet"
+
+
+def compute_savings(source: SavingsSource | None, start: datetime, end: datetime, *,
+                    prices: Mapping[str, float], default_gpu_price: float,
+                    storage_usd_per_gb_month: float) -> HygieneSavings:
+    if source is None:
+        return HygieneSavings(available=False, reason=NOT_CONNECTED)
+    per_job: dict[str, list[SavingAction]] = {}
+    for action in source.actions(start, end):
+        if start <= action.at < end:
+            per_job.setdefault(action.job, []).append(action)
+    jobs: list[JobSavings] = []
+    for job, actions in sorted(per_job.items()):
+        hours = cost = 0.0
+        removed = 0
+        for action in actions:
+            freed = action.gpus * (end - action.at).total_seconds() / 3600
+            price = prices.get(action.gpu_model or "", default_gpu_price)
+            hours += freed
+            cost += freed * price
+            removed += action.bytes
+        jobs.append(JobSavings(
+            job=job, actions=len(actions), gpu_hours_freed=hours, gpu_cost=cost,
+            bytes_removed=removed,
+            storage_cost_per_month=removed / GIB * storage_usd_per_gb_month))
+    return HygieneSavings(available=True, jobs=jobs)

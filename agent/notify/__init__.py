@@ -1,0 +1,6 @@
+"""The notifier: Alertmanager webhooks -> durable outbox -> one Slack message per alert group.
+
+Data flows one way: ``webhook`` (parse) -> ``outbox`` (persist, then ack) -> ``worker``
+(schedule per channel) -> ``delivery`` (one idempotent step per group) -> ``slack`` (the sink),
+with ``incident``, ``routing``, ``alert_links`` and ``blocks`` as pure helpers of delivery.
+"""

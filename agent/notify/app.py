@@ -1,0 +1,196 @@
+"""Assembles the notifier: store -> outbox -> delivery worker -> Slack, behind the HTTP server.
+
+``build_notifier`` makes one without starting it (tests start it in-process on port 0);
+``run_notifier`` is ``steward notifier``: it runs until SIGTERM or SIGINT and stops cleanly.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+
+from sqlalchemy import Engine
+
+from agent.config import ConfigError, StewardConfig, load_config, with_overrides
+from agent.log import configure_logging, register_secret
+from agent.notify.alert_links import LinkSettings
+from agent.notify.delivery import Delivery
+from agent.notify.metrics import NotifierMetrics
+from agent.notify.outbox import Outbox
+from agent.notify.routing import Route, Router
+from agent.notify.server import BearerAuth, NotifierServer, auth_from, parse_listen
+from agent.notify.slack import SlackSink
+from agent.notify.worker import DeliveryWorker
+from agent.state import open_store
+
+log = logging.getLogger(__name__)
+EXIT_OK, EXIT_RUNTIME, EXIT_USAGE = 0, 1, 2
+
+
+@dataclass
+class Notifier:
+    engine: Engine
+    outbox: Outbox
+    worker: DeliveryWorker
+    server: NotifierServer
+    metrics: NotifierMetrics
+    stopped: bool = False
+
+    @property
+    def port(self) -> int:
+        return self.server.port
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        self.outbox.start()
+        self.worker.start()
+        self.server.start()
+
+    def stop(self) -> None:
+        if self.stopped:
+            return
+        self.stopped = True
+        self.server.stop()  # no new webhooks first; the outbox keeps what was acknowledged
+        self.worker.stop()
+        self.outbox.stop()
+        self.engine.dispose()
+
+
+def config_problems(config: StewardConfig, *,
+                    environ: Mapping[str, str] | None = None) -> list[str]:
+    """What keeps ``steward notifier`` from starting, one line per key."""
+    env = os.environ if environ is None else environ
+    problems = []
+    try:
+        token = config.slack.resolved_token()
+    except OSError as exc:
+        problems.append(f"slack.token_file: cannot read {config.slack.token_file}: "
+                        f"{exc.strerror or exc}")
+    else:
+        if token is None or not token.get_secret_value():
+            problems.append("slack.token: not set (set SLACK_BOT_TOKEN or slack.token_file)")
+    if config.slack.default_channel is None:
+        problems.append("slack.default_channel: required by the notifier (alerts no route "
+                        "matches go there)")
+    token_file = config.notifier.auth_token_file
+    if token_file is not None:
+        try:
+            if not token_file.read_text(encoding="utf-8").strip():
+                problems.append(f"notifier.auth_token_file: {token_file} is empty")
+        except OSError as exc:
+            problems.append(f"notifier.auth_token_file: cannot read {token_file}: "
+                            f"{exc.strerror or exc}")
+    elif env.get("STEWARD_NOTIFIER_AUTH_TOKEN") == "":
+        problems.append("STEWARD_NOTIFIER_AUTH_TOKEN: set but empty")
+    return problems
+
+
+def build_notifier(config: StewardConfig, *, sink: SlackSink | None = None,
+                   listen: str | None = None, retry_base_seconds: float = 1.0,
+                   threads: int = 4, auth: BearerAuth | None = None,
+                   environ: Mapping[str, str] | None = None,
+                   clock: Callable[[], float] = time.time) -> Notifier:
+    """A notifier wired from ``config``, not started. ``listen`` overrides notifier.listen
+    ("127.0.0.1:0" picks a free port); ``sink`` replaces the Slack client built from config."""
+    env = dict(os.environ if environ is None else environ)
+    if sink is None:
+        token = config.slack.resolved_token()
+        if token is None:
+            raise ValueError("slack.token is not set")
+        register_secret(token.get_secret_value())
+        sink = SlackSink.create(token=token.get_secret_value(), api_url=config.slack.api_url)
+    if auth is None:
+        auth = auth_from(config.notifier.auth_token_file, env)
+    engine = open_store(config.state.url)
+    outbox = Outbox(engine, clock=clock)
+
+    def stats() -> tuple[int, float | None]:
+        current = outbox.stats()
+        return current.depth, current.oldest_received_at
+
+    metrics = NotifierMetrics(stats, clock=clock)
+    router = Router([Route(r.match, r.channel) for r in config.slack.routes],
+                    default_channel=config.slack.default_channel)
+    links = LinkSettings(
+        runbook_base_url=config.runbooks.base_url, grafana_url=config.grafana.url,
+        alertmanager_url=config.alertmanager.url,
+        dashboard_window=timedelta(minutes=config.notifier.dashboard_window_minutes))
+    delivery = Delivery(outbox, sink, router, links, clock=clock, on_write=metrics.slack_ok)
+    worker = DeliveryWorker(delivery, outbox, metrics,
+                            pacing_seconds=config.notifier.channel_pacing_seconds,
+                            retry_base_seconds=retry_base_seconds,
+                            retry_max_seconds=config.notifier.retry_max_seconds,
+                            threads=threads)
+    outbox.set_listener(worker.notify)
+    server = NotifierServer(
+        parse_listen(listen or config.notifier.listen),
+        persist=lambda notification, body: outbox.enqueue(notification, body=body),
+        metrics=metrics,
+        healthy=worker.alive, ready=lambda: worker.alive() and outbox.running,
+        max_body_bytes=config.notifier.max_body_bytes, auth=auth)
+    return Notifier(engine=engine, outbox=outbox, worker=worker, server=server, metrics=metrics)
+
+
+def run_notifier(config: StewardConfig, *, stop: threading.Event | None = None,
+                 on_started: Callable[[Notifier], None] | None = None) -> int:
+    """``steward notifier``: serve until SIGTERM/SIGINT. Exit 2 on bad config."""
+    problems = config_problems(config)
+    if problems:
+        for problem in problems:
+            print(f"steward: config error: {problem}", file=sys.stderr)
+        return EXIT_USAGE
+    stop = stop or threading.Event()
+    notifier = build_notifier(config)
+    if threading.current_thread() is threading.main_thread():
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, lambda *_: stop.set())
+    notifier.start()
+    log.info("notifier started", extra={
+        "listen": config.notifier.listen, "port": notifier.port,
+        "state": config.state.url.split("://", 1)[0], "depth": notifier.outbox.stats().depth,
+        "auth": notifier.server.auth is not None})
+    if on_started is not None:
+        on_started(notifier)
+    stop.wait()
+    log.info("notifier stopping", extra={"depth": notifier.outbox.stats().depth})
+    notifier.stop()
+    return EXIT_OK
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m agent.notify``: the notifier without the CLI (the CLI wires the same)."""
+    parser = argparse.ArgumentParser(prog="python -m agent.notify",
+                                     description="Run the Steward notifier.")
+    parser.add_argument("--config", type=Path, default=None)
+    parser.add_argument("--listen", default=None, metavar="HOST:PORT")
+    parser.add_argument("--log-format", choices=("json", "text"), default="json")
+    parser.add_argument("--log-level", choices=("debug", "info", "warning", "error"),
+                        default="info")
+    args = parser.parse_args(argv)
+    configure_logging(fmt=args.log_format, level=args.log_level)
+    try:
+        config = with_overrides(load_config(args.config),
+                                {"notifier.listen": ("--listen", args.listen)})
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(f"steward: config error: {problem}", file=sys.stderr)
+        return EXIT_USAGE
+    token = config.slack.token
+    register_secret(token.get_secret_value() if token is not None else None)
+    try:
+        return run_notifier(config)
+    except Exception:
+        log.exception("steward notifier failed")
+        return EXIT_RUNTIME

@@ -1,0 +1,232 @@
+"""One delivery step for one alert group: at most one Slack write, safe to crash anywhere.
+
+A step looks at the group's undelivered webhooks (in id order) and does the first thing
+still missing: post the root message, update it in place, or reply in its thread with what
+changed. Posts are idempotent through a write-ahead marker (see ``outbox.Inflight``): after
+a crash or a lost response, the next step finds the post in Slack by its metadata and
+records it instead of posting twice. Updates are idempotent by nature.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from typing import Final
+
+from agent.notify.alert_links import LinkSettings
+from agent.notify.blocks import GroupView, Message, render_changes, render_group, render_plain
+from agent.notify.incident import accumulate, all_resolved, ordered
+from agent.notify.outbox import GroupState, Inflight, Outbox, Outcome, Pending
+from agent.notify.routing import NoChannel, Router
+from agent.notify.slack import (
+    RENDER_ERRORS,
+    ROOT_GONE_ERRORS,
+    Posted,
+    SlackRateLimited,
+    SlackRejected,
+    SlackSink,
+    SlackUnavailable,
+)
+from agent.notify.webhook import Notification
+
+log = logging.getLogger(__name__)
+
+# How far before our own clock to search Slack for a post we may have made: Slack's ts
+# comes from Slack's clock.
+_CLOCK_SKEW_SECONDS: Final = 120.0
+UNROUTABLE_LANE: Final = ""
+
+
+@dataclass(frozen=True)
+class StepResult:
+    wrote: bool  # made a paced Slack write (post or update)
+    lane: str | None  # the channel the group's messages go to, when known
+    next_id: int | None  # the oldest webhook still undelivered, None when done
+
+
+def _segment(pending: Sequence[Pending]) -> list[Pending]:
+    """Webhooks up to and including the first one that resolves the whole group: what
+    follows belongs to the next incident, which gets a message of its own."""
+    for index, item in enumerate(pending):
+        if item.notification.status == "resolved":
+            return list(pending[: index + 1])
+    return list(pending)
+
+
+class Delivery:
+    def __init__(self, outbox: Outbox, sink: SlackSink, router: Router, links: LinkSettings,
+                 *, clock: Callable[[], float] = time.time,
+                 on_write: Callable[[], None] | None = None) -> None:
+        self._outbox = outbox
+        self._sink = sink
+        self._router = router
+        self._links = links
+        self._clock = clock
+        self._on_write = on_write or (lambda: None)
+
+    def lane_for(self, group_id: str) -> str:
+        """The channel a group's next step will write to (pacing is per channel)."""
+        state = self._outbox.group(group_id)
+        if state is not None and state.lane and state.ts and not state.resolved:
+            return state.lane
+        first = self._outbox.first_pending(group_id)
+        if first is None:
+            return state.lane if state is not None and state.lane else UNROUTABLE_LANE
+        try:
+            return self._router.channel_for(a.labels for a in first.notification.alerts)
+        except NoChannel:
+            return UNROUTABLE_LANE
+
+    def lane_hint(self, notification: Notification) -> str:
+        """The channel a new webhook routes to, without reading the store: the lane of a
+        group seen for the first time (a storm of new groups must not cost a read each)."""
+        try:
+            return self._router.channel_for(a.labels for a in notification.alerts)
+        except NoChannel:
+            return UNROUTABLE_LANE
+
+    def step(self, group_id: str) -> StepResult:
+        state = self._outbox.group(group_id)
+        if state is not None and state.inflight is not None:
+            self._settle(state, state.inflight)
+            state = self._outbox.group(group_id)
+        pending = self._outbox.pending(group_id)
+        lane = state.lane if state is not None else None
+        if not pending:
+            return StepResult(wrote=False, lane=lane, next_id=None)
+        segment = _segment(pending)
+        last = segment[-1]
+        after = pending[len(segment)].id if len(segment) < len(pending) else None
+        notification = last.notification
+        group_key = notification.group_key
+        any_firing = any(a.status == "firing" for p in segment for a in p.notification.alerts)
+        new_root = state is None or state.ts is None or (state.resolved and any_firing)
+        base = {} if state is None or (state.resolved and new_root) else state.alerts
+        alerts, changes = accumulate(base, [p.notification for p in segment])
+        view = GroupView(alerts=ordered(alerts.values()), group_labels=notification.group_labels,
+                         external_url=notification.external_url,
+                         truncated_alerts=notification.truncated_alerts)
+        ids = tuple(p.id for p in segment)
+        resolved = all_resolved(alerts)
+
+        if new_root:
+            try:
+                channel = self._router.channel_for(a.labels for a in alerts.values())
+            except NoChannel as exc:
+                raise SlackRejected("routing", str(exc)) from exc
+            outcome = Outcome(ids, alerts, resolved, rendered_upto=last.id, lane=channel)
+            op = Inflight(op_id=f"steward-{group_id[:16]}-{last.id}-root", kind="root",
+                          since=self._clock(), channel=channel, thread_ts=None, outcome=outcome)
+            posted = self._post(group_id, group_key, op, render_group(view, self._links))
+            self._outbox.commit(group_id, group_key,
+                                replace(outcome, channel_id=posted.channel_id, ts=posted.ts))
+            log.info("posted alert group", extra={
+                "group_id": group_id, "channel": channel, "ts": posted.ts,
+                "alerts": len(alerts), "webhooks": len(ids)})
+            return StepResult(wrote=True, lane=channel, next_id=after)
+
+        assert state is not None and state.ts is not None and state.channel_id is not None
+        if state.rendered_upto < last.id:
+            try:
+                self._write(lambda m: self._sink.update(state.channel_id or "", state.ts or "",
+                                                        m), render_group(view, self._links))
+            except SlackRejected as exc:
+                return self._root_gone(group_id, state, exc, pending[0].id)
+            self._outbox.set_rendered(group_id, last.id)
+            return StepResult(wrote=True, lane=state.lane, next_id=pending[0].id)
+
+        outcome = Outcome(ids, alerts, resolved, rendered_upto=state.rendered_upto)
+        if not changes:
+            self._outbox.commit(group_id, group_key, outcome)
+            return StepResult(wrote=False, lane=state.lane, next_id=after)
+        op = Inflight(op_id=f"steward-{group_id[:16]}-{last.id}-reply", kind="reply",
+                      since=self._clock(), channel=state.channel_id, thread_ts=state.ts,
+                      outcome=outcome)
+        message = render_changes(changes, self._links, external_url=notification.external_url)
+        try:
+            self._post(group_id, group_key, op, message)
+        except SlackRejected as exc:
+            return self._root_gone(group_id, state, exc, pending[0].id)
+        self._outbox.commit(group_id, group_key, outcome)
+        log.info("replied in alert group thread", extra={
+            "group_id": group_id, "changes": len(changes), "resolved": resolved})
+        return StepResult(wrote=True, lane=state.lane, next_id=after)
+
+    def _root_gone(self, group_id: str, state: GroupState, exc: SlackRejected,
+                   next_id: int) -> StepResult:
+        """The root was deleted (or is too old to edit): the next step posts a new one."""
+        if exc.error not in ROOT_GONE_ERRORS:
+            raise exc
+        log.warning("root message is gone; posting a new one", extra={
+            "group_id": group_id, "error": exc.error})
+        self._outbox.forget_root(group_id)
+        return StepResult(wrote=False, lane=state.lane, next_id=next_id)
+
+    def _write(self, call: Callable[[Message], None], message: Message) -> None:
+        """``call(message)``, and once more as plain text when Slack refuses our blocks."""
+        try:
+            call(message)
+        except SlackRejected as exc:
+            if exc.error not in RENDER_ERRORS or not message.blocks:
+                raise
+            log.warning("Slack refused the blocks; sending plain text", extra={
+                "error": exc.error, "method": exc.method})
+            call(render_plain(message))
+        self._on_write()
+
+    def _post(self, group_id: str, group_key: str, op: Inflight, message: Message) -> Posted:
+        self._outbox.mark_inflight(group_id, group_key, op)
+        posted: list[Posted] = []
+        try:
+            self._write(lambda m: posted.append(self._sink.post(
+                op.channel, m, thread_ts=op.thread_ts, op_id=op.op_id)), message)
+        except (SlackRejected, SlackRateLimited):
+            self._outbox.clear_inflight(group_id)
+            raise
+        except SlackUnavailable as exc:
+            # Keep the marker when Slack may have posted: the next step looks before posting.
+            if not exc.maybe_delivered:
+                self._outbox.clear_inflight(group_id)
+            raise
+        return posted[-1]
+
+    def _settle(self, state: GroupState, op: Inflight) -> None:
+        """Find out whether the post behind ``op`` happened, and record it either way."""
+        try:
+            self._look_up(state, op)
+        except SlackRejected as exc:
+            # Slack will not let us look (no channels:history scope, channel gone): posting
+            # again may duplicate one message, which beats never delivering the group.
+            log.warning("cannot check whether an earlier post happened; posting again", extra={
+                "group_id": state.group_id, "op": op.op_id, "error": exc.error})
+            self._outbox.clear_inflight(state.group_id)
+
+    def _look_up(self, state: GroupState, op: Inflight) -> None:
+        oldest = op.since - _CLOCK_SKEW_SECONDS
+        found: str | None = None
+        channel_id: str | None = op.channel
+        if op.kind == "root":
+            channel_id = self._outbox.channel_id(op.channel) or self._sink.resolve_channel(
+                op.channel)
+            if channel_id is None:
+                log.warning("cannot resolve the channel to look for an earlier post; "
+                            "posting again", extra={"group_id": state.group_id,
+                                                    "channel": op.channel})
+            else:
+                found = self._sink.find_posted(channel_id, op.op_id, oldest=oldest)
+        else:
+            found = self._sink.find_posted(op.channel, op.op_id, oldest=oldest,
+                                           thread_ts=op.thread_ts)
+        if found is None:
+            self._outbox.clear_inflight(state.group_id)
+            log.info("earlier post did not happen; posting again", extra={
+                "group_id": state.group_id, "op": op.op_id})
+            return
+        outcome = op.outcome
+        if op.kind == "root":
+            outcome = replace(outcome, channel_id=channel_id, ts=found)
+        self._outbox.commit(state.group_id, state.group_key, outcome)
+        log.info("earlier post found in Slack; not posting again", extra={
+            "group_id": state.group_id, "op": op.op_id, "ts": found})

@@ -1,0 +1,200 @@
+"""The Slack sink: chat.postMessage / chat.update through slack-sdk, failures sorted by remedy.
+
+slack-sdk's own retry handlers are turned off: a handler that sleeps for Retry-After would
+hold a delivery thread and, through it, other channels. Instead every failure becomes one
+of three exceptions and the worker decides when to try again:
+
+- :class:`SlackRateLimited`: 429 or ``ratelimited``; wait ``retry_after`` on that channel.
+- :class:`SlackUnavailable`: network error, timeout, 5xx, Slack's ``internal_error``; back
+  off. ``maybe_delivered`` says the request may have been applied before the failure.
+- :class:`SlackRejected`: any other ``{"ok": false}``; the request was not applied.
+"""
+
+from __future__ import annotations
+
+import http.client
+import logging
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Final
+
+from slack_sdk import WebClient
+from slack_sdk.errors import SlackApiError, SlackRequestError
+from slack_sdk.web import SlackResponse
+
+from agent.notify.blocks import Message
+
+log = logging.getLogger(__name__)
+
+METADATA_EVENT_TYPE: Final = "steward_alert_group"
+# Errors after which Slack may already have applied the call (its docs for internal_error).
+_MAYBE_APPLIED: Final = frozenset({"internal_error", "fatal_error"})
+_TRANSIENT: Final = frozenset({
+    "internal_error", "fatal_error", "service_unavailable", "request_timeout",
+    "team_added_to_org", "ekm_access_denied",
+})
+_RATE_LIMITED: Final = frozenset({"ratelimited", "rate_limited"})
+# Errors that mean "our blocks", where the same message as plain text may still go through.
+RENDER_ERRORS: Final = frozenset({"invalid_blocks", "invalid_blocks_format", "msg_too_long",
+                                  "invalid_attachments", "too_many_attachments",
+                                  "markdown_text_conflict"})
+# The root cannot be edited or replied to any more (deleted, too old): post a new one.
+ROOT_GONE_ERRORS: Final = frozenset({"message_not_found", "cant_update_message",
+                                     "edit_window_closed", "thread_not_found"})
+_CHANNEL_ID: Final = re.compile(r"^[CGD][A-Z0-9]{6,}$")
+_DEFAULT_RETRY_AFTER: Final = 1.0
+_LOOKUP_PAGES: Final = 10
+
+
+class SlackCallFailed(Exception):
+    def __init__(self, method: str, detail: str) -> None:
+        super().__init__(f"{method}: {detail}")
+        self.method = method
+        self.detail = detail
+
+
+class SlackRateLimited(SlackCallFailed):
+    def __init__(self, method: str, retry_after: float) -> None:
+        super().__init__(method, f"rate limited, retry after {retry_after:g}s")
+        self.retry_after = retry_after
+
+
+class SlackUnavailable(SlackCallFailed):
+    def __init__(self, method: str, detail: str, *, maybe_delivered: bool) -> None:
+        super().__init__(method, detail)
+        self.maybe_delivered = maybe_delivered
+
+
+class SlackRejected(SlackCallFailed):
+    def __init__(self, method: str, error: str) -> None:
+        super().__init__(method, error)
+        self.error = error
+
+
+@dataclass(frozen=True)
+class Posted:
+    channel_id: str
+    ts: str
+
+
+def looks_like_channel_id(channel: str) -> bool:
+    return bool(_CHANNEL_ID.match(channel))
+
+
+def _retry_after(headers: dict[str, Any]) -> float:
+    for name, value in headers.items():
+        if name.lower() == "retry-after":
+            raw = value[0] if isinstance(value, list) and value else value
+            try:
+                return max(0.0, float(raw))
+            except (TypeError, ValueError):
+                break
+    return _DEFAULT_RETRY_AFTER
+
+
+
+def _classify(method: str, exc: Exception, *, write: bool) -> SlackCallFailed:
+    if isinstance(exc, SlackApiError):
+        response = exc.response
+        status = int(response.status_code)
+        data = response.data if isinstance(response.data, dict) else {}
+        error = str(data.get("error") or f"http_{status}")
+        if status == 429 or error in _RATE_LIMITED:
+            return SlackRateLimited(method, _retry_after(dict(response.headers)))
+        if status >= 500 or error in _TRANSIENT:
+            return SlackUnavailable(method, error, maybe_delivered=write and (
+                status >= 500 or error in _MAYBE_APPLIED))
+        return SlackRejected(method, error)
+    # The request may have reached Slack before the connection broke.
+    return SlackUnavailable(method, f"{type(exc).__name__}: {exc}", maybe_delivered=write)
+
+
+class SlackSink:
+    """One bot token, many channels. Thread-safe: WebClient keeps no per-call state."""
+
+    def __init__(self, client: WebClient) -> None:
+        self._client = client
+
+    @classmethod
+    def create(cls, *, token: str, api_url: str, timeout: float = 10.0) -> SlackSink:
+        return cls(WebClient(token=token, base_url=api_url, timeout=int(max(1, timeout)),
+                             retry_handlers=[]))
+
+    def _call(self, method: str, call: Callable[[], SlackResponse], *, write: bool
+              ) -> SlackResponse:
+        try:
+            return call()
+        except (SlackApiError, SlackRequestError, OSError, http.client.HTTPException,
+                ValueError) as exc:
+            raise _classify(method, exc, write=write) from exc
+
+    def post(self, channel: str, message: Message, *, thread_ts: str | None = None,
+             op_id: str | None = None) -> Posted:
+        metadata = None if op_id is None else {
+            "event_type": METADATA_EVENT_TYPE, "event_payload": {"op": op_id}}
+        response = self._call("chat.postMessage", lambda: self._client.chat_postMessage(
+            channel=channel, text=message.text, blocks=message.blocks or None,
+            thread_ts=thread_ts, metadata=metadata, unfurl_links=False, unfurl_media=False,
+        ), write=True)
+        return Posted(channel_id=str(response["channel"]), ts=str(response["ts"]))
+
+    def update(self, channel_id: str, ts: str, message: Message) -> None:
+        # An empty list (not None) removes blocks the previous version had.
+        self._call("chat.update", lambda: self._client.chat_update(
+            channel=channel_id, ts=ts, text=message.text, blocks=message.blocks,
+        ), write=True)
+
+    def resolve_channel(self, channel: str) -> str | None:
+        """The id of a channel configured by name (conversations.list; needs channels:read)."""
+        if looks_like_channel_id(channel):
+            return channel
+        name = channel.lstrip("#")
+        cursor: str | None = None
+        for _ in range(50):
+            page = cursor
+
+            def call(page: str | None = page) -> SlackResponse:
+                return self._client.conversations_list(
+                    cursor=page, limit=1000, exclude_archived=True,
+                    types="public_channel,private_channel")
+
+            response = self._call("conversations.list", call, write=False)
+            for item in response.get("channels") or []:
+                if item.get("name") == name:
+                    return str(item["id"])
+            cursor = (response.get("response_metadata") or {}).get("next_cursor") or None
+            if not cursor:
+                return None
+        return None
+
+    def find_posted(self, channel_id: str, op_id: str, *, oldest: float,
+                    thread_ts: str | None = None) -> str | None:
+        """The ts of the message we posted with ``op_id`` in its metadata, if Slack has it.
+
+        Roots are searched in the channel's history, replies in the thread, from ``oldest``.
+        """
+        cursor: str | None = None
+        for _ in range(_LOOKUP_PAGES):
+            page = cursor
+
+            def call(page: str | None = page) -> SlackResponse:
+                if thread_ts is None:
+                    return self._client.conversations_history(
+                        channel=channel_id, oldest=f"{oldest:.6f}", include_all_metadata=True,
+                        limit=200, cursor=page)
+                return self._client.conversations_replies(
+                    channel=channel_id, ts=thread_ts, oldest=f"{oldest:.6f}",
+                    include_all_metadata=True, limit=200, cursor=page)
+
+            method = "conversations.history" if thread_ts is None else "conversations.replies"
+            response = self._call(method, call, write=False)
+            for item in response.get("messages") or []:
+                meta = item.get("metadata") or {}
+                payload = meta.get("event_payload") or {}
+                if meta.get("event_type") == METADATA_EVENT_TYPE and payload.get("op") == op_id:
+                    return str(item["ts"])
+            cursor = (response.get("response_metadata") or {}).get("next_cursor") or None
+            if not cursor:
+                return None
+        return None

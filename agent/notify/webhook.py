@@ -1,0 +1,128 @@
+"""Alertmanager webhook payloads (version "4"): parsing and validation into typed objects.
+
+Anything that does not validate is a :class:`PayloadError` with a one-line reason, so the
+HTTP layer can answer 4xx before a single byte reaches the outbox.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from datetime import UTC, datetime
+from typing import Annotated, Final, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
+
+# Alertmanager sends at most ``max_alerts`` alerts when configured; the request body limit
+# bounds the rest. These bounds keep one payload from exhausting the renderer or the store.
+MAX_ALERTS: Final = 10_000
+MAX_LABELS: Final = 512
+MAX_GROUP_KEY: Final = 16_384
+
+Status = Literal["firing", "resolved"]
+LabelName = Annotated[str, StringConstraints(min_length=1, max_length=1024)]
+LabelSet = Annotated[dict[LabelName, str], Field(max_length=MAX_LABELS)]
+
+
+class PayloadError(ValueError):
+    """The request body is not an Alertmanager v4 webhook payload. ``reason`` is one line."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+def _utc(value: datetime) -> datetime:
+    # Alertmanager always sends an offset; a naive time from another sender is read as UTC.
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+class _Model(BaseModel):
+    # Unknown fields are ignored: Alertmanager may add fields within version 4.
+    model_config = ConfigDict(extra="ignore", frozen=True, populate_by_name=True)
+
+
+class WebhookAlert(_Model):
+    status: Status
+    labels: LabelSet
+    annotations: LabelSet = Field(default_factory=dict)
+    starts_at: datetime = Field(alias="startsAt")
+    # "0001-01-01T00:00:00Z" while firing.
+    ends_at: datetime | None = Field(default=None, alias="endsAt")
+    generator_url: str = Field(default="", alias="generatorURL", max_length=8192)
+    fingerprint: str = Field(default="", max_length=256)
+
+    @property
+    def key(self) -> str:
+        """Alertmanager's fingerprint, or a stable hash of the labels when a sender omits it."""
+        if self.fingerprint:
+            return self.fingerprint
+        digest = hashlib.sha256()
+        for name, value in sorted(self.labels.items()):
+            digest.update(f"{name}\0{value}\0".encode())
+        return "h" + digest.hexdigest()[:16]
+
+    @property
+    def alertname(self) -> str:
+        return self.labels.get("alertname", "")
+
+    @property
+    def starts_utc(self) -> datetime:
+        return _utc(self.starts_at)
+
+    @property
+    def ends_utc(self) -> datetime | None:
+        if self.ends_at is None or self.ends_at.year <= 1:
+            return None
+        return _utc(self.ends_at)
+
+
+class Notification(_Model):
+    """One webhook call: the state of one aggregation group (``group_key``) at one moment."""
+
+    version: Literal["4"]
+    group_key: str = Field(alias="groupKey", min_length=1, max_length=MAX_GROUP_KEY)
+    status: Status
+    receiver: str = Field(default="", max_length=1024)
+    group_labels: LabelSet = Field(default_factory=dict, alias="groupLabels")
+    common_labels: LabelSet = Field(default_factory=dict, alias="commonLabels")
+    common_annotations: LabelSet = Field(default_factory=dict, alias="commonAnnotations")
+    external_url: str = Field(default="", alias="externalURL", max_length=8192)
+    truncated_alerts: int = Field(default=0, ge=0, le=2**31, alias="truncatedAlerts")
+    alerts: list[WebhookAlert] = Field(min_length=1, max_length=MAX_ALERTS)
+
+    @property
+    def group_id(self) -> str:
+        """A fixed-length key for ``group_key`` (which can be kilobytes of label matchers)."""
+        return group_id(self.group_key)
+
+    def to_json(self) -> str:
+        """The normalised form the outbox stores and the worker reads back."""
+        return self.model_dump_json(by_alias=True)
+
+
+def group_id(group_key: str) -> str:
+    return hashlib.sha256(group_key.encode("utf-8")).hexdigest()[:32]
+
+
+def _reason(exc: ValidationError) -> str:
+    errors = exc.errors(include_url=False, include_input=False)
+    first = errors[0]
+    if first["type"] == "json_invalid":
+        return f"invalid JSON: {first['msg'].removeprefix('Invalid JSON: ')}"
+    if first["type"] == "model_type" and not first["loc"]:
+        return "payload must be a JSON object"
+    parts = []
+    for err in errors[:3]:
+        where = ".".join(str(p) for p in err["loc"]) or "payload"
+        message = "required field is missing" if err["type"] == "missing" else err["msg"]
+        parts.append(f"{where}: {message}")
+    more = f" (and {len(errors) - 3} more)" if len(errors) > 3 else ""
+    return "; ".join(parts) + more
+
+
+def parse_notification(body: bytes) -> Notification:
+    """Validate ``body`` as an Alertmanager webhook v4 payload."""
+    try:
+        return Notification.model_validate_json(body)
+    except ValidationError as exc:
+        raise PayloadError(_reason(exc)) from None
