@@ -65,6 +65,21 @@ def _cmd_notifier(args: argparse.Namespace, config: StewardConfig) -> int:
     return run_notifier(config)
 
 
+HYGIENE_JOBS = ("idle-gpus", "stale-images", "orphaned-buckets")
+
+
+def _cmd_hygiene_run(args: argparse.Namespace, config: StewardConfig) -> int:
+    from agent.controller.hygiene.commands import run_hygiene
+
+    return run_hygiene(config, args.job, apply=args.apply, output=args.output)
+
+
+def _cmd_hygiene_restore(args: argparse.Namespace, config: StewardConfig) -> int:
+    from agent.controller.hygiene.commands import restore_hygiene
+
+    return restore_hygiene(config, args.job, args.resource)
+
+
 def _cmd_build(args: argparse.Namespace, config: StewardConfig) -> int:
     from agent.build import BuildError, build
 
@@ -123,6 +138,28 @@ def build_parser() -> argparse.ArgumentParser:
                           help="address of the webhook endpoint (default 0.0.0.0:9500)")
     notifier.set_defaults(handler=_cmd_notifier, overrides=lambda a: {
         "notifier.listen": ("--listen", a.listen)})
+
+    hygiene = sub.add_parser("hygiene", help="run a hygiene job now, or undo an action")
+    hygiene_cmds = hygiene.add_subparsers(dest="hygiene", metavar="ACTION", required=True)
+    run = hygiene_cmds.add_parser(
+        "run", help="plan a hygiene job (dry-run unless --apply)",
+        description="Scan, plan and record a hygiene job's run. Dry-run by default: the plan "
+                    "says what would be marked and swept; --apply marks new candidates and "
+                    "sweeps marks past their deadline that are still non-compliant.")
+    _common(run)
+    run.add_argument("job", choices=HYGIENE_JOBS)
+    run.add_argument("--apply", action="store_true", help="act (default: dry-run)")
+    run.add_argument("--output", choices=("table", "json"), default="table")
+    run.set_defaults(handler=_cmd_hygiene_run)
+    restore = hygiene_cmds.add_parser(
+        "restore", help="undo an applied action from its restore record",
+        description="Put a resource back as its restore record says (replicas, tags, "
+                    "policies).")
+    _common(restore)
+    restore.add_argument("job", choices=HYGIENE_JOBS)
+    restore.add_argument("resource", help="as in the plan, e.g. ml/Deployment/notebook or "
+                                          "ml/notebook")
+    restore.set_defaults(handler=_cmd_hygiene_restore)
 
     report = sub.add_parser("report", help="reports (the weekly FinOps cost report)")
     reports = report.add_subparsers(dest="report", metavar="REPORT", required=True)

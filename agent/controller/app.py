@@ -1,5 +1,5 @@
-"""Assembles the controller: leader election gates the cluster-scope collectors (and, later,
-the scheduled jobs); every replica serves ``/metrics``, ``/healthz`` and ``/readyz``.
+"""Assembles the controller: leader election gates the cluster-scope collectors and the
+scheduled jobs (hygiene); every replica serves ``/metrics``, ``/healthz`` and ``/readyz``.
 
 Followers export only their own health and ``steward_controller_leader 0``: the cluster
 collectors do not exist there, so they report nothing rather than a failing collector.
@@ -18,6 +18,8 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.process_collector import ProcessCollector
 
 from agent.config import StewardConfig
+from agent.controller.hygiene.runner import HygieneRuntime
+from agent.controller.hygiene.scheduler import LeaderScheduler
 from agent.controller.leader import LeaderElector
 from agent.controller.pending import pending_pods_collector
 from agent.controller.pipelines import pipelines_collector
@@ -35,6 +37,7 @@ class Controller:
     exposition: Exposition
     base_loops: CollectionLoops
     make_cluster_loops: Callable[[], CollectionLoops]
+    scheduler: LeaderScheduler | None = None
     cluster_loops: CollectionLoops | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -45,14 +48,20 @@ class Controller:
     def families(self) -> list[Metric]:
         with self._lock:
             cluster = self.cluster_loops
-        return [*self.base_loops.families(), *(cluster.families() if cluster else [])]
+        # The hygiene families are the leader's, like the cluster collectors'.
+        hygiene = self.scheduler.metrics_families() if cluster and self.scheduler else []
+        return [*self.base_loops.families(), *(cluster.families() if cluster else []), *hygiene]
 
     def started_leading(self) -> None:
         with self._lock:
             self.cluster_loops = self.make_cluster_loops()
             self.cluster_loops.start()
+        if self.scheduler is not None:
+            self.scheduler.start()
 
     def stopped_leading(self) -> None:
+        if self.scheduler is not None:
+            self.scheduler.stop()
         with self._lock:
             loops, self.cluster_loops = self.cluster_loops, None
         if loops is not None:
@@ -124,11 +133,16 @@ def build_controller(config: StewardConfig, *, api_client: Any) -> Controller:
             prices_collector(config.finops.prices, interval),
         ], on_publish=publish)
 
+    # Hygiene runs act only while this replica leads: the engine asks before every action.
+    hygiene = HygieneRuntime(config, api_client=api_client,
+                             still_leader=lambda: elector.is_leader)
+    scheduler = LeaderScheduler(hygiene, on_finished=publish)
     exposition = Exposition(lambda: [*controller.families(), *process.collect()])
     server = MetricsServer(parse_listen(ctl.listen), exposition, healthy=base.alive,
                            ready=base.ready)
     controller = Controller(elector=elector, server=server, exposition=exposition,
-                            base_loops=base, make_cluster_loops=cluster_loops)
+                            base_loops=base, make_cluster_loops=cluster_loops,
+                            scheduler=scheduler)
     return controller
 
 

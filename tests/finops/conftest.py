@@ -13,6 +13,7 @@ import pytest
 
 from agent.config import StewardConfig
 from agent.finops.report import run_finops_report
+from agent.sim.kube_api import KubeApiServer
 from tests.finops.fleet import (
     NAMESPACE_LABELS,
     NAMESPACE_TEAMS,
@@ -22,7 +23,6 @@ from tests.finops.fleet import (
     write_openmetrics,
 )
 from tests.support.binaries import require_binary
-from tests.support.kube_api import KubeApiServer
 from tests.support.net import free_port, http_ok, wait_until
 
 

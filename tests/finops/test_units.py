@@ -28,7 +28,7 @@ from agent.finops.queries import MAX_POINTS, PrometheusClient, chunks, matrix_fr
 from agent.finops.savings import GIB, SavingAction, compute_savings
 from agent.finops.series import FinopsInputError, Gap, merge_step_gaps, parse_step
 from agent.finops.teams import KubernetesNamespaceLabels, resolve_teams
-from tests.support.kube_api import KubeApiServer
+from agent.sim.kube_api import KubeApiServer
 
 # --- weeks and steps ----------------------------------------------------------------------
 

@@ -1,0 +1,1 @@
+"""The orphaned-buckets job: its S3 adapter, its policy and the job."""

@@ -1,0 +1,117 @@
+"""Telling a resource's owner what hygiene is about to do, did, or undid.
+
+:class:`OwnerNotifier` is the seam: a log-only default, and Slack through the notifier's
+Slack sink (``agent.notify.slack``) with the channel chosen by ``slack.routes`` on the labels
+``hygiene_job``, ``namespace`` and ``owner``. A failed notification raises
+:class:`NotifyFailed`; the engine then keeps the mark's deadline from running.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol
+
+from agent.config import StewardConfig
+from agent.controller.hygiene.plan import iso_time
+
+log = logging.getLogger(__name__)
+
+NoticeKind = Literal["marked", "acted", "reminder"]
+
+
+class NotifyFailed(Exception):
+    """The owner could not be told (Slack down, no channel configured)."""
+
+
+@dataclass(frozen=True)
+class OwnerNotice:
+    kind: NoticeKind
+    job: str
+    resource: str
+    action: str
+    reason: str
+    deadline: float
+    owner: str | None = None
+    evidence: Mapping[str, Any] = field(default_factory=dict)
+    # Routing labels: hygiene_job, namespace (Kubernetes objects), owner.
+    labels: Mapping[str, str] = field(default_factory=dict)
+
+    def headline(self) -> str:
+        if self.kind == "marked":
+            return (f"Steward hygiene ({self.job}) marked {self.resource}: {self.action} "
+                    f"after {iso_time(self.deadline)} unless it is in use again by then.")
+        if self.kind == "reminder":
+            return (f"Steward hygiene ({self.job}): {self.resource} is still non-compliant "
+                    f"after its deadline.")
+        return (f"Steward hygiene ({self.job}) did {self.action} on {self.resource}. Undo it "
+                f"with: steward hygiene restore {self.job} {self.resource}")
+
+
+class OwnerNotifier(Protocol):
+    def notify(self, notice: OwnerNotice) -> None:
+        """Tell the owner; raise NotifyFailed when that did not happen."""
+        ...
+
+
+class LogNotifier:
+    """The default: one JSON log line per notice (no Slack configured)."""
+
+    def notify(self, notice: OwnerNotice) -> None:
+        log.info("hygiene owner notice", extra={
+            "hygiene_job": notice.job, "notice": notice.kind, "resource": notice.resource,
+            "action": notice.action, "owner": notice.owner, "deadline": iso_time(notice.deadline),
+            "reason": notice.reason})
+
+
+def _message_text(notice: OwnerNotice) -> str:
+    lines = [notice.headline(), f"Why: {notice.reason}"]
+    if notice.owner:
+        lines.append(f"Owner: {notice.owner}")
+    if notice.kind == "marked":
+        lines.append("To keep it, use it again before the deadline or label it "
+                     "steward.io/exempt=true.")
+    evidence = json.dumps(dict(notice.evidence), sort_keys=True, default=str)
+    lines.append(f"Evidence: {evidence[:1500]}")
+    return "\n".join(lines)
+
+
+class SlackNotifier:
+    """Posts one message per notice through the notifier's Slack sink."""
+
+    def __init__(self, sink: Any, router: Any) -> None:
+        self._sink = sink
+        self._router = router
+
+    def notify(self, notice: OwnerNotice) -> None:
+        from agent.notify.blocks import Message
+        from agent.notify.routing import NoChannel
+        from agent.notify.slack import SlackCallFailed
+
+        try:
+            channel = self._router.channel_for([dict(notice.labels)])
+        except NoChannel as exc:
+            raise NotifyFailed(str(exc)) from exc
+        text = _message_text(notice)
+        blocks = [{"type": "section", "text": {"type": "mrkdwn", "text": text[:3000]}}]
+        try:
+            self._sink.post(channel, Message(text=notice.headline(), blocks=blocks))
+        except SlackCallFailed as exc:
+            raise NotifyFailed(f"slack {exc}") from exc
+
+
+def notifier_from_config(config: StewardConfig) -> OwnerNotifier:
+    """Slack when a token and a channel are configured, else the log-only notifier."""
+    slack = config.slack
+    token = slack.resolved_token()
+    if token is None or not (slack.default_channel or slack.routes):
+        return LogNotifier()
+    from agent.notify.routing import Route, Router
+    from agent.notify.slack import SlackSink
+
+    sink = SlackSink.create(token=token.get_secret_value(), api_url=slack.api_url)
+    router = Router([Route(r.match, r.channel) for r in slack.routes],
+                    default_channel=slack.default_channel)
+    return SlackNotifier(sink, router)

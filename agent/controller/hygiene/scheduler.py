@@ -1,0 +1,164 @@
+"""The controller's job scheduler: APScheduler 3 in the background, started when this replica
+becomes leader and shut down when it stops leading.
+
+Every job runs on its cron schedule (``hygiene.<job>.schedule``, 5 fields, the controller's
+time zone), never twice at once (``max_instances=1``), and runs missed while the controller
+was down or busy collapse into one run (``coalesce``). Other components add their jobs
+through ``extra`` (the weekly FinOps report).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import threading
+from collections.abc import Callable, Sequence
+from datetime import tzinfo
+from typing import Any, Final
+
+from prometheus_client.metrics_core import Metric
+
+from agent.controller.hygiene.registry import JOBS, JobUnavailable, settings_of
+from agent.controller.hygiene.runner import HygieneRuntime
+
+log = logging.getLogger(__name__)
+
+_DAYS: Final = ("sun", "mon", "tue", "wed", "thu", "fri", "sat")
+# A run that could not start on time (controller down, previous run still going) still
+# starts within this many seconds; later, it waits for its next slot.
+MISFIRE_GRACE_SECONDS: Final = 3600
+
+
+def _day(token: str) -> int:
+    lowered = token.strip().lower()
+    if lowered[:3] in _DAYS:
+        return _DAYS.index(lowered[:3])
+    value = int(lowered)
+    if not 0 <= value <= 7:
+        raise ValueError(f"day of week {token!r} is out of range 0-7")
+    return value % 7
+
+
+def _day_of_week(field: str) -> str:
+    """cron's day-of-week (0 or 7 = Sunday) as APScheduler names (whose 0 is Monday)."""
+    if field == "*":
+        return "*"
+    days: set[int] = set()
+    for part in field.split(","):
+        span, _, step_text = part.partition("/")
+        step = int(step_text) if step_text else 1
+        if span == "*":
+            low, high = 0, 6
+        elif "-" in span:
+            first, last = span.split("-", 1)
+            low, high = _day(first), _day(last)
+            if last.strip() == "7":
+                high = 7
+        else:
+            low = _day(span)
+            high = 6 if step_text else low
+        if high < low or step < 1:
+            raise ValueError(f"day of week {part!r} is not a valid range")
+        days.update(day % 7 for day in range(low, high + 1, step))
+    return ",".join(_DAYS[d] for d in sorted(days))
+
+
+def cron_trigger(expression: str, *, timezone: tzinfo | str | None = None) -> Any:
+    """A 5-field crontab expression as an APScheduler ``CronTrigger`` (ValueError if bad)."""
+    from apscheduler.triggers.cron import CronTrigger
+
+    fields = expression.split()
+    if len(fields) != 5:
+        raise ValueError(f"{expression!r} is not a 5-field cron expression")
+    minute, hour, day, month, weekday = fields
+    return CronTrigger(minute=minute, hour=hour, day=day, month=month,
+                       day_of_week=_day_of_week(weekday), timezone=timezone)
+
+
+class LeaderScheduler:
+    """Owns one BackgroundScheduler per leadership term (a shut-down one cannot restart)."""
+
+    def __init__(self, runtime: HygieneRuntime, *, timezone: tzinfo | str | None = None,
+                 extra: Sequence[Callable[[Any], Any]] = (),
+                 on_finished: Callable[[], None] = lambda: None) -> None:
+        self._runtime = runtime
+        self._on_finished = on_finished
+        self._timezone = timezone
+        self._extra = list(extra)
+        self._scheduler: Any = None
+        self._lock = threading.Lock()
+
+    @property
+    def scheduler(self) -> Any:
+        return self._scheduler
+
+    def metrics_families(self) -> list[Metric]:
+        return self._runtime.metrics.families()
+
+    def scheduled_jobs(self) -> list[str]:
+        """The hygiene jobs this controller schedules: enabled and built into it."""
+        names = []
+        for name, (module, _) in JOBS.items():
+            if not settings_of(self._runtime.config, name).enabled:
+                continue
+            try:
+                found = importlib.util.find_spec(f"agent.controller.hygiene.{module}")
+            except ModuleNotFoundError:  # its package is missing
+                found = None
+            if found is None:
+                log.warning("hygiene job not in this build; not scheduled",
+                            extra={"hygiene_job": name})
+                continue
+            names.append(name)
+        return names
+
+    def run_job(self, name: str) -> None:
+        """One scheduled run: dry-run unless ``controller.apply`` and the job's ``apply``."""
+        config = self._runtime.config
+        apply = config.controller.apply and settings_of(config, name).apply
+        try:
+            self._runtime.run(name, apply=apply)
+        except JobUnavailable as exc:
+            log.error("hygiene job cannot run", extra={"hygiene_job": name, "detail": str(exc)})
+            self._runtime.metrics.run_finished(name, "failed", at=0.0)
+        except Exception:  # never let a job kill the scheduler thread silently
+            log.exception("hygiene job crashed", extra={"hygiene_job": name})
+            self._runtime.metrics.run_finished(name, "failed", at=0.0)
+        finally:
+            self._on_finished()
+
+    def start(self) -> None:
+        from apscheduler.schedulers.background import BackgroundScheduler
+
+        with self._lock:
+            if self._scheduler is not None:
+                return
+            scheduler = BackgroundScheduler(timezone=self._timezone) if self._timezone \
+                else BackgroundScheduler()
+            for name in self.scheduled_jobs():
+                schedule = settings_of(self._runtime.config, name).schedule
+                try:
+                    trigger = cron_trigger(schedule, timezone=self._timezone)
+                except ValueError as exc:
+                    log.error("hygiene job not scheduled: bad schedule", extra={
+                        "hygiene_job": name, "schedule": schedule, "detail": str(exc)})
+                    continue
+                self._runtime.metrics.declare(name)
+                scheduler.add_job(self.run_job, trigger, args=[name], id=f"hygiene:{name}",
+                                  name=f"hygiene {name}", max_instances=1, coalesce=True,
+                                  misfire_grace_time=MISFIRE_GRACE_SECONDS,
+                                  replace_existing=True)
+            for register in self._extra:
+                register(scheduler)
+            scheduler.start()
+            self._scheduler = scheduler
+            log.info("scheduler started", extra={
+                "jobs": [job.id for job in scheduler.get_jobs()]})
+
+    def stop(self) -> None:
+        with self._lock:
+            scheduler, self._scheduler = self._scheduler, None
+        if scheduler is not None:
+            # A run in progress notices the lost leadership before its next action.
+            scheduler.shutdown(wait=False)
+            log.info("scheduler stopped")

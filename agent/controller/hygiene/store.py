@@ -1,0 +1,391 @@
+"""The hygiene tables in the state store: runs and their plans, marks, restore records, and
+the audit log whose unique idempotency keys make every step happen at most once.
+
+A key names a step of one mark (``job|resource|mark_id|step``), never a run, so a run that
+was killed and started again finds the steps its predecessor already took. Each step that
+changes the world is committed together with the state it leads to (the audit entry of an
+action and the closed mark in one transaction).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Final, Literal
+
+from sqlalchemy import (
+    Column,
+    Engine,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Table,
+    Text,
+    and_,
+    insert,
+    select,
+    text,
+    update,
+)
+from sqlalchemy.exc import IntegrityError
+
+from agent.controller.hygiene.model import Candidate, Unit
+from agent.state import metadata
+
+_RESOURCE = 1024  # an image reference with registry, repository and digest fits
+
+runs = Table(
+    "hygiene_runs", metadata,
+    Column("run_id", String(32), primary_key=True),
+    Column("job", String(64), nullable=False),
+    Column("mode", String(16), nullable=False),
+    Column("started_at", Float, nullable=False),
+    Column("finished_at", Float, nullable=True),
+    Column("result", String(32), nullable=True),  # null while running (or killed)
+    Column("reason", Text, nullable=True),
+    Column("plan", Text, nullable=True),  # Plan.to_json(), recorded before anything acts
+    Index("ix_hygiene_runs_job", "job", "started_at"),
+)
+
+marks = Table(
+    "hygiene_marks", metadata,
+    Column("mark_id", String(32), primary_key=True),
+    Column("job", String(64), nullable=False),
+    Column("resource", String(_RESOURCE), nullable=False),
+    Column("state", String(16), nullable=False),  # active, lifted, swept, failed
+    Column("action", String(32), nullable=False),
+    Column("reason", Text, nullable=False),
+    Column("evidence", Text, nullable=False),
+    Column("reclaim", Text, nullable=False),
+    Column("owner", Text, nullable=True),
+    Column("kube_object", Text, nullable=True),
+    Column("run_id", String(32), nullable=False),  # the run that marked it
+    Column("marked_at", Float, nullable=False),
+    Column("deadline", Float, nullable=False),
+    Column("annotated_at", Float, nullable=True),  # job.mark() done
+    Column("notified_at", Float, nullable=True),  # the owner was told: the deadline runs
+    Column("closed_at", Float, nullable=True),
+    Column("closed_why", Text, nullable=True),
+    # One open mark per resource: two runs racing to mark it cannot both win.
+    Index("ux_hygiene_marks_active", "job", "resource", unique=True,
+          sqlite_where=text("state = 'active'"), postgresql_where=text("state = 'active'")),
+)
+
+restore_records = Table(
+    "hygiene_restore_records", metadata,
+    Column("mark_id", String(32), ForeignKey("hygiene_marks.mark_id"), primary_key=True),
+    Column("job", String(64), nullable=False),
+    Column("resource", String(_RESOURCE), nullable=False),
+    Column("record", Text, nullable=False),
+    Column("created_at", Float, nullable=False),
+    Column("restored_at", Float, nullable=True),
+    Index("ix_hygiene_restore_resource", "job", "resource"),
+)
+
+audit = Table(
+    "hygiene_audit", metadata,
+    Column("id", Integer, primary_key=True),
+    Column("key", String(_RESOURCE + 128), nullable=False, unique=True),
+    Column("job", String(64), nullable=False),
+    Column("run_id", String(32), nullable=True),
+    Column("mark_id", String(32), nullable=True),
+    Column("resource", String(_RESOURCE), nullable=False),
+    Column("action", String(32), nullable=False),  # mark, notify, unmark, scale_to_zero, ...
+    Column("mode", String(16), nullable=False),
+    Column("status", String(16), nullable=False),  # started, done, failed
+    Column("detail", Text, nullable=True),
+    Column("started_at", Float, nullable=False),
+    Column("finished_at", Float, nullable=True),
+    Index("ix_hygiene_audit_job", "job", "resource"),
+    sqlite_autoincrement=True,
+)
+
+ACTIVE: Final = "active"
+Claim = Literal["claimed", "resumed", "done"]
+
+
+def step_key(job: str, resource: str, mark_id: str, step: str) -> str:
+    """The idempotency key of one step of one mark; independent of the run."""
+    return f"{job}|{resource}|{mark_id}|{step}"
+
+
+def _dump(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, default=str)
+
+
+@dataclass(frozen=True)
+class Mark:
+    mark_id: str
+    job: str
+    resource: str
+    action: str
+    reason: str
+    evidence: Mapping[str, Any]
+    reclaim: Mapping[Unit, float]
+    owner: str | None
+    kube_object: tuple[str, str, str, str] | None
+    run_id: str
+    marked_at: float
+    deadline: float
+    annotated_at: float | None = None
+    notified_at: float | None = None
+
+    def candidate(self) -> Candidate:
+        return Candidate(resource=self.resource, action=self.action, reason=self.reason,
+                         evidence=dict(self.evidence), reclaim=dict(self.reclaim),
+                         owner=self.owner, kube_object=self.kube_object)
+
+    @classmethod
+    def _from_row(cls, row: Any) -> Mark:
+        kube = json.loads(row.kube_object) if row.kube_object else None
+        return cls(mark_id=row.mark_id, job=row.job, resource=row.resource, action=row.action,
+                   reason=row.reason, evidence=json.loads(row.evidence),
+                   reclaim=json.loads(row.reclaim), owner=row.owner,
+                   kube_object=tuple(kube) if kube else None,
+                   run_id=row.run_id, marked_at=row.marked_at, deadline=row.deadline,
+                   annotated_at=row.annotated_at, notified_at=row.notified_at)
+
+
+@dataclass(frozen=True)
+class RestoreRecord:
+    mark_id: str
+    job: str
+    resource: str
+    record: dict[str, Any]
+    created_at: float
+    restored_at: float | None
+
+
+class HygieneStore:
+    """Typed access to the hygiene tables. Every method is one transaction."""
+
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+
+    @property
+    def engine(self) -> Engine:
+        return self._engine
+
+    # -- runs --------------------------------------------------------------------------
+
+    def start_run(self, run_id: str, job: str, mode: str, started_at: float) -> None:
+        with self._engine.begin() as conn:
+            conn.execute(insert(runs).values(run_id=run_id, job=job, mode=mode,
+                                             started_at=started_at))
+
+    def record_plan(self, run_id: str, plan: Mapping[str, Any]) -> None:
+        with self._engine.begin() as conn:
+            conn.execute(update(runs).where(runs.c.run_id == run_id).values(plan=_dump(plan)))
+
+    def finish_run(self, run_id: str, *, result: str, reason: str | None,
+                   finished_at: float) -> None:
+        with self._engine.begin() as conn:
+            conn.execute(update(runs).where(runs.c.run_id == run_id).values(
+                result=result, reason=reason, finished_at=finished_at))
+
+    def run(self, run_id: str) -> dict[str, Any] | None:
+        with self._engine.connect() as conn:
+            row = conn.execute(select(runs).where(runs.c.run_id == run_id)).first()
+        if row is None:
+            return None
+        out = dict(row._mapping)
+        out["plan"] = json.loads(out["plan"]) if out["plan"] else None
+        return out
+
+    def runs(self, job: str) -> list[dict[str, Any]]:
+        with self._engine.connect() as conn:
+            rows = conn.execute(select(runs.c.run_id, runs.c.mode, runs.c.result, runs.c.reason,
+                                       runs.c.started_at)
+                                .where(runs.c.job == job).order_by(runs.c.started_at)).all()
+        return [dict(r._mapping) for r in rows]
+
+    # -- marks -------------------------------------------------------------------------
+
+    def active_marks(self, job: str) -> list[Mark]:
+        with self._engine.connect() as conn:
+            rows = conn.execute(select(marks).where(and_(marks.c.job == job,
+                                                         marks.c.state == ACTIVE))
+                                .order_by(marks.c.marked_at, marks.c.resource)).all()
+        return [Mark._from_row(r) for r in rows]
+
+    def marks(self, job: str) -> list[dict[str, Any]]:
+        with self._engine.connect() as conn:
+            rows = conn.execute(select(marks).where(marks.c.job == job)
+                                .order_by(marks.c.marked_at)).all()
+        return [dict(r._mapping) for r in rows]
+
+    def create_mark(self, mark: Mark, *, mode: str) -> bool:
+        """Insert the mark and its audit entry together; False when the resource already has
+        an open mark (another run got there first)."""
+        candidate = mark.candidate()
+        try:
+            with self._engine.begin() as conn:
+                conn.execute(insert(marks).values(
+                    mark_id=mark.mark_id, job=mark.job, resource=mark.resource, state=ACTIVE,
+                    action=candidate.action, reason=candidate.reason,
+                    evidence=_dump(dict(candidate.evidence)), reclaim=_dump(dict(mark.reclaim)),
+                    owner=mark.owner,
+                    kube_object=_dump(list(mark.kube_object)) if mark.kube_object else None,
+                    run_id=mark.run_id, marked_at=mark.marked_at, deadline=mark.deadline))
+                conn.execute(insert(audit).values(
+                    key=step_key(mark.job, mark.resource, mark.mark_id, "mark"), job=mark.job,
+                    run_id=mark.run_id, mark_id=mark.mark_id, resource=mark.resource,
+                    action="mark", mode=mode, status="done",
+                    detail=_dump({"deadline": mark.deadline, "action": mark.action}),
+                    started_at=mark.marked_at, finished_at=mark.marked_at))
+        except IntegrityError:
+            return False
+        return True
+
+    def set_annotated(self, mark_id: str, at: float) -> None:
+        with self._engine.begin() as conn:
+            conn.execute(update(marks).where(marks.c.mark_id == mark_id)
+                         .values(annotated_at=at))
+
+    def set_notified(self, mark_id: str, at: float, *, deadline: float) -> None:
+        with self._engine.begin() as conn:
+            conn.execute(update(marks).where(marks.c.mark_id == mark_id)
+                         .values(notified_at=at, deadline=deadline))
+
+    def close_mark(self, mark: Mark, *, state: str, why: str, action: str, run_id: str,
+                   mode: str, at: float) -> bool:
+        """Close an open mark with the audit entry of the step that closed it. False when it
+        was already closed (the step is done)."""
+        key = step_key(mark.job, mark.resource, mark.mark_id, action)
+        try:
+            with self._engine.begin() as conn:
+                closed = conn.execute(
+                    update(marks).where(and_(marks.c.mark_id == mark.mark_id,
+                                             marks.c.state == ACTIVE))
+                    .values(state=state, closed_at=at, closed_why=why)).rowcount
+                if not closed:
+                    return False
+                conn.execute(insert(audit).values(
+                    key=key, job=mark.job, run_id=run_id, mark_id=mark.mark_id,
+                    resource=mark.resource, action=action, mode=mode, status="done",
+                    detail=_dump({"why": why}), started_at=at, finished_at=at))
+        except IntegrityError:
+            return False
+        return True
+
+    # -- restore records ---------------------------------------------------------------
+
+    def restore_record(self, mark_id: str) -> RestoreRecord | None:
+        with self._engine.connect() as conn:
+            row = conn.execute(select(restore_records)
+                               .where(restore_records.c.mark_id == mark_id)).first()
+        return None if row is None else self._restore_from_row(row)
+
+    def save_restore_record(self, mark: Mark, record: Mapping[str, Any], at: float
+                            ) -> RestoreRecord:
+        """Persist the record before the action; the first record written for a mark wins
+        (a rerun after a crash must not replace the replica count with zero)."""
+        try:
+            with self._engine.begin() as conn:
+                conn.execute(insert(restore_records).values(
+                    mark_id=mark.mark_id, job=mark.job, resource=mark.resource,
+                    record=_dump(dict(record)), created_at=at))
+        except IntegrityError:
+            pass
+        saved = self.restore_record(mark.mark_id)
+        if saved is None:
+            raise RuntimeError(f"restore record of {mark.resource} was not persisted")
+        return saved
+
+    def restore_candidates(self, job: str) -> list[RestoreRecord]:
+        """Records of applied actions not restored yet, newest first."""
+        with self._engine.connect() as conn:
+            rows = conn.execute(
+                select(restore_records).join(marks, marks.c.mark_id == restore_records.c.mark_id)
+                .where(and_(restore_records.c.job == job, restore_records.c.restored_at.is_(None),
+                            marks.c.state == "swept"))
+                .order_by(restore_records.c.created_at.desc())).all()
+        return [self._restore_from_row(r) for r in rows]
+
+    def set_restored(self, record: RestoreRecord, *, run_id: str | None, at: float) -> bool:
+        key = step_key(record.job, record.resource, record.mark_id, "restore")
+        try:
+            with self._engine.begin() as conn:
+                conn.execute(update(restore_records)
+                             .where(restore_records.c.mark_id == record.mark_id)
+                             .values(restored_at=at))
+                conn.execute(insert(audit).values(
+                    key=key, job=record.job, run_id=run_id, mark_id=record.mark_id,
+                    resource=record.resource, action="restore", mode="apply", status="done",
+                    detail=_dump(record.record), started_at=at, finished_at=at))
+        except IntegrityError:
+            return False
+        return True
+
+    @staticmethod
+    def _restore_from_row(row: Any) -> RestoreRecord:
+        return RestoreRecord(mark_id=row.mark_id, job=row.job, resource=row.resource,
+                             record=json.loads(row.record), created_at=row.created_at,
+                             restored_at=row.restored_at)
+
+    # -- actions -----------------------------------------------------------------------
+
+    def claim_action(self, mark: Mark, *, action: str, run_id: str, mode: str,
+                     at: float) -> Claim:
+        """Take the idempotency key of the mark's action before acting.
+
+        ``claimed``: first attempt. ``resumed``: an earlier attempt started and never
+        finished (crash) or failed; the action is idempotent, so it is driven to the end.
+        ``done``: it already happened; nothing to do.
+        """
+        key = step_key(mark.job, mark.resource, mark.mark_id, "act")
+        try:
+            with self._engine.begin() as conn:
+                conn.execute(insert(audit).values(
+                    key=key, job=mark.job, run_id=run_id, mark_id=mark.mark_id,
+                    resource=mark.resource, action=action, mode=mode, status="started",
+                    started_at=at))
+            return "claimed"
+        except IntegrityError:
+            pass
+        with self._engine.begin() as conn:
+            status = conn.execute(select(audit.c.status).where(audit.c.key == key)).scalar_one()
+            if status == "done":
+                return "done"
+            conn.execute(update(audit).where(audit.c.key == key)
+                         .values(status="started", run_id=run_id, detail=None))
+        return "resumed"
+
+    def complete_action(self, mark: Mark, *, detail: Mapping[str, Any], at: float) -> None:
+        """The action happened: its audit entry and the swept mark, in one transaction."""
+        key = step_key(mark.job, mark.resource, mark.mark_id, "act")
+        with self._engine.begin() as conn:
+            conn.execute(update(audit).where(audit.c.key == key).values(
+                status="done", detail=_dump(dict(detail)), finished_at=at))
+            conn.execute(update(marks).where(marks.c.mark_id == mark.mark_id).values(
+                state="swept", closed_at=at, closed_why=f"{mark.action} done"))
+
+    def fail_action(self, mark: Mark, *, detail: str, at: float) -> None:
+        key = step_key(mark.job, mark.resource, mark.mark_id, "act")
+        with self._engine.begin() as conn:
+            conn.execute(update(audit).where(audit.c.key == key).values(
+                status="failed", detail=_dump({"error": detail}), finished_at=at))
+
+    def record_step(self, mark: Mark, *, step: str, action: str, run_id: str, mode: str,
+                    at: float, detail: Mapping[str, Any] | None = None) -> bool:
+        """Audit a step that needs no claim (a notification); False if already recorded."""
+        try:
+            with self._engine.begin() as conn:
+                conn.execute(insert(audit).values(
+                    key=step_key(mark.job, mark.resource, mark.mark_id, step), job=mark.job,
+                    run_id=run_id, mark_id=mark.mark_id, resource=mark.resource, action=action,
+                    mode=mode, status="done", detail=_dump(dict(detail or {})), started_at=at,
+                    finished_at=at))
+        except IntegrityError:
+            return False
+        return True
+
+    def audit_entries(self, job: str | None = None) -> list[dict[str, Any]]:
+        query = select(audit).order_by(audit.c.id)
+        if job is not None:
+            query = query.where(audit.c.job == job)
+        with self._engine.connect() as conn:
+            return [dict(r._mapping) for r in conn.execute(query).all()]

@@ -1,0 +1,75 @@
+"""The PromQL client against the real Prometheus: answers, and every way it fails."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from agent.controller.hygiene.model import ScanFailed
+from agent.controller.hygiene.promql import PromQL
+from tests.hygiene.conftest import Fleet
+from tests.support.net import free_port
+
+pytestmark = pytest.mark.integration
+
+
+def test_instant_vector(fleet: Fleet) -> None:
+    samples = PromQL(fleet.url).instant('steward_gpu_utilization_ratio{hostname="gpu-node-a"}')
+    assert {s.labels["gpu"] for s in samples} == {"0", "1", "2"}
+    assert all(0.0 <= s.value <= 1.0 for s in samples)
+
+
+def test_rejected_query_names_the_error_and_the_query(fleet: Fleet) -> None:
+    with pytest.raises(ScanFailed) as caught:
+        PromQL(fleet.url).instant("max_over_time(steward_gpu_utilization_ratio)")
+    message = str(caught.value)
+    assert f"Prometheus at {fleet.url} rejected the query" in message
+    assert "query: max_over_time(steward_gpu_utilization_ratio)" in message
+
+
+def test_not_a_vector(fleet: Fleet) -> None:
+    with pytest.raises(ScanFailed, match="answered a 'scalar', not a vector"):
+        PromQL(fleet.url).instant("scalar(vector(1))")
+
+
+def test_unreachable() -> None:
+    url = f"http://127.0.0.1:{free_port()}"
+    with pytest.raises(ScanFailed, match=f"Prometheus at {url} is unreachable"):
+        PromQL(url).instant("up")
+
+
+class _Hanging(BaseHTTPRequestHandler):
+    release = threading.Event()
+
+    def do_POST(self) -> None:
+        self.release.wait(5)
+        self.send_response(502)
+        self.send_header("Content-Type", "text/html")
+        self.end_headers()
+        self.wfile.write(b"<html>bad gateway</html>")
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def proxy() -> Iterator[str]:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Hanging)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    _Hanging.release.set()
+    server.shutdown()
+    server.server_close()
+
+
+def test_timeout_and_non_json_answers(proxy: str) -> None:
+    _Hanging.release.clear()
+    with pytest.raises(ScanFailed, match=r"did not answer within 0\.2s"):
+        PromQL(proxy, timeout=0.2).instant("up")
+    _Hanging.release.set()
+    with pytest.raises(ScanFailed, match="answered HTTP 502 without a JSON body"):
+        PromQL(proxy).instant("up")

@@ -1,0 +1,124 @@
+"""The Kubernetes objects behind the simulated GPU pods, created in the API stand-in.
+
+The simulated nodes (see ``conftest``) name their pods after the GPU scenarios; these
+helpers give each pod the owner chain a real cluster would have (ReplicaSet -> Deployment,
+StatefulSet, Job, or none), backdated so that the pods are older than the idle window.
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+from agent.sim.kube_api import KubeApiServer
+
+JsonObj = dict[str, Any]
+OLD = 3 * 3600.0  # seconds: older than any window the tests use
+NOTEBOOK = {"app.kubernetes.io/component": "notebook"}
+
+
+def iso(ago: float) -> str:
+    return datetime.fromtimestamp(time.time() - ago, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _owner_ref(owner: JsonObj) -> JsonObj:
+    return {"apiVersion": owner["apiVersion"], "kind": owner["kind"],
+            "name": owner["metadata"]["name"], "uid": owner["metadata"]["uid"],
+            "controller": True, "blockOwnerDeletion": True}
+
+
+def _meta(ns: str, name: str, *, labels: dict[str, str] | None, owner: JsonObj | None,
+          ago: float, annotations: dict[str, str] | None = None) -> JsonObj:
+    meta: JsonObj = {"name": name, "namespace": ns, "labels": dict(labels or {}),
+                     "creationTimestamp": iso(ago)}
+    if annotations:
+        meta["annotations"] = dict(annotations)
+    if owner is not None:
+        meta["ownerReferences"] = [_owner_ref(owner)]
+    return meta
+
+
+def _template(labels: dict[str, str]) -> JsonObj:
+    return {"metadata": {"labels": labels},
+            "spec": {"containers": [{"name": "main", "image": "pytorch:2"}]}}
+
+
+def deployment(kube: KubeApiServer, ns: str, name: str, *, replicas: int = 1,
+               labels: dict[str, str] | None = None, ago: float = OLD) -> JsonObj:
+    selector = {"app": name}
+    return kube.create({
+        "apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": _meta(ns, name, labels={**selector, **(labels or {})}, owner=None, ago=ago),
+        "spec": {"replicas": replicas, "selector": {"matchLabels": selector},
+                 "template": _template(selector)},
+        "status": {"replicas": replicas}})
+
+
+def replicaset(kube: KubeApiServer, owner: JsonObj, *, suffix: str = "5d8c7b") -> JsonObj:
+    ns, name = owner["metadata"]["namespace"], owner["metadata"]["name"]
+    selector = {"app": name}
+    return kube.create({
+        "apiVersion": "apps/v1", "kind": "ReplicaSet",
+        "metadata": _meta(ns, f"{name}-{suffix}", labels=selector, owner=owner, ago=OLD),
+        "spec": {"replicas": owner["spec"]["replicas"], "selector": {"matchLabels": selector},
+                 "template": _template(selector)}})
+
+
+def statefulset(kube: KubeApiServer, ns: str, name: str, *, replicas: int = 1,
+                labels: dict[str, str] | None = None) -> JsonObj:
+    selector = {"app": name}
+    return kube.create({
+        "apiVersion": "apps/v1", "kind": "StatefulSet",
+        "metadata": _meta(ns, name, labels={**selector, **(labels or {})}, owner=None, ago=OLD),
+        "spec": {"replicas": replicas, "selector": {"matchLabels": selector},
+                 "serviceName": name, "template": _template({**selector, **(labels or {})})}})
+
+
+def job(kube: KubeApiServer, ns: str, name: str) -> JsonObj:
+    return kube.create({
+        "apiVersion": "batch/v1", "kind": "Job",
+        "metadata": _meta(ns, name, labels={}, owner=None, ago=OLD),
+        "spec": {"template": {"spec": {"restartPolicy": "Never", "containers": [
+            {"name": "main", "image": "pytorch:2"}]}}}})
+
+
+def pod(kube: KubeApiServer, ns: str, name: str, *, owner: JsonObj | None = None,
+        labels: dict[str, str] | None = None, ago: float = OLD, gpus: int = 1,
+        phase: str = "Running", annotations: dict[str, str] | None = None) -> JsonObj:
+    resources = {"limits": {"nvidia.com/gpu": str(gpus)}} if gpus else {}
+    return kube.create({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": _meta(ns, name, labels=labels, owner=owner, ago=ago,
+                          annotations=annotations),
+        "spec": {"nodeName": "gpu-node-b", "containers": [
+            {"name": "main", "image": "pytorch:2", "resources": resources}]},
+        "status": {"phase": phase}})
+
+
+def trainer_dev(kube: KubeApiServer, *, replicas: int = 2,
+                labels: dict[str, str] | None = None) -> JsonObj:
+    """Deployment data-science/trainer-dev whose only running pod is the idle
+    jupyter-alice-5 (the other replicas are not scheduled: no GPU free)."""
+    owner = deployment(kube, "data-science", "trainer-dev", replicas=replicas, labels=labels)
+    pod(kube, "data-science", "jupyter-alice-5", owner=replicaset(kube, owner))
+    return owner
+
+
+def full_world(kube: KubeApiServer) -> None:
+    """Every simulated pod the plan test expects, with its owner."""
+    ds = "data-science"
+    notebook = statefulset(kube, ds, "jupyter-alice", labels=NOTEBOOK)
+    pod(kube, ds, "jupyter-alice-1", owner=notebook, labels=NOTEBOOK)
+    shared = deployment(kube, ds, "shared-dev", labels={"steward.io/exempt": "true"})
+    pod(kube, ds, "jupyter-alice-4", owner=replicaset(kube, shared))
+    trainer_dev(kube)
+    pod(kube, ds, "jupyter-alice-6", owner=job(kube, ds, "batch-eval"))
+    pod(kube, ds, "jupyter-alice-7")
+    pod(kube, ds, "jupyter-alice-8", ago=0)  # young
+    mixed = replicaset(kube, deployment(kube, ds, "mixed", replicas=2))
+    pod(kube, ds, "jupyter-alice-9", owner=mixed)
+    pod(kube, ds, "jupyter-bob-3", owner=mixed)  # a MIG slice: no verdict, blocks "mixed"
+    chat = deployment(kube, "inference", "chat-api")
+    pod(kube, "inference", "chat-api-0", owner=replicaset(kube, chat))
+    pod(kube, "ml-research", "train-llama-2", owner=job(kube, "ml-research", "train-llama"))
