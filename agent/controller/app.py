@@ -103,6 +103,13 @@ def prices_collector(prices: dict[str, float], interval: float) -> Collector:
     return Collector("prices", collect, interval)
 
 
+def _schedule_finops(scheduler: Any, config: StewardConfig) -> Any:
+    # pandas and matplotlib load when the leader schedules the report, not at import.
+    from agent.finops.report import schedule_finops_report
+
+    return schedule_finops_report(scheduler, config)
+
+
 def build_controller(config: StewardConfig, *, api_client: Any) -> Controller:
     from kubernetes import client
 
@@ -136,7 +143,9 @@ def build_controller(config: StewardConfig, *, api_client: Any) -> Controller:
     # Hygiene runs act only while this replica leads: the engine asks before every action.
     hygiene = HygieneRuntime(config, api_client=api_client,
                              still_leader=lambda: elector.is_leader)
-    scheduler = LeaderScheduler(hygiene, on_finished=publish)
+    # The weekly FinOps report rides on the same leader-only scheduler as the hygiene jobs.
+    scheduler = LeaderScheduler(hygiene, on_finished=publish,
+                                extra=[lambda aps: _schedule_finops(aps, config)])
     exposition = Exposition(lambda: [*controller.families(), *process.collect()])
     server = MetricsServer(parse_listen(ctl.listen), exposition, healthy=base.alive,
                            ready=base.ready)

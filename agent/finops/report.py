@@ -18,15 +18,15 @@ from slack_sdk import WebClient
 from slack_sdk.errors import SlackApiError, SlackClientError
 
 from agent.config import StewardConfig
+from agent.cron import cron_trigger
 from agent.finops.aggregate import aggregate_usage, build_tables, price_usage
-from agent.finops.cron import cron_trigger
 from agent.finops.document import FinopsReport
 from agent.finops.parquet import ParquetSource, export_parquet
 from agent.finops.period import ReportWeek
 from agent.finops.pricing import PriceTable
 from agent.finops.queries import PrometheusClient, PrometheusError, PrometheusSource
 from agent.finops.render import write_report
-from agent.finops.savings import SavingsSource, compute_savings
+from agent.finops.savings import AuditLogSavings, SavingsSource, compute_savings
 from agent.finops.series import FinopsInputError, Gap, SeriesSource, parse_step
 from agent.finops.slack import post_report, slack_client
 from agent.finops.teams import (
@@ -54,6 +54,23 @@ def default_namespace_labels(config: StewardConfig) -> NamespaceLabelsSource | N
     if not cluster_configured(config.kubernetes):
         return None
     return KubernetesNamespaceLabels(lambda: api_client(config.kubernetes))
+
+
+def default_savings(config: StewardConfig) -> SavingsSource | None:
+    """The hygiene audit log in the state store, when there is one to read."""
+    from sqlalchemy import inspect
+    from sqlalchemy.engine import make_url
+
+    from agent.state import open_store
+
+    url = make_url(config.state.url)
+    if url.get_backend_name() == "sqlite" and url.database and \
+            not Path(url.database).exists():
+        return None  # no hygiene job ever ran here: "not available", not zero
+    engine = open_store(config.state.url, create=False)
+    if not inspect(engine).has_table("hygiene_audit"):
+        return None
+    return AuditLogSavings(engine)
 
 
 def _no_data_hours(gaps: list[Gap]) -> float:
@@ -162,7 +179,8 @@ def run_finops_report(config: StewardConfig, *, week: str | None, out_dir: Path 
         log.info("building the FinOps report",
                  extra={"week": report_week.name, "source": source.describe()})
         report = build_report(config, report_week, source=source, namespace_labels=labels,
-                              savings=savings, now=moment)
+                              savings=savings if savings is not None else
+                              default_savings(config), now=moment)
         folder = out_dir if out_dir is not None else config.finops.out_dir / report_week.name
         files = write_report(report, folder)
         log.info("FinOps report written", extra={

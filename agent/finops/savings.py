@@ -28,6 +28,8 @@ class SavingAction:
     gpus: float = 0.0
     bytes: int = 0
     gpu_model: str | None = None
+    # When the action was undone (steward hygiene restore): GPUs were freed only until then.
+    until: datetime | None = None
 
 
 class SavingsSource(Protocol):
@@ -106,7 +108,8 @@ def compute_savings(source: SavingsSource | None, start: datetime, end: datetime
         hours = cost = 0.0
         removed = 0
         for action in actions:
-            freed = action.gpus * (end - action.at).total_seconds() / 3600
+            stop = min(end, action.until) if action.until is not None else end
+            freed = action.gpus * max(0.0, (stop - action.at).total_seconds()) / 3600
             price = prices.get(action.gpu_model or "", default_gpu_price)
             hours += freed
             cost += freed * price
@@ -116,3 +119,47 @@ def compute_savings(source: SavingsSource | None, start: datetime, end: datetime
             bytes_removed=removed,
             storage_cost_per_month=removed / GIB * storage_usd_per_gb_month))
     return HygieneSavings(available=True, jobs=jobs)
+
+
+# What frees resources (marks, notices and restores free nothing).
+FREEING_ACTIONS = ("scale_to_zero", "delete", "expire_objects")
+
+
+class AuditLogSavings:
+    """The hygiene engine's audit log as a :class:`SavingsSource`: applied actions that
+    completed, with what their mark said they reclaim, and when they were restored."""
+
+    def __init__(self, engine: Any) -> None:
+        self._engine = engine
+
+    def actions(self, start: datetime, end: datetime) -> list[SavingAction]:
+        import json
+
+        from sqlalchemy import and_, select
+
+        from agent.controller.hygiene.store import audit, marks, restore_records
+
+        query = (
+            select(audit.c.job, audit.c.action, audit.c.resource, audit.c.finished_at,
+                   marks.c.reclaim, marks.c.evidence, restore_records.c.restored_at)
+            .join(marks, marks.c.mark_id == audit.c.mark_id)
+            .outerjoin(restore_records, restore_records.c.mark_id == audit.c.mark_id)
+            .where(and_(audit.c.mode == "apply", audit.c.status == "done",
+                        audit.c.action.in_(FREEING_ACTIONS),
+                        audit.c.finished_at >= start.timestamp(),
+                        audit.c.finished_at < end.timestamp())))
+        found: list[SavingAction] = []
+        with self._engine.connect() as connection:
+            for row in connection.execute(query):
+                reclaim = json.loads(row.reclaim or "{}")
+                evidence = json.loads(row.evidence or "{}")
+                models = {g.get("modelName") for g in evidence.get("gpus", [])
+                          if isinstance(g, dict)}
+                found.append(SavingAction(
+                    job=row.job, action=row.action, resource=row.resource,
+                    at=datetime.fromtimestamp(row.finished_at, start.tzinfo),
+                    gpus=float(reclaim.get("gpus", 0.0)), bytes=int(reclaim.get("bytes", 0)),
+                    gpu_model=models.pop() if len(models) == 1 else None,
+                    until=(datetime.fromtimestamp(row.restored_at, start.tzinfo)
+                           if row.restored_at is not None else None)))
+        return found

@@ -20,59 +20,13 @@ from prometheus_client.metrics_core import Metric
 
 from agent.controller.hygiene.registry import JOBS, JobUnavailable, settings_of
 from agent.controller.hygiene.runner import HygieneRuntime
+from agent.cron import cron_trigger
 
 log = logging.getLogger(__name__)
 
-_DAYS: Final = ("sun", "mon", "tue", "wed", "thu", "fri", "sat")
 # A run that could not start on time (controller down, previous run still going) still
 # starts within this many seconds; later, it waits for its next slot.
 MISFIRE_GRACE_SECONDS: Final = 3600
-
-
-def _day(token: str) -> int:
-    lowered = token.strip().lower()
-    if lowered[:3] in _DAYS:
-        return _DAYS.index(lowered[:3])
-    value = int(lowered)
-    if not 0 <= value <= 7:
-        raise ValueError(f"day of week {token!r} is out of range 0-7")
-    return value % 7
-
-
-def _day_of_week(field: str) -> str:
-    """cron's day-of-week (0 or 7 = Sunday) as APScheduler names (whose 0 is Monday)."""
-    if field == "*":
-        return "*"
-    days: set[int] = set()
-    for part in field.split(","):
-        span, _, step_text = part.partition("/")
-        step = int(step_text) if step_text else 1
-        if span == "*":
-            low, high = 0, 6
-        elif "-" in span:
-            first, last = span.split("-", 1)
-            low, high = _day(first), _day(last)
-            if last.strip() == "7":
-                high = 7
-        else:
-            low = _day(span)
-            high = 6 if step_text else low
-        if high < low or step < 1:
-            raise ValueError(f"day of week {part!r} is not a valid range")
-        days.update(day % 7 for day in range(low, high + 1, step))
-    return ",".join(_DAYS[d] for d in sorted(days))
-
-
-def cron_trigger(expression: str, *, timezone: tzinfo | str | None = None) -> Any:
-    """A 5-field crontab expression as an APScheduler ``CronTrigger`` (ValueError if bad)."""
-    from apscheduler.triggers.cron import CronTrigger
-
-    fields = expression.split()
-    if len(fields) != 5:
-        raise ValueError(f"{expression!r} is not a 5-field cron expression")
-    minute, hour, day, month, weekday = fields
-    return CronTrigger(minute=minute, hour=hour, day=day, month=month,
-                       day_of_week=_day_of_week(weekday), timezone=timezone)
 
 
 class LeaderScheduler:

@@ -1,0 +1,31 @@
+"""The leader's scheduler carries the hygiene jobs and the weekly FinOps report; followers
+schedule nothing."""
+
+from __future__ import annotations
+
+from kubernetes import client
+
+from agent.config import load_config
+from agent.controller.app import build_controller
+from agent.finops.report import JOB_ID
+
+
+def test_leader_schedules_hygiene_and_the_weekly_report(api_client: client.ApiClient) -> None:
+    config = load_config(None, environ={"STEWARD_CONTROLLER__LISTEN": "127.0.0.1:0",
+                                        "STEWARD_FINOPS__SCHEDULE": "0 8 * * 1"})
+    controller = build_controller(config, api_client=api_client)
+    assert controller.scheduler is not None
+    assert controller.scheduler.scheduler is None  # a follower schedules nothing
+    controller.started_leading()
+    try:
+        aps = controller.scheduler.scheduler
+        assert aps is not None
+        ids = {job.id for job in aps.get_jobs()}
+        assert JOB_ID in ids
+        assert {"hygiene:idle-gpus", "hygiene:stale-images", "hygiene:orphaned-buckets"} <= ids
+        report = aps.get_job(JOB_ID)
+        assert report.next_run_time.strftime("%a %H:%M") == "Mon 08:00"  # cron's Monday
+    finally:
+        controller.stopped_leading()
+        controller.server.server_close()
+    assert controller.scheduler.scheduler is None
