@@ -3,7 +3,7 @@ VENV := .venv/bin
 .PHONY: demo deps install lint build pytest test bench clean
 
 install:
-	scripts/install.sh
+	scripts/install.sh --extras demo
 
 deps:
 	scripts/install-test-deps.sh

@@ -80,6 +80,15 @@ def _cmd_hygiene_restore(args: argparse.Namespace, config: StewardConfig) -> int
     return restore_hygiene(config, args.job, args.resource)
 
 
+def _cmd_demo(args: argparse.Namespace, config: StewardConfig) -> int:
+    from agent.demo.run import DemoOptions, run_demo
+
+    if args.duration <= 0:
+        raise UsageError("--duration must be a positive number of seconds")
+    return run_demo(DemoOptions(duration=args.duration, prometheus=not args.no_prometheus,
+                                seed=args.seed, out=args.out))
+
+
 def _cmd_build(args: argparse.Namespace, config: StewardConfig) -> int:
     from agent.build import BuildError, build
 
@@ -180,6 +189,23 @@ def build_parser() -> argparse.ArgumentParser:
     source.add_argument("--export-parquet", type=Path, default=None, metavar="FILE",
                         help="write the week's series (and the week before) to FILE and stop")
     finops.set_defaults(handler=_cmd_report_finops)
+
+    demo = sub.add_parser(
+        "demo", help="the whole loop on an embedded simulated cluster, no cloud, no cluster",
+        description="Start a simulated cluster (two GPU nodes with fault scenarios, the "
+                    "Kubernetes API stand-in, moto for S3 and ECR), the node agents, the "
+                    "controller (dry-run), the notifier and, when installed, Prometheus and "
+                    "Alertmanager; show the alerts, the Slack messages, the hygiene plans and "
+                    "the FinOps report.")
+    _common(demo)
+    demo.add_argument("--duration", type=float, default=60.0, metavar="SECONDS",
+                      help="how long to watch alerts and Slack (default 60)")
+    demo.add_argument("--no-prometheus", action="store_true",
+                      help="do not start Prometheus and Alertmanager even if installed")
+    demo.add_argument("--seed", type=int, default=0, help="the simulation's seed")
+    demo.add_argument("--out", type=Path, default=None, metavar="DIR",
+                      help="where to keep everything it makes (default: a temp folder)")
+    demo.set_defaults(handler=_cmd_demo)
 
     build = sub.add_parser(
         "build", help="write dashboards/*.json, alerts/*.yaml, check runbooks (idempotent)",

@@ -81,5 +81,5 @@ def configure_logging(*, fmt: LogFormat = "json", level: str = "info",
     root.addHandler(handler)
     root.setLevel(level.upper())
     # Libraries that log each HTTP request would drown the agent's own lines.
-    for noisy in ("urllib3", "kubernetes", "botocore", "apscheduler", "grpc"):
+    for noisy in ("urllib3", "kubernetes", "botocore", "apscheduler", "grpc", "werkzeug"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))

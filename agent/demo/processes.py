@@ -10,39 +10,15 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from agent.localnet import free_port, http_ok, wait_until
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def http_ok(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=1) as response:
-            return 200 <= int(response.status) < 300
-    except (urllib.error.URLError, OSError):
-        return False
-
-
-def wait_for(predicate: Callable[[], bool], *, timeout: float, what: str,
-             interval: float = 0.1) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(interval)
-    raise TimeoutError(f"{what} did not happen within {timeout:g}s")
+__all__ = ["Child", "Children", "free_port"]
 
 
 @dataclass
@@ -74,8 +50,8 @@ class Children:
         self.children.append(child)
         if ready is not None:
             try:
-                wait_for(lambda: child.alive() and http_ok(ready), timeout=timeout,
-                         what=f"{name} ready at {ready}")
+                wait_until(lambda: child.alive() and http_ok(ready), timeout=timeout,
+                           what=f"{name} ready at {ready}")
             except TimeoutError as exc:
                 tail = log.read_text(errors="replace")[-1500:]
                 raise RuntimeError(f"{name} did not start ({exc}); its log ends:\n{tail}") \

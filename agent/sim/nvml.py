@@ -111,6 +111,10 @@ class SimulatedNvml:
         gpu = self._gpus[index]
         return [sim_uuid(f"{gpu.uuid}", i, 0, "MIG") for i in range(len(gpu.mig_handles))]
 
+    @property
+    def model_name(self) -> str:
+        return self._model
+
     def mig_profile(self, index: int, slot: int) -> str:
         gpu = self._gpus[index]
         return gpu.scenario.state(0, gpu.ctx).mig[slot].profile

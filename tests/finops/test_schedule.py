@@ -11,7 +11,7 @@ import pytest
 from apscheduler.schedulers.background import BackgroundScheduler
 
 from agent.config import StewardConfig
-from agent.finops.cron import cron_day_of_week
+from agent.cron import cron_day_of_week
 from agent.finops.period import ReportWeek
 from agent.finops.report import JOB_ID, schedule_finops_report, scheduled_report
 from agent.finops.series import FinopsInputError

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 
 from agent.finops.report import run_finops_report
+from agent.sim.slack_stub import SlackStub
 from tests.finops.conftest import FleetPrometheus, fleet_config
 from tests.finops.fleet import NOW, WEEK
-from tests.support.slack_stub import SlackStub
 
 pytestmark = pytest.mark.integration
 TOKEN = "xoxb-test"

@@ -14,7 +14,7 @@ from agent.controller.hygiene.notify import (
     SlackNotifier,
     notifier_from_config,
 )
-from tests.support.slack_stub import SlackStub
+from agent.sim.slack_stub import SlackStub
 
 NOTICE = OwnerNotice(kind="marked", job="idle-gpus", resource="data-science/Deployment/dev",
                      action="scale_to_zero", reason="1 GPU idle for 2h", deadline=1.8e9,

@@ -10,7 +10,7 @@ import pytest
 from kubernetes import client
 
 from agent.sim.kube_api import KubeApiServer
-from tests.support.moto import Moto, running_moto
+from agent.sim.moto import Moto, running_moto
 from tests.support.registry import Registry, start_registry
 
 NOW = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)

@@ -10,8 +10,8 @@ import pytest
 
 from agent.controller.hygiene.images.ecr import EcrRegistry, parse_registry_url
 from agent.controller.hygiene.images.registry import Manifest, RegistryError
+from agent.sim.moto import ACCOUNT, ECR_HOST, REGION, Moto, count_calls
 from tests.hygiene_jobs.conftest import NOW
-from tests.support.moto import ACCOUNT, ECR_HOST, REGION, Moto, count_calls
 
 pytestmark = pytest.mark.integration
 

@@ -24,9 +24,9 @@ from agent.controller.hygiene.model import ScanFailed
 from agent.controller.hygiene.references import ClusterReferences
 from agent.controller.hygiene.registry import JobContext, JobUnavailable
 from agent.sim.kube_api import KubeApiServer
+from agent.sim.moto import Moto, count_calls
 from tests.hygiene_jobs import cluster
 from tests.hygiene_jobs.conftest import NOW
-from tests.support.moto import Moto, count_calls
 
 pytestmark = pytest.mark.integration
 OLD = NOW - timedelta(days=400)

@@ -7,8 +7,8 @@ from datetime import timedelta
 import pytest
 
 from agent.controller.hygiene.buckets.s3 import S3Buckets, S3Error
+from agent.sim.moto import Moto, count_calls
 from tests.hygiene_jobs.conftest import NOW
-from tests.support.moto import Moto, count_calls
 
 pytestmark = pytest.mark.integration
 OLD = NOW - timedelta(days=400)

@@ -30,10 +30,10 @@ from agent.controller.hygiene.notify import OwnerNotice
 from agent.controller.hygiene.references import ClusterReferences
 from agent.controller.hygiene.store import HygieneStore
 from agent.sim.kube_api import KubeApiServer
+from agent.sim.moto import ACCOUNT, ECR_HOST, Moto
 from agent.state import open_store
 from tests.hygiene_jobs import cluster
 from tests.hygiene_jobs.conftest import NOW
-from tests.support.moto import ACCOUNT, ECR_HOST, Moto
 
 pytestmark = pytest.mark.integration
 OLD = NOW - timedelta(days=200)

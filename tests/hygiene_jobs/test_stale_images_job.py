@@ -22,9 +22,9 @@ from agent.controller.hygiene.model import ScanFailed
 from agent.controller.hygiene.references import ClusterReferences
 from agent.controller.hygiene.registry import JobContext, JobUnavailable
 from agent.sim.kube_api import KubeApiServer
+from agent.sim.moto import ACCOUNT, ECR_HOST, Moto
 from tests.hygiene_jobs import cluster
 from tests.hygiene_jobs.conftest import NOW
-from tests.support.moto import ACCOUNT, ECR_HOST, Moto
 from tests.support.registry import Registry
 
 pytestmark = pytest.mark.integration

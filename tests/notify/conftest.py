@@ -10,7 +10,7 @@ import pytest
 
 from agent.config import StewardConfig
 from agent.notify.app import Notifier, build_notifier
-from tests.support.slack_stub import SlackStub
+from agent.sim.slack_stub import SlackStub
 
 TOKEN = "xoxb-test"
 GRAFANA = "https://grafana.example"

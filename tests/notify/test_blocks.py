@@ -20,7 +20,7 @@ from agent.notify.blocks import (
     render_plain,
 )
 from agent.notify.incident import AlertState, Change
-from tests.support.slack_stub import check_blocks
+from agent.sim.slack_stub import check_blocks
 
 SETTINGS = LinkSettings(runbook_base_url="https://runbooks.example/rb",
                         grafana_url="https://grafana.example", alertmanager_url="https://am.ex")

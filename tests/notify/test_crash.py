@@ -14,10 +14,10 @@ from pathlib import Path
 import pytest
 import yaml
 
+from agent.sim.slack_stub import SlackStub
 from tests.notify.conftest import TOKEN
 from tests.notify.payloads import alert, post, webhook
 from tests.support.net import free_port, http_ok, metric_value, wait_until
-from tests.support.slack_stub import SlackStub
 from tests.support.steward import StewardProcess
 
 pytestmark = pytest.mark.integration

@@ -10,10 +10,10 @@ from pathlib import Path
 from typing import Any
 
 from agent.notify.app import Notifier
+from agent.sim.slack_stub import SlackStub, StubMessage
 from tests.notify.conftest import MakeNotifier
 from tests.notify.payloads import T0, alert, post, webhook
 from tests.support.net import metric_value
-from tests.support.slack_stub import SlackStub, StubMessage
 
 
 def send(notifier: Notifier, payload: dict[str, Any]) -> None:

@@ -24,6 +24,7 @@ import pytest
 from agent.demo.servers import rules_without_for
 from agent.notify.app import Notifier, build_notifier
 from agent.notify.server import BearerAuth
+from agent.sim.slack_stub import SlackStub, StubMessage
 from tests.notify.conftest import RUNBOOKS, TOKEN, notifier_config
 from tests.notify.payloads import alert, post, webhook
 from tests.support.alertmanager import (
@@ -33,7 +34,6 @@ from tests.support.alertmanager import (
     webhook_receiver,
 )
 from tests.support.prometheus import Prometheus, ScrapeJob, start_prometheus
-from tests.support.slack_stub import SlackStub, StubMessage
 from tests.support.steward import StewardProcess, start_node
 
 pytestmark = pytest.mark.integration

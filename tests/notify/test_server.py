@@ -17,10 +17,10 @@ from sqlalchemy import create_engine, select
 
 from agent.notify.outbox import notifications
 from agent.notify.server import BearerAuth
+from agent.sim.slack_stub import SlackStub
 from tests.notify.conftest import MakeNotifier
 from tests.notify.payloads import alert, post, webhook
 from tests.support.net import http_ok, metric_value
-from tests.support.slack_stub import SlackStub
 
 
 def stored(state: Path) -> list[Any]:

@@ -10,7 +10,7 @@ import pytest
 from slack_sdk import WebClient
 from slack_sdk.errors import SlackApiError
 
-from tests.support.slack_stub import SlackStub
+from agent.sim.slack_stub import SlackStub
 
 
 def client(stub: SlackStub, token: str = "xoxb-test") -> WebClient:

@@ -30,7 +30,7 @@ from types import TracebackType
 from typing import Any, Literal, Self
 from urllib.parse import parse_qsl, urlsplit
 
-from tests.support.net import wait_until
+from agent.localnet import wait_until
 
 FaultKind = Literal["status", "ratelimit", "error", "drop", "hold"]
 JsonObj = dict[str, Any]

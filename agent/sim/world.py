@@ -1,0 +1,143 @@
+"""The simulated cluster's world beyond GPUs: the Kubernetes objects behind the simulated
+pods (with the owner chains a real cluster has), and ECR images and S3 buckets in every
+state the hygiene jobs must tell apart. The demo loads it; so can a test.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from agent.node.pods import PodInfo
+
+JsonObj = dict[str, Any]
+ACCOUNT, REGION = "123456789012", "us-east-1"  # moto's defaults
+ECR_HOST = f"{ACCOUNT}.dkr.ecr.{REGION}.amazonaws.com"
+NOTEBOOK = {"app.kubernetes.io/component": "notebook"}
+
+
+def _iso(when: datetime) -> str:
+    return when.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _uid(*parts: str) -> str:
+    digest = hashlib.sha256("/".join(parts).encode()).hexdigest()
+    return f"{digest[:8]}-{digest[8:12]}-{digest[12:16]}-{digest[16:20]}-{digest[20:32]}"
+
+
+def _meta(kind: str, namespace: str, name: str, *, created: datetime,
+          labels: dict[str, str] | None = None, owner: JsonObj | None = None) -> JsonObj:
+    meta: JsonObj = {"name": name, "namespace": namespace, "labels": dict(labels or {}),
+                     "uid": _uid(kind, namespace, name), "creationTimestamp": _iso(created)}
+    if owner is not None:
+        meta["ownerReferences"] = [{
+            "apiVersion": owner["apiVersion"], "kind": owner["kind"],
+            "name": owner["metadata"]["name"], "uid": owner["metadata"]["uid"],
+            "controller": True, "blockOwnerDeletion": True}]
+    return meta
+
+
+def _template(app: str, image: str, labels: dict[str, str]) -> JsonObj:
+    return {"metadata": {"labels": {"app": app, **labels}},
+            "spec": {"containers": [{"name": "main", "image": image,
+                                     "resources": {"limits": {"nvidia.com/gpu": "1"}}}]}}
+
+
+def _owner_chain(create: Callable[[JsonObj], JsonObj], kind: str, namespace: str, name: str,
+                 image: str, *, created: datetime, labels: dict[str, str]) -> JsonObj:
+    """Create the workload (and a Deployment's ReplicaSet); returns what owns the pods.
+
+    Owner references carry the UID the API server gave the owner, so each object is created
+    before the one that points at it."""
+    api = "batch/v1" if kind == "Job" else "apps/v1"
+    spec: JsonObj = {"template": _template(name, image, labels)}
+    if kind != "Job":
+        spec.update(replicas=1, selector={"matchLabels": {"app": name}})
+    if kind == "StatefulSet":
+        spec["serviceName"] = name
+    if kind == "Job":
+        spec["template"]["spec"]["restartPolicy"] = "Never"
+    owner = create({"apiVersion": api, "kind": kind,
+                    "metadata": _meta(kind, namespace, name, created=created, labels=labels),
+                    "spec": spec, "status": {"replicas": 1} if kind != "Job" else {"active": 1}})
+    if kind != "Deployment":
+        return owner
+    return create({"apiVersion": "apps/v1", "kind": "ReplicaSet",
+                   "metadata": _meta("ReplicaSet", namespace, f"{name}-5d8c7b", created=created,
+                                     labels=labels, owner=owner),
+                   "spec": {"replicas": 1, "selector": {"matchLabels": {"app": name}},
+                            "template": _template(name, image, labels)},
+                   "status": {"replicas": 1}})
+
+
+# workload name prefix (as the simulated pods are named) -> kind, image, labels
+WORKLOAD_KINDS: dict[str, tuple[str, str, dict[str, str]]] = {
+    "train-llama": ("Job", f"{ECR_HOST}/ml/trainer:2.4.1", {}),
+    "train-resnet": ("Job", f"{ECR_HOST}/ml/trainer:2.4.1", {}),
+    "finetune-crashloop": ("Job", f"{ECR_HOST}/ml/trainer:2.5.0-rc1", {}),
+    "eval-bert": ("Job", f"{ECR_HOST}/ml/evaluator:1.2.0", {}),
+    "jupyter-alice": ("StatefulSet", f"{ECR_HOST}/ds/notebook:2026.11", NOTEBOOK),
+    "jupyter-bob": ("StatefulSet", f"{ECR_HOST}/ds/notebook:2026.11", NOTEBOOK),
+    "llm-server": ("Deployment", f"{ECR_HOST}/inference/llm-server:3.0.2", {}),
+    "embedder": ("Deployment", f"{ECR_HOST}/inference/embedder:1.9.0", {}),
+    "reranker": ("Deployment", f"{ECR_HOST}/inference/reranker:1.9.0", {}),
+    "chat-api": ("Deployment", f"{ECR_HOST}/inference/chat-api:4.2.0", {}),
+}
+
+
+def _workload_name(pod: str) -> str:
+    return next((prefix for prefix in sorted(WORKLOAD_KINDS, key=len, reverse=True)
+                 if pod.startswith(prefix)), pod)
+
+
+def load_pods(create: Callable[[JsonObj], JsonObj], pods: list[PodInfo], hostname: str, *,
+              now: datetime | None = None) -> int:
+    """Create the API objects behind a simulated node's pods through ``create`` (which
+    returns the stored object): each pod with its owner chain, created three hours ago
+    (older than any idle window), bound to ``hostname``. Returns how many pods."""
+    now = now or datetime.now(UTC)
+    created = now - timedelta(hours=3)
+    owners: dict[tuple[str, str], JsonObj] = {}
+    count = 0
+    for pod in pods:
+        if pod.phase != "Running" or not pod.gpus_requested:
+            continue
+        workload = _workload_name(pod.name)
+        kind, image, labels = WORKLOAD_KINDS.get(
+            workload, ("Deployment", f"{ECR_HOST}/misc/{workload}:latest", {}))
+        key = (pod.namespace, workload)
+        if key not in owners:
+            owners[key] = _owner_chain(create, kind, pod.namespace, f"{workload}-{hostname}",
+                                       image, created=created, labels=labels)
+        container = pod.containers[0].name if pod.containers else "main"
+        create({"apiVersion": "v1", "kind": "Pod",
+                "metadata": _meta("Pod", pod.namespace, pod.name, created=created,
+                                  labels=labels, owner=owners[key]),
+                "spec": {"nodeName": hostname, "containers": [{
+                    "name": container, "image": image,
+                    "resources": {"limits": {"nvidia.com/gpu": str(pod.gpus_requested)}}}]},
+                "status": {"phase": "Running", "startTime": _iso(created)}})
+        count += 1
+    return count
+
+
+# ECR: (repository, tag or None, pushed days ago). Images the pods above run are kept by
+# reference; old untagged builds and release candidates nobody runs are candidates.
+ECR_IMAGES: tuple[tuple[str, str | None, float], ...] = (
+    ("ml/trainer", "2.4.1", 60), ("ml/trainer", "2.5.0-rc1", 50), ("ml/trainer", None, 120),
+    ("ml/trainer", None, 95), ("ml/trainer", "2.3.0-rc2", 200), ("ml/trainer", "latest", 40),
+    ("ml/evaluator", "1.2.0", 90), ("ml/evaluator", None, 300), ("ml/evaluator", "pr-481", 75),
+    ("inference/llm-server", "3.0.2", 45), ("inference/llm-server", "3.0.1", 80),
+    ("inference/llm-server", None, 150), ("inference/llm-server", "exp-moe", 70),
+)
+
+# S3: (bucket, tags, object ages in days, one per object; empty = an empty bucket)
+S3_BUCKETS: tuple[tuple[str, dict[str, str], tuple[float, ...]], ...] = (
+    ("ml-research-datasets", {"team": "ml"}, (400, 2)),
+    ("tmp-export-2025-q3", {}, ()),  # empty, no owner: deleted
+    ("sweep-results-old", {"owner": "former-team"}, (210, 205, 200)),  # orphan, not empty
+    ("scratch-notebooks", {}, (300, 1)),  # written yesterday: kept
+    ("audit-logs", {"steward.io/exempt": "true"}, (500,)),
+)
