@@ -49,7 +49,7 @@ from agent.controller.hygiene.references import (  # noqa: E402
     BucketReferences,
     ImageReferences,
 )
-from tests.support.moto import ACCOUNT, OCI_INDEX, OCI_MANIFEST, REGION, running_moto  # noqa: E402
+from agent.sim.moto import ACCOUNT, OCI_INDEX, OCI_MANIFEST, REGION, running_moto  # noqa: E402
 
 NOW = datetime.now(UTC)
 

@@ -45,8 +45,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from agent.sim.slack_stub import SlackStub  # noqa: E402
 from tests.support.net import free_port, http_ok, metric_value, wait_until  # noqa: E402
-from tests.support.slack_stub import SlackStub  # noqa: E402
 
 TOKEN = "xoxb-bench"
 T0 = datetime(2026, 11, 20, 3, 0, tzinfo=UTC)
