@@ -9,7 +9,7 @@ deps:
 	scripts/install-test-deps.sh
 
 demo: install
-	$(VENV)/steward node --gpu-backend sim --listen 127.0.0.1:9400 --log-format text
+	$(VENV)/steward demo --log-format text
 
 lint: deps
 	$(VENV)/ruff check agent tests bench dashboards

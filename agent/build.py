@@ -45,6 +45,10 @@ def build(root: Path, *, runbook_base_url: str, check: bool = False) -> BuildRes
         raise BuildError(f"dashboards: {exc}") from exc
     for name, text in dashboards.items():
         outputs[root / "dashboards" / name] = text
+    from agent.docs import reference_docs
+
+    for name, text in reference_docs().items():
+        outputs[root / "docs" / name] = text
     xid_runbook = root / "runbooks" / "GpuXidCritical.md"
     if xid_runbook.is_file():  # a missing runbook is the lint's finding, below
         try:
@@ -59,6 +63,7 @@ def build(root: Path, *, runbook_base_url: str, check: bool = False) -> BuildRes
             continue
         result.changed.append(path)
         if not check:
+            path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(text, encoding="utf-8")
     # Lint after writing so that a fresh build lints what it wrote.
     result.problems = lint_catalog(runbooks_dir=root / "runbooks")

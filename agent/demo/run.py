@@ -35,7 +35,7 @@ from agent.demo.servers import (
     start_alertmanager,
     start_prometheus,
 )
-from agent.demo.slack_view import render_message
+from agent.demo.slack_view import render_html, render_message
 
 ROOT = Path(__file__).resolve().parents[2]
 NODES: tuple[tuple[str, list[str]], ...] = (
@@ -347,6 +347,10 @@ class Demo:
                     seen_messages[message.ts] = version
                     self.say(render_message(message, replies=stub.replies(message)))
         if stub := getattr(self, "slack_stub", None):
+            page = self.result.workdir / "slack-messages.html"
+            page.write_text(render_html([(m, stub.replies(m)) for m in stub.roots()]),
+                            encoding="utf-8")
+            self.say(f"   the Slack messages as a page: {page}")
             self.result.slack_messages = [
                 {"channel": m.channel, "ts": m.ts, "text": m.text, "updates": len(m.updates),
                  "replies": len(stub.replies(m)),

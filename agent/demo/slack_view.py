@@ -58,3 +58,49 @@ def render_message(message: Any, *, replies: list[Any] | None = None) -> str:
     for reply in replies or []:
         lines.append(f"   |   thread: {reply.text[:WIDTH]}")
     return "\n".join(lines)
+
+
+def render_html(messages: list[tuple[Any, list[Any]]]) -> str:
+    """The messages (with their thread replies) as a page that looks like a Slack channel."""
+    import html
+
+    def rich(text: str) -> str:
+        return re.sub(r"\*([^*\n]+)\*", r"<b>\1</b>", html.escape(text))
+
+    def block_html(block: dict[str, Any]) -> str:
+        kind = block.get("type")
+        if kind == "header":
+            return f"<h3>{rich(_text(block))}</h3>"
+        if kind == "section":
+            fields = "".join(f"<div class=f>{rich(_text(f))}</div>"
+                             for f in block.get("fields") or [])
+            body = f"<p>{rich(_text(block))}</p>" if _text(block) else ""
+            return body + (f"<div class=fields>{fields}</div>" if fields else "")
+        if kind == "context":
+            return "<p class=ctx>" + " ".join(html.escape(_text(e))
+                                              for e in block.get("elements", [])) + "</p>"
+        if kind == "actions":
+            return "<div class=btns>" + "".join(
+                f"<a class=btn href='{html.escape(str(e.get('url', '')))}'>"
+                f"{html.escape(_text(e))}</a>"
+                for e in block.get("elements", []) if isinstance(e, dict)) + "</div>"
+        return "<hr>" if kind == "divider" else ""
+
+    posts = []
+    for message, replies in messages:
+        body = "".join(block_html(b) for b in message.blocks) or \
+            f"<p>{html.escape(_plain(message.text))}</p>"
+        thread = "".join(f"<div class=reply>{html.escape(_plain(r.text))}</div>"
+                         for r in replies)
+        posts.append(f"<div class=msg><b>Steward</b> <span class=ctx>APP</span>{body}"
+                     f"{thread}</div>")
+    style = ("body{font:15px/1.45 -apple-system,Segoe UI,Helvetica,Arial,sans-serif;"
+             "max-width:820px;margin:16px auto;color:#1d1c1d}.msg{border-bottom:1px solid #ddd;"
+             "padding:12px 8px}h3{margin:6px 0}.fields{display:grid;grid-template-columns:1fr 1fr;"
+             "gap:4px 16px}.ctx{color:#616061;font-size:13px}.btns{margin:8px 0}"
+             ".btn{display:inline-block;border:1px solid #bbb;border-radius:4px;padding:3px 10px;"
+             "margin-right:6px;color:#1d1c1d;text-decoration:none;font-weight:600}"
+             ".reply{margin:6px 0 0 24px;padding-left:8px;border-left:3px solid #ddd;"
+             "color:#444;font-size:14px}")
+    return (f"<!doctype html><meta charset=utf-8><title>#gpu-oncall</title><style>{style}"
+            f"</style><h2># gpu-oncall</h2>{''.join(posts)}")
