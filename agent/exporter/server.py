@@ -17,15 +17,17 @@ from agent.exporter.exposition import Exposition
 log = logging.getLogger(__name__)
 
 
-class _Handler(BaseHTTPRequestHandler):
-    # Keep-alive: Prometheus reuses its connection between scrapes. Headers and body then
-    # must leave in one segment: written separately, Nagle's algorithm and the client's
-    # delayed ACK stall every response by ~40 ms. A buffered wfile (flushed once per
-    # request by the base class) plus TCP_NODELAY avoids that.
+class KeepAliveHandler(BaseHTTPRequestHandler):
+    """A handler for clients that keep their connection (Prometheus, Alertmanager).
+
+    Headers and body must then leave in one segment: written separately, Nagle's algorithm
+    and the client's delayed ACK stall every response by ~40 ms. A buffered wfile (flushed
+    once per request by the base class) plus TCP_NODELAY avoids that.
+    """
+
     protocol_version = "HTTP/1.1"
     disable_nagle_algorithm = True
     wbufsize = 256 * 1024
-    server: MetricsServer
 
     def _send(self, status: int, body: bytes, content_type: str,
               headers: dict[str, str] | None = None) -> None:
@@ -37,6 +39,14 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         if self.command != "HEAD":
             self.wfile.write(body)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        # Per-request access logs would dominate the log at a 15 s scrape interval.
+        pass
+
+
+class _Handler(KeepAliveHandler):
+    server: MetricsServer
 
     def do_GET(self) -> None:
         path = self.path.split("?", 1)[0]
@@ -60,11 +70,7 @@ class _Handler(BaseHTTPRequestHandler):
         else:
             self._send(404, b"not found\n", "text/plain; charset=utf-8")
 
-    do_HEAD = do_GET  # noqa: N815 (http.server dispatches on this name)
-
-    def log_message(self, format: str, *args: Any) -> None:
-        # Per-request access logs would dominate the agent's log at a 15 s scrape interval.
-        pass
+    do_HEAD = do_GET
 
 
 class MetricsServer(ThreadingHTTPServer):

@@ -14,12 +14,13 @@ import os
 import threading
 import time
 from collections.abc import Callable
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, Final
 
 from prometheus_client import exposition
 
+from agent.exporter.server import KeepAliveHandler
 from agent.notify.metrics import NotifierMetrics
 from agent.notify.outbox import OutboxUnavailable
 from agent.notify.webhook import Notification, PayloadError, parse_notification
@@ -75,25 +76,9 @@ class BearerAuth:
         return hmac.compare_digest(presented.strip().encode("utf-8", "replace"), token)
 
 
-class _Handler(BaseHTTPRequestHandler):
-    # Alertmanager keeps its connection; see agent/node/server.py for why the buffered
-    # wfile and TCP_NODELAY matter to latency on kept-alive connections.
-    protocol_version = "HTTP/1.1"
-    disable_nagle_algorithm = True
-    wbufsize = 64 * 1024
+class _Handler(KeepAliveHandler):
     timeout = 30  # a client that stops sending mid-body loses its connection, not a thread
     server: NotifierServer
-
-    def _send(self, status: int, body: bytes, content_type: str,
-              headers: dict[str, str] | None = None) -> None:
-        self.send_response(status)
-        self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(body)))
-        for name, value in (headers or {}).items():
-            self.send_header(name, value)
-        self.end_headers()
-        if self.command != "HEAD":
-            self.wfile.write(body)
 
     def _json(self, status: int, payload: dict[str, Any],
               headers: dict[str, str] | None = None) -> None:
@@ -124,12 +109,12 @@ class _Handler(BaseHTTPRequestHandler):
         else:
             self._send(404, b"not found\n", _TEXT)
 
-    do_HEAD = do_GET  # noqa: N815 (http.server dispatches on this name)
+    do_HEAD = do_GET
 
     def _not_allowed(self) -> None:
         self._send(405, b"method not allowed\n", _TEXT, {"Allow": "GET, HEAD, POST"})
 
-    do_PUT = do_DELETE = do_PATCH = do_OPTIONS = _not_allowed  # noqa: N815
+    do_PUT = do_DELETE = do_PATCH = do_OPTIONS = _not_allowed
 
     def do_POST(self) -> None:
         if self.path.split("?", 1)[0] != WEBHOOK_PATH:
@@ -200,9 +185,6 @@ class _Handler(BaseHTTPRequestHandler):
         server.metrics.alerts_received.inc(len(notification.alerts))
         server.metrics.ack_seconds.observe(time.perf_counter() - started)
         self._json(200, {"status": "accepted", "id": new_id})
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass  # one line per webhook would drown the log in a storm; rejections are logged
 
 
 class NotifierServer(ThreadingHTTPServer):
