@@ -134,6 +134,8 @@ class HygieneJobConfig(Section):
     schedule: str = "0 3 * * *"  # cron, in the controller's time zone
     # Apply needs both this and the controller in apply mode; dry-run otherwise.
     apply: bool = False
+    # Also run when this controller becomes leader, not only at the next scheduled time.
+    run_at_start: bool = False
     max_actions: int = Field(default=10, ge=0)
     max_percent: float = Field(default=20.0, ge=0, le=100)
     # Marked resources are swept this long after the mark, if still non-compliant.

@@ -125,32 +125,14 @@ class Demo:
         except ImportError:
             self.skip("S3 and ECR (moto)", "moto is not installed: pip install -e '.[demo]'")
             return None
-        from datetime import timedelta
-
-        from agent.sim.world import ECR_IMAGES, S3_BUCKETS
+        from agent.sim.world import seed_aws
 
         server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
         server.start()
         self._stack.callback(server.stop)
         host, port = server.get_host_and_port()
         moto = Moto(f"http://{host}:{port}", server)
-        now = datetime.now(UTC)
-        ecr, s3 = moto.client("ecr"), moto.client("s3")
-        for repository in sorted({r for r, _, _ in ECR_IMAGES}):
-            ecr.create_repository(repositoryName=repository)
-        for n, (repository, tag, days) in enumerate(ECR_IMAGES):
-            moto.push_ecr_image(ecr, repository, tag=tag, size=(400 + 37 * n) * 2**20,
-                                pushed=now - timedelta(days=days),
-                                pulled=now - timedelta(days=days - 1), seed=str(n))
-        for name, tags, ages in S3_BUCKETS:
-            s3.create_bucket(Bucket=name)
-            moto.set_bucket_created(name, now - timedelta(days=max(ages, default=400) + 10))
-            if tags:
-                s3.put_bucket_tagging(Bucket=name, Tagging={"TagSet": [
-                    {"Key": k, "Value": v} for k, v in tags.items()]})
-            for i, age in enumerate(ages):
-                moto.put_objects(name, [f"part-{i:05d}.parquet"], written=now - timedelta(
-                    days=age), body=b"x" * 4096)
+        seed_aws(moto)
         return moto.url
 
     def _slack(self) -> tuple[str, str, str]:

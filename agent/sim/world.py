@@ -141,3 +141,25 @@ S3_BUCKETS: tuple[tuple[str, dict[str, str], tuple[float, ...]], ...] = (
     ("scratch-notebooks", {}, (300, 1)),  # written yesterday: kept
     ("audit-logs", {"steward.io/exempt": "true"}, (500,)),
 )
+
+
+def seed_aws(moto: Any, *, now: datetime | None = None) -> None:
+    """Load ECR_IMAGES and S3_BUCKETS into a running moto (``agent.sim.moto.Moto``),
+    with push, pull and write times back-dated in moto's backend."""
+    now = now or datetime.now(UTC)
+    ecr, s3 = moto.client("ecr"), moto.client("s3")
+    for repository in sorted({r for r, _, _ in ECR_IMAGES}):
+        ecr.create_repository(repositoryName=repository)
+    for n, (repository, tag, days) in enumerate(ECR_IMAGES):
+        moto.push_ecr_image(ecr, repository, tag=tag, size=(400 + 37 * n) * 2**20,
+                            pushed=now - timedelta(days=days),
+                            pulled=now - timedelta(days=days - 1), seed=str(n))
+    for name, tags, ages in S3_BUCKETS:
+        s3.create_bucket(Bucket=name)
+        moto.set_bucket_created(name, now - timedelta(days=max(ages, default=400) + 10))
+        if tags:
+            s3.put_bucket_tagging(Bucket=name, Tagging={"TagSet": [
+                {"Key": k, "Value": v} for k, v in tags.items()]})
+        for i, age in enumerate(ages):
+            moto.put_objects(name, [f"part-{i:05d}.parquet"],
+                             written=now - timedelta(days=age), body=b"x" * 4096)

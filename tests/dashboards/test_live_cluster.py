@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import subprocess
 import sys
 import time
@@ -43,13 +42,6 @@ pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
 DASHBOARDS = sorted((ROOT / "dashboards").glob("*.json"))
 
-# Metrics whose exporter is not built yet: queries over only these may return nothing.
-# Each entry names the open issue that adds the exporter; remove it when it lands.
-NOT_YET_EXPORTED = {
-    "steward_hygiene_": "hygiene engine (issue 6/7)",
-    "steward_notifier_": "notifier (issue 5)",
-}
-
 # Simulated faults -> the alerts they must fire.
 EXPECTED_FIRING = {
     "GpuLost", "GpuXidCritical", "GpuXidErrors", "GpuEccUncorrectable", "GpuRowRemapFailure",
@@ -67,62 +59,94 @@ class Cluster:
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    from agent.sim.moto import running_moto
+    from agent.sim.slack_stub import SlackStub
+    from agent.sim.world import ECR_HOST, seed_aws
+
     work = tmp_path_factory.mktemp("live")
     kube = KubeApiServer(bookmark_interval=0.5, namespaces=("default", "steward")).start()
     processes: list[StewardProcess] = []
-    controller: subprocess.Popen[bytes] | None = None
+    children: list[subprocess.Popen[bytes]] = []
     prometheus: Prometheus | None = None
-    try:
-        for obj in cluster_objects():
-            kube.apply(obj)
-        kubeconfig = kube.kubeconfig(work / "kubeconfig")
-        processes.append(start_node(work, env={"NODE_NAME": "gpu-node-1"}, config=(
-            "node: {collect_interval_seconds: 1, sim: {lost_after_seconds: 2}}\n")))
-        kube.apply({"apiVersion": "v1", "kind": "Pod",
-                    "metadata": {"name": "serve-0", "namespace": "inference"},
-                    "spec": {"nodeName": "gpu-node-2", "containers": [{"name": "s",
-                                                                       "image": "img"}]},
-                    "status": {"phase": "Running"}})
-        processes.append(start_node(
-            work, env={"NODE_NAME": "gpu-node-2", "KUBECONFIG": str(kubeconfig)},
-            config=(f"node: {{collect_interval_seconds: 1, pod_resources_socket: "
-                    f"{work / 'no-kubelet.sock'}, sim: {{gpus: [training, idle_free]}}}}\n")))
-        ctl_port = free_port()
-        config = work / "controller.yaml"
-        config.write_text(json.dumps({
-            "controller": {"listen": f"127.0.0.1:{ctl_port}", "lease_namespace": "steward",
-                           "collect_interval_seconds": 1, "lease_duration_seconds": 3,
-                           "renew_deadline_seconds": 2, "retry_period_seconds": 0.5},
-            "finops": {"prices": {"NVIDIA H100 80GB HBM3": 4.0}}}), encoding="utf-8")
-        controller = subprocess.Popen(
-            [sys.executable, "-m", "agent.cli", "controller", "--config", str(config)],
-            env={**os.environ, "KUBECONFIG": str(kubeconfig), "POD_NAME": "ctl-0"},
-            stdout=subprocess.DEVNULL, stderr=(work / "controller.log").open("wb"))
-        wait_until(lambda: http_ok(f"http://127.0.0.1:{ctl_port}/readyz"), timeout=30,
-                   what="controller ready")
-        dead = f"127.0.0.1:{free_port()}"  # an agent that is down: StewardAgentDown
-        prometheus = start_prometheus(
-            [ScrapeJob("steward-node", [f"127.0.0.1:{p.port}" for p in processes] + [dead]),
-             ScrapeJob("steward-controller", [f"127.0.0.1:{ctl_port}"])],
-            rule_files=[rules_without_for(ROOT / "alerts" / "prometheus-rules.yaml",
-                                          work / "rules.yaml")],
-            backfill=_past_hour(processes[0], ctl_port))
-        prometheus.wait_for('steward_pipeline_runs_total{pipeline="feature-refresh"}', timeout=30)
-        kube.apply(failing_run())  # a failure after the controller's first look
-        # increase() needs two samples of the new failure counter inside its window
-        prometheus.wait_for('count_over_time(steward_pipeline_runs_total{result="failed"}[10s])'
-                            ' >= 2', timeout=30)
-        prometheus.wait_for("steward_gpu_lost == 1", timeout=30)
-        yield Cluster(prometheus, kube)
-    finally:
-        if prometheus is not None:
-            prometheus.stop()
-        if controller is not None:
-            controller.terminate()
-            controller.wait(10)
-        for process in processes:
-            process.stop()
-        kube.stop()
+    with running_moto() as moto, SlackStub(tokens=("xoxb-live",)) as slack:
+        try:
+            seed_aws(moto)
+            for obj in cluster_objects():
+                kube.apply(obj)
+            kubeconfig = kube.kubeconfig(work / "kubeconfig")
+            processes.append(start_node(work, env={"NODE_NAME": "gpu-node-1"}, config=(
+                "node: {collect_interval_seconds: 1, sim: {lost_after_seconds: 2}}\n")))
+            kube.apply({"apiVersion": "v1", "kind": "Pod",
+                        "metadata": {"name": "serve-0", "namespace": "inference"},
+                        "spec": {"nodeName": "gpu-node-2",
+                                 "containers": [{"name": "s", "image": "img"}]},
+                        "status": {"phase": "Running"}})
+            processes.append(start_node(
+                work, env={"NODE_NAME": "gpu-node-2", "KUBECONFIG": str(kubeconfig)},
+                config=(f"node: {{collect_interval_seconds: 1, pod_resources_socket: "
+                        f"{work / 'no-kubelet.sock'}, sim: {{gpus: [training, idle_free]}}}}\n")))
+            ctl_port, notifier_port = free_port(), free_port()
+            dead = f"127.0.0.1:{free_port()}"  # an agent that is down: StewardAgentDown
+            prometheus = start_prometheus(
+                [ScrapeJob("steward-node", [f"127.0.0.1:{p.port}" for p in processes] + [dead]),
+                 ScrapeJob("steward-controller", [f"127.0.0.1:{ctl_port}"]),
+                 ScrapeJob("steward-notifier", [f"127.0.0.1:{notifier_port}"])],
+                rule_files=[rules_without_for(ROOT / "alerts" / "prometheus-rules.yaml",
+                                              work / "rules.yaml")],
+                backfill=_past_hour(processes[0], ctl_port))
+            common = {
+                "state": {"url": f"sqlite:///{work / 'state.db'}"},
+                "slack": {"api_url": slack.api_url, "default_channel": "#gpu-oncall"},
+                "prometheus": {"url": prometheus.url},
+                "aws": {"endpoint_url": moto.url, "region": "us-east-1"},
+                "registries": [{"type": "ecr", "url": ECR_HOST}],
+                "finops": {"prices": {"NVIDIA H100 80GB HBM3": 4.0}},
+                "hygiene": {job: {"run_at_start": True} for job in (
+                    "idle_gpus", "stale_images", "orphaned_buckets")},
+            }
+            common["hygiene"]["idle_gpus"].update(window="5s", grace="1s")
+            common["hygiene"]["stale_images"]["keep_newest"] = 2
+            env = {**os.environ, "KUBECONFIG": str(kubeconfig), "POD_NAME": "ctl-0",
+                   "SLACK_BOT_TOKEN": "xoxb-live", "AWS_ACCESS_KEY_ID": "live",
+                   "AWS_SECRET_ACCESS_KEY": "live", "AWS_DEFAULT_REGION": "us-east-1"}
+            for name, extra, listen_port in (
+                    ("controller", {"controller": {
+                        "listen": f"127.0.0.1:{ctl_port}", "lease_namespace": "steward",
+                        "collect_interval_seconds": 1, "lease_duration_seconds": 3,
+                        "renew_deadline_seconds": 2, "retry_period_seconds": 0.5}},
+                     ctl_port),
+                    ("notifier", {"notifier": {"listen": f"127.0.0.1:{notifier_port}"}},
+                     notifier_port)):
+                config = work / f"{name}.yaml"
+                config.write_text(json.dumps({**common, **extra}), encoding="utf-8")
+                children.append(subprocess.Popen(
+                    [sys.executable, "-m", "agent.cli", name, "--config", str(config)],
+                    env=env, stdout=subprocess.DEVNULL,
+                    stderr=(work / f"{name}.log").open("wb")))
+                wait_until(lambda port=listen_port: http_ok(  # type: ignore[misc]
+                    f"http://127.0.0.1:{port}/readyz"), timeout=30, what=f"{name} ready")
+            prometheus.wait_for('steward_pipeline_runs_total{pipeline="feature-refresh"}',
+                                timeout=30)
+            kube.apply(failing_run())  # a failure after the controller's first look
+            # increase() needs two samples of the new failure counter inside its window
+            prometheus.wait_for('count_over_time(steward_pipeline_runs_total{result="failed"}'
+                                '[10s]) >= 2', timeout=30)
+            prometheus.wait_for("steward_gpu_lost == 1", timeout=30)
+            # every hygiene job has run once (run_at_start), stale images planned bytes
+            prometheus.wait_for("count(steward_hygiene_last_success_timestamp_seconds) == 3",
+                                timeout=90)
+            prometheus.wait_for('steward_hygiene_reclaimable{unit="bytes"} > 0', timeout=30)
+            prometheus.wait_for("steward_notifier_outbox_depth", timeout=30)
+            yield Cluster(prometheus, kube)
+        finally:
+            if prometheus is not None:
+                prometheus.stop()
+            for child in children:
+                child.terminate()
+                child.wait(10)
+            for process in processes:
+                process.stop()
+            kube.stop()
 
 
 def _past_hour(node: StewardProcess, controller_port: int) -> str:
@@ -143,14 +167,6 @@ def _past_hour(node: StewardProcess, controller_port: int) -> str:
     return history(series, start=now - 3600, end=now - 60)
 
 
-def _pending_exporter(expr: str) -> str | None:
-    names = set(re.findall(r"\b(steward_[a-z_]+)", expr))
-    if names and all(any(n.startswith(p) for p in NOT_YET_EXPORTED) for n in names):
-        return next(reason for prefix, reason in NOT_YET_EXPORTED.items()
-                    if any(n.startswith(prefix) for n in names))
-    return None
-
-
 def _model(path: Path) -> dict[str, Any]:
     return dict(json.loads(path.read_text(encoding="utf-8")))
 
@@ -166,8 +182,7 @@ def test_every_panel_query_returns_data(cluster: Cluster, dashboard: Path) -> No
         result = cluster.prometheus.query(query)  # raises on a parse error
         if result:
             continue
-        if _pending_exporter(expr) is None:
-            empty.append(f"{title}: {query}")
+        empty.append(f"{title}: {query}")
     assert not empty, "queries with no data:\n" + "\n".join(empty)
 
 

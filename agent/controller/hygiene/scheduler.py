@@ -13,7 +13,7 @@ import importlib.util
 import logging
 import threading
 from collections.abc import Callable, Sequence
-from datetime import tzinfo
+from datetime import UTC, datetime, tzinfo
 from typing import Any, Final
 
 from prometheus_client.metrics_core import Metric
@@ -98,10 +98,14 @@ class LeaderScheduler:
                         "hygiene_job": name, "schedule": schedule, "detail": str(exc)})
                     continue
                 self._runtime.metrics.declare(name)
+                # run_at_start: a new leader plans at once instead of waiting for the next
+                # slot (up to a day for the daily jobs); still one run at a time.
+                first = {"next_run_time": datetime.now(UTC)} if settings_of(
+                    self._runtime.config, name).run_at_start else {}
                 scheduler.add_job(self.run_job, trigger, args=[name], id=f"hygiene:{name}",
                                   name=f"hygiene {name}", max_instances=1, coalesce=True,
                                   misfire_grace_time=MISFIRE_GRACE_SECONDS,
-                                  replace_existing=True)
+                                  replace_existing=True, **first)
             for register in self._extra:
                 register(scheduler)
             scheduler.start()
