@@ -14,7 +14,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.fixture
 def tree(tmp_path: Path) -> Path:
-    for folder in ("alerts", "dashboards", "runbooks"):
+    for folder in ("alerts", "dashboards", "runbooks", "docs"):
         shutil.copytree(ROOT / folder, tmp_path / folder)
     return tmp_path
 
@@ -57,7 +57,7 @@ def test_build_rewrites_then_is_idempotent(tree: Path) -> None:
     assert runbook.read_text(encoding="utf-8") == text
     second = steward_build(tree)
     assert second.returncode == 0 and second.stdout == ""
-    for folder in ("alerts", "dashboards", "runbooks"):
+    for folder in ("alerts", "dashboards", "runbooks", "docs"):
         for path in (ROOT / folder).rglob("*"):
             if path.is_file():
                 assert (tree / path.relative_to(ROOT)).read_bytes() == path.read_bytes(), path

@@ -4,6 +4,7 @@ schedule nothing."""
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 from kubernetes import client
 
@@ -34,9 +35,10 @@ def test_leader_schedules_hygiene_and_the_weekly_report(api_client: client.ApiCl
     assert controller.scheduler.scheduler is None
 
 
-def test_run_at_start_plans_at_once(api_client: client.ApiClient) -> None:
+def test_run_at_start_plans_at_once(api_client: client.ApiClient, tmp_path: Path) -> None:
     config = load_config(None, environ={
         "STEWARD_CONTROLLER__LISTEN": "127.0.0.1:0",
+        "STEWARD_STATE__URL": f"sqlite:///{tmp_path / 'state.db'}",
         "STEWARD_HYGIENE__STALE_IMAGES__RUN_AT_START": "true"})
     controller = build_controller(config, api_client=api_client)
     assert controller.scheduler is not None

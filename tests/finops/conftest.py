@@ -91,6 +91,8 @@ def fleet_config(prometheus_url: str, *, kubeconfig: Path | None = None,
         "prometheus": {"url": prometheus_url, "timeout_seconds": 10},
         "kubernetes": {"kubeconfig": str(kubeconfig) if kubeconfig else None},
         "finops": {"prices": PRICES, "namespace_teams": NAMESPACE_TEAMS},
+        # No hygiene audit log unless a test brings one: never whatever is in the cwd.
+        "state": {"url": "sqlite:////nonexistent/steward-state.db"},
     }
     for name, values in sections.items():
         data[name] = {**data.get(name, {}), **values}
