@@ -30,9 +30,9 @@ from tests.support.podresources_server import (
     PodResourcesServer,
     list_response,
 )
+from tests.support.privileges import as_unprivileged
 
 ROOT = Path(__file__).resolve().parents[2]
-NOBODY = 65534
 
 pytestmark = pytest.mark.integration
 
@@ -237,40 +237,7 @@ def reason_as_unprivileged(socket_path: Path) -> str:
             return exc.reason
         return "no error"
 
-    if os.geteuid() != 0:
-        return ask()
-    read_end, write_end = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # child
-        status = 1
-        try:
-            os.close(read_end)
-            os.setgroups([])
-            os.setgid(NOBODY)
-            os.setuid(NOBODY)
-            os.write(write_end, ask().encode())
-            status = 0
-        finally:
-            os._exit(status)
-    os.close(write_end)
-    exited: list[int] = []
-
-    def child_exited() -> bool:
-        done, status = os.waitpid(pid, os.WNOHANG)
-        if done:
-            exited.append(status)
-        return bool(done)
-
-    try:
-        wait_until(child_exited, timeout=10, what="unprivileged child")
-    except TimeoutError:
-        os.kill(pid, 9)
-        os.waitpid(pid, 0)
-        raise
-    with os.fdopen(read_end, "rb") as pipe:
-        answer = pipe.read().decode()
-    assert os.waitstatus_to_exitcode(exited[0]) == 0, answer
-    return answer
+    return as_unprivileged(ask)
 
 
 def test_permission_denied_on_socket_directory(short_dir: Path) -> None:
