@@ -84,6 +84,7 @@ class Demo:
         self.alertmanager_url: str | None = None
         self.slack_stub: Any = None
         self.child_env: dict[str, str] = {}
+        self.prometheus_url: str | None = None
 
     # -- output ------------------------------------------------------------------------
 
@@ -267,6 +268,7 @@ class Demo:
                                     alertmanager=(self.alertmanager_url or "").removeprefix(
                                         "http://") or None)
             prometheus_url = prom.url
+        self.prometheus_url = prometheus_url
         self.controller_config = self._config("controller", {
             **self._base_config(prometheus=prometheus_url, aws=aws, slack=slack),
             "controller": {**base["controller"], "listen": f"127.0.0.1:{controller_port}"}})
@@ -358,6 +360,10 @@ class Demo:
 
     def _plans(self) -> None:
         for job in HYGIENE_JOBS:
+            if job == "idle-gpus" and self.prometheus_url is None:
+                self.skip("hygiene plan idle-gpus", "its evidence comes from Prometheus, "
+                                                    "which is not running")
+                continue
             result = self._steward("hygiene", "run", job, "--output", "json",
                                    "--config", str(self.controller_config),
                                    "--log-format", "text", "--log-level", "warning")
