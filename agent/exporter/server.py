@@ -73,15 +73,16 @@ class _Handler(KeepAliveHandler):
     do_HEAD = do_GET
 
 
-class MetricsServer(ThreadingHTTPServer):
-    daemon_threads = True
+class BackgroundServer(ThreadingHTTPServer):
+    """A threaded HTTP server serving from a background thread: start(), stop(), port."""
 
-    def __init__(self, address: tuple[str, int], exposition: Exposition, *,
-                 healthy: Callable[[], bool], ready: Callable[[], bool]) -> None:
-        super().__init__(address, _Handler)
-        self.exposition = exposition
-        self.healthy = healthy
-        self.ready = ready
+    daemon_threads = True
+    # How often serve_forever checks for shutdown(): stop() waits up to this long.
+    poll_interval = 0.5
+
+    def __init__(self, address: tuple[str, int],
+                 handler: type[BaseHTTPRequestHandler]) -> None:
+        super().__init__(address, handler)
         self._thread: threading.Thread | None = None
 
     @property
@@ -89,7 +90,8 @@ class MetricsServer(ThreadingHTTPServer):
         return int(self.server_address[1])
 
     def start(self) -> None:
-        self._thread = threading.Thread(target=self.serve_forever, name="http", daemon=True)
+        self._thread = threading.Thread(target=self.serve_forever, args=(self.poll_interval,),
+                                        name="http", daemon=True)
         self._thread.start()
 
     def stop(self) -> None:
@@ -97,6 +99,15 @@ class MetricsServer(ThreadingHTTPServer):
         self.server_close()
         if self._thread is not None:
             self._thread.join(5)
+
+
+class MetricsServer(BackgroundServer):
+    def __init__(self, address: tuple[str, int], exposition: Exposition, *,
+                 healthy: Callable[[], bool], ready: Callable[[], bool]) -> None:
+        super().__init__(address, _Handler)
+        self.exposition = exposition
+        self.healthy = healthy
+        self.ready = ready
 
 
 def parse_listen(listen: str) -> tuple[str, int]:

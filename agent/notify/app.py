@@ -21,13 +21,14 @@ from pathlib import Path
 from sqlalchemy import Engine
 
 from agent.config import ConfigError, StewardConfig, load_config, with_overrides
+from agent.exporter.server import parse_listen
 from agent.log import configure_logging, register_secret
 from agent.notify.alert_links import LinkSettings
 from agent.notify.delivery import Delivery
 from agent.notify.metrics import NotifierMetrics
 from agent.notify.outbox import Outbox
 from agent.notify.routing import Route, Router
-from agent.notify.server import BearerAuth, NotifierServer, auth_from, parse_listen
+from agent.notify.server import BearerAuth, NotifierServer, auth_from
 from agent.notify.slack import SlackSink
 from agent.notify.worker import DeliveryWorker
 from agent.state import open_store

@@ -14,13 +14,12 @@ import os
 import threading
 import time
 from collections.abc import Callable
-from http.server import ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, Final
 
 from prometheus_client import exposition
 
-from agent.exporter.server import KeepAliveHandler
+from agent.exporter.server import BackgroundServer, KeepAliveHandler
 from agent.notify.metrics import NotifierMetrics
 from agent.notify.outbox import OutboxUnavailable
 from agent.notify.webhook import Notification, PayloadError, parse_notification
@@ -187,8 +186,9 @@ class _Handler(KeepAliveHandler):
         self._json(200, {"status": "accepted", "id": new_id})
 
 
-class NotifierServer(ThreadingHTTPServer):
-    daemon_threads = True
+class NotifierServer(BackgroundServer):
+    # A short poll: stop() (SIGTERM) waits for the serving loop to notice.
+    poll_interval = 0.1
     # Alertmanager opens a connection per aggregation group when many flush at once.
     request_queue_size = 128
 
@@ -204,28 +204,6 @@ class NotifierServer(ThreadingHTTPServer):
         self.ready = ready
         self.max_body_bytes = max_body_bytes
         self.auth = auth
-        self._thread: threading.Thread | None = None
-
-    @property
-    def port(self) -> int:
-        return int(self.server_address[1])
-
-    def start(self) -> None:
-        # A short poll interval: stop() (SIGTERM) waits for the serving loop to notice.
-        self._thread = threading.Thread(target=self.serve_forever, args=(0.1,), name="http",
-                                        daemon=True)
-        self._thread.start()
-
-    def stop(self) -> None:
-        self.shutdown()
-        self.server_close()
-        if self._thread is not None:
-            self._thread.join(5)
-
-
-def parse_listen(listen: str) -> tuple[str, int]:
-    host, _, port = listen.rpartition(":")
-    return host.strip("[]") or "0.0.0.0", int(port)
 
 
 def auth_from(token_file: Path | None, environ: dict[str, str] | os._Environ[str]
