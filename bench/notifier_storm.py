@@ -232,7 +232,7 @@ def main() -> int:
         "state": {"url": f"sqlite:///{workdir / 'state.db'}"},
         "grafana": {"url": "https://grafana.example"},
     }))
-    notifier = start(["-m", "agent.notify", "--config", str(config), "--listen",
+    notifier = start(["-m", "agent.cli", "notifier", "--config", str(config), "--listen",
                       f"127.0.0.1:{port}"], port, workdir / "notifier.log",
                      {"SLACK_BOT_TOKEN": TOKEN})
     url = f"http://127.0.0.1:{port}"

@@ -6,23 +6,21 @@
 
 from __future__ import annotations
 
-import argparse
 import logging
 import os
 import signal
 import sys
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import timedelta
-from pathlib import Path
 
 from sqlalchemy import Engine
 
-from agent.config import ConfigError, StewardConfig, load_config, with_overrides
+from agent.config import StewardConfig
 from agent.exporter.server import parse_listen
-from agent.log import configure_logging, register_secret
+from agent.log import register_secret
 from agent.notify.alert_links import LinkSettings
 from agent.notify.delivery import Delivery
 from agent.notify.metrics import NotifierMetrics
@@ -168,30 +166,3 @@ def run_notifier(config: StewardConfig, *, stop: threading.Event | None = None,
     log.info("notifier stopping", extra={"depth": notifier.outbox.stats().depth})
     notifier.stop()
     return EXIT_OK
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m agent.notify``: the notifier without the CLI (the CLI wires the same)."""
-    parser = argparse.ArgumentParser(prog="python -m agent.notify",
-                                     description="Run the Steward notifier.")
-    parser.add_argument("--config", type=Path, default=None)
-    parser.add_argument("--listen", default=None, metavar="HOST:PORT")
-    parser.add_argument("--log-format", choices=("json", "text"), default="json")
-    parser.add_argument("--log-level", choices=("debug", "info", "warning", "error"),
-                        default="info")
-    args = parser.parse_args(argv)
-    configure_logging(fmt=args.log_format, level=args.log_level)
-    try:
-        config = with_overrides(load_config(args.config),
-                                {"notifier.listen": ("--listen", args.listen)})
-    except ConfigError as exc:
-        for problem in exc.problems:
-            print(f"steward: config error: {problem}", file=sys.stderr)
-        return EXIT_USAGE
-    token = config.slack.token
-    register_secret(token.get_secret_value() if token is not None else None)
-    try:
-        return run_notifier(config)
-    except Exception:
-        log.exception("steward notifier failed")
-        return EXIT_RUNTIME

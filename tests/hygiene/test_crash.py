@@ -59,7 +59,7 @@ def _crashing_run(config: Path, point: str, log: Path) -> int:
     env[cp.CRASH_ENV] = point
     with log.open("ab") as stderr:
         process = subprocess.run(
-            [sys.executable, "-m", "agent.controller.hygiene", "run", "idle-gpus", "--apply",
+            [sys.executable, "-m", "agent.cli", "hygiene", "run", "idle-gpus", "--apply",
              "--config", str(config)],
             env=env, stdout=subprocess.DEVNULL, stderr=stderr, timeout=60, check=False)
     return process.returncode

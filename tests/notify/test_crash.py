@@ -44,7 +44,7 @@ def start_notifier(workdir: Path, stub: SlackStub, started: list[StewardProcess]
     port = free_port()
     log_path = workdir / f"notifier-{port}.log"
     process = subprocess.Popen(
-        [sys.executable, "-m", "agent.notify", "--config", str(config),
+        [sys.executable, "-m", "agent.cli", "notifier", "--config", str(config),
          "--listen", f"127.0.0.1:{port}"],
         stdout=subprocess.DEVNULL, stderr=log_path.open("wb"),
         env={**os.environ, "SLACK_BOT_TOKEN": TOKEN})
@@ -117,8 +117,9 @@ def test_bad_config_is_one_line_and_exit_two(tmp_path: Path) -> None:
     config = tmp_path / "notifier.yaml"
     config.write_text(yaml.safe_dump({"state": {"url": f"sqlite:///{tmp_path / 's.db'}"}}))
     env = {k: v for k, v in os.environ.items() if k != "SLACK_BOT_TOKEN"}
-    result = subprocess.run([sys.executable, "-m", "agent.notify", "--config", str(config)],
-                            capture_output=True, text=True, timeout=30, env=env, check=False)
+    result = subprocess.run([sys.executable, "-m", "agent.cli", "notifier", "--config",
+                             str(config)], capture_output=True, text=True, timeout=30,
+                            env=env, check=False)
     assert result.returncode == 2
     assert result.stderr.splitlines() == [
         "steward: config error: slack.token: not set (set SLACK_BOT_TOKEN or slack.token_file)",
