@@ -1,4 +1,5 @@
-"""Servers on this machine: a free port, an HTTP probe, polling until something holds.
+"""Servers on this machine: a free port, an HTTP probe, polling until something holds,
+stopping one.
 
 For the simulated cluster, the demo and the tests, which start real servers on 127.0.0.1 and
 must wait for them without fixed sleeps.
@@ -7,10 +8,12 @@ must wait for them without fixed sleeps.
 from __future__ import annotations
 
 import socket
+import subprocess
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
+from typing import Any
 
 
 def free_port() -> int:
@@ -36,3 +39,16 @@ def wait_until(predicate: Callable[[], bool], *, timeout: float, interval: float
             return
         time.sleep(interval)
     raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
+
+
+def stop_process(process: subprocess.Popen[Any], *, grace: float = 10.0) -> int:
+    """Stop a server: SIGTERM, then SIGKILL if it is still there after ``grace`` seconds.
+    Returns its exit code; a process that already exited is left as it is."""
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(grace)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+    return int(process.returncode)

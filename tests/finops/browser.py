@@ -17,6 +17,7 @@ from typing import Any
 
 import websocket
 
+from agent.localnet import stop_process
 from tests.support.net import wait_until
 
 
@@ -106,10 +107,5 @@ class Chromium:
         return result
 
     def stop(self) -> None:
-        self.process.terminate()
-        try:
-            self.process.wait(10)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+        stop_process(self.process)
         shutil.rmtree(self.profile, ignore_errors=True)

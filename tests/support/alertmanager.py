@@ -19,6 +19,7 @@ from typing import Any
 
 import yaml
 
+from agent.localnet import stop_process
 from tests.support.binaries import require_binary
 from tests.support.net import free_port, http_ok, wait_until
 
@@ -49,12 +50,7 @@ class Alertmanager:
             return list(json.load(response))
 
     def stop(self) -> None:
-        self.process.terminate()
-        try:
-            self.process.wait(10)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+        stop_process(self.process)
 
 
 def webhook_receiver(name: str, url: str, *, bearer_token: str | None = None,

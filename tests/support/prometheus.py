@@ -14,6 +14,7 @@ from typing import Any
 import yaml
 
 from agent.demo.servers import ScrapeJob, prometheus_config
+from agent.localnet import stop_process
 from tests.support.binaries import require_binary
 from tests.support.net import free_port, http_ok, wait_until
 
@@ -73,12 +74,7 @@ class Prometheus:
         return result
 
     def stop(self) -> None:
-        self.process.terminate()
-        try:
-            self.process.wait(10)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+        stop_process(self.process)
 
 
 def history(series: list[tuple[str, dict[str, str]]], *, start: float, end: float,

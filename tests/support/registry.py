@@ -29,6 +29,7 @@ from urllib.parse import parse_qs, urljoin, urlsplit
 import requests
 import yaml
 
+from agent.localnet import stop_process
 from tests.support.binaries import require_binary
 from tests.support.net import free_port, wait_until
 
@@ -166,12 +167,7 @@ class Registry:
         return self.log_path.read_text(encoding="utf-8", errors="replace")
 
     def stop(self) -> None:
-        self.process.terminate()
-        try:
-            self.process.wait(10)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+        stop_process(self.process)
         if self.token_server is not None:
             self.token_server.stop()
 

@@ -8,6 +8,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from agent.localnet import stop_process
 from tests.support.net import free_port, http_ok, wait_until
 
 
@@ -25,14 +26,7 @@ class StewardProcess:
         return self.log_path.read_text(encoding="utf-8", errors="replace")
 
     def stop(self) -> int:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        return int(self.process.returncode)
+        return stop_process(self.process)
 
 
 def start_node(workdir: Path, *, config: str = "", env: dict[str, str] | None = None,
