@@ -7,6 +7,7 @@ from collections.abc import Callable
 
 import matplotlib
 import numpy as np
+import pandas as pd
 from matplotlib.figure import Figure
 
 from agent.finops.aggregate import FinopsTables
@@ -41,17 +42,17 @@ def _empty(figure: Figure, title: str) -> bytes:
     return _png(figure)
 
 
-def cost_by_team(tables: FinopsTables, *, currency: str = "USD") -> bytes:
-    """Horizontal bars per team: busy cost and allocated-but-idle cost, most expensive on top."""
-    title = "GPU cost by team"
-    teams = tables.teams.head(MAX_BARS).iloc[::-1]
-    figure = Figure(figsize=(6.4, 0.45 * max(len(teams), 3) + 1.4))
-    if teams.empty:
+def _cost_bars(frame: pd.DataFrame, column: str, title: str, currency: str) -> bytes:
+    """Horizontal bars per ``column`` value: busy cost and allocated-but-idle cost, most
+    expensive on top."""
+    rows = frame.head(MAX_BARS).iloc[::-1]
+    figure = Figure(figsize=(6.4, 0.45 * max(len(rows), 3) + 1.4))
+    if rows.empty:
         return _empty(figure, title)
     axes = figure.subplots()
-    names = [str(t) for t in teams["team"]]
-    idle = teams["idle_cost"].to_numpy(dtype=float)
-    busy = teams["cost"].to_numpy(dtype=float) - idle
+    names = [str(value) for value in rows[column]]
+    idle = rows["idle_cost"].to_numpy(dtype=float)
+    busy = rows["cost"].to_numpy(dtype=float) - idle
     axes.barh(names, busy, color=BUSY, label="allocated, not idle")
     axes.barh(names, idle, left=busy, color=IDLE, label="allocated but idle")
     axes.set_xlabel(currency)
@@ -60,6 +61,11 @@ def cost_by_team(tables: FinopsTables, *, currency: str = "USD") -> bytes:
     axes.grid(axis="x", alpha=0.3)
     axes.spines[["top", "right"]].set_visible(False)
     return _png(figure)
+
+
+def cost_by_team(tables: FinopsTables, *, currency: str = "USD") -> bytes:
+    """Per team: busy cost and allocated-but-idle cost."""
+    return _cost_bars(tables.teams, "team", "GPU cost by team", currency)
 
 
 def daily_gpu_hours(tables: FinopsTables) -> bytes:
@@ -86,23 +92,7 @@ def daily_gpu_hours(tables: FinopsTables) -> bytes:
 
 def cost_by_model(tables: FinopsTables, *, currency: str = "USD") -> bytes:
     """Per GPU model: cost, split busy / idle."""
-    title = "GPU cost by model"
-    models = tables.models.head(MAX_BARS).iloc[::-1]
-    figure = Figure(figsize=(6.4, 0.45 * max(len(models), 3) + 1.4))
-    if models.empty:
-        return _empty(figure, title)
-    axes = figure.subplots()
-    names = [str(m) for m in models["model"]]
-    idle = models["idle_cost"].to_numpy(dtype=float)
-    busy = models["cost"].to_numpy(dtype=float) - idle
-    axes.barh(names, busy, color=BUSY, label="allocated, not idle")
-    axes.barh(names, idle, left=busy, color=IDLE, label="allocated but idle")
-    axes.set_xlabel(currency)
-    axes.set_title(title)
-    axes.legend(ncols=2, frameon=False, loc="upper center", bbox_to_anchor=(0.5, -0.18))
-    axes.grid(axis="x", alpha=0.3)
-    axes.spines[["top", "right"]].set_visible(False)
-    return _png(figure)
+    return _cost_bars(tables.models, "model", "GPU cost by model", currency)
 
 
 CHARTS: dict[str, tuple[str, Callable[[FinopsTables], bytes]]] = {
