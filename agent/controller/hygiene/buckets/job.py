@@ -224,11 +224,30 @@ class OrphanedBucketsJob:
                 if reason:
                     skipped.append(Skipped(PREFIX + bucket.name, reason))
                     continue
+                reason = self._expiring(bucket.name, activity)
+                if reason:
+                    if reason.startswith("lifecycle unreadable"):
+                        unreadable.add(bucket.name)
+                    skipped.append(Skipped(PREFIX + bucket.name, reason))
+                    continue
                 candidates.append(self._candidate(bucket, tags[bucket.name], versioning,
                                                   activity))
         order = {b.name: i for i, b in enumerate(buckets)}
         skipped.sort(key=lambda s: order.get(s.resource[len(PREFIX):], 0))
         return Scan(candidates, skipped), unreadable
+
+    def _expiring(self, name: str, activity: Activity) -> str | None:
+        """Why a bucket that would get the expiry rule is left alone: it has it already
+        (read only for those: one call each)."""
+        if action_for(activity, self._policy) != "expire_objects":
+            return None
+        try:
+            rules = self._s3.lifecycle(name) or []
+        except S3Error as exc:
+            return f"lifecycle unreadable ({exc.code})"
+        if any(r.get("ID") == EXPIRE_RULE_ID for r in rules):
+            return f"Steward's expiry rule {EXPIRE_RULE_ID} is set already: its objects expire"
+        return None
 
     def _read_targets(self, names: Sequence[str], *, fresh: bool) -> _Targets:
         with self._lock:
