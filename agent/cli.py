@@ -162,8 +162,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.set_defaults(handler=_cmd_hygiene_run)
     restore = hygiene_cmds.add_parser(
         "restore", help="undo an applied action from its restore record",
-        description="Put a resource back as its restore record says (replicas, tags, "
-                    "policies).")
+        description="Put a resource back as its restore record says (replicas, a deleted "
+                    "pod, bucket or image, tags, policies) and say 'restored' only once it "
+                    "is back. Exit 1 when it is not back yet (a pod still terminating: retry "
+                    "later, the record is kept), 2 when another restore of the same action "
+                    "is in progress or there is nothing to restore.")
     _common(restore)
     restore.add_argument("job", choices=HYGIENE_JOBS)
     restore.add_argument("resource", help="as in the plan, e.g. ml/Deployment/notebook or "

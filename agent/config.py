@@ -149,6 +149,9 @@ class IdleGpusConfig(HygieneJobConfig):
     utilization_floor: float = Field(default=0.01, ge=0, le=1)
     window: str = "2h"  # PromQL duration the GPU must have stayed under the floor
     grace: str = "10m"  # metric lag: data this recent is not trusted to be complete
+    # How often Prometheus scrapes the node agents. A GPU's utilization and allocation
+    # samples must cover window + grace with no gap over 2.5 intervals, else it is skipped.
+    scrape_interval: str = "30s"
     power_idle_watts: float | None = Field(default=None, gt=0)  # optional confirmation
     # What to do per workload kind: notify | scale_to_zero | delete (bare pods only).
     notebook_action: Literal["notify", "scale_to_zero"] = "scale_to_zero"

@@ -3,8 +3,9 @@
 Run: ``.venv/bin/python bench/hygiene_plan.py [--nodes 250] [--gpus-per-node 8] [--runs 5]``
 
 A real Prometheus serves a TSDB backfilled with ``promtool tsdb create-blocks-from
-openmetrics``: 2 h 30 min of history at a 60 s step for every GPU (utilization, power) and
-its allocation to a pod, so the job's real 2 h window (plus 10 min grace) is covered. One GPU
+openmetrics``: 2 h 30 min of history at a 60 s step for every GPU (utilization, power, up,
+lost) and its allocation to a pod, so the job's real 2 h window (plus 10 min grace) is
+covered at the configured ``scrape_interval`` of 60 s. One GPU
 in ten is idle (its pod is a one-replica Deployment), one in twenty bursty (busy for 2
 minutes an hour ago), the rest busy. The Kubernetes API stand-in runs in a child process
 (its JSON serving must not share this process's interpreter) with every pod, ReplicaSet and
@@ -12,8 +13,9 @@ Deployment, 20 namespaces.
 
 Reported, each the median of ``--runs``:
 
-- reference: the job's own PromQL queries (``IdleGpusJob.queries()``), sent bare with
-  ``requests`` at the same evaluation time: the cost of the evidence itself;
+- reference: the job's own PromQL queries (``IdleGpusJob.queries()``, then the raw samples
+  of the GPUs that look idle, ``coverage_queries``), sent bare with ``requests`` at the same
+  evaluation time: the cost of the evidence itself;
 - plan: a full dry run of the engine (``HygieneEngine.run(apply=False)``): the same queries,
   the join and policy, the Kubernetes lookups of the idle pods, the plan recorded in SQLite;
 - the ratio plan / reference, and the split of the plan's time: PromQL, Kubernetes, rest;
@@ -94,6 +96,13 @@ def write_openmetrics(path: Path, gpus: int, gpus_per_node: int, end: int) -> in
             for t in times:
                 out.write(f"steward_gpu_power_watts{{{labels}}} {watts} {t}\n")
                 lines += 1
+        for name, value in (("steward_gpu_up", 1), ("steward_gpu_lost", 0)):
+            out.write(f"# TYPE {name} gauge\n")
+            for index in range(gpus):
+                labels = gpu_labels(index, gpus_per_node)
+                for t in times:
+                    out.write(f"{name}{{{labels}}} {value} {t}\n")
+                    lines += 1
         out.write("# TYPE steward_gpu_allocation gauge\n")
         for index in range(gpus):
             namespace, pod = pod_of(index, gpus_per_node)
@@ -179,7 +188,7 @@ def main() -> None:
     subprocess.run(["promtool", "tsdb", "create-blocks-from", "openmetrics", "--quiet",
                     str(workdir / "history.om"), str(tsdb)], check=True)
     (workdir / "history.om").unlink()
-    print(f"backfilled {lines} samples ({gpus} GPUs x 3 series) in "
+    print(f"backfilled {lines} samples ({gpus} GPUs x 5 series) in "
           f"{time.monotonic() - started:.1f}s")
 
     context = multiprocessing.get_context("spawn")
@@ -196,7 +205,7 @@ def main() -> None:
             "prometheus": {"url": url},
             "kubernetes": {"kubeconfig": kubeconfig},
             "state": {"url": f"sqlite:///{workdir / 'state.db'}"},
-            "hygiene": {"idle_gpus": {"power_idle_watts": 100}},
+            "hygiene": {"idle_gpus": {"power_idle_watts": 100, "scrape_interval": f"{STEP}s"}},
         })
         from agent.kube import api_client
 
@@ -204,12 +213,14 @@ def main() -> None:
                                  clock=lambda: float(end))
         engine = runtime.engine("idle-gpus")
         job: Any = engine.job
-        queries = job.queries()
+        idle_uuids = [f"GPU-{i:08d}-0000-4000-8000-000000000000" for i in range(gpus)
+                      if gpu_kind(i) == "idle"]
+        queries = [*job.queries().values(), *job.coverage_queries(idle_uuids)]
         session = requests.Session()
 
         def bare() -> float:
             t0 = time.perf_counter()
-            for expr in queries.values():
+            for expr in queries:
                 response = session.post(f"{url}/api/v1/query",
                                         data={"query": expr, "time": str(end)}, timeout=60)
                 response.raise_for_status()

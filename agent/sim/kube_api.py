@@ -158,6 +158,8 @@ _RESOURCES: tuple[_Resource, ...] = (
 _CRD_GROUPS = frozenset(r.group for r in _RESOURCES if r.custom)
 # The real registries of these answer DELETE with the deleted object, the others with a Status.
 _RETURNS_DELETED = {"pods", "serviceaccounts"}
+# A pod's spec.terminationGracePeriodSeconds when it sets none (the API server's default).
+_DEFAULT_POD_GRACE = 30
 # Time (seconds, UTC "Z") and MicroTime fields the API server parses and re-renders.
 _TIME_FIELDS: dict[str, tuple[tuple[str, bool], ...]] = {
     "leases.coordination.k8s.io": (("spec.acquireTime", True), ("spec.renewTime", True)),
@@ -405,6 +407,11 @@ def _validate_event(res: _Resource, obj: JsonObj) -> list[_Cause]:
 def _format_time(moment: datetime, *, micro: bool) -> str:
     moment = moment.astimezone(UTC)
     return moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ" if micro else "%Y-%m-%dT%H:%M:%SZ")
+
+
+def _parse_time(text: str) -> float:
+    moment = datetime.fromisoformat(text)
+    return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp()
 
 
 def _normalise_times(res: _Resource, obj: JsonObj, *, strict: bool) -> None:
@@ -1047,6 +1054,8 @@ class KubeApiServer:
         and create a missing namespace on the way."""
         body = _as_json_obj(obj)
         res = self._resource_for(body.get("apiVersion", ""), body.get("kind", ""))
+        with self._cond:
+            self._expire_terminating()
         return self._create(res, body.get("metadata", {}).get("namespace"), body, via_http=False)
 
     def apply(self, obj: Any) -> JsonObj:
@@ -1057,6 +1066,7 @@ class KubeApiServer:
         if res.namespaced:
             meta.setdefault("namespace", "default")
         with self._cond:
+            self._expire_terminating()
             current = self._stored(res, meta.get("namespace", ""), meta.get("name", ""))
             if current is None:
                 return self._create(res, meta.get("namespace"), body, via_http=False)
@@ -1068,18 +1078,27 @@ class KubeApiServer:
             name: str) -> JsonObj | None:
         res = self._resource_for(api_version, kind)
         with self._cond:
+            self._expire_terminating()
             stored = self._stored(res, namespace or "", name)
             return None if stored is None else self._to_external(res, stored)
 
     def delete(self, api_version: str, kind: str, namespace: str | None,
-               name: str) -> JsonObj | None:
-        """Delete as through the API (finalizers only mark); None when there was nothing."""
+               name: str, *, grace_period_seconds: int | None = 0) -> JsonObj | None:
+        """Delete as through the API (finalizers only mark); None when there was nothing.
+
+        A pod goes at once unless ``grace_period_seconds`` is None (its own grace period, as
+        a plain API delete) or positive: tests that only want a pod gone do not wait for it.
+        """
         res = self._resource_for(api_version, kind)
+        options: JsonObj = {}
+        if grace_period_seconds is not None:
+            options["gracePeriodSeconds"] = grace_period_seconds
         with self._cond:
+            self._expire_terminating()
             stored = self._stored(res, namespace or "", name)
             if stored is None:
                 return None
-            return self._delete(res, stored, options={}, dry_run=False)[0]
+            return self._delete(res, stored, options=options, dry_run=False)[0]
 
     def list(self, kind: str, *, api_version: str | None = None, namespace: str | None = None,
              label_selector: str = "") -> builtins.list[JsonObj]:
@@ -1090,6 +1109,7 @@ class KubeApiServer:
         res = candidates[0]
         selector = _Selector(tuple(parse_label_selector(label_selector)))
         with self._cond:
+            self._expire_terminating()
             items = self._select(res, namespace, selector)
             return [self._to_external(res, item) for item in items]
 
@@ -1291,7 +1311,8 @@ class KubeApiServer:
             return current
         if dry_run:
             return result
-        if meta.get("deletionTimestamp") and not meta.get("finalizers"):
+        if meta.get("deletionTimestamp") and not meta.get("finalizers") \
+                and not meta.get("deletionGracePeriodSeconds"):
             return self._commit(res, "DELETED", result, current)
         return self._commit(res, "MODIFIED", result, current)
 
@@ -1325,6 +1346,9 @@ class KubeApiServer:
                 "propagationPolicy", "FieldValueNotSupported",
                 f'Unsupported value: "{policy}": supported values: "Foreground", "Background", '
                 '"Orphan", "nil"')])
+        grace = self._pod_grace(current, options) if res.plural == "pods" else 0
+        if grace > 0:
+            return self._delete_gracefully(res, current, grace, dry_run=dry_run)
         if meta.get("finalizers"):
             if meta.get("deletionTimestamp"):
                 return self._to_external(res, current), False
@@ -1345,6 +1369,53 @@ class KubeApiServer:
         if not dry_run:
             gone = self._commit(res, "DELETED", gone, current)
         return self._to_external(res, gone), True
+
+    @staticmethod
+    def _pod_grace(pod: JsonObj, options: JsonObj) -> int:
+        """Seconds a pod deletion waits, as the API server's pod strategy decides: the
+        request's ``gracePeriodSeconds``, else the pod's own, else 30; 0 for a pod that is
+        not bound to a node or has already finished."""
+        spec = pod.get("spec") or {}
+        status = pod.get("status") or {}
+        if not spec.get("nodeName") or status.get("phase") in ("Succeeded", "Failed"):
+            return 0
+        asked = options.get("gracePeriodSeconds")
+        if asked is None:
+            asked = spec.get("terminationGracePeriodSeconds", _DEFAULT_POD_GRACE)
+        try:
+            return max(0, int(asked))
+        except (TypeError, ValueError):
+            raise _error(400, f"gracePeriodSeconds must be an integer, not {asked!r}") from None
+
+    def _delete_gracefully(self, res: _Resource, current: JsonObj, grace: int, *,
+                           dry_run: bool) -> tuple[JsonObj, bool]:
+        """A bound pod: only marked (``deletionTimestamp`` = now + grace), Terminating until
+        the grace period ends; a shorter grace period asked later brings that forward, and
+        0 removes it at once (lock held)."""
+        meta = current["metadata"]
+        deadline = self._clock().timestamp() + grace
+        stamped = meta.get("deletionTimestamp")
+        if stamped and _parse_time(stamped) <= deadline:
+            return self._to_external(res, current), False
+        marked = copy.deepcopy(current)
+        marked["metadata"]["deletionTimestamp"] = _format_time(
+            datetime.fromtimestamp(deadline, UTC), micro=False)
+        marked["metadata"]["deletionGracePeriodSeconds"] = grace
+        if not dry_run:
+            marked = self._commit(res, "MODIFIED", marked, current)
+        return self._to_external(res, marked), False
+
+    def _expire_terminating(self) -> None:
+        """Remove the pods whose grace period has ended and that hold no finalizer: what the
+        kubelet's final delete does on a real cluster (lock held)."""
+        res = self._primary("pods")
+        now = self._clock().timestamp()
+        for obj in builtins.list(self._objects.get(res.storage_key, {}).values()):
+            meta = obj["metadata"]
+            if (meta.get("deletionTimestamp") and not meta.get("finalizers")
+                    and meta.get("deletionGracePeriodSeconds")
+                    and _parse_time(meta["deletionTimestamp"]) <= now):
+                self._commit(res, "DELETED", copy.deepcopy(obj), obj)
 
     @staticmethod
     def _delete_response(res: _Resource, obj: JsonObj, gone: bool) -> JsonObj:
@@ -1421,6 +1492,7 @@ class KubeApiServer:
         record = RequestRecord(method, path, query, body, content_type, headers)
         with self._cond:
             self._log.append(record)
+            self._expire_terminating()
         try:
             self._apply_fault(method, path)
             if isinstance(body, str) and content_type != "application/apply-patch+yaml":
@@ -1546,6 +1618,8 @@ class KubeApiServer:
             options = dict(record.body) if isinstance(record.body, dict) else {}
             if "propagationPolicy" in query:
                 options["propagationPolicy"] = query["propagationPolicy"]
+            if "gracePeriodSeconds" in query:
+                options["gracePeriodSeconds"] = query["gracePeriodSeconds"]
             with self._cond:
                 current = self._stored(res, namespace or "", name)
                 if current is None:
@@ -1797,6 +1871,7 @@ class KubeApiServer:
                     wake += [t - time.monotonic()
                              for t in (deadline, next_bookmark) if t is not None]
                     self._cond.wait(timeout=max(0.0, min(wake)))
+                    self._expire_terminating()
                 if self._halted(watch):
                     break
                 if cursor < self._compacted_rv:

@@ -12,7 +12,14 @@ from agent.controller.hygiene.audit import AuditTrail
 from agent.controller.hygiene.engine import HygieneEngine
 from agent.controller.hygiene.guards import KillSwitch
 from agent.controller.hygiene.metrics import HygieneMetrics
-from agent.controller.hygiene.model import Candidate, Scan, ScanFailed, Skipped
+from agent.controller.hygiene.model import (
+    Candidate,
+    Observed,
+    RestoreNotReady,
+    Scan,
+    ScanFailed,
+    Skipped,
+)
 from agent.controller.hygiene.store import HygieneStore
 from agent.state import open_store
 from tests.hygiene.conftest import RecordingNotifier
@@ -37,9 +44,12 @@ class FakeJob:
     scan_error: str | None = None
     act_error: str | None = None
     restore_record_error: str | None = None
+    observe_error: str | None = None
+    not_ready: float | None = None  # restore raises RestoreNotReady(retry_after=this)
     calls: list[tuple[str, str]] = field(default_factory=list)
     marked: dict[str, str] = field(default_factory=dict)
     on_act: Callable[[str], None] | None = None
+    on_restore: Callable[[str], None] | None = None
 
     def _candidate(self, resource: str, thing: Thing) -> Candidate:
         return Candidate(resource=resource, action=thing.action, reason=f"{resource} is idle",
@@ -79,15 +89,33 @@ class FakeJob:
 
     def act(self, candidate: Candidate) -> None:
         self.calls.append(("act", candidate.resource))
+        if self.on_act is not None:  # e.g. the write happens, then the reply times out
+            self.on_act(candidate.resource)
         if self.act_error:
             raise RuntimeError(self.act_error)
-        if self.on_act is not None:
-            self.on_act(candidate.resource)
         self.things[candidate.resource].value = 0
 
-    def restore(self, record: dict[str, Any]) -> None:
-        self.calls.append(("restore", str(record["resource"])))
-        self.things[str(record["resource"])].value = int(record["value"])
+    def observe(self, candidate: Candidate, record: dict[str, Any]) -> Observed:
+        self.calls.append(("observe", candidate.resource))
+        if self.observe_error:
+            raise RuntimeError(self.observe_error)
+        thing = self.things.get(candidate.resource)
+        if thing is None or thing.uid != candidate.evidence.get("uid"):
+            return Observed("vanished", "gone")
+        if thing.value == 0:
+            return Observed("done", "value is 0")
+        return Observed("not_done", f"value is {thing.value}")
+
+    def restore(self, record: dict[str, Any], *, restore_id: str) -> str:
+        resource = str(record["resource"])
+        self.calls.append(("restore", resource))
+        if self.not_ready is not None:
+            raise RestoreNotReady(f"{resource} is still terminating",
+                                  retry_after=self.not_ready)
+        if self.on_restore is not None:
+            self.on_restore(resource)
+        self.things[resource].value = int(record["value"])
+        return f"{resource} back at {record['value']}"
 
     def count(self, call: str) -> int:
         return sum(1 for name, _ in self.calls if name == call)
@@ -112,16 +140,28 @@ class Rig:
     kill_switch: bool = False
     leader: bool = True
 
-    def engine(self, **settings: Any) -> HygieneEngine:
+    def engine(self, *, die_at: str | None = None, **settings: Any) -> HygieneEngine:
+        """``die_at``: the engine stops dead at that crash point (see :class:`Killed`)."""
         if settings:
             self.settings = self.settings.model_copy(update=settings)
+
+        def checkpoint(name: str) -> None:
+            if name == die_at:
+                raise Killed(name)
+
         return HygieneEngine(
             self.job, self.settings, store=self.store, metrics=self.metrics,
             audit=AuditTrail(self.metrics, events=None), notifier=self.notifier,
             kill_switch=KillSwitch(configured=self.kill_switch, configmap=None,
                                    namespace="steward", api_client=None),
             config_key="hygiene.idle_gpus", clock=self.clock,
-            still_leader=lambda: self.leader)
+            still_leader=lambda: self.leader, checkpoint=checkpoint)
+
+
+class Killed(BaseException):
+    """Raised at a crash point: no ``except Exception`` in the engine catches it, so nothing
+    after the point runs, as when the process is killed there (the subprocess tests in
+    ``test_crash`` kill for real)."""
 
 
 def make_rig(tmp_path: Path, things: dict[str, Thing], **settings: Any) -> Rig:

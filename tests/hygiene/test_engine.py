@@ -198,14 +198,14 @@ def test_restore_record_that_cannot_be_stored_means_no_action(rig: Rig,
     def disk_full(*args: object, **kwargs: object) -> None:
         raise OSError("disk full")
 
-    monkeypatch.setattr(rig.store, "save_restore_record", disk_full)
+    monkeypatch.setattr(rig.store, "claim_action", disk_full)
     assert engine.run(apply=True).result == "failed"
     assert acted(rig) == []
 
 
-def test_the_first_restore_record_wins(rig: Rig) -> None:
-    """A rerun after a crash between the action and its audit entry must not record the
-    already-reduced value as the one to restore."""
+def test_an_action_that_failed_after_taking_effect_is_found_done(rig: Rig) -> None:
+    """A timeout after the write: the next run sees the effect and records it, acting no
+    second time, with the first restore record (never the already-reduced value)."""
     engine = rig.engine(mark_hours=0)
     engine.run(apply=True)
     rig.job.act_error = "timeout after the write"
@@ -217,7 +217,7 @@ def test_the_first_restore_record_wins(rig: Rig) -> None:
     assert engine.run(apply=True).result == "failed"
     rig.job.act_error = None
     assert engine.run(apply=True).result == "succeeded"
-    assert rig.job.count("restore_record") == 1
+    assert rig.job.count("restore_record") == 1 and len(acted(rig)) == 1
     engine.restore("team-a/Deployment/idle")
     assert rig.job.things["team-a/Deployment/idle"].value == 3
 

@@ -1,5 +1,6 @@
-"""The idle-GPU job against a real Prometheus scraping simulated GPU nodes and the Kubernetes
-API stand-in: the plan, two-phase apply, restore, and every guard."""
+"""The idle-GPU job against a real Prometheus serving backfilled GPU history and the
+Kubernetes API stand-in: the plan, every way the evidence can be incomplete, two-phase
+apply, restore, and every guard."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from typing import Any
 import pytest
 
 from agent.controller.hygiene.commands import restore_hygiene, run_hygiene
-from agent.controller.hygiene.idle_gpus import MARK_DEADLINE, RESTORE_ANNOTATION
+from agent.controller.hygiene.idle_gpus import RESTORED_FROM
 from agent.controller.hygiene.metrics import HygieneMetrics
 from agent.sim.kube_api import KubeApiServer
 from tests.hygiene import world
@@ -26,16 +27,34 @@ EXPECTED = {
     "data-science/Deployment/trainer-dev": "scale_to_zero",
     "data-science/Job/batch-eval": "notify",
     "data-science/jupyter-alice-7": "notify",  # bare pod
+    "evidence/Deployment/fully-idle": "scale_to_zero",
 }
+C = "GPU GPU-c00{}-7e57-4000-8000-00000000a100 on gpu-node-c"
+LIMIT = "(at most 1m15s allowed at the 30s scrape interval)"
 GUARDS = {
-    "inference/chat-api-0": "in use: peak utilization",  # bursty
-    "ml-research/train-llama-2": "in use: peak utilization",  # training
+    # The bursty GPU: busy for 5 minutes an hour ago (the flaky live-scrape case, now fixed
+    # in the history).
+    "inference/chat-api-0": "in use: peak utilization 60.0% of GPU GPU-a000",
+    "ml-research/train-llama-2": "in use: peak utilization 85.0%",  # training
     "data-science/jupyter-alice-4": "exempt: steward.io/exempt=true on Deployment shared-dev",
     "data-science/jupyter-alice-8": "younger than the window",
     "data-science/jupyter-alice-9": "Deployment mixed also runs data-science/jupyter-bob-3",
     "data-science/jupyter-bob-3": "MIG instance 5 of GPU",
     "inference/embedder-3": "MIG instance 1 of GPU",
     "inference/reranker-3": "MIG instance 13 of GPU",
+    # Issue 13, defect 2: a 40-minute hole inside the window.
+    "evidence/gap-mid-window-0": f"evidence incomplete: utilization of {C.format(0)}: a gap "
+                                 f"of 40m30s ending 39m30s ago (171 of 250 samples) {LIMIT}",
+    # Issue 13, defect 1: utilization stopped 25 minutes ago, the allocation did not.
+    "evidence/stopped-reporting-0": f"evidence incomplete: utilization of {C.format(1)}: no "
+                                    f"sample since 25m ago {LIMIT}",
+    "evidence/gpu-lost-0": f"evidence incomplete: {C.format(2)} was reported lost "
+                           "(steward_gpu_lost=1) within the last 2h5m",
+    "evidence/allocation-gap-0": f"evidence incomplete: allocation of {C.format(3)} to "
+                                 "evidence/allocation-gap-0: a gap of 20m30s ending 49m30s "
+                                 f"ago (211 of 250 samples) {LIMIT}",
+    "evidence/young-0": f"evidence incomplete: allocation of {C.format(4)} to evidence/young-0:"
+                        f" samples begin only 29m30s ago, 1h35m30s into the 2h5m window {LIMIT}",
 }
 
 
@@ -44,8 +63,14 @@ def writes(kube: KubeApiServer, path_regex: str = ".*") -> list[Any]:
             if r.method in ("POST", "PUT", "PATCH", "DELETE") and "/events" not in r.path]
 
 
-def replicas(kube: KubeApiServer, kind: str, name: str) -> int:
-    obj = kube.get("apps/v1", kind, DS, name)
+def workload_writes(kube: KubeApiServer) -> list[Any]:
+    """Every write to a workload or pod but the scale subresource and a pod's deletion: the
+    idle-GPU job makes none (its marks are store rows announced by Events)."""
+    return [r for r in writes(kube) if r.method != "DELETE" and not r.path.endswith("/scale")]
+
+
+def replicas(kube: KubeApiServer, kind: str, name: str, namespace: str = DS) -> int:
+    obj = kube.get("apps/v1", kind, namespace, name)
     assert obj is not None
     return int(obj["spec"]["replicas"])
 
@@ -56,11 +81,23 @@ def annotations(kube: KubeApiServer, api_version: str, kind: str, name: str) -> 
     return dict(obj["metadata"].get("annotations") or {})
 
 
-def test_the_plan_marks_exactly_the_idle_allocated_gpus(fleet: Fleet) -> None:
-    outcome = fleet.first_plan
+def events(kube: KubeApiServer, namespace: str = DS) -> set[tuple[str, str]]:
+    return {(e["involvedObject"]["name"], e["reason"])
+            for e in kube.list("Event", namespace=namespace)}
+
+
+def plan_of(fleet: Fleet, kube: KubeApiServer, tmp_path: Path, **settings: Any) -> Any:
+    world.full_world(kube)
+    outcome = make_runtime(hygiene_config(tmp_path, fleet.url, **settings), kube,
+                           clock=fleet.clock).run("idle-gpus", apply=False)
     assert outcome.result == "succeeded", outcome.reason
     assert outcome.plan is not None
-    plan = outcome.plan.to_json()
+    return outcome.plan.to_json()
+
+
+def test_the_plan_marks_exactly_the_idle_allocated_gpus(fleet: Fleet, kube: KubeApiServer,
+                                                        tmp_path: Path) -> None:
+    plan = plan_of(fleet, kube, tmp_path)
     assert set(plan) == {"job", "mode", "started_at", "candidates", "skipped", "reclaimable"}
     assert plan["job"] == "idle-gpus" and plan["mode"] == "dry_run"
     assert {c["resource"]: c["action"] for c in plan["candidates"]} == EXPECTED
@@ -72,9 +109,40 @@ def test_the_plan_marks_exactly_the_idle_allocated_gpus(fleet: Fleet) -> None:
     assert set(skipped) == set(GUARDS), skipped
     for resource, guard in GUARDS.items():
         assert guard in skipped[resource], (resource, skipped[resource])
-    assert plan["reclaimable"] == {"gpus": 4}
-    # The bursty GPU's burst has to be inside the window for that verdict to mean anything.
-    assert fleet.first_plan_age < 30 - 1
+    assert plan["reclaimable"] == {"gpus": 5}
+
+
+def test_every_candidate_shows_its_coverage(fleet: Fleet, kube: KubeApiServer,
+                                            tmp_path: Path) -> None:
+    plan = plan_of(fleet, kube, tmp_path)
+    idle = next(c for c in plan["candidates"]
+                if c["resource"] == "evidence/Deployment/fully-idle")
+    evidence = idle["evidence"]
+    assert evidence["scrape_interval"] == "30s" and evidence["max_gap_seconds"] == 75
+    (gpu,) = evidence["gpus"]
+    # 2 h 5 min at 30 s: 250 expected; the range takes both ends, so 251 are there.
+    complete = {"samples": 251, "expected": 250, "largest_gap_seconds": 30,
+                "last_sample_age_seconds": 0}
+    assert gpu["coverage"] == {"utilization": complete, "allocation": complete}
+    for candidate in plan["candidates"]:
+        for one in candidate["evidence"]["gpus"]:
+            assert one["coverage"]["utilization"]["largest_gap_seconds"] <= 75
+            assert one["coverage"]["allocation"]["samples"] >= 250
+
+
+def test_the_window_is_judged_at_the_evaluation_time(fleet: Fleet, kube: KubeApiServer,
+                                                     tmp_path: Path) -> None:
+    """The same history judged 30 minutes later with a 1-hour window: the stop of 25
+    minutes before is 55 minutes old; the burst and the hole are older than the window."""
+    world.full_world(kube)
+    later = fleet.at + 30 * 60
+    outcome = make_runtime(hygiene_config(tmp_path, fleet.url, window="1h", grace="0s"),
+                           kube, clock=lambda: later).run("idle-gpus", apply=False)
+    assert outcome.plan is not None
+    skipped = {s.resource: s.reason for s in outcome.plan.skipped}
+    assert "no sample since 55m ago" in skipped["evidence/stopped-reporting-0"]
+    candidates = {p.candidate.resource for p in outcome.plan.candidates}
+    assert {"inference/Deployment/chat-api", "evidence/Deployment/gap-mid-window"} <= candidates
 
 
 def test_apply_marks_then_scales_to_zero_after_the_deadline_and_restore_undoes_it(
@@ -83,62 +151,123 @@ def test_apply_marks_then_scales_to_zero_after_the_deadline_and_restore_undoes_i
     config = hygiene_config(tmp_path, fleet.url)
     notifier = RecordingNotifier()
     metrics = HygieneMetrics()
-    runtime = make_runtime(config, kube, notifier=notifier, metrics=metrics)
+    runtime = make_runtime(config, kube, notifier=notifier, metrics=metrics, clock=fleet.clock)
 
     first = runtime.run("idle-gpus", apply=True)
     assert first.result == "succeeded", first.reason
     assert {n.resource for n in notifier.notices if n.kind == "marked"} == set(EXPECTED)
-    assert MARK_DEADLINE in annotations(kube, "apps/v1", "Deployment", "trainer-dev")
-    assert MARK_DEADLINE in annotations(kube, "batch/v1", "Job", "batch-eval")
+    # Marks live in the store, announced by Events; nothing is written to the objects.
+    assert {m.resource for m in runtime.store().active_marks("idle-gpus")} == set(EXPECTED)
+    assert {("trainer-dev", "HygieneMarked"), ("batch-eval", "HygieneMarked")} <= events(kube)
+    assert workload_writes(kube) == []
     assert replicas(kube, "Deployment", "trainer-dev") == 2
     assert replicas(kube, "StatefulSet", "jupyter-alice") == 1
-    assert not writes(kube, r"/scale$")
 
     second = runtime.run("idle-gpus", apply=True)  # mark_hours=0: every deadline has passed
     assert second.result == "succeeded", second.reason
     assert replicas(kube, "Deployment", "trainer-dev") == 0
     assert replicas(kube, "StatefulSet", "jupyter-alice") == 0
-    assert annotations(kube, "apps/v1", "Deployment", "trainer-dev")[RESTORE_ANNOTATION] == "2"
-    assert annotations(kube, "apps/v1", "StatefulSet", "jupyter-alice")[
-        RESTORE_ANNOTATION] == "1"
+    assert replicas(kube, "Deployment", "fully-idle", "evidence") == 0
+    assert annotations(kube, "apps/v1", "Deployment", "trainer-dev") == {}
     assert kube.get("v1", "Pod", DS, "jupyter-alice-7") is not None  # notify only
-    assert len(writes(kube, r"/scale$")) == 2
+    assert len(writes(kube, r"/scale$")) == 3
+    assert workload_writes(kube) == []
     assert sorted(n.resource for n in notifier.notices if n.kind == "reminder") == [
         "data-science/Job/batch-eval", "data-science/jupyter-alice-7"]
     assert metrics.value("steward_hygiene_actions_total", hygiene_job="idle-gpus",
-                         action="scale_to_zero", mode="apply") == 2
-    events = kube.list("Event", namespace=DS)
-    assert {(e["involvedObject"]["name"], e["reason"]) for e in events} >= {
-        ("trainer-dev", "HygieneMarked"), ("trainer-dev", "HygieneScaledToZero"),
-        ("jupyter-alice", "HygieneScaledToZero")}
+                         action="scale_to_zero", mode="apply") == 3
+    assert {("trainer-dev", "HygieneScaledToZero"),
+            ("jupyter-alice", "HygieneScaledToZero")} <= events(kube)
+    records = {r.resource: r.record for r in runtime.store().restore_candidates("idle-gpus")}
+    assert records["data-science/Deployment/trainer-dev"]["replicas"] == 2
 
     out, err = io.StringIO(), io.StringIO()
     code = restore_hygiene(config, "idle-gpus", "data-science/trainer-dev", stdout=out,
                            stderr=err, api_client=kube.api_client())
     assert code == 0, err.getvalue()
-    assert "restored data-science/Deployment/trainer-dev" in out.getvalue()
+    assert out.getvalue() == ("restored data-science/Deployment/trainer-dev: Deployment "
+                              "data-science/trainer-dev scaled back to 2 replicas\n")
     assert replicas(kube, "Deployment", "trainer-dev") == 2
-    assert RESTORE_ANNOTATION not in annotations(kube, "apps/v1", "Deployment", "trainer-dev")
     assert replicas(kube, "StatefulSet", "jupyter-alice") == 0  # only what was asked
+    assert ("trainer-dev", "HygieneRestored") in events(kube)
     code = restore_hygiene(config, "idle-gpus", "data-science/trainer-dev", stdout=out,
                            stderr=err, api_client=kube.api_client())
     assert code == 2 and "no applied idle-gpus action" in err.getvalue()
 
 
-def test_bare_pods_are_deleted_only_when_the_policy_says_so_and_restore_recreates_them(
+def test_restoring_a_deleted_pod_waits_until_it_has_terminated(
         fleet: Fleet, kube: KubeApiServer, tmp_path: Path) -> None:
+    """Issue 13, defect 5: the deleted bare pod is still Terminating (graceful deletion, as
+    on a real API server): the restore refuses with exit 1 and keeps the record, and
+    recreates the pod once the old one is gone."""
     world.pod(kube, DS, "jupyter-alice-7", labels={"team": "vision"})
     config = hygiene_config(tmp_path, fleet.url, pod_action="delete")
     notifier = RecordingNotifier()
-    runtime = make_runtime(config, kube, notifier=notifier)
+    runtime = make_runtime(config, kube, notifier=notifier, clock=fleet.clock)
     assert runtime.run("idle-gpus", apply=True).result == "succeeded"
     assert notifier.notices[0].owner == "vision"
     assert runtime.run("idle-gpus", apply=True).result == "succeeded"
-    assert kube.get("v1", "Pod", DS, "jupyter-alice-7") is None
-    runtime.restore("idle-gpus", "data-science/jupyter-alice-7")
+    old = kube.get("v1", "Pod", DS, "jupyter-alice-7")
+    assert old is not None and old["metadata"]["deletionTimestamp"]  # Terminating
+    assert [n.kind for n in notifier.notices] == ["marked", "acted"]
+
+    out, err = io.StringIO(), io.StringIO()
+    code = restore_hygiene(config, "idle-gpus", "data-science/jupyter-alice-7", stdout=out,
+                           stderr=err, api_client=kube.api_client())
+    assert code == 1, out.getvalue()
+    message = err.getvalue()
+    assert message.startswith("steward: hygiene restore idle-gpus data-science/jupyter-alice-7 "
+                              "not done: pod data-science/jupyter-alice-7 (uid ")
+    assert "is still terminating; retry in " in message and "the restore record is kept" in \
+        message
+    assert out.getvalue() == ""
+    assert [r.resource for r in runtime.store().restore_candidates("idle-gpus")] == [
+        "data-science/jupyter-alice-7"]
+    assert kube.get("v1", "Pod", DS, "jupyter-alice-7")["metadata"]["uid"] == \
+        old["metadata"]["uid"]
+
+    kube.delete("v1", "Pod", DS, "jupyter-alice-7")  # the kubelet has finished with it
+    code = restore_hygiene(config, "idle-gpus", "data-science/jupyter-alice-7", stdout=out,
+                           stderr=err, api_client=kube.api_client())
+    assert code == 0, err.getvalue()
     recreated = kube.get("v1", "Pod", DS, "jupyter-alice-7")
     assert recreated is not None and "nodeName" not in recreated["spec"]
+    assert recreated["metadata"]["uid"] != old["metadata"]["uid"]
     assert recreated["metadata"]["labels"] == {"team": "vision"}
+    assert recreated["metadata"]["annotations"][RESTORED_FROM]
+    assert f"recreated (uid {recreated['metadata']['uid']})" in out.getvalue()
+
+
+def test_a_restore_that_died_after_recreating_the_pod_knows_it_for_its_own(
+        fleet: Fleet, kube: KubeApiServer, tmp_path: Path) -> None:
+    world.pod(kube, DS, "jupyter-alice-7")
+    runtime = make_runtime(hygiene_config(tmp_path, fleet.url, pod_action="delete"), kube,
+                           clock=fleet.clock)
+    runtime.run("idle-gpus", apply=True)
+    runtime.run("idle-gpus", apply=True)
+    kube.delete("v1", "Pod", DS, "jupyter-alice-7")
+    (record,) = runtime.store().restore_candidates("idle-gpus")
+    job = runtime.engine("idle-gpus", for_restore=True).job
+    job.restore(record.record, restore_id=record.mark_id)  # a try that died before recording
+    outcome = runtime.restore("idle-gpus", "data-science/jupyter-alice-7")
+    assert outcome.restored and "recreated" in outcome.message
+    assert len(kube.request_log(method="POST", path_regex="/pods$")) == 2  # the 2nd: 409
+
+
+def test_a_pod_someone_else_created_under_that_name_is_not_taken_for_the_restored_one(
+        fleet: Fleet, kube: KubeApiServer, tmp_path: Path) -> None:
+    world.pod(kube, DS, "jupyter-alice-7")
+    runtime = make_runtime(hygiene_config(tmp_path, fleet.url, pod_action="delete"), kube,
+                           clock=fleet.clock)
+    runtime.run("idle-gpus", apply=True)
+    runtime.run("idle-gpus", apply=True)
+    kube.delete("v1", "Pod", DS, "jupyter-alice-7")
+    world.pod(kube, DS, "jupyter-alice-7", labels={"app": "someone-else"})
+    out, err = io.StringIO(), io.StringIO()
+    code = restore_hygiene(runtime.config, "idle-gpus", "data-science/jupyter-alice-7",
+                           stdout=out, stderr=err, api_client=kube.api_client())
+    assert code == 1 and "not the one deleted; not replaced" in err.getvalue()
+    assert len(runtime.store().restore_candidates("idle-gpus")) == 1
 
 
 def test_prometheus_down_fails_safe(kube: KubeApiServer, tmp_path: Path) -> None:
@@ -157,7 +286,7 @@ def test_prometheus_down_fails_safe(kube: KubeApiServer, tmp_path: Path) -> None
 def test_conflicts_409_are_retried_and_a_lasting_conflict_acts_on_nothing(
         fleet: Fleet, kube: KubeApiServer, tmp_path: Path) -> None:
     world.trainer_dev(kube)
-    runtime = make_runtime(hygiene_config(tmp_path, fleet.url), kube)
+    runtime = make_runtime(hygiene_config(tmp_path, fleet.url), kube, clock=fleet.clock)
     assert runtime.run("idle-gpus", apply=True).result == "succeeded"
     # An HPA or a human changed the Deployment between our read and our write, once.
     kube.inject_fault(path_regex=r"/deployments/trainer-dev/scale$", method="PUT",
@@ -188,7 +317,8 @@ def test_configmap_kill_switch_is_read_every_run(fleet: Fleet, kube: KubeApiServ
                  "metadata": {"name": "steward-hygiene", "namespace": "steward"},
                  "data": {"kill_switch": "true"}})
     metrics = HygieneMetrics()
-    runtime = make_runtime(hygiene_config(tmp_path, fleet.url), kube, metrics=metrics)
+    runtime = make_runtime(hygiene_config(tmp_path, fleet.url), kube, metrics=metrics,
+                           clock=fleet.clock)
     kube.clear_request_log()
     outcome = runtime.run("idle-gpus", apply=True)
     assert outcome.result == "kill_switch"
@@ -199,7 +329,8 @@ def test_configmap_kill_switch_is_read_every_run(fleet: Fleet, kube: KubeApiServ
                 "metadata": {"name": "steward-hygiene", "namespace": "steward"},
                 "data": {"kill_switch": "false"}})
     assert runtime.run("idle-gpus", apply=True).result == "succeeded"
-    assert MARK_DEADLINE in annotations(kube, "apps/v1", "Deployment", "trainer-dev")
+    assert [m.resource for m in runtime.store().active_marks("idle-gpus")] == [
+        "data-science/Deployment/trainer-dev"]
 
 
 def test_configured_exemptions_and_exempt_annotation(fleet: Fleet, kube: KubeApiServer,
@@ -215,10 +346,11 @@ def test_configured_exemptions_and_exempt_annotation(fleet: Fleet, kube: KubeApi
     assert sts is not None
     sts["metadata"].setdefault("annotations", {})["steward.io/exempt"] = "true"
     kube.apply(sts)
-    outcome = make_runtime(config, kube).run("idle-gpus", apply=False)
+    outcome = make_runtime(config, kube, clock=fleet.clock).run("idle-gpus", apply=False)
     assert outcome.plan is not None
     resources = {p.candidate.resource for p in outcome.plan.candidates}
-    assert resources == {"data-science/Deployment/trainer-dev", "data-science/jupyter-alice-7"}
+    assert resources == {"data-science/Deployment/trainer-dev", "data-science/jupyter-alice-7",
+                         "evidence/Deployment/fully-idle"}
     skipped = {s.resource: s.reason for s in outcome.plan.skipped}
     assert skipped["data-science/Job/batch-eval"] == \
         "exempt: matches '*/Job/*' in hygiene.idle_gpus.exempt_names"
@@ -230,14 +362,14 @@ def test_caps_trip_on_the_real_plan(fleet: Fleet, kube: KubeApiServer, tmp_path:
     world.full_world(kube)
     metrics = HygieneMetrics()
     runtime = make_runtime(hygiene_config(tmp_path, fleet.url, max_percent=20), kube,
-                           metrics=metrics)
+                           metrics=metrics, clock=fleet.clock)
     kube.clear_request_log()
     outcome = runtime.run("idle-gpus", apply=True)
     assert outcome.result == "blast_radius_tripped"
-    assert "4 actions planned on 12 resources looked at (33%)" in str(outcome.reason)
+    assert "5 actions planned on 18 resources looked at (28%)" in str(outcome.reason)
     assert writes(kube) == []
     assert metrics.value("steward_hygiene_runs_total", result="blast_radius_tripped") == 1
-    assert metrics.value("steward_hygiene_candidates") == 4
+    assert metrics.value("steward_hygiene_candidates") == 5
 
 
 @pytest.mark.parametrize(("idle_watts", "idle_left"), [(80.0, True), (50.0, False)])
@@ -245,7 +377,7 @@ def test_power_draw_confirms_idleness(fleet: Fleet, kube: KubeApiServer, tmp_pat
                                       idle_watts: float, idle_left: bool) -> None:
     world.trainer_dev(kube)
     config = hygiene_config(tmp_path, fleet.url, power_idle_watts=idle_watts)
-    outcome = make_runtime(config, kube).run("idle-gpus", apply=False)
+    outcome = make_runtime(config, kube, clock=fleet.clock).run("idle-gpus", apply=False)
     assert outcome.plan is not None
     found = outcome.plan.candidate("data-science/Deployment/trainer-dev")
     if idle_left:
@@ -259,16 +391,18 @@ def test_power_draw_confirms_idleness(fleet: Fleet, kube: KubeApiServer, tmp_pat
 def test_a_mark_is_lifted_when_the_workload_becomes_compliant(
         fleet: Fleet, kube: KubeApiServer, tmp_path: Path) -> None:
     owner = world.trainer_dev(kube)
-    runtime = make_runtime(hygiene_config(tmp_path, fleet.url, mark_hours=1), kube)
+    runtime = make_runtime(hygiene_config(tmp_path, fleet.url, mark_hours=1), kube,
+                           clock=fleet.clock)
     assert runtime.run("idle-gpus", apply=True).result == "succeeded"
-    assert MARK_DEADLINE in annotations(kube, "apps/v1", "Deployment", "trainer-dev")
+    assert [m["state"] for m in runtime.store().marks("idle-gpus")] == ["active"]
     owner = kube.get("apps/v1", "Deployment", DS, "trainer-dev") or owner
     owner["metadata"]["labels"]["steward.io/exempt"] = "true"
     kube.apply(owner)
     assert runtime.run("idle-gpus", apply=True).result == "succeeded"
-    assert MARK_DEADLINE not in annotations(kube, "apps/v1", "Deployment", "trainer-dev")
     assert [m["state"] for m in runtime.store().marks("idle-gpus")] == ["lifted"]
+    assert ("trainer-dev", "HygieneUnmarked") in events(kube)
     assert replicas(kube, "Deployment", "trainer-dev") == 2
+    assert workload_writes(kube) == []
 
 
 def test_cli_prints_the_plan_as_json_and_as_a_table(fleet: Fleet, kube: KubeApiServer,

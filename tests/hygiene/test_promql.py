@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from itertools import pairwise
 
 import pytest
 
@@ -33,6 +34,19 @@ def test_rejected_query_names_the_error_and_the_query(fleet: Fleet) -> None:
 def test_not_a_vector(fleet: Fleet) -> None:
     with pytest.raises(ScanFailed, match="answered a 'scalar', not a vector"):
         PromQL(fleet.url).instant("scalar(vector(1))")
+
+
+def test_raw_samples_of_a_range_selector(fleet: Fleet) -> None:
+    """Exactly the backfilled samples, gaps included: no lookback fills the hole."""
+    (series,) = PromQL(fleet.url).samples(
+        'steward_gpu_utilization_ratio{hostname="gpu-node-c",gpu="0"}[2h]', at=fleet.at)
+    times = [t for t, _ in series.points]
+    assert times == sorted(times) and times[-1] == fleet.at
+    gaps = [b - a for a, b in pairwise(times)]
+    assert max(gaps) == 40 * 60 + 30 and gaps.count(30) == len(gaps) - 1
+    assert all(v == 0.002 for _, v in series.points)
+    with pytest.raises(ScanFailed, match="answered a 'vector', not a matrix"):
+        PromQL(fleet.url).samples("steward_gpu_up", at=fleet.at)
 
 
 def test_unreachable() -> None:

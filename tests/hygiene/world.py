@@ -122,3 +122,14 @@ def full_world(kube: KubeApiServer) -> None:
     chat = deployment(kube, "inference", "chat-api")
     pod(kube, "inference", "chat-api-0", owner=replicaset(kube, chat))
     pod(kube, "ml-research", "train-llama-2", owner=job(kube, "ml-research", "train-llama"))
+    evidence_world(kube)
+
+
+def evidence_world(kube: KubeApiServer) -> None:
+    """Node c's pods (``history``): one Deployment each, as idle as Kubernetes can tell;
+    only the evidence in Prometheus tells them apart."""
+    for case in ("gap-mid-window", "stopped-reporting", "gpu-lost", "allocation-gap",
+                 "young", "fully-idle"):
+        ago = 30 * 60.0 if case == "young" else OLD
+        owner = deployment(kube, "evidence", case, ago=ago)
+        pod(kube, "evidence", f"{case}-0", owner=replicaset(kube, owner), ago=ago)

@@ -16,6 +16,7 @@ from agent.controller.hygiene.buckets.policy import (
     EXPIRE_RULE_ID,
     MARK_TAG,
     REASON_TAG,
+    RESTORED_TAG,
     BucketPolicy,
     expiry_rules,
 )
@@ -174,14 +175,20 @@ def test_delete_only_empty_then_restore(aws: Moto, kube: KubeApiServer,
         s3.delete_object(Bucket="orphan-empty", Key=version["Key"],
                          VersionId=version["VersionId"])
 
+    assert job.observe(current, record).state == "not_done"
     job.act(current)
     assert not S3Buckets(s3).exists("orphan-empty")
     job.act(current)  # idempotent: already deleted
     assert job.recheck("s3://orphan-empty") is None
+    assert job.observe(current, record).state == "done"
 
-    job.restore(record)
+    job.restore(record, restore_id="r1")
     assert S3Buckets(s3).exists("orphan-empty")
-    assert tags_of(s3, "orphan-empty") == {"project": "old"}  # without Steward's mark
+    # Without Steward's mark; with the restore that made it, so a retry knows it.
+    assert tags_of(s3, "orphan-empty") == {"project": "old", RESTORED_TAG: "r1"}
+    job.restore(record, restore_id="r1")  # a retry of the same restore: fine
+    with pytest.raises(RuntimeError, match="exists again and is not the one deleted"):
+        job.restore(record, restore_id="another restore")
     assert s3.get_bucket_policy(Bucket="orphan-empty")["Policy"] == bucket_policy
     assert s3.get_bucket_versioning(Bucket="orphan-empty")["Status"] == "Enabled"
 
@@ -203,8 +210,10 @@ def test_non_empty_orphans_get_an_expiry_rule_when_allowed(aws: Moto,
     assert candidate.reclaim == {"bytes": 4.0}
     record = job.restore_record(candidate)
 
+    assert job.observe(candidate, record).state == "not_done"
     job.act(candidate)
     job.act(candidate)  # the same rule again, not a second one
+    assert job.observe(candidate, record).state == "done"
 
     rules = s3.get_bucket_lifecycle_configuration(Bucket="orphan-full")["Rules"]
     assert [r["ID"] for r in rules] == ["archive", EXPIRE_RULE_ID]
@@ -212,9 +221,10 @@ def test_non_empty_orphans_get_an_expiry_rule_when_allowed(aws: Moto,
     assert ours["Expiration"]["Date"].date().isoformat() == "2026-12-23"  # 30 days, midnight
     assert s3.list_objects_v2(Bucket="orphan-full")["KeyCount"] == 4  # nothing deleted now
 
-    job.restore(record)
+    job.restore(record, restore_id="r1")
     rules = s3.get_bucket_lifecycle_configuration(Bucket="orphan-full")["Rules"]
     assert [r["ID"] for r in rules] == ["archive"]
+    assert job.observe(candidate, record).state == "not_done"
 
 
 def test_expiry_of_a_versioned_bucket_spares_old_noncurrent_versions_for_the_grace() -> None:
@@ -277,3 +287,7 @@ def test_from_config_and_build(aws: Moto, api_client: client.ApiClient,
     assert [c.resource for c in built.scan().candidates] == ["s3://orphan-empty"]
     with pytest.raises(JobUnavailable):
         build(JobContext(config=config, api_client=None))
+    # A restore needs only S3: built without a cluster, and it decides nothing.
+    for_restore = build(JobContext(config=config, api_client=None, for_restore=True))
+    with pytest.raises(ScanFailed, match="a restore reads no cluster references"):
+        for_restore.scan()

@@ -85,13 +85,16 @@ def test_oci_scan_act_restore_recheck(registry: Registry, kube: KubeApiServer,
 
     record = job.restore_record(multi)
     assert [m["digest"] for m in record["manifests"]][-1] == index.digest  # children first
+    assert job.observe(multi, record).state == "not_done"
     job.act(multi)
     job.act(multi)  # idempotent
     for pushed in (index, amd, arm):
         assert not registry.exists("ml/train", pushed.digest)
     assert "old-multi" not in registry.tags("ml/train")
+    assert job.observe(multi, record).state == "done"
 
-    job.restore(record)
+    back = job.restore(record, restore_id="r1")
+    assert back == f"{multi.resource} pushed back (3 manifests, old-multi)"
     assert registry.exists("ml/train", "old-multi")
     for pushed in (amd, arm):
         assert registry.exists("ml/train", pushed.digest)
@@ -133,7 +136,8 @@ def test_ecr_owner_and_exempt_repositories(aws: Moto, api_client: client.ApiClie
     job.act(candidate)
     assert ecr.describe_images(repositoryName="vision/detect")["imageDetails"] == []
     job.act(candidate)
-    job.restore(record)
+    assert job.observe(candidate, record).state == "done"
+    job.restore(record, restore_id="r1")
     (back,) = ecr.describe_images(repositoryName="vision/detect")["imageDetails"]
     assert (back["imageDigest"], back["imageTags"]) == (stale.digest, ["exp"])
 
@@ -192,3 +196,7 @@ def test_from_config_and_build(aws: Moto, registry: Registry, api_client: client
     assert len(built.scan().candidates) == 2
     with pytest.raises(JobUnavailable):
         build(JobContext(config=config, api_client=None))
+    # A restore needs only the registry: built without a cluster, and it decides nothing.
+    for_restore = build(JobContext(config=config, api_client=None, for_restore=True))
+    with pytest.raises(ScanFailed, match="a restore reads no cluster references"):
+        for_restore.scan()

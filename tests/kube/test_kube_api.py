@@ -128,6 +128,10 @@ def test_core_crud_and_metadata(core: client.CoreV1Api, ns: str) -> None:
 
     deleted = core.delete_namespaced_pod("web", ns, propagation_policy="Background")
     assert deleted.metadata.name == "web"  # pods answer DELETE with the object
+    # Bound to a node: Terminating for its grace period, as on a real API server.
+    assert deleted.metadata.deletion_timestamp is not None
+    assert deleted.metadata.deletion_grace_period_seconds == 30
+    core.delete_namespaced_pod("web", ns, grace_period_seconds=0)
     with pytest.raises(ApiException) as err:
         core.read_namespaced_pod("web", ns)
     body = status_of(err.value)
@@ -194,6 +198,46 @@ def test_finalizers_hold_deletion_until_removed(core: client.CoreV1Api, ns: str)
     with pytest.raises(ApiException) as err:
         core.read_namespaced_config_map("held", ns)
     assert err.value.status == 404
+
+
+def test_a_bound_pod_terminates_for_its_grace_period() -> None:
+    """As the real API server: a delete of a pod bound to a node only stamps
+    ``deletionTimestamp``; a create of that name meanwhile is 409 AlreadyExists; the pod goes
+    when the grace period ends, or at once when deleted again with grace 0."""
+    now = [datetime(2026, 11, 22, 12, 0, tzinfo=UTC)]
+    with KubeApiServer(clock=lambda: now[0], namespaces=("default", "ml")) as kube:
+        core = client.CoreV1Api(kube.api_client())
+        manifest = pod("notebook")
+        manifest["spec"]["terminationGracePeriodSeconds"] = 45
+        created = core.create_namespaced_pod("ml", manifest)
+        answer = core.delete_namespaced_pod("notebook", "ml")
+        assert answer.metadata.uid == created.metadata.uid
+        assert answer.metadata.deletion_grace_period_seconds == 45
+        assert answer.metadata.deletion_timestamp == datetime(2026, 11, 22, 12, 0, 45,
+                                                               tzinfo=UTC)
+        with pytest.raises(ApiException) as err:
+            core.create_namespaced_pod("ml", pod("notebook"))
+        assert err.value.status == 409 and status_of(err.value)["reason"] == "AlreadyExists"
+        # Deleted again with the same grace: nothing moves; a status write keeps it too.
+        assert core.delete_namespaced_pod("notebook", "ml").metadata.deletion_timestamp == \
+            answer.metadata.deletion_timestamp
+        core.patch_namespaced_pod_status("notebook", "ml", {"status": {"phase": "Running"}})
+        now[0] = datetime(2026, 11, 22, 12, 0, 44, tzinfo=UTC)
+        assert core.read_namespaced_pod("notebook", "ml").metadata.deletion_timestamp
+        now[0] = datetime(2026, 11, 22, 12, 0, 45, tzinfo=UTC)
+        with pytest.raises(ApiException) as err:
+            core.read_namespaced_pod("notebook", "ml")
+        assert err.value.status == 404
+        assert core.create_namespaced_pod("ml", pod("notebook")).metadata.uid != \
+            created.metadata.uid
+
+        # Not bound to a node: nothing to wait for. Grace 0: gone at once.
+        core.create_namespaced_pod("ml", {"metadata": {"name": "unscheduled"},
+                                          "spec": {"containers": [{"name": "c", "image": "x"}]}})
+        core.delete_namespaced_pod("unscheduled", "ml")
+        core.delete_namespaced_pod("notebook", "ml")
+        core.delete_namespaced_pod("notebook", "ml", grace_period_seconds=0)
+        assert core.list_namespaced_pod("ml").items == []
 
 
 def test_delete_collection_honours_selectors(core: client.CoreV1Api, ns: str) -> None:

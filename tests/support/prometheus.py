@@ -77,6 +77,28 @@ class Prometheus:
         stop_process(self.process)
 
 
+@dataclass(frozen=True)
+class BackfillSeries:
+    """One gauge's samples for :func:`openmetrics`: (unix seconds, value), oldest first."""
+
+    name: str
+    labels: dict[str, str]
+    points: list[tuple[float, float]]
+
+
+def openmetrics(series: list[BackfillSeries]) -> str:
+    """OpenMetrics text for ``promtool tsdb create-blocks-from openmetrics``: each family
+    contiguous, each series in time order, as promtool wants them."""
+    lines: list[str] = []
+    for name in sorted({s.name for s in series}):
+        lines.append(f"# TYPE {name} gauge")
+        for one in (s for s in series if s.name == name):
+            rendered = ",".join(f'{k}="{v}"' for k, v in sorted(one.labels.items()))
+            lines.extend(f"{name}{{{rendered}}} {value:g} {t:.3f}"
+                         for t, value in sorted(one.points))
+    return "\n".join([*lines, "# EOF", ""])
+
+
 def history(series: list[tuple[str, dict[str, str]]], *, start: float, end: float,
             step: float = 60.0, value: float = 1.0) -> str:
     """OpenMetrics text: each ``(name, labels)`` gauge at ``value`` from ``start`` to ``end``.

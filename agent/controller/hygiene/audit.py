@@ -22,6 +22,7 @@ _EVENT_REASONS: Final = {
     "mark": "HygieneMarked", "unmark": "HygieneUnmarked", "notify": "HygieneOwnerNotified",
     "scale_to_zero": "HygieneScaledToZero", "delete": "HygieneDeleted",
     "expire_objects": "HygieneExpiringObjects", "restore": "HygieneRestored",
+    "release": "HygieneActionReleased", "vanished": "HygieneActionVanished",
 }
 _WARNING_ACTIONS: Final = frozenset({"scale_to_zero", "delete", "expire_objects", "mark"})
 

@@ -1,36 +1,57 @@
 """The idle-GPU job: GPUs allocated to a pod whose utilization stayed under a noise floor for
 the whole window are reclaimed from the workload that holds them.
 
-Evidence comes from Prometheus: ``steward_gpu_allocation`` (GPU -> namespace/pod/container)
-joined in Python on (hostname, UUID) with the GPU's peak ``steward_gpu_utilization_ratio``
-over window + grace, a check that the utilization series already existed before that span
-began (no verdict on half a window), and optionally the peak power draw. Pods younger than
-window + grace, MIG instances (NVML has no per-instance utilization), exempt objects and
-workloads with a replica that is not idle are skipped, each with the guard that held.
+Evidence comes from Prometheus, and is complete or the pod is skipped ("evidence
+incomplete: ..."): unknown is never idle. ``steward_gpu_allocation`` (GPU -> namespace/pod/
+container) is joined in Python on (hostname, UUID) with each GPU's peak
+``steward_gpu_utilization_ratio`` over window + grace. A GPU whose peak is under the floor is
+then shown sample by sample: its raw utilization samples and its allocation to the pod must
+cover the whole span, start, middle and end, with no gap longer than ``GAP_TOLERANCE``
+scrape intervals (``scrape_interval``); every sample must be under the floor; the GPU must
+be up now (``steward_gpu_up``) and never reported lost within the span
+(``steward_gpu_lost``). Each candidate's evidence carries that coverage (samples seen of
+expected, largest gap, age of the last sample). ``max_over_time`` alone cannot be trusted:
+it skips missing samples, so a GPU that fell off the bus looks idle.
+
+Pods younger than window + grace, MIG instances (NVML has no per-instance utilization),
+exempt objects and workloads with a replica that is not idle are skipped, each with the
+guard that held.
 
 Per-workload policy (``hygiene.idle_gpus``): notebooks (``notebook_labels`` on the pod or an
 owner) -> ``notebook_action`` on their Deployment/StatefulSet; Deployments, StatefulSets and
 bare ReplicaSets -> ``workload_action``; Jobs -> ``job_action`` (notify); bare pods ->
 ``pod_action`` (notify, or delete with the manifest kept to recreate it). A Kubeflow
 ``Notebook`` owner is only notified: its controller would undo a scale-down.
+
+Nothing but replicas, through the ``/scale`` subresource, is ever written to a workload, and
+nothing is written to a pod but its deletion: marks live in the engine's state store and are
+announced with Events, the replica count to restore lives in the restore record.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import re
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from itertools import pairwise
 from typing import Any, Final
 
 from agent.config import IdleGpusConfig
-from agent.controller.hygiene.crashpoints import ACT_ANNOTATED, checkpoint
 from agent.controller.hygiene.guards import exempt_flag
-from agent.controller.hygiene.model import Candidate, Scan, ScanFailed, Skipped
+from agent.controller.hygiene.model import (
+    Candidate,
+    Observed,
+    RestoreNotReady,
+    Scan,
+    ScanFailed,
+    Skipped,
+)
 from agent.controller.hygiene.progress import NoProgress, Progress
-from agent.controller.hygiene.promql import PromQL, Sample
+from agent.controller.hygiene.promql import PromQL, Sample, Series
 from agent.controller.hygiene.registry import JobContext, JobUnavailable
 from agent.controller.hygiene.workloads import (
     KINDS,
@@ -45,11 +66,15 @@ from agent.controller.hygiene.workloads import (
 from agent.kube import timestamp
 
 JOB_NAME: Final = "idle-gpus"
-RESTORE_ANNOTATION: Final = "steward.io/restore-replicas"
-MARK_JOB: Final = "steward.io/hygiene-job"
-MARK_DEADLINE: Final = "steward.io/hygiene-deadline"
-MARK_REASON: Final = "steward.io/hygiene-reason"
+# On a pod a restore recreated: which restore did it, so a restore that died after the
+# create and is tried again knows the pod for its own.
+RESTORED_FROM: Final = "steward.io/restored-from"
 GPU_RESOURCE_PREFIX: Final = "nvidia.com/"
+# The largest gap allowed between two samples of a GPU's evidence (and between the span's
+# edges and the first and last sample), in scrape intervals: one missed scrape plus jitter
+# passes, two missed scrapes in a row do not.
+GAP_TOLERANCE: Final = 2.5
+_UUIDS_PER_QUERY: Final = 100
 _CONFLICT_RETRIES: Final = 4
 _DURATION_RE = re.compile(r"(\d+)(ms|s|m|h|d|w|y)")
 _UNIT_SECONDS: Final = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800,
@@ -77,6 +102,72 @@ def _human(seconds: float) -> str:
     return f"{seconds:g}s"
 
 
+def _span_text(seconds: float) -> str:
+    """``2460`` -> ``41m``, ``5405`` -> ``1h30m5s``: a measured duration, to the second."""
+    whole = max(0, round(seconds))
+    hours, rest = divmod(whole, 3600)
+    minutes, secs = divmod(rest, 60)
+    text = (f"{hours}h" if hours else "") + (f"{minutes}m" if minutes else "") + \
+        (f"{secs}s" if secs or not (hours or minutes) else "")
+    return text
+
+
+def _regex_literal(value: str) -> str:
+    """``value`` matched literally inside a PromQL ``=~"..."`` (RE2, then string escapes)."""
+    escaped = re.sub(r"([\\.^$|?*+()\[\]{}])", r"\\\1", value)
+    return escaped.replace("\\", "\\\\").replace('"', '\\"')
+
+
+@dataclass(frozen=True)
+class Coverage:
+    """How completely raw samples cover ``[end - span, end]`` at a scrape interval."""
+
+    samples: int
+    expected: int
+    largest_gap: float  # seconds, the span's edges counted as samples
+    gap_at: float | None  # end of the largest gap (unix seconds)
+    first: float | None  # first and last sample (unix seconds)
+    last: float | None
+    end: float
+    span: float
+
+    @classmethod
+    def of(cls, times: Iterable[float], *, end: float, span: float,
+           interval: float) -> Coverage:
+        points = sorted(set(times))
+        start = end - span
+        edges = [start, *points, end]
+        gaps = [(b - a, b) for a, b in pairwise(edges)]
+        largest, at = max(gaps) if gaps else (span, end)
+        return cls(samples=len(points), expected=max(1, math.floor(span / interval)),
+                   largest_gap=largest, gap_at=at, first=points[0] if points else None,
+                   last=points[-1] if points else None, end=end, span=span)
+
+    @property
+    def last_age(self) -> float | None:
+        return None if self.last is None else self.end - self.last
+
+    def gap_text(self) -> str:
+        """Where the largest gap is: at the start, inside, or at the end of the span."""
+        size = _span_text(self.largest_gap)
+        if self.last is None or self.first is None:
+            return f"no sample in the last {_span_text(self.span)}"
+        if self.gap_at is not None and self.gap_at >= self.end:
+            return f"no sample since {_span_text(self.end - self.last)} ago"
+        if self.gap_at is not None and self.gap_at <= self.first:
+            return (f"samples begin only {_span_text(self.end - self.first)} ago, "
+                    f"{size} into the {_span_text(self.span)} window")
+        assert self.gap_at is not None
+        return (f"a gap of {size} ending {_span_text(self.end - self.gap_at)} ago "
+                f"({self.samples} of {self.expected} samples)")
+
+    def to_json(self) -> dict[str, Any]:
+        return {"samples": self.samples, "expected": self.expected,
+                "largest_gap_seconds": round(self.largest_gap, 3),
+                "last_sample_age_seconds": None if self.last_age is None
+                else round(self.last_age, 3)}
+
+
 @dataclass(frozen=True)
 class Allocation:
     namespace: str
@@ -95,12 +186,18 @@ class Allocation:
 
 @dataclass(frozen=True)
 class Evidence:
-    """The PromQL answers, keyed by (hostname, UUID)."""
+    """The PromQL answers at ``at``, keyed by (hostname, UUID); raw samples only for the GPUs
+    whose peak is under the floor (the only ones that can be judged idle)."""
 
+    at: float
     allocations: list[Allocation]
     peak: dict[tuple[str, str], float]
-    covered: set[tuple[str, str]]
     power: dict[tuple[str, str], float] | None
+    up: dict[tuple[str, str], float]  # the newest steward_gpu_up, if recent
+    lost: dict[tuple[str, str], float]  # steward_gpu_lost's peak over the span
+    utilization: dict[tuple[str, str], list[tuple[float, float]]] = field(default_factory=dict)
+    # (namespace, pod, hostname, UUID) -> times the allocation was seen
+    allocated: dict[tuple[str, str, str, str], list[float]] = field(default_factory=dict)
 
 
 @dataclass
@@ -111,6 +208,7 @@ class _IdlePod:
     peak: float
     power: float | None
     gpus: float  # GPUs this pod would free (a shared GPU counts a share)
+    coverage: list[dict[str, Any]] = field(default_factory=list)
     obj: JsonObj | None = None
     age: float = 0.0
 
@@ -125,11 +223,12 @@ class _Target:
     pods: list[_IdlePod] = field(default_factory=list)
 
 
-def _float_map(samples: Iterable[Sample]) -> dict[tuple[str, str], float]:
+def _float_map(samples: Iterable[Sample], *, keep: Callable[[float, float], float] = max
+               ) -> dict[tuple[str, str], float]:
     out: dict[tuple[str, str], float] = {}
     for sample in samples:
         key = (sample.labels.get("hostname", ""), sample.labels.get("UUID", ""))
-        out[key] = max(out.get(key, -math.inf), sample.value)
+        out[key] = keep(out[key], sample.value) if key in out else sample.value
     return out
 
 
@@ -156,6 +255,7 @@ class IdleGpusJob:
         self._progress = progress or NoProgress()
         self._window = parse_duration(settings.window)
         self._grace = parse_duration(settings.grace)
+        self._interval = parse_duration(settings.scrape_interval)
         self._recheck_max_age = recheck_max_age
         self._last_scan: tuple[float, Scan] | None = None
 
@@ -166,24 +266,43 @@ class IdleGpusJob:
         """How far back the evidence looks: the window, plus the grace that covers lag."""
         return self._window + self._grace
 
+    @property
+    def max_gap(self) -> float:
+        """The largest gap allowed in a GPU's samples (see ``GAP_TOLERANCE``)."""
+        return GAP_TOLERANCE * self._interval
+
     def queries(self) -> dict[str, str]:
-        """The PromQL the evidence is made of (the benchmark times these bare)."""
+        """The instant PromQL every scan sends (the benchmark times these bare); the raw
+        samples of the GPUs that look idle follow (``coverage_queries``)."""
         span = _promql_duration(self.span_seconds)
+        recent = _promql_duration(self.max_gap)
         out = {
             "allocation": "steward_gpu_allocation == 1",
             "peak_utilization": "max by (hostname, UUID) "
                                 f"(max_over_time(steward_gpu_utilization_ratio[{span}]))",
-            # Present only if the GPU was monitored before the span began.
-            "coverage": f"max by (hostname, UUID) (steward_gpu_utilization_ratio offset {span})",
+            "up": f"min by (hostname, UUID) (last_over_time(steward_gpu_up[{recent}]))",
+            "lost": f"max by (hostname, UUID) (max_over_time(steward_gpu_lost[{span}]))",
         }
         if self._settings.power_idle_watts is not None:
             out["peak_power"] = ("max by (hostname, UUID) "
                                  f"(max_over_time(steward_gpu_power_watts[{span}]))")
         return out
 
+    def coverage_queries(self, uuids: Iterable[str]) -> list[str]:
+        """Range selectors for the raw utilization and allocation samples of ``uuids``, a
+        bounded number of GPUs per query."""
+        span = _promql_duration(self.span_seconds)
+        wanted = sorted(set(uuids))
+        out = []
+        for start in range(0, len(wanted), _UUIDS_PER_QUERY):
+            chunk = "|".join(_regex_literal(u) for u in wanted[start:start + _UUIDS_PER_QUERY])
+            for metric in ("steward_gpu_utilization_ratio", "steward_gpu_allocation"):
+                out.append(f'{metric}{{UUID=~"{chunk}"}}[{span}]')
+        return out
+
     def evidence(self, at: float) -> Evidence:
-        queries = self.queries()
-        answers = {name: self._prometheus.instant(expr, at=at) for name, expr in queries.items()}
+        answers = {name: self._prometheus.instant(expr, at=at)
+                   for name, expr in self.queries().items()}
         allocations: dict[tuple[str, ...], Allocation] = {}
         for sample in answers["allocation"]:
             labels = sample.labels
@@ -196,11 +315,35 @@ class IdleGpusJob:
                 key = (allocation.namespace, allocation.pod, allocation.container,
                        allocation.hostname, allocation.uuid, allocation.mig_instance or "")
                 allocations[key] = allocation  # several scrape jobs: one allocation
-        return Evidence(
+        peak = _float_map(answers["peak_utilization"])
+        evidence = Evidence(
+            at=at,
             allocations=sorted(allocations.values(), key=lambda a: (a.namespace, a.pod, a.gpu)),
-            peak=_float_map(answers["peak_utilization"]),
-            covered=set(_float_map(answers["coverage"])),
-            power=_float_map(answers["peak_power"]) if "peak_power" in answers else None)
+            peak=peak, power=_float_map(answers["peak_power"]) if "peak_power" in answers
+            else None,
+            up=_float_map(answers["up"], keep=min), lost=_float_map(answers["lost"]))
+        floor = self._settings.utilization_floor
+        looking_idle = {a.uuid for a in evidence.allocations
+                        if a.mig_instance is None and peak.get(a.gpu_key, math.inf) < floor}
+        for expr in self.coverage_queries(looking_idle):
+            for series in self._prometheus.samples(expr, at=at):
+                self._collect(series, evidence)
+        return evidence
+
+    @staticmethod
+    def _collect(series: Series, evidence: Evidence) -> None:
+        """Raw samples into ``evidence``: several scrape jobs of one GPU merge into one
+        series (a sample from either covers that moment)."""
+        labels = series.labels
+        key = (labels.get("hostname", ""), labels.get("UUID", ""))
+        if labels.get("__name__") == "steward_gpu_allocation":
+            if labels.get("GPU_I_ID"):
+                return
+            owner = (labels.get("namespace", ""), labels.get("pod", ""), *key)
+            evidence.allocated.setdefault(owner, []).extend(
+                t for t, v in series.points if v == 1)
+        else:
+            evidence.utilization.setdefault(key, []).extend(series.points)
 
     # -- scan ----------------------------------------------------------------------------
 
@@ -211,34 +354,73 @@ class IdleGpusJob:
         return scan
 
     def _judge_gpus(self, allocations: list[Allocation], evidence: Evidence
-                    ) -> tuple[str | None, float, float | None]:
-        """(why the pod is not idle or None, peak utilization, peak power)."""
+                    ) -> tuple[str | None, float, float | None, list[dict[str, Any]]]:
+        """(why the pod is not idle or None, peak utilization, peak power, coverage)."""
         floor = self._settings.utilization_floor
         window = self._settings.window
         peak, power = 0.0, None
+        coverage: list[dict[str, Any]] = []
         for allocation in allocations:
             where = f"GPU {allocation.uuid} on {allocation.hostname}"
             if allocation.mig_instance is not None:
                 return (f"MIG instance {allocation.mig_instance} of {where}: NVML reports no "
-                        "per-instance utilization, so idleness cannot be judged"), 0.0, None
+                        "per-instance utilization, so idleness cannot be judged"), 0.0, None, []
             key = allocation.gpu_key
             if key not in evidence.peak:
-                return f"no utilization series for {where}", 0.0, None
-            if key not in evidence.covered:
-                return (f"utilization of {where} is recorded for less than the window "
-                        f"{window} plus grace {self._settings.grace}"), 0.0, None
+                return (f"evidence incomplete: no utilization samples of {where} within "
+                        f"{window} plus grace {self._settings.grace}"), 0.0, None, []
             peak = max(peak, evidence.peak[key])
             if evidence.peak[key] >= floor:
                 return (f"in use: peak utilization {evidence.peak[key]:.1%} of {where} within "
-                        f"{window} is at or above the floor {floor:.1%}"), peak, None
+                        f"{window} is at or above the floor {floor:.1%}"), peak, None, []
+            why = self._incomplete(allocation, where, evidence)
+            if isinstance(why, str):
+                return f"evidence incomplete: {why}", peak, None, []
+            coverage.append(why)
             if evidence.power is not None and self._settings.power_idle_watts is not None:
                 watts = evidence.power.get(key)
                 if watts is None or watts > self._settings.power_idle_watts:
                     shown = "unknown" if watts is None else f"{watts:.0f} W"
                     return (f"power draw of {where} peaked at {shown}, above the idle "
-                            f"{self._settings.power_idle_watts:g} W"), peak, None
+                            f"{self._settings.power_idle_watts:g} W"), peak, None, []
                 power = max(power or 0.0, watts)
-        return None, peak, power
+        return None, peak, power, coverage
+
+    def _incomplete(self, allocation: Allocation, where: str, evidence: Evidence
+                    ) -> str | dict[str, Any]:
+        """What is missing from the evidence that ``allocation``'s GPU was idle for the whole
+        span, or its coverage when nothing is."""
+        key = allocation.gpu_key
+        limit = f"at most {_span_text(self.max_gap)} allowed at the " \
+                f"{self._settings.scrape_interval} scrape interval"
+        lost = evidence.lost.get(key)
+        if lost is None:
+            return f"no steward_gpu_lost series for {where}"
+        if lost > 0:
+            return (f"{where} was reported lost (steward_gpu_lost=1) within the last "
+                    f"{_span_text(self.span_seconds)}")
+        up = evidence.up.get(key)
+        if up is None:
+            return f"no steward_gpu_up sample for {where} in the last {_span_text(self.max_gap)}"
+        if up < 1:
+            return f"{where} is not up (steward_gpu_up={up:g})"
+        points = evidence.utilization.get(key, [])
+        utilization = Coverage.of((t for t, _ in points), end=evidence.at,
+                                  span=self.span_seconds, interval=self._interval)
+        if utilization.largest_gap > self.max_gap:
+            return f"utilization of {where}: {utilization.gap_text()} ({limit})"
+        floor = self._settings.utilization_floor
+        over = [v for _, v in points if v >= floor]
+        if over:  # the peak query and the raw samples disagree: a sample arrived late
+            return f"utilization of {where} reached {max(over):.1%} in its raw samples"
+        owner = (allocation.namespace, allocation.pod, *key)
+        allocated = Coverage.of(evidence.allocated.get(owner, []), end=evidence.at,
+                                span=self.span_seconds, interval=self._interval)
+        if allocated.largest_gap > self.max_gap:
+            return (f"allocation of {where} to {allocation.namespace}/{allocation.pod}: "
+                    f"{allocated.gap_text()} ({limit})")
+        return {"hostname": allocation.hostname, "UUID": allocation.uuid,
+                "utilization": utilization.to_json(), "allocation": allocated.to_json()}
 
     def _decide(self, evidence: Evidence, now: float) -> Scan:
         skipped: list[Skipped] = []
@@ -250,12 +432,13 @@ class IdleGpusJob:
                 sharers[allocation.gpu_key].add((allocation.namespace, allocation.pod))
         idle: dict[tuple[str, str], _IdlePod] = {}
         for (namespace, pod), allocations in sorted(by_pod.items()):
-            why, peak, power = self._judge_gpus(allocations, evidence)
+            why, peak, power, coverage = self._judge_gpus(allocations, evidence)
             if why is not None:
                 skipped.append(Skipped(f"{namespace}/{pod}", why))
                 continue
             gpus = sum(1.0 / max(1, len(sharers[a.gpu_key])) for a in allocations)
-            idle[(namespace, pod)] = _IdlePod(namespace, pod, allocations, peak, power, gpus)
+            idle[(namespace, pod)] = _IdlePod(namespace, pod, allocations, peak, power, gpus,
+                                              coverage)
         if not idle:
             return Scan(candidates=[], skipped=skipped)
         try:
@@ -353,6 +536,11 @@ class IdleGpusJob:
                     str(chain[1][0].get("kind")) == "Deployment" else chain[0][1]
             elif first_kind == "StatefulSet":
                 scalable = chain[0][1]
+        if scalable is not None and (scalable.get("spec") or {}).get("replicas", 1) == 0:
+            # Scaled to zero (by us or its owner): its pods are stopping; marking it again
+            # would only tell the owner twice.
+            return (f"{scalable.get('kind')} {meta(scalable).get('name')} is at 0 replicas "
+                    "already: its pods are stopping")
         if self._is_notebook(objects):
             if scalable is not None:
                 return _Target(ObjectRef.of(scalable), "notebook", settings.notebook_action,
@@ -433,16 +621,21 @@ class IdleGpusJob:
         gpus = sum(p.gpus for p in target.pods)
         peak = max(p.peak for p in target.pods)
         powers = [p.power for p in target.pods if p.power is not None]
+        coverage = {(c["hostname"], c["UUID"]): c for p in target.pods for c in p.coverage}
         evidence: dict[str, Any] = {
             "workload": target.workload,
             "pods": [f"{p.namespace}/{p.name}" for p in target.pods],
             "gpus": [{"hostname": a.hostname, "UUID": a.uuid, "gpu": a.gpu,
-                      "modelName": a.model, "pod": f"{a.namespace}/{a.pod}"}
+                      "modelName": a.model, "pod": f"{a.namespace}/{a.pod}",
+                      "coverage": {k: v for k, v in coverage.get(a.gpu_key, {}).items()
+                                   if k in ("utilization", "allocation")}}
                      for p in target.pods for a in p.allocations],
             "peak_utilization": round(peak, 6),
             "utilization_floor": settings.utilization_floor,
             "window": settings.window,
             "grace": settings.grace,
+            "scrape_interval": settings.scrape_interval,
+            "max_gap_seconds": self.max_gap,
             "youngest_pod_age_seconds": round(min(p.age for p in target.pods)),
         }
         if uid:
@@ -483,17 +676,10 @@ class IdleGpusJob:
         return None
 
     def mark(self, candidate: Candidate, *, deadline: str, run_id: str) -> None:
-        ref = self.ref_of(candidate.resource)
-        if ref is None:
-            return  # e.g. a Kubeflow Notebook: the mark lives in the state store only
-        self._workloads.annotate(ref, {MARK_JOB: JOB_NAME, MARK_DEADLINE: deadline,
-                                       MARK_REASON: candidate.reason[:500]})
+        """Nothing to write: the mark lives in the state store, announced by an Event."""
 
     def unmark(self, resource: str) -> None:
-        ref = self.ref_of(resource)
-        if ref is not None:
-            self._workloads.annotate(ref, {MARK_JOB: None, MARK_DEADLINE: None,
-                                           MARK_REASON: None})
+        """Nothing to write: see :meth:`mark`."""
 
     def restore_record(self, candidate: Candidate) -> dict[str, Any]:
         ref = self.ref_of(candidate.resource)
@@ -507,8 +693,10 @@ class IdleGpusJob:
                                   "name": ref.name, "uid": meta(obj).get("uid")}
         if candidate.action == "scale_to_zero":
             replicas, _ = self._workloads.read_scale(ref)
-            kept = (meta(obj).get("annotations") or {}).get(RESTORE_ANNOTATION)
-            record["replicas"] = int(kept) if replicas == 0 and kept else replicas
+            if replicas == 0:
+                raise ValueError(f"{candidate.resource} is at 0 replicas already: no count "
+                                 "to restore")
+            record["replicas"] = replicas
         elif candidate.action == "delete":
             record["manifest"] = _recreatable(obj)
         else:
@@ -528,9 +716,8 @@ class IdleGpusJob:
             raise ValueError(f"{candidate.action} is not an action of {JOB_NAME} on {ref.kind}")
 
     def _scale_to_zero(self, ref: ObjectRef, *, uid: str | None) -> None:
-        """Keep the replica count in an annotation, then scale to zero through the scale
-        subresource. Each write carries the resourceVersion it read (a 409 re-reads), and
-        nothing is written when the work is done already (a rerun after a crash)."""
+        """Scale to zero through the scale subresource, carrying the resourceVersion it read
+        (a 409 re-reads), and nothing written when it is at zero already (a rerun)."""
         for _ in range(_CONFLICT_RETRIES):
             obj = self._workloads.get(ref)
             if obj is None:
@@ -541,14 +728,7 @@ class IdleGpusJob:
             replicas, scale_version = self._workloads.read_scale(ref)
             if replicas == 0:
                 return
-            annotations = meta(obj).get("annotations") or {}
             try:
-                if RESTORE_ANNOTATION not in annotations:
-                    self._workloads.annotate(
-                        ref, {RESTORE_ANNOTATION: str(replicas)},
-                        resource_version=str(meta(obj).get("resourceVersion")))
-                    checkpoint(ACT_ANNOTATED)
-                    replicas, scale_version = self._workloads.read_scale(ref)
                 self._workloads.write_scale(ref, 0, resource_version=scale_version)
                 return
             except Conflict:
@@ -556,13 +736,36 @@ class IdleGpusJob:
         raise RuntimeError(f"{ref.kind} {ref.namespace}/{ref.name} kept changing "
                            f"(409 Conflict {_CONFLICT_RETRIES} times); try again next run")
 
-    def restore(self, record: dict[str, Any]) -> None:
+    def observe(self, candidate: Candidate, record: dict[str, Any]) -> Observed:
+        ref = ObjectRef(str(record["api_version"]), str(record["kind"]),
+                        str(record["namespace"]), str(record["name"]))
+        what = f"{ref.kind} {ref.namespace}/{ref.name}"
+        obj = self._workloads.get(ref)
+        same = obj is not None and (not record.get("uid") or meta(obj).get("uid") ==
+                                    record["uid"])
+        if record.get("action") == "delete":
+            if not same:
+                return Observed("done", f"{what} (uid {record.get('uid')}) is gone")
+            assert obj is not None
+            if meta(obj).get("deletionTimestamp"):
+                return Observed("done", f"{what} is terminating")
+            return Observed("not_done", f"{what} is still running")
+        if obj is None:
+            return Observed("vanished", f"{what} no longer exists")
+        if not same:
+            return Observed("vanished", f"{what} is a new object (uid {meta(obj).get('uid')}, "
+                                        f"was {record.get('uid')})")
+        replicas, _ = self._workloads.read_scale(ref)
+        if replicas == 0:
+            return Observed("done", f"{what} is at 0 replicas")
+        return Observed("not_done", f"{what} is at {replicas} replicas")
+
+    def restore(self, record: dict[str, Any], *, restore_id: str) -> str:
         action = record.get("action")
         ref = ObjectRef(str(record["api_version"]), str(record["kind"]),
                         str(record["namespace"]), str(record["name"]))
         if action == "delete":
-            self._workloads.create_pod(record["manifest"])
-            return
+            return self._recreate(ref, record, restore_id=restore_id)
         if action != "scale_to_zero":
             raise ValueError(f"nothing to restore for action {action!r}")
         wanted = int(record["replicas"])
@@ -574,24 +777,52 @@ class IdleGpusJob:
                 raise RuntimeError(f"{ref.kind} {ref.namespace}/{ref.name} is a new object, "
                                    "not the one scaled down; not touching it")
             replicas, scale_version = self._workloads.read_scale(ref)
+            if replicas != 0:
+                # Back already: by an earlier try of this restore, or scaled up by hand.
+                note = "" if replicas == wanted else f" (the record says {wanted}; left as is)"
+                return f"{ref.kind} {ref.namespace}/{ref.name} runs {replicas} replicas{note}"
             try:
-                if replicas != wanted:
-                    self._workloads.write_scale(ref, wanted, resource_version=scale_version)
-                self._workloads.annotate(ref, {RESTORE_ANNOTATION: None, MARK_JOB: None,
-                                               MARK_DEADLINE: None, MARK_REASON: None})
-                return
+                self._workloads.write_scale(ref, wanted, resource_version=scale_version)
             except Conflict:
                 continue
+            back, _ = self._workloads.read_scale(ref)
+            if back == wanted:
+                return f"{ref.kind} {ref.namespace}/{ref.name} scaled back to {wanted} replicas"
         raise RuntimeError(f"{ref.kind} {ref.namespace}/{ref.name} kept changing (409)")
+
+    def _recreate(self, ref: ObjectRef, record: dict[str, Any], *, restore_id: str) -> str:
+        """Create the deleted pod again; a pod of that name still terminating is not ready
+        (the API answers 409 until it is gone), another pod of that name is not ours."""
+        what = f"pod {ref.namespace}/{ref.name}"
+        manifest = json.loads(json.dumps(record["manifest"]))
+        manifest["metadata"].setdefault("annotations", {})[RESTORED_FROM] = restore_id
+        if self._workloads.create_pod(manifest):
+            created = self._workloads.get(ref)
+            if created is None or meta(created).get("annotations", {}).get(
+                    RESTORED_FROM) != restore_id:
+                raise RuntimeError(f"{what} was created but cannot be read back")
+            return f"{what} recreated (uid {meta(created).get('uid')})"
+        existing = self._workloads.get(ref)
+        if existing is None:
+            raise RestoreNotReady(f"{what} was just being removed", retry_after=1.0)
+        existing_meta = meta(existing)
+        if existing_meta.get("deletionTimestamp"):
+            ends = timestamp(existing_meta.get("deletionTimestamp"))
+            left = max(1.0, (ends - self._clock()) if ends is not None else 30.0)
+            raise RestoreNotReady(f"{what} (uid {existing_meta.get('uid')}) is still "
+                                  "terminating", retry_after=left)
+        if (existing_meta.get("annotations") or {}).get(RESTORED_FROM) == restore_id:
+            return f"{what} recreated (uid {existing_meta.get('uid')})"
+        raise RuntimeError(f"another {what} exists (uid {existing_meta.get('uid')}), not "
+                           "the one deleted; not replaced")
 
 
 def _recreatable(pod: JsonObj) -> JsonObj:
     """The pod as a creatable manifest: no server-set fields, no node binding, no status."""
     metadata = {k: v for k, v in meta(pod).items()
                 if k in ("name", "namespace", "labels", "annotations")}
-    annotations = {k: v for k, v in (metadata.get("annotations") or {}).items()
-                   if k not in (MARK_JOB, MARK_DEADLINE, MARK_REASON)}
-    metadata["annotations"] = annotations
+    metadata["annotations"] = {k: v for k, v in (metadata.get("annotations") or {}).items()
+                               if k != RESTORED_FROM}
     spec = dict(pod.get("spec") or {})
     spec.pop("nodeName", None)
     return {"apiVersion": "v1", "kind": "Pod", "metadata": metadata, "spec": spec}
@@ -600,7 +831,7 @@ def _recreatable(pod: JsonObj) -> JsonObj:
 def build(context: JobContext) -> IdleGpusJob:
     config = context.config
     settings = config.hygiene.idle_gpus
-    for key in ("window", "grace"):
+    for key in ("window", "grace", "scrape_interval"):
         try:
             parse_duration(getattr(settings, key))
         except ValueError as exc:
@@ -608,6 +839,8 @@ def build(context: JobContext) -> IdleGpusJob:
     if context.api_client is None:
         raise JobUnavailable("idle-gpus needs the Kubernetes API: run in a pod, or set "
                              "kubernetes.kubeconfig or KUBECONFIG")
+    if not context.for_restore and parse_duration(settings.scrape_interval) <= 0:
+        raise JobUnavailable("hygiene.idle_gpus.scrape_interval: must be longer than 0s")
     return IdleGpusJob(settings,
                        prometheus=PromQL(config.prometheus.url,
                                          timeout=config.prometheus.timeout_seconds),

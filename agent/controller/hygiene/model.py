@@ -54,6 +54,28 @@ class ScanFailed(Exception):
     """The job cannot decide safely (evidence source down): the run acts on nothing."""
 
 
+# What ``observe`` saw of an action that was claimed and never recorded as done:
+# done: it took effect; partial: it took effect in part and ``act`` (idempotent) finishes it;
+# not_done: the world is as before; vanished: the resource is gone, so whether it took
+# effect cannot be told and nothing can be restored; unknown: the job cannot tell now.
+ObservedState = Literal["done", "partial", "not_done", "vanished", "unknown"]
+
+
+@dataclass(frozen=True)
+class Observed:
+    state: ObservedState
+    detail: str  # what was seen, for the audit log and the run's reason
+
+
+class RestoreNotReady(Exception):
+    """The world is not ready for the restore yet (a pod still terminating): nothing was
+    changed, the restore record is kept, and the same restore can be tried again later."""
+
+    def __init__(self, message: str, *, retry_after: float) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
 class HygieneJob(Protocol):
     """One hygiene job. Every method but ``scan`` and ``recheck`` changes the world, and the
     engine calls them only in apply mode, after its own guards."""
@@ -71,7 +93,8 @@ class HygieneJob(Protocol):
         ...
 
     def mark(self, candidate: Candidate, *, deadline: str, run_id: str) -> None:
-        """Record the mark where the resource lives (annotation, tag), if it can hold one."""
+        """Record the mark where the resource lives, if it can hold one (a bucket tag);
+        Kubernetes objects are not written: the engine announces the mark with an Event."""
         ...
 
     def unmark(self, resource: str) -> None:
@@ -88,6 +111,15 @@ class HygieneJob(Protocol):
         before the audit entry means it may be called again for the same candidate."""
         ...
 
-    def restore(self, record: dict[str, Any]) -> None:
-        """Undo ``act`` from its restore record."""
+    def observe(self, candidate: Candidate, record: dict[str, Any]) -> Observed:
+        """Whether ``act`` took effect, looking at the world only (read-only): the engine
+        asks after a run died between claiming an action and recording it."""
+        ...
+
+    def restore(self, record: dict[str, Any], *, restore_id: str) -> str:
+        """Undo ``act`` from its restore record and return what is back, in one line, only
+        once it is back (read back, not assumed). ``restore_id`` is the same for every try
+        of one restore, so a try that died after changing the world is recognised by the
+        next. Raises RestoreNotReady when the world is not ready yet, any other exception
+        when the restore failed."""
         ...

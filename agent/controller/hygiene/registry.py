@@ -15,6 +15,11 @@ from typing import Any, Final
 from agent.config import HygieneJobConfig, StewardConfig
 from agent.controller.hygiene.model import HygieneJob
 from agent.controller.hygiene.progress import NoProgress, Progress
+from agent.controller.hygiene.references import (
+    BucketReferences,
+    ImageReferences,
+    ReferencesUnavailable,
+)
 
 # job name -> (module under agent.controller.hygiene, section under hygiene.)
 JOBS: Final[dict[str, tuple[str, str]]] = {
@@ -40,6 +45,20 @@ class JobContext:
     api_client: Any | None = None  # kubernetes.client.ApiClient, when a cluster is configured
     clock: Callable[[], float] = time.time
     progress: Progress = field(default_factory=NoProgress)
+    # Built for a restore: it needs only what it restores to (a registry, S3, the cluster
+    # for Kubernetes objects), never the evidence sources of a scan.
+    for_restore: bool = False
+
+
+class NoReferences:
+    """The references of a job built for a restore: a restore decides nothing about use,
+    so it needs no cluster; any read fails as an unreadable cluster would."""
+
+    def image_references(self) -> ImageReferences:
+        raise ReferencesUnavailable("a restore reads no cluster references")
+
+    def bucket_references(self) -> BucketReferences:
+        raise ReferencesUnavailable("a restore reads no cluster references")
 
 
 def check_name(name: str) -> None:

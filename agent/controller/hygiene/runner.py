@@ -11,6 +11,7 @@ from typing import Any
 
 from agent.config import StewardConfig
 from agent.controller.hygiene.audit import AuditTrail, EventRecorder
+from agent.controller.hygiene.crashpoints import Checkpoint, no_checkpoint
 from agent.controller.hygiene.engine import HygieneEngine, RestoreOutcome, RunOutcome
 from agent.controller.hygiene.guards import KillSwitch
 from agent.controller.hygiene.metrics import HygieneMetrics
@@ -30,7 +31,8 @@ class HygieneRuntime:
                  metrics: HygieneMetrics | None = None, notifier: OwnerNotifier | None = None,
                  store: HygieneStore | None = None, clock: Callable[[], float] = time.time,
                  still_leader: Callable[[], bool] = lambda: True,
-                 progress: Progress | None = None) -> None:
+                 progress: Progress | None = None,
+                 checkpoint: Checkpoint = no_checkpoint) -> None:
         self._config = config
         self._api_client = api_client
         self.metrics = metrics or HygieneMetrics()
@@ -40,6 +42,7 @@ class HygieneRuntime:
         self._clock = clock
         self._still_leader = still_leader
         self._progress = progress or NoProgress()
+        self._checkpoint = checkpoint
 
     @property
     def config(self) -> StewardConfig:
@@ -60,10 +63,12 @@ class HygieneRuntime:
             self._notifier = notifier_from_config(self._config)
         return self._notifier
 
-    def engine(self, name: str) -> HygieneEngine:
-        """A new engine and job for ``name`` (JobUnavailable / UnknownJob if it cannot be)."""
+    def engine(self, name: str, *, for_restore: bool = False) -> HygieneEngine:
+        """A new engine and job for ``name`` (JobUnavailable / UnknownJob if it cannot be).
+        ``for_restore``: the job needs only what it restores to (no evidence sources)."""
         context = JobContext(config=self._config, api_client=self._api_client,
-                             clock=self._clock, progress=self._progress)
+                             clock=self._clock, progress=self._progress,
+                             for_restore=for_restore)
         job = build_job(name, context)
         hygiene = self._config.hygiene
         events = None
@@ -77,10 +82,10 @@ class HygieneRuntime:
                              metrics=self.metrics, audit=AuditTrail(self.metrics, events=events),
                              notifier=self.notifier(), kill_switch=kill_switch,
                              config_key=config_key(name), clock=self._clock,
-                             still_leader=self._still_leader)
+                             still_leader=self._still_leader, checkpoint=self._checkpoint)
 
     def run(self, name: str, *, apply: bool) -> RunOutcome:
         return self.engine(name).run(apply=apply)
 
     def restore(self, name: str, resource: str) -> RestoreOutcome:
-        return self.engine(name).restore(resource)
+        return self.engine(name, for_restore=True).restore(resource)

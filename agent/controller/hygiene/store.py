@@ -3,8 +3,9 @@ the audit log whose unique idempotency keys make every step happen at most once.
 
 A key names a step of one mark (``job|resource|mark_id|step``), never a run, so a run that
 was killed and started again finds the steps its predecessor already took. Each step that
-changes the world is committed together with the state it leads to (the audit entry of an
-action and the closed mark in one transaction).
+changes the world is committed together with the state it leads to: an action's claim
+(restore record + intent) before it is taken, its completion (audit entry done, mark swept,
+announcement due) after; a restore's claim before it, its record after.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from sqlalchemy import (
     Table,
     Text,
     and_,
+    delete,
     insert,
     select,
     text,
@@ -85,6 +87,17 @@ restore_records = Table(
     Index("ix_hygiene_restore_resource", "job", "resource"),
 )
 
+# One restore of an action at a time: a row here while a ``steward hygiene restore`` works on
+# it. A row older than the restore's time limit belongs to a restore that died; it is taken
+# over.
+restore_claims = Table(
+    "hygiene_restore_claims", metadata,
+    Column("mark_id", String(32), ForeignKey("hygiene_restore_records.mark_id"),
+           primary_key=True),
+    Column("claim_id", String(32), nullable=False),
+    Column("claimed_at", Float, nullable=False),
+)
+
 audit = Table(
     "hygiene_audit", metadata,
     Column("id", Integer, primary_key=True),
@@ -95,7 +108,9 @@ audit = Table(
     Column("resource", String(_RESOURCE), nullable=False),
     Column("action", String(32), nullable=False),  # mark, notify, unmark, scale_to_zero, ...
     Column("mode", String(16), nullable=False),
-    Column("status", String(16), nullable=False),  # started, done, failed
+    # started, done, failed; for a claimed action also released (it did not take effect
+    # and never will) and vanished (the resource went: whether it did cannot be told)
+    Column("status", String(16), nullable=False),
     Column("detail", Text, nullable=True),
     Column("started_at", Float, nullable=False),
     Column("finished_at", Float, nullable=True),
@@ -104,7 +119,12 @@ audit = Table(
 )
 
 ACTIVE: Final = "active"
-Claim = Literal["claimed", "resumed", "done"]
+ACT: Final = "act"  # the step key of a mark's action
+ANNOUNCE: Final = "announce"  # ... and of announcing it (Event, metric, owner notice)
+PENDING: Final = ("started", "failed")  # a claimed action not known to be done or not
+# claimed: this call took the claim; pending: an earlier claim is unresolved; done: it
+# happened; closed: it was released or vanished (nothing to do).
+Claim = Literal["claimed", "pending", "done", "closed"]
 
 
 def step_key(job: str, resource: str, mark_id: str, step: str) -> str:
@@ -157,6 +177,7 @@ class RestoreRecord:
     record: dict[str, Any]
     created_at: float
     restored_at: float | None
+    claim_status: str | None = None  # of the action it undoes: done, started, failed, ...
 
 
 class HygieneStore:
@@ -216,6 +237,11 @@ class HygieneStore:
             rows = conn.execute(select(marks).where(marks.c.job == job)
                                 .order_by(marks.c.marked_at)).all()
         return [dict(r._mapping) for r in rows]
+
+    def mark(self, mark_id: str) -> Mark | None:
+        with self._engine.connect() as conn:
+            row = conn.execute(select(marks).where(marks.c.mark_id == mark_id)).first()
+        return None if row is None else Mark._from_row(row)
 
     def create_mark(self, mark: Mark, *, mode: str) -> bool:
         """Insert the mark and its audit entry together; False when the resource already has
@@ -279,66 +305,99 @@ class HygieneStore:
                                .where(restore_records.c.mark_id == mark_id)).first()
         return None if row is None else self._restore_from_row(row)
 
-    def save_restore_record(self, mark: Mark, record: Mapping[str, Any], at: float
-                            ) -> RestoreRecord:
-        """Persist the record before the action; the first record written for a mark wins
-        (a rerun after a crash must not replace the replica count with zero)."""
-        try:
-            with self._engine.begin() as conn:
-                conn.execute(insert(restore_records).values(
-                    mark_id=mark.mark_id, job=mark.job, resource=mark.resource,
-                    record=_dump(dict(record)), created_at=at))
-        except IntegrityError:
-            pass
-        saved = self.restore_record(mark.mark_id)
-        if saved is None:
-            raise RuntimeError(f"restore record of {mark.resource} was not persisted")
-        return saved
-
     def restore_candidates(self, job: str) -> list[RestoreRecord]:
-        """Records of applied actions not restored yet, newest first."""
+        """Records of actions that happened or may have (claimed, never resolved), not
+        restored yet, newest first: whatever became of their marks."""
+        act = audit.alias("act")
         with self._engine.connect() as conn:
             rows = conn.execute(
-                select(restore_records).join(marks, marks.c.mark_id == restore_records.c.mark_id)
+                select(restore_records, act.c.status.label("claim_status"))
+                .join(act, and_(act.c.mark_id == restore_records.c.mark_id,
+                                act.c.key.like(f"%|{ACT}")))
                 .where(and_(restore_records.c.job == job, restore_records.c.restored_at.is_(None),
-                            marks.c.state == "swept"))
+                            act.c.status.in_(("done", *PENDING))))
                 .order_by(restore_records.c.created_at.desc())).all()
         return [self._restore_from_row(r) for r in rows]
 
-    def set_restored(self, record: RestoreRecord, *, run_id: str | None, at: float) -> bool:
+    def claim_restore(self, record: RestoreRecord, *, claim_id: str, at: float,
+                      ttl: float) -> float | None:
+        """Take the restore of ``record`` for this process. None when taken; else when the
+        restore holding it began (it is still within ``ttl``)."""
+        try:
+            with self._engine.begin() as conn:
+                conn.execute(insert(restore_claims).values(mark_id=record.mark_id,
+                                                           claim_id=claim_id, claimed_at=at))
+            return None
+        except IntegrityError:
+            pass
+        with self._engine.begin() as conn:
+            taken = conn.execute(
+                update(restore_claims)
+                .where(and_(restore_claims.c.mark_id == record.mark_id,
+                            restore_claims.c.claimed_at < at - ttl))
+                .values(claim_id=claim_id, claimed_at=at)).rowcount
+            if taken:
+                return None
+            since = conn.execute(select(restore_claims.c.claimed_at).where(
+                restore_claims.c.mark_id == record.mark_id)).scalar_one_or_none()
+        return float(since) if since is not None else at
+
+    def release_restore(self, mark_id: str, *, claim_id: str) -> None:
+        with self._engine.begin() as conn:
+            conn.execute(delete(restore_claims).where(and_(
+                restore_claims.c.mark_id == mark_id, restore_claims.c.claim_id == claim_id)))
+
+    def set_restored(self, record: RestoreRecord, *, claim_id: str, run_id: str | None,
+                     at: float, detail: Mapping[str, Any]) -> bool:
+        """The resource is back: the record restored, its audit entry, the claim released,
+        in one transaction. False when another restore recorded it first."""
         key = step_key(record.job, record.resource, record.mark_id, "restore")
         try:
             with self._engine.begin() as conn:
-                conn.execute(update(restore_records)
-                             .where(restore_records.c.mark_id == record.mark_id)
-                             .values(restored_at=at))
+                done = conn.execute(update(restore_records).where(and_(
+                    restore_records.c.mark_id == record.mark_id,
+                    restore_records.c.restored_at.is_(None))).values(restored_at=at)).rowcount
+                if not done:
+                    return False
                 conn.execute(insert(audit).values(
                     key=key, job=record.job, run_id=run_id, mark_id=record.mark_id,
                     resource=record.resource, action="restore", mode="apply", status="done",
-                    detail=_dump(record.record), started_at=at, finished_at=at))
+                    detail=_dump({"record": record.record, **dict(detail)}), started_at=at,
+                    finished_at=at))
+                conn.execute(delete(restore_claims).where(and_(
+                    restore_claims.c.mark_id == record.mark_id,
+                    restore_claims.c.claim_id == claim_id)))
         except IntegrityError:
             return False
         return True
 
     @staticmethod
     def _restore_from_row(row: Any) -> RestoreRecord:
+        mapping = row._mapping
         return RestoreRecord(mark_id=row.mark_id, job=row.job, resource=row.resource,
                              record=json.loads(row.record), created_at=row.created_at,
-                             restored_at=row.restored_at)
+                             restored_at=row.restored_at,
+                             claim_status=mapping.get("claim_status"))
 
     # -- actions -----------------------------------------------------------------------
 
-    def claim_action(self, mark: Mark, *, action: str, run_id: str, mode: str,
-                     at: float) -> Claim:
-        """Take the idempotency key of the mark's action before acting.
+    def claim_action(self, mark: Mark, *, record: Mapping[str, Any] | None, action: str,
+                     run_id: str, mode: str, at: float) -> Claim:
+        """Claim the mark's action before acting: its restore record (when it has one) and
+        the intent (an audit entry ``started``), in one transaction.
 
-        ``claimed``: first attempt. ``resumed``: an earlier attempt started and never
-        finished (crash) or failed; the action is idempotent, so it is driven to the end.
-        ``done``: it already happened; nothing to do.
+        A mark already claimed keeps its first restore record: a rerun must never replace
+        the replica count with the zero its predecessor left.
         """
-        key = step_key(mark.job, mark.resource, mark.mark_id, "act")
+        key = step_key(mark.job, mark.resource, mark.mark_id, ACT)
         try:
             with self._engine.begin() as conn:
+                if record is not None and conn.execute(
+                        select(restore_records.c.mark_id)
+                        .where(restore_records.c.mark_id == mark.mark_id)).first() is None:
+                    conn.execute(insert(restore_records).values(
+                        mark_id=mark.mark_id, job=mark.job, resource=mark.resource,
+                        record=_dump(dict(record)), created_at=at))
                 conn.execute(insert(audit).values(
                     key=key, job=mark.job, run_id=run_id, mark_id=mark.mark_id,
                     resource=mark.resource, action=action, mode=mode, status="started",
@@ -346,28 +405,86 @@ class HygieneStore:
             return "claimed"
         except IntegrityError:
             pass
-        with self._engine.begin() as conn:
-            status = conn.execute(select(audit.c.status).where(audit.c.key == key)).scalar_one()
-            if status == "done":
-                return "done"
-            conn.execute(update(audit).where(audit.c.key == key)
-                         .values(status="started", run_id=run_id, detail=None))
-        return "resumed"
+        status = self.claim_status(mark)
+        if status == "done":
+            return "done"
+        return "pending" if status in PENDING else "closed"
 
-    def complete_action(self, mark: Mark, *, detail: Mapping[str, Any], at: float) -> None:
-        """The action happened: its audit entry and the swept mark, in one transaction."""
-        key = step_key(mark.job, mark.resource, mark.mark_id, "act")
+    def claim_status(self, mark: Mark) -> str | None:
+        """The status of the mark's claimed action; None when it was never claimed."""
+        key = step_key(mark.job, mark.resource, mark.mark_id, ACT)
+        with self._engine.connect() as conn:
+            value = conn.execute(select(audit.c.status).where(audit.c.key == key)).scalar()
+        return None if value is None else str(value)
+
+    def pending_claims(self, job: str) -> dict[str, str]:
+        """mark_id -> status of every claimed action of ``job`` neither done nor closed."""
+        with self._engine.connect() as conn:
+            rows = conn.execute(select(audit.c.mark_id, audit.c.status).where(and_(
+                audit.c.job == job, audit.c.key.like(f"%|{ACT}"),
+                audit.c.status.in_(PENDING)))).all()
+        return {str(r.mark_id): str(r.status) for r in rows}
+
+    def resume_claim(self, mark: Mark, *, run_id: str) -> bool:
+        """Take over a pending claim to act again; False when another run resolved it."""
+        key = step_key(mark.job, mark.resource, mark.mark_id, ACT)
+        with self._engine.begin() as conn:
+            return bool(conn.execute(
+                update(audit).where(and_(audit.c.key == key, audit.c.status.in_(PENDING)))
+                .values(status="started", run_id=run_id, detail=None)).rowcount)
+
+    def complete_action(self, mark: Mark, *, detail: Mapping[str, Any], run_id: str,
+                        mode: str, at: float) -> None:
+        """The action happened: its audit entry, the swept mark, and the announcement still
+        to make, in one transaction."""
+        key = step_key(mark.job, mark.resource, mark.mark_id, ACT)
         with self._engine.begin() as conn:
             conn.execute(update(audit).where(audit.c.key == key).values(
                 status="done", detail=_dump(dict(detail)), finished_at=at))
             conn.execute(update(marks).where(marks.c.mark_id == mark.mark_id).values(
                 state="swept", closed_at=at, closed_why=f"{mark.action} done"))
+            conn.execute(insert(audit).values(
+                key=step_key(mark.job, mark.resource, mark.mark_id, ANNOUNCE), job=mark.job,
+                run_id=run_id, mark_id=mark.mark_id, resource=mark.resource,
+                action=ANNOUNCE, mode=mode, status="started", started_at=at))
+
+    def unannounced(self, job: str) -> list[Mark]:
+        """Marks whose action is recorded as done but whose announcement never finished."""
+        with self._engine.connect() as conn:
+            rows = conn.execute(
+                select(marks).join(audit, audit.c.mark_id == marks.c.mark_id)
+                .where(and_(audit.c.job == job, audit.c.key.like(f"%|{ANNOUNCE}"),
+                            audit.c.status == "started"))
+                .order_by(marks.c.closed_at)).all()
+        return [Mark._from_row(r) for r in rows]
+
+    def set_announced(self, mark: Mark, *, at: float) -> None:
+        key = step_key(mark.job, mark.resource, mark.mark_id, ANNOUNCE)
+        with self._engine.begin() as conn:
+            conn.execute(update(audit).where(audit.c.key == key).values(
+                status="done", finished_at=at))
 
     def fail_action(self, mark: Mark, *, detail: str, at: float) -> None:
-        key = step_key(mark.job, mark.resource, mark.mark_id, "act")
+        key = step_key(mark.job, mark.resource, mark.mark_id, ACT)
         with self._engine.begin() as conn:
             conn.execute(update(audit).where(audit.c.key == key).values(
                 status="failed", detail=_dump({"error": detail}), finished_at=at))
+
+    def resolve_claim(self, mark: Mark, *, status: Literal["released", "vanished"], why: str,
+                      at: float, close_as: str | None = None) -> bool:
+        """Resolve a pending claim that did not (released) or cannot be known to (vanished)
+        have taken effect; ``close_as`` also closes the mark, in the same transaction. False
+        when the claim was no longer pending."""
+        key = step_key(mark.job, mark.resource, mark.mark_id, ACT)
+        with self._engine.begin() as conn:
+            resolved = conn.execute(
+                update(audit).where(and_(audit.c.key == key, audit.c.status.in_(PENDING)))
+                .values(status=status, detail=_dump({"why": why}), finished_at=at)).rowcount
+            if resolved and close_as is not None:
+                conn.execute(update(marks).where(and_(marks.c.mark_id == mark.mark_id,
+                                                      marks.c.state == ACTIVE))
+                             .values(state=close_as, closed_at=at, closed_why=why))
+        return bool(resolved)
 
     def record_step(self, mark: Mark, *, step: str, action: str, run_id: str, mode: str,
                     at: float, detail: Mapping[str, Any] | None = None) -> bool:

@@ -1,5 +1,5 @@
 """The Kubernetes side of the idle-GPU job: pods, their owners, namespaces, the scale
-subresource, annotations, and deleting or recreating a bare pod.
+subresource, and deleting or recreating a bare pod. Nothing else is ever written.
 
 Reads ask for raw JSON (``_preload_content=False``): the client's model classes cost about
 a millisecond per pod to build, which a cluster-wide scan would pay thousands of times.
@@ -8,13 +8,12 @@ a millisecond per pod to build, which a cluster-wide scan would pay thousands of
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Final
 
 JsonObj = dict[str, Any]
-MERGE_PATCH: Final = "application/merge-patch+json"
 # kind -> (apiVersion, client API, snake-case name in the client's method names)
 KINDS: Final[dict[str, tuple[str, str, str]]] = {
     "Pod": ("v1", "core", "pod"),
@@ -135,25 +134,6 @@ class KubeWorkloads:
             raise
 
     # -- writes --------------------------------------------------------------------------
-
-    def annotate(self, ref: ObjectRef, annotations: Mapping[str, str | None], *,
-                 resource_version: str | None = None) -> JsonObj | None:
-        """Merge ``annotations`` (None removes one); with ``resource_version`` the write
-        fails with :class:`Conflict` if the object changed. None when the object is gone."""
-        body: JsonObj = {"metadata": {"annotations": dict(annotations)}}
-        if resource_version:
-            body["metadata"]["resourceVersion"] = resource_version
-        try:
-            return self._json(self._call(ref.kind, "patch")(
-                ref.name, ref.namespace, body, _content_type=MERGE_PATCH,
-                _preload_content=False, _request_timeout=_TIMEOUT))
-        except Exception as exc:
-            status = self._status(exc)
-            if status == 404:
-                return None
-            if status == 409:
-                raise Conflict(f"{ref.kind} {ref.namespace}/{ref.name} changed") from exc
-            raise
 
     def read_scale(self, ref: ObjectRef) -> tuple[int, str]:
         scale = self._json(self._call(ref.kind, "read", "_scale")(

@@ -8,10 +8,13 @@ anything is still a candidate. Reads of different buckets run in parallel.
 Marks are bucket tags (``steward.io/marked-for-deletion=<deadline date>`` and
 ``steward.io/marked-reason``) next to the bucket's own tags. Sweeping deletes empty buckets
 only; a non-empty orphan gets a lifecycle rule expiring its objects after a further grace
-period, when ``expire_non_empty`` allows it, else the owner is only told. Restore re-creates
-a deleted bucket with its tags, policy, lifecycle and versioning state, or puts the lifecycle
-back; objects that already expired cannot come back, and a deleted bucket's name may have
-been taken by someone else meanwhile.
+period, when ``expire_non_empty`` allows it, else the owner is only told. A listing that
+failed on any page is never read as empty: that bucket is skipped.
+
+Restore needs only S3: it re-creates a deleted bucket with its tags (plus
+``steward.io/restored-from``, which tells a retried restore its own bucket), policy,
+lifecycle and versioning state, or puts the lifecycle back; objects that already expired
+cannot come back, and a deleted bucket's name taken by someone else meanwhile is refused.
 """
 
 from __future__ import annotations
@@ -28,6 +31,8 @@ from agent.config import StewardConfig
 from agent.controller.hygiene.buckets.policy import (
     EXPIRE_RULE_ID,
     MARKER_RULE_ID,
+    MAX_TAGS,
+    RESTORED_TAG,
     BucketPolicy,
     action_for,
     activity_guard,
@@ -43,13 +48,20 @@ from agent.controller.hygiene.buckets.policy import (
     unmarked_tags,
 )
 from agent.controller.hygiene.buckets.s3 import Activity, Bucket, S3Buckets, S3Error
-from agent.controller.hygiene.model import Candidate, Scan, ScanFailed, Skipped, Unit
+from agent.controller.hygiene.model import (
+    Candidate,
+    Observed,
+    Scan,
+    ScanFailed,
+    Skipped,
+    Unit,
+)
 from agent.controller.hygiene.references import (
     BucketReferences,
     BucketReferenceSource,
     ReferencesUnavailable,
 )
-from agent.controller.hygiene.registry import JobContext, JobUnavailable
+from agent.controller.hygiene.registry import JobContext, JobUnavailable, NoReferences
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -212,11 +224,30 @@ class OrphanedBucketsJob:
                 if reason:
                     skipped.append(Skipped(PREFIX + bucket.name, reason))
                     continue
+                reason = self._expiring(bucket.name, activity)
+                if reason:
+                    if reason.startswith("lifecycle unreadable"):
+                        unreadable.add(bucket.name)
+                    skipped.append(Skipped(PREFIX + bucket.name, reason))
+                    continue
                 candidates.append(self._candidate(bucket, tags[bucket.name], versioning,
                                                   activity))
         order = {b.name: i for i, b in enumerate(buckets)}
         skipped.sort(key=lambda s: order.get(s.resource[len(PREFIX):], 0))
         return Scan(candidates, skipped), unreadable
+
+    def _expiring(self, name: str, activity: Activity) -> str | None:
+        """Why a bucket that would get the expiry rule is left alone: it has it already
+        (read only for those: one call each)."""
+        if action_for(activity, self._policy) != "expire_objects":
+            return None
+        try:
+            rules = self._s3.lifecycle(name) or []
+        except S3Error as exc:
+            return f"lifecycle unreadable ({exc.code})"
+        if any(r.get("ID") == EXPIRE_RULE_ID for r in rules):
+            return f"Steward's expiry rule {EXPIRE_RULE_ID} is set already: its objects expire"
+        return None
 
     def _read_targets(self, names: Sequence[str], *, fresh: bool) -> _Targets:
         with self._lock:
@@ -346,10 +377,40 @@ class OrphanedBucketsJob:
         else:
             raise ValueError(f"{candidate.resource}: unknown action {candidate.action!r}")
 
-    def restore(self, record: dict[str, Any]) -> None:
+    def observe(self, candidate: Candidate, record: dict[str, Any]) -> Observed:
+        name = bucket_of(candidate.resource)
+        bucket = next((b for b in self._s3.buckets() if b.name == name), None)
+        if candidate.action == "delete":
+            if bucket is None:
+                return Observed("done", f"{candidate.resource} is gone")
+            created = _iso(bucket.created)
+            if created != candidate.evidence.get("created"):
+                return Observed("done", f"{candidate.resource} was deleted; a bucket of that "
+                                        f"name was created again at {created}")
+            return Observed("not_done", f"{candidate.resource} still exists")
+        if candidate.action == "expire_objects":
+            if bucket is None:
+                return Observed("vanished", f"{candidate.resource} no longer exists")
+            rules = self._s3.lifecycle(name) or []
+            if any(r.get("ID") == EXPIRE_RULE_ID for r in rules):
+                return Observed("done", f"{candidate.resource} has the rule {EXPIRE_RULE_ID}")
+            return Observed("not_done", f"{candidate.resource} has no rule {EXPIRE_RULE_ID}")
+        raise ValueError(f"{candidate.resource}: unknown action {candidate.action!r}")
+
+    def restore(self, record: dict[str, Any], *, restore_id: str) -> str:
         name = record["bucket"]
-        if not self._s3.exists(name):
-            self._s3.create_bucket(name, region=record["region"])
+        resource = PREFIX + name
+        tags = unmarked_tags(record.get("tags") or {})
+        if record.get("action") == "delete":
+            if self._s3.exists(name):
+                if self._s3.tags(name).get(RESTORED_TAG) != restore_id:
+                    raise RuntimeError(f"a bucket named {name} exists again and is not the one "
+                                       "deleted (or its restore); not touching it")
+            else:
+                self._s3.create_bucket(name, region=record["region"])
+            if len(tags) < MAX_TAGS:
+                tags = {**tags, RESTORED_TAG: restore_id}
+            self._s3.put_tags(name, tags)  # first: a retry knows the bucket for its own
             if record.get("versioning"):
                 self._s3.put_versioning(name, record["versioning"])
             if record.get("policy"):
@@ -358,7 +419,17 @@ class OrphanedBucketsJob:
         current = self._s3.lifecycle(name)
         if lifecycle or current:
             self._s3.put_lifecycle(name, _without_ours(lifecycle))
-        self._s3.put_tags(name, unmarked_tags(record.get("tags") or {}))
+        self._s3.put_tags(name, tags)
+        if not self._s3.exists(name):
+            raise RuntimeError(f"{resource} cannot be read back after the restore")
+        left = [r.get("ID") for r in self._s3.lifecycle(name) or []
+                if r.get("ID") in (EXPIRE_RULE_ID, MARKER_RULE_ID)]
+        if left:
+            raise RuntimeError(f"{resource} still has the rules {left} after the restore")
+        if record.get("action") == "delete":
+            return (f"{resource} created again with its tags, policy, lifecycle and "
+                    "versioning (objects deleted before cannot come back)")
+        return f"{resource}: its own lifecycle rules are back, Steward's expiry rule is gone"
 
 
 def _without_ours(rules: Iterable[Mapping[str, Any]] | None) -> list[dict[str, Any]]:
@@ -379,12 +450,17 @@ def _jsonable(value: Any) -> Any:
 def build(context: JobContext) -> OrphanedBucketsJob:
     """The engine's entry point (``registry.build_job``): the job over the configured AWS
     account and the cluster the controller talks to."""
-    if context.api_client is None:
+    references: BucketReferenceSource
+    if context.api_client is not None:
+        from agent.controller.hygiene.references import ClusterReferences
+
+        references = ClusterReferences(context.api_client)
+    elif context.for_restore:
+        references = NoReferences()
+    else:
         raise JobUnavailable("orphaned-buckets needs the Kubernetes API to know which buckets "
                              "are in use; no cluster is configured")
-    from agent.controller.hygiene.references import ClusterReferences
-
     seconds = context.clock
     return OrphanedBucketsJob.from_config(
-        context.config, references=ClusterReferences(context.api_client),
+        context.config, references=references,
         clock=lambda: datetime.fromtimestamp(seconds(), UTC))

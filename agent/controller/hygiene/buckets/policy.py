@@ -23,6 +23,9 @@ EXEMPT_TAG = "steward.io/exempt"
 MARK_TAG = "steward.io/marked-for-deletion"
 REASON_TAG = "steward.io/marked-reason"
 STEWARD_TAGS = (MARK_TAG, REASON_TAG)
+# On a bucket a restore created again: which restore did it, so a restore that died after
+# the create and is tried again knows the bucket for its own.
+RESTORED_TAG = "steward.io/restored-from"
 EXPIRE_RULE_ID = "steward-expire-orphaned-bucket"
 MARKER_RULE_ID = "steward-expire-orphaned-bucket-delete-markers"
 MAX_TAGS = 50  # S3's limit per bucket

@@ -100,6 +100,7 @@ class S3Buckets:
             if not token:
                 return found
 
+
     def tags(self, bucket: str) -> dict[str, str]:
         result = self._call("get_bucket_tagging", absent={}, Bucket=bucket)
         return {t["Key"]: t["Value"] for t in (result or {}).get("TagSet", [])}
@@ -140,10 +141,21 @@ class S3Buckets:
             if recent is not None or not truncated:
                 return Activity(recent, recent_key, objects, size, newest, oldest,
                                 complete=not truncated, pages=pages)
+            # A page that says "more" without saying where from: stopping here would read a
+            # part of the bucket as all of it.
             if versioned:
+                if not page.get("NextKeyMarker"):
+                    raise S3Error(f"S3 list_object_versions {bucket}: truncated page "
+                                  "without NextKeyMarker", code="IncompleteListing")
                 kwargs["KeyMarker"] = page.get("NextKeyMarker")
-                kwargs["VersionIdMarker"] = page.get("NextVersionIdMarker")
+                if page.get("NextVersionIdMarker"):
+                    kwargs["VersionIdMarker"] = page.get("NextVersionIdMarker")
+                else:
+                    kwargs.pop("VersionIdMarker", None)
             else:
+                if not page.get("NextContinuationToken"):
+                    raise S3Error(f"S3 list_objects_v2 {bucket}: truncated page without "
+                                  "NextContinuationToken", code="IncompleteListing")
                 kwargs["ContinuationToken"] = page.get("NextContinuationToken")
 
     def is_empty(self, bucket: str) -> bool:

@@ -2,10 +2,11 @@
 
 Marks live in the engine's state store only: a registry cannot hold one safely (a marker tag
 would itself be a tag to protect or to delete, and a retag races with CI pushes), so
-``mark``/``unmark`` here change nothing. Restore pushes back the recorded manifest bytes and
-tags; that works only while the registry still holds the layers (ECR keeps them for a while
-after a manifest delete; a distribution registry until its garbage collection runs), and
-cannot bring back pull history or push time.
+``mark``/``unmark`` here change nothing. Restore needs only the registry: it pushes back the
+recorded manifest bytes and tags, and reads the manifest back; that works only while the
+registry still holds the layers (ECR keeps them for a while after a manifest delete; a
+distribution registry until its garbage collection runs), and cannot bring back pull history
+or push time.
 """
 
 from __future__ import annotations
@@ -30,13 +31,20 @@ from agent.controller.hygiene.images.registry import (
     Manifest,
     RegistryError,
 )
-from agent.controller.hygiene.model import Candidate, Scan, ScanFailed, Skipped, Unit
+from agent.controller.hygiene.model import (
+    Candidate,
+    Observed,
+    Scan,
+    ScanFailed,
+    Skipped,
+    Unit,
+)
 from agent.controller.hygiene.references import (
     ImageReferences,
     ImageReferenceSource,
     ReferencesUnavailable,
 )
-from agent.controller.hygiene.registry import JobContext, JobUnavailable
+from agent.controller.hygiene.registry import JobContext, JobUnavailable, NoReferences
 
 OWNER_TAGS = ("owner", "team")
 
@@ -251,7 +259,18 @@ class StaleImagesJob:
         if children:
             registry.delete(repository, children)
 
-    def restore(self, record: dict[str, Any]) -> None:
+    def observe(self, candidate: Candidate, record: dict[str, Any]) -> Observed:
+        registry, repository, digest = self._locate(candidate.resource)
+        if registry.manifest(repository, digest) is not None:
+            return Observed("not_done", f"{candidate.resource} is still in the registry")
+        left = [child for child in candidate.evidence.get("children", [])
+                if registry.manifest(repository, child) is not None]
+        if left:
+            return Observed("partial", f"{candidate.resource} is gone, {len(left)} of its "
+                                       "children are not")
+        return Observed("done", f"{candidate.resource} is gone")
+
+    def restore(self, record: dict[str, Any], *, restore_id: str) -> str:
         registry, repository, digest = self._locate(record["resource"])
         for entry in record["manifests"]:
             manifest = Manifest(base64.b64decode(entry["manifest_b64"]), entry["media_type"])
@@ -262,6 +281,12 @@ class StaleImagesJob:
             registry.put_manifest(repository, manifest, tag=None)
             for tag in tags:
                 registry.put_manifest(repository, manifest, tag=tag)
+        back = registry.manifest(repository, digest)
+        if back is None or back.digest != digest:
+            raise RegistryError(f"{record['resource']} cannot be read back after the restore")
+        tags = ", ".join(record["tags"]) or "no tags"
+        return (f"{record['resource']} pushed back ({len(record['manifests'])} manifests, "
+                f"{tags})")
 
 
 def registry_from_config(entry: RegistryConfig, config: StewardConfig, *,
@@ -288,12 +313,17 @@ def registry_from_config(entry: RegistryConfig, config: StewardConfig, *,
 def build(context: JobContext) -> StaleImagesJob:
     """The engine's entry point (``registry.build_job``): the job over the configured
     registries and the cluster the controller talks to."""
-    if context.api_client is None:
+    references: ImageReferenceSource
+    if context.api_client is not None:
+        from agent.controller.hygiene.references import ClusterReferences
+
+        references = ClusterReferences(context.api_client)
+    elif context.for_restore:
+        references = NoReferences()
+    else:
         raise JobUnavailable("stale-images needs the Kubernetes API to know which images are "
                              "in use; no cluster is configured")
-    from agent.controller.hygiene.references import ClusterReferences
-
     seconds = context.clock
     return StaleImagesJob.from_config(
-        context.config, references=ClusterReferences(context.api_client),
+        context.config, references=references,
         clock=lambda: datetime.fromtimestamp(seconds(), UTC))

@@ -206,13 +206,18 @@ class OciRegistry:
                             code=code or f"HTTP_{response.status_code}")
 
     def _paged(self, path: str, field: str, *, key: str) -> Iterator[str]:
+        """Every value of a paged list. A page after the first that fails, 404 included,
+        fails the listing: a part of a list read as all of it would show tags missing."""
         url: str | None = path
         params: dict[str, Any] | None = {"n": self._page_size}
+        first = True
         while url:
             response = self._request("GET", url, key=key, params=params)
-            if response.status_code == 404 and field == "tags":
+            if response.status_code == 404 and field == "tags" and first:
                 return  # the repository is gone (NAME_UNKNOWN): no tags
-            self._check(response, f"GET {url}")
+            self._check(response, f"GET {url}" if first else
+                        f"GET {url} (a later page: the listing stopped part-way)")
+            first = False
             try:
                 values = response.json().get(field)
             except ValueError as exc:
