@@ -5,7 +5,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # chromium: the FinOps report's HTML is rendered headless in the tests.
-APT_PACKAGES=(prometheus prometheus-alertmanager docker-registry chromium)
+# etcd-server, openssl, curl: the real Kubernetes control plane (scripts/real-k8s.sh).
+APT_PACKAGES=(prometheus prometheus-alertmanager docker-registry chromium etcd-server openssl curl)
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do
   dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
