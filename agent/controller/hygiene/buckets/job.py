@@ -110,7 +110,9 @@ class OrphanedBucketsJob:
             from agent.controller.hygiene.references import ClusterReferences
             from agent.kube import api_client
 
-            references = ClusterReferences(api_client(config.kubernetes))
+            references = ClusterReferences(
+                api_client(config.kubernetes, "hygiene"),
+                secret_namespaces=config.hygiene.orphaned_buckets.secret_namespaces)
         session = boto_session or boto3.session.Session()
         client = session.client("s3", endpoint_url=config.aws.endpoint_url,
                                 region_name=config.aws.region,
@@ -386,5 +388,7 @@ def build(context: JobContext) -> OrphanedBucketsJob:
 
     seconds = context.clock
     return OrphanedBucketsJob.from_config(
-        context.config, references=ClusterReferences(context.api_client),
+        context.config, references=ClusterReferences(
+            context.api_client,
+            secret_namespaces=context.config.hygiene.orphaned_buckets.secret_namespaces),
         clock=lambda: datetime.fromtimestamp(seconds(), UTC))
