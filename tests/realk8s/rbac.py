@@ -50,18 +50,21 @@ def apply_chart_rbac(cluster: RealCluster, rendered: Rendered) -> None:
         namespace = doc["metadata"].get("namespace")
         if namespace:
             cluster.namespace(namespace)
-        {"ClusterRole": lambda: rbac.create_cluster_role(doc),
-         "ClusterRoleBinding": lambda: rbac.create_cluster_role_binding(doc),
-         "Role": lambda: rbac.create_namespaced_role(namespace, doc),
-         "RoleBinding": lambda: rbac.create_namespaced_role_binding(namespace, doc),
-         }[doc["kind"]]()
+        if doc["kind"] == "ClusterRole":
+            rbac.create_cluster_role(doc)
+        elif doc["kind"] == "ClusterRoleBinding":
+            rbac.create_cluster_role_binding(doc)
+        elif doc["kind"] == "Role":
+            rbac.create_namespaced_role(namespace, doc)
+        else:
+            rbac.create_namespaced_role_binding(namespace, doc)
     wait_enforced(cluster, rendered)
 
 
 def bound_rules(rendered: Rendered, service_account: str
                 ) -> list[tuple[str | None, dict[str, Any]]]:
     """(namespace or None for cluster-wide, rule) for every rule bound to the account."""
-    found = []
+    found: list[tuple[str | None, dict[str, Any]]] = []
     for binding in rendered.of_kind("RoleBinding", "ClusterRoleBinding"):
         if not any(s["name"] == service_account for s in binding.get("subjects") or []):
             continue
@@ -82,10 +85,10 @@ def allowed(cluster: RealCluster, user: str, verb: str, group: str, resource: st
         attributes["namespace"] = namespace
     if name:
         attributes["name"] = name
-    _, _, ns, sa = user.split(":")
+    namespace_of_account = user.split(":")[2]
     review = client.AuthorizationV1Api(cluster.admin).create_subject_access_review({
         "spec": {"user": user, "groups": ["system:serviceaccounts",
-                                          f"system:serviceaccounts:{ns}",
+                                          f"system:serviceaccounts:{namespace_of_account}",
                                           "system:authenticated"],
                  "resourceAttributes": attributes}})
     return bool(review.status.allowed)
