@@ -5,6 +5,7 @@ etcd compaction."""
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import subprocess
 import time
@@ -110,10 +111,16 @@ class RealCluster:
             service_account, namespace, request)
         return str(answer.status.token)
 
-    def write_kubeconfig(self, path: Path, token: str) -> Path:
+    @property
+    def port(self) -> int:
+        return int(self.server.rsplit(":", 1)[1])
+
+    def write_kubeconfig(self, path: Path, token: str, *, port: int | None = None) -> Path:
+        """A kubeconfig with ``token``; ``port`` points it at a proxy instead."""
+        server = self.server if port is None else f"https://127.0.0.1:{port}"
         config = {
             "apiVersion": "v1", "kind": "Config", "current-context": "sa",
-            "clusters": [{"name": "real", "cluster": {"server": self.server,
+            "clusters": [{"name": "real", "cluster": {"server": server,
                                                       "certificate-authority": str(self.ca)}}],
             "users": [{"name": "sa", "user": {"token": token}}],
             "contexts": [{"name": "sa", "context": {"cluster": "real", "user": "sa"}}],
@@ -203,3 +210,66 @@ def http_status(call: Any, *args: Any, **kwargs: Any) -> int:
     except ApiException as exc:
         return int(exc.status)
     return 0
+
+
+class TcpProxy:
+    """A TCP forwarder to the API server (TLS passes through untouched): ``cut()`` drops
+    every open connection at once, as a load balancer or a network blip would, while the
+    server stays up and keeps its watch cache."""
+
+    def __init__(self, target_port: int) -> None:
+        import socket
+        import threading
+
+        self._target = target_port
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.port = int(self._listener.getsockname()[1])
+        self._lock = threading.Lock()
+        self._open: set[Any] = set()
+        self._closed = False
+        threading.Thread(target=self._accept, name="k8s-proxy", daemon=True).start()
+
+    def _accept(self) -> None:
+        import socket
+        import threading
+
+        while not self._closed:
+            try:
+                downstream, _ = self._listener.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(("127.0.0.1", self._target))
+            with self._lock:
+                self._open.update((downstream, upstream))
+            for source, sink in ((downstream, upstream), (upstream, downstream)):
+                threading.Thread(target=self._pump, args=(source, sink), daemon=True).start()
+
+    def _pump(self, source: Any, sink: Any) -> None:
+        try:
+            while data := source.recv(65536):
+                sink.sendall(data)
+        except OSError:
+            pass
+        finally:
+            self._drop(source, sink)
+
+    def _drop(self, *sockets: Any) -> None:
+        import socket
+
+        for sock in sockets:
+            with self._lock:
+                self._open.discard(sock)
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+            sock.close()
+
+    def cut(self) -> int:
+        with self._lock:
+            sockets = list(self._open)
+        self._drop(*sockets)
+        return len(sockets) // 2
+
+    def close(self) -> None:
+        self._closed = True
+        self._listener.close()
+        self.cut()
