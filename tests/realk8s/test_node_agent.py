@@ -35,6 +35,7 @@ NODE_USER = service_account_user(NAMESPACE, f"{RELEASE}-node")
 class Agent:
     process: StewardProcess
     proxy: TcpProxy
+    started: int  # where the audit log ended when it started
 
     def metrics(self) -> str:
         with urllib.request.urlopen(f"{self.process.url}/metrics", timeout=5) as response:
@@ -58,10 +59,11 @@ def agent(real_k8s: RealCluster, tmp_path_factory: pytest.TempPathFactory) -> It
     proxy = TcpProxy(real_k8s.port)
     token = real_k8s.token(NAMESPACE, f"{RELEASE}-node")
     kubeconfig = real_k8s.write_kubeconfig(workdir / "node.kubeconfig", token, port=proxy.port)
+    started = real_k8s.audit_mark()
     process = start_node(workdir, env={"KUBECONFIG": str(kubeconfig), "NODE_NAME": MINE},
                          config="node: {collect_interval_seconds: 0.2}\n")
     try:
-        yield Agent(process, proxy)
+        yield Agent(process, proxy, started)
     finally:
         process.stop()
         proxy.close()
@@ -112,7 +114,7 @@ def test_own_node_only_with_real_status(real_k8s: RealCluster, agent: Agent) -> 
     assert agent.pods_up()
     # It asked for its own node's pods only, with its own token and name (since it started:
     # a watch is audited when it ends).
-    requests = real_k8s.audit(user=NODE_USER)
+    requests = real_k8s.audit(since=agent.started, user=NODE_USER)
     assert requests and all(e.resource == "pods" and "fieldSelector=spec.nodeName%3D" + MINE
                             in e.uri for e in requests)
     assert {e.user_agent for e in requests} == {user_agent("node")}
