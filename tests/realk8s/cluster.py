@@ -238,7 +238,12 @@ class TcpProxy:
                 downstream, _ = self._listener.accept()
             except OSError:
                 return
-            upstream = socket.create_connection(("127.0.0.1", self._target))
+            try:
+                upstream = socket.create_connection(("127.0.0.1", self._target), timeout=5)
+                upstream.settimeout(None)
+            except OSError:  # the API server is down (restarting): refuse, as it would
+                downstream.close()
+                continue
             with self._lock:
                 self._open.update((downstream, upstream))
             for source, sink in ((downstream, upstream), (upstream, downstream)):
