@@ -179,6 +179,10 @@ class OrphanedBucketsConfig(HygieneJobConfig):
     expire_non_empty: bool = False  # opt-in: lifecycle-expire objects of non-empty orphans
     expire_after_days: int = Field(default=30, ge=1)
     buckets: list[str] = Field(default_factory=list)  # glob patterns; empty = all
+    # Namespaces whose Secret names and annotations (metadata only) are also read for bucket
+    # references; none by default. The chart grants `secrets list` in exactly these
+    # namespaces (hygiene.secrets.namespaces), never cluster-wide.
+    secret_namespaces: list[str] = Field(default_factory=list)
 
 
 class HygieneConfig(Section):

@@ -100,6 +100,7 @@ def _simulated_families() -> dict[str, list[Metric]]:
     from agent.exporter.collection import CollectionLoops
     from agent.node.app import build_node_agent
     from agent.node.gpu_metrics import build_xid_families
+    from agent.node.pods import PodInfo, build_pod_families
     from agent.notify.metrics import NotifierMetrics
 
     config = load_config(None, environ={"STEWARD_NODE__GPU_BACKEND": "sim",
@@ -114,6 +115,10 @@ def _simulated_families() -> dict[str, list[Metric]]:
     finally:
         node.server.server_close()
         node.sources.gpus.close()
+    # The simulated node has no Terminating pod: that family, from the code that builds it.
+    node_families += [m for m in build_pod_families([PodInfo(
+        uid="d", namespace="ns", name="p", phase="Running", gpus_requested=0, containers=(),
+        deleted_at=1.0)], "docs") if m.name == "steward_pod_deletion_timestamp_seconds"]
     tracker = PipelineTracker()
     tracker.observe([Run("a", "ns", "p", "CronJob", "succeeded", 1.0, 2.0),
                      Run("b", "ns", "p", "CronJob", None, 3.0, None)], {})

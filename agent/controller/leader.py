@@ -16,6 +16,8 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
+from agent.kube import micro_time
+
 log = logging.getLogger(__name__)
 
 
@@ -60,7 +62,9 @@ class LeaderElector:
                 # The API field is whole seconds: round up, never promise less than we keep.
                 holder_identity=self.identity,
                 lease_duration_seconds=math.ceil(self._duration),
-                acquire_time=acquire_time or now, renew_time=now,
+                # MicroTime text, never a datetime: the client would send isoformat(), which
+                # has no fraction when the microsecond is 0, and the server refuses that.
+                acquire_time=micro_time(acquire_time or now), renew_time=micro_time(now),
                 lease_transitions=transitions))
 
     def try_acquire_or_renew(self) -> bool:
@@ -76,8 +80,13 @@ class LeaderElector:
             try:
                 self._api.create_namespaced_lease(self._namespace, self._lease_body(
                     acquire_time=None, transitions=0, resource_version=None))
-            except ApiException as create_exc:  # 409: another replica created it first
-                log.info("lease creation lost the race", extra={"status": create_exc.status})
+            except ApiException as create_exc:
+                if create_exc.status == 409:  # another replica created it first
+                    log.info("lease creation lost the race", extra={"status": 409})
+                else:  # 403 (RBAC), 400/422 (a body the server refuses): not a race
+                    log.warning("cannot create the leader lease", extra={
+                        "status": create_exc.status, "reason": create_exc.reason,
+                        "detail": _message(create_exc)})
                 return False
             self._observed, self._observed_at = None, self._monotonic()
             return True
@@ -100,7 +109,8 @@ class LeaderElector:
             self._api.replace_namespaced_lease(self._name, self._namespace, body)
         except ApiException as exc:
             if exc.status != 409:
-                log.warning("cannot update the leader lease", extra={"status": exc.status})
+                log.warning("cannot update the leader lease", extra={
+                    "status": exc.status, "reason": exc.reason, "detail": _message(exc)})
             return False
         return True
 
@@ -157,7 +167,22 @@ class LeaderElector:
                 return
             lease.spec.holder_identity = ""
             lease.spec.lease_duration_seconds = 1
+            # The times read back are datetimes: written back as MicroTime text (see above).
+            if lease.spec.acquire_time is not None:
+                lease.spec.acquire_time = micro_time(lease.spec.acquire_time)
+            lease.spec.renew_time = micro_time(self._wall())
             self._api.replace_namespaced_lease(self._name, self._namespace, lease)
             log.info("released the leader lease", extra={"identity": self.identity})
         except ApiException as exc:
             log.warning("could not release the leader lease", extra={"status": exc.status})
+
+
+def _message(exc: Any) -> str:
+    """The ``message`` of the Status an API error carries, else its raw body (bounded)."""
+    import json
+
+    body = getattr(exc, "body", None) or ""
+    try:
+        return str(json.loads(body).get("message", ""))[:500]
+    except (ValueError, AttributeError, TypeError):
+        return str(body)[:500]

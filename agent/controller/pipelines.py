@@ -3,7 +3,9 @@
 A pipeline is a CronJob (its Jobs are its runs), a Job without a CronJob owner (grouped by
 its ``steward.io/pipeline`` label, else its name), or an Argo ``Workflow`` (grouped by its
 ``workflowTemplateRef``, its ``steward.io/pipeline`` label, its CronWorkflow, else its
-generateName). Argo's CRD may be absent: then Workflows are skipped, cleanly and once.
+generateName). Argo's CRD may be absent, or not granted (``pipelines.argo=false``): then
+Workflows are skipped, told apart by discovery (an unauthorised list of an unknown group is
+403, not 404), and logged once.
 
 Run counts are cumulative over what this process has seen complete; the last success and
 last duration survive a Job being garbage-collected because they are remembered here.
@@ -12,14 +14,15 @@ last duration survive a Job being garbage-collected because they are remembered 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
 from prometheus_client.metrics_core import Metric
 
 from agent.exporter.collection import Collector, CollectorFailed, CollectResult
-from agent.kube import paged, timestamp
+from agent.kube import paged, served_resources, timestamp
 
 log = logging.getLogger(__name__)
 PIPELINE_LABEL = "steward.io/pipeline"
@@ -142,28 +145,60 @@ class PipelineTracker:
         return [m for m in (runs, success, duration, running) if m.samples]
 
 
-def pipelines_collector(batch_api: Any, custom_api: Any, interval: float) -> Collector:
-    tracker = PipelineTracker()
-    argo = {"present": True, "logged": False}
+class _Argo:
+    """Whether to list Argo Workflows: only where discovery shows them, and never again
+    after a 403 (the chart grants them only with ``pipelines.argo``; a restart looks again).
+    Discovery is asked again every ``rediscover_seconds`` while Argo is absent, so that
+    installing it later needs no restart."""
 
-    def workflows() -> list[Run]:
+    def __init__(self, custom_api: Any, *, rediscover_seconds: float,
+                 monotonic: Callable[[], float]) -> None:
+        self._custom = custom_api
+        self._rediscover = rediscover_seconds
+        self._monotonic = monotonic
+        self._checked_at: float | None = None
+        self._served = False
+        self._forbidden = False
+
+    def runs(self) -> list[Run]:
         from kubernetes.client.exceptions import ApiException
 
-        if not argo["present"]:
+        if self._forbidden:
+            return []
+        now = self._monotonic()
+        if self._checked_at is None or (not self._served
+                                        and now - self._checked_at >= self._rediscover):
+            first = self._checked_at is None
+            self._served = ARGO_PLURAL in served_resources(
+                self._custom.api_client, ARGO_GROUP, ARGO_VERSION)
+            self._checked_at = now
+            if first and not self._served:
+                log.info("Argo Workflows not installed; pipelines are CronJobs and Jobs")
+        if not self._served:
             return []
         try:
-            listed = custom_api.list_cluster_custom_object(
-                ARGO_GROUP, ARGO_VERSION, ARGO_PLURAL, _request_timeout=30)
+            return [run_of_workflow(w) for w in paged(
+                self._custom.list_cluster_custom_object, group=ARGO_GROUP,
+                version=ARGO_VERSION, plural=ARGO_PLURAL)]
         except ApiException as exc:
-            if exc.status in (403, 404):
-                # 404: no Argo in this cluster; 403: the chart did not grant it
-                # (pipelines.argo off). Neither is an error; look again after a restart.
-                argo["present"] = False
-                log.info("Argo Workflows not readable (HTTP %s); pipelines are CronJobs and "
-                         "Jobs", exc.status)
+            if exc.status == 403:
+                # Installed but not granted: the operator's choice (pipelines.argo=false).
+                self._forbidden = True
+                log.warning("Argo Workflows are installed but the controller may not list "
+                            "them (HTTP 403); pipelines are CronJobs and Jobs: set "
+                            "pipelines.argo=true in the chart to include Workflows")
+                return []
+            if exc.status == 404:  # the CRD went away between discovery and the list
+                self._served = False
                 return []
             raise
-        return [run_of_workflow(w) for w in listed.get("items", [])]
+
+
+def pipelines_collector(batch_api: Any, custom_api: Any, interval: float, *,
+                        rediscover_seconds: float = 600.0,
+                        monotonic: Callable[[], float] = time.monotonic) -> Collector:
+    tracker = PipelineTracker()
+    argo = _Argo(custom_api, rediscover_seconds=rediscover_seconds, monotonic=monotonic)
 
     def collect() -> CollectResult:
         from kubernetes.client.exceptions import ApiException
@@ -175,7 +210,7 @@ def pipelines_collector(batch_api: Any, custom_api: Any, interval: float) -> Col
                 when = timestamp(cron.status.last_successful_time) if cron.status else None
                 if when is not None:
                     cron_success[(cron.metadata.namespace, cron.metadata.name)] = when
-            runs.extend(workflows())
+            runs.extend(argo.runs())
         except ApiException as exc:
             raise CollectorFailed(f"api_{exc.status}", f"listing pipelines: {exc.reason}") \
                 from exc

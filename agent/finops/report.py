@@ -53,7 +53,7 @@ def default_namespace_labels(config: StewardConfig) -> NamespaceLabelsSource | N
 
     if not cluster_configured(config.kubernetes):
         return None
-    return KubernetesNamespaceLabels(lambda: api_client(config.kubernetes))
+    return KubernetesNamespaceLabels(lambda: api_client(config.kubernetes, "finops"))
 
 
 def default_savings(config: StewardConfig) -> SavingsSource | None:

@@ -111,7 +111,7 @@ def make_sources(config: StewardConfig) -> NodeSources:
     if cluster_configured(config.kubernetes):
         from kubernetes import client
 
-        cache = PodCache(client.CoreV1Api(api_client(config.kubernetes)), node.node_name)
+        cache = PodCache(client.CoreV1Api(api_client(config.kubernetes, "node")), node.node_name)
         pods = cache
         starters.append(cache.start)
         closers.insert(0, cache.stop)

@@ -8,6 +8,7 @@ API server.
 
 from __future__ import annotations
 
+import functools
 import logging
 import random
 import threading
@@ -42,6 +43,10 @@ class PodInfo:
     gpus_requested: int
     containers: tuple[ContainerInfo, ...]
     created_at: float | None = None
+    # metadata.deletionTimestamp, set once the pod is being deleted (kubectl's
+    # "Terminating"): deletion time plus the grace period. The phase stays what it was until
+    # the kubelet has stopped the containers.
+    deleted_at: float | None = None
 
 
 def _gpu_count(resources: Any) -> int:
@@ -88,6 +93,7 @@ def pod_info_from_api(pod: Any) -> PodInfo:
         gpus_requested=sum(_gpu_count(c.resources) for c in pod.spec.containers or []),
         containers=tuple(containers),
         created_at=timestamp(pod.metadata.creation_timestamp),
+        deleted_at=timestamp(pod.metadata.deletion_timestamp),
     )
 
 
@@ -107,6 +113,7 @@ class PodCache:
     def __init__(self, core_api: Any, node_name: str, *, watch_timeout_seconds: int = 300,
                  request_timeout: float = 30.0,
                  backoff_initial: float = 1.0, backoff_max: float = 60.0,
+                 page_size: int = 500,
                  watch_factory: Callable[[], Any] | None = None) -> None:
         self._core = core_api
         self._node = node_name
@@ -115,6 +122,7 @@ class PodCache:
         self._request_timeout = request_timeout
         self._backoff_initial = backoff_initial
         self._backoff_max = backoff_max
+        self._page_size = page_size
         if watch_factory is None:
             from kubernetes import watch
 
@@ -200,9 +208,19 @@ class PodCache:
         self._error = message
 
     def _relist(self) -> str:
-        listed = self._core.list_pod_for_all_namespaces(field_selector=self._selector,
-                                                        _request_timeout=self._request_timeout)
-        pods = {p.metadata.uid: pod_info_from_api(p) for p in listed.items}
+        # Paged like every list (a node holds at most a few hundred pods, but a page size
+        # bounds what one response can cost). Every page carries the snapshot's
+        # resourceVersion; the watch resumes from it.
+        pods: dict[str, PodInfo] = {}
+        token: str | None = None
+        while True:
+            listed = self._core.list_pod_for_all_namespaces(
+                field_selector=self._selector, limit=self._page_size, _continue=token,
+                _request_timeout=self._request_timeout)
+            pods.update((p.metadata.uid, pod_info_from_api(p)) for p in listed.items)
+            token = listed.metadata._continue
+            if not token:
+                break
         with self._lock:
             self._pods = pods
         self.relists += 1
@@ -213,9 +231,21 @@ class PodCache:
         watcher = self._watch_factory()
         self._current_watch = watcher
         self._resume_from = resource_version
+        list_pods = self._core.list_pod_for_all_namespaces
+
+        @functools.wraps(list_pods)  # the client finds the event type in the docstring
+        def open_watch(*args: Any, **kwargs: Any) -> Any:
+            response = list_pods(*args, **kwargs)
+            # The server accepted the watch (an error status raises before this): the cache
+            # is live again from here, though a real server may send no event or bookmark
+            # for minutes. What it missed meanwhile is replayed from resource_version, or
+            # the server answers 410 and the cache relists.
+            self._error = None
+            return response
+
         try:
             for event in watcher.stream(
-                    self._core.list_pod_for_all_namespaces, field_selector=self._selector,
+                    open_watch, field_selector=self._selector,
                     resource_version=resource_version, allow_watch_bookmarks=True,
                     timeout_seconds=self._watch_timeout,
                     _request_timeout=self._watch_timeout + self._request_timeout):
@@ -251,9 +281,14 @@ def build_pod_families(pods: Iterable[PodInfo], hostname: str) -> list[Metric]:
                      "1 while the container waits for that reason.", "gauge")
     terminated = Metric("steward_container_last_terminated_timestamp_seconds",
                         "When the container last terminated, by reason.", "gauge")
+    deleting = Metric("steward_pod_deletion_timestamp_seconds",
+                      "The pod's deletionTimestamp (when its grace period ends): present "
+                      "while it is Terminating, whatever its phase.", "gauge")
     for pod in sorted(pods, key=lambda p: (p.namespace, p.name)):
         labels = {"namespace": pod.namespace, "pod": pod.name, "hostname": hostname}
         phase.add_sample("steward_pod_phase", {**labels, "phase": pod.phase}, 1.0)
+        if pod.deleted_at is not None:
+            deleting.add_sample(deleting.name, labels, pod.deleted_at)
         if pod.gpus_requested:
             gpus.add_sample("steward_pod_gpu_requested", labels, float(pod.gpus_requested))
         for container in pod.containers:
@@ -267,4 +302,4 @@ def build_pod_families(pods: Iterable[PodInfo], hostname: str) -> list[Metric]:
                     "steward_container_last_terminated_timestamp_seconds",
                     {**c_labels, "reason": container.last_terminated_reason},
                     container.last_terminated_at)
-    return [m for m in (phase, gpus, restarts, waiting, terminated) if m.samples]
+    return [m for m in (phase, deleting, gpus, restarts, waiting, terminated) if m.samples]

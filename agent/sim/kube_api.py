@@ -5,8 +5,11 @@ shapes: discovery, CRUD, selectors, paging, watch (bookmarks, 410 Gone), merge a
 optimistic concurrency, the scale subresource, Events, and fault injection for callers' tests.
 
 What it deliberately does not do: no controllers run (a Deployment never gets pods, status is
-only what a test writes), no garbage collection of owned objects, no admission, no auth, no
-server-side apply, and strategic merge patch is applied as a plain JSON merge patch.
+only what a test writes), no garbage collection of owned objects, no admission, no
+authentication, no server-side apply, and strategic merge patch is applied as a plain JSON
+merge patch. Authorization is optional (``grants``): with it, a request no grant covers is
+403 before routing, as on a real server, so an unknown group is 403, not 404. Which
+behaviours a real kube-apiserver proves instead: docs/kubernetes-behaviours.md.
 """
 
 from __future__ import annotations
@@ -41,7 +44,7 @@ if TYPE_CHECKING:
     import kubernetes.client
 
 __all__ = [
-    "Fault", "KubeApiError", "KubeApiServer", "RequestRecord", "parse_label_selector",
+    "Fault", "Grant", "KubeApiError", "KubeApiServer", "RequestRecord", "parse_label_selector",
     "standin_threads",
 ]
 
@@ -275,6 +278,9 @@ _DNS1123_SUBDOMAIN = re.compile(
 _QUALIFIED_NAME = re.compile(r"^([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]$")
 _LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
 _RFC3339 = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?(Z|[+-]\d{2}:\d{2})$")
+# MicroTime (Lease renewTime, Event eventTime): Go parses it with the layout
+# 2006-01-02T15:04:05.000000Z07:00, which needs exactly six fraction digits.
+_RFC3339_MICRO = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{6}(Z|[+-]\d{2}:\d{2})$")
 _SUBDOMAIN_MSG = (
     "a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or "
     "'.', and must start and end with an alphanumeric character"
@@ -371,6 +377,32 @@ def _validate_spec(res: _Resource, obj: JsonObj) -> list[_Cause]:
     return causes
 
 
+def _validate_job_status(obj: JsonObj) -> list[_Cause]:
+    """What a real API server (1.31+, JobManagedBy) refuses in a Job's status write: a
+    terminal condition without its interim one, and completionTime out of step with
+    Complete."""
+    status = obj.get("status") or {}
+    true = {c.get("type") for c in status.get("conditions") or []
+            if isinstance(c, dict) and c.get("status") == "True"}
+    causes: list[_Cause] = []
+    if "Complete" in true and "SuccessCriteriaMet" not in true:
+        causes.append(_bad_value("status.conditions", None, "cannot set Complete=True "
+                                 "condition without the SuccessCriteriaMet=true condition"))
+    if "Failed" in true and "FailureTarget" not in true:
+        causes.append(_bad_value("status.conditions", None, "cannot set Failed=True "
+                                 "condition without the FailureTarget=true condition"))
+    if "Complete" in true and "Failed" in true:
+        causes.append(_bad_value("status.conditions", None, "cannot set Complete=True and "
+                                 "Failed=true conditions"))
+    if "Complete" in true and not status.get("completionTime"):
+        causes.append(_required("status.completionTime",
+                                "completionTime is required for Complete jobs"))
+    if "Complete" not in true and status.get("completionTime"):
+        causes.append(_bad_value("status.completionTime", status["completionTime"],
+                                 "completionTime can only be set for Complete jobs"))
+    return causes
+
+
 def _validate_event(res: _Resource, obj: JsonObj) -> list[_Cause]:
     """The create-time rules of the Event API each group version enforces (storage form)."""
     causes: list[_Cause] = []
@@ -428,6 +460,11 @@ def _normalise_times(res: _Resource, obj: JsonObj, *, strict: bool) -> None:
         if not isinstance(holder, dict) or holder.get(leaf) is None:
             continue
         value = holder[leaf]
+        if strict and micro and isinstance(value, str) and not _RFC3339_MICRO.match(value):
+            raise _error(400, f'{res.kind} in version "{res.version}" cannot be handled as a '
+                              f'{res.kind}: parsing time {json.dumps(value)} as '
+                              f'"2006-01-02T15:04:05.000000Z07:00": six fraction digits '
+                              f"required ({path})")
         if not isinstance(value, str) or (strict and not _RFC3339.match(value)):
             raise _error(400, f'{res.kind} in version "{res.version}" cannot be handled as a '
                               f'{res.kind}: parsing time {json.dumps(value)} as '
@@ -849,6 +886,78 @@ def _as_json_obj(obj: Any) -> JsonObj:
     return result
 
 
+# --------------------------------------------------------------------------- authorization
+
+
+@dataclass(frozen=True)
+class Grant:
+    """One grant of the stand-in's optional authorization, shaped like an RBAC rule: ``verbs``
+    on ``group``/``resource`` (``deployments/scale`` for a subresource), in ``namespace``
+    only, or everywhere when it is None (a ClusterRoleBinding)."""
+
+    group: str
+    resource: str
+    verbs: frozenset[str]
+    namespace: str | None = None
+
+
+@dataclass(frozen=True)
+class _Attributes:
+    verb: str
+    group: str
+    resource: str  # with "/subresource" when there is one
+    namespace: str | None
+    name: str | None
+
+
+# Path segments after /namespaces/<name> that are the namespace's own subresources.
+_NAMESPACE_SUBRESOURCES = frozenset({"status", "finalize"})
+
+
+def _request_attributes(method: str, path: str, query: Mapping[str, str]
+                        ) -> _Attributes | None:
+    """What the API server's RequestInfo makes of a request, from its path alone (it does not
+    need the group to exist); None for non-resource paths (discovery, health, version),
+    which every authenticated caller may read (``system:discovery``)."""
+    segments = path.strip("/").split("/")
+    if segments[0] == "api" and len(segments) >= 3:
+        group, rest = "", segments[2:]
+    elif segments[0] == "apis" and len(segments) >= 4:
+        group, rest = segments[1], segments[3:]
+    else:
+        return None
+    namespace: str | None = None
+    if rest[0] == "namespaces" and len(rest) >= 2:
+        namespace = rest[1]
+        if len(rest) > 2 and rest[2] not in _NAMESPACE_SUBRESOURCES:
+            rest = rest[2:]
+    resource = rest[0] + (f"/{rest[2]}" if len(rest) > 2 else "")
+    name = rest[1] if len(rest) > 1 else None
+    if method == "GET":
+        verb = "get" if name else ("watch" if query.get("watch", "") in _TRUE else "list")
+    else:
+        verb = {"POST": "create", "PUT": "update", "PATCH": "patch"}.get(method, "")
+        if method == "DELETE":
+            verb = "delete" if name else "deletecollection"
+    return _Attributes(verb, group, resource, namespace, name)
+
+
+def _forbidden(attrs: _Attributes, user: str) -> KubeApiError:
+    """The real server's wording, e.g. ``deployments.apps "web" is forbidden: User "u"
+    cannot patch resource "deployments" in API group "apps" in the namespace "ml"``."""
+    plural = attrs.resource.split("/")[0]
+    qualified = f"{plural}.{attrs.group}" if attrs.group else plural
+    target = f'{qualified} "{attrs.name}"' if attrs.name else qualified
+    scope = (f'in the namespace "{attrs.namespace}"' if attrs.namespace
+             else "at the cluster scope")
+    message = (f'{target} is forbidden: User "{user}" cannot {attrs.verb} resource '
+               f'"{attrs.resource}" in API group "{attrs.group}" {scope}')
+    details: JsonObj = {"group": attrs.group, "kind": plural}
+    if attrs.name:
+        details["name"] = attrs.name
+    return _error(403, message, details)
+
+
 # --------------------------------------------------------------------------- the server
 
 
@@ -858,13 +967,24 @@ class KubeApiServer:
     ``crds`` names the custom resource groups that are installed (``argoproj.io`` by default);
     a group left out answers 404 everywhere, as on a cluster without that CRD. ``history_limit``
     is how many changes watches can replay; older resourceVersions get 410 Gone.
+
+    ``bookmark_interval`` is how often a watch that asked for bookmarks gets one; a real API
+    server sends them about a minute apart (more when idle), so that is the default: a watch
+    that trusts a bookmark to come soon fails here as it would there. Tests and the demo
+    that want a quick resume may shorten it.
+
+    ``grants`` turns on authorization: every resource request must be covered by a
+    :class:`Grant`, else it is 403 (before routing: a group that does not exist is 403 too,
+    as on a real server). None (the default) allows everything.
     """
 
     def __init__(
         self,
         *,
         crds: Iterable[str] = ("argoproj.io",),
-        bookmark_interval: float = 1.0,
+        bookmark_interval: float = 60.0,
+        grants: Iterable[Grant] | None = None,
+        user: str = "system:serviceaccount:steward:steward-test",
         history_limit: int = 10_000,
         namespaces: Iterable[str] = ("default", "kube-system", "kube-public", "kube-node-lease"),
         clock: Callable[[], datetime] | None = None,
@@ -876,6 +996,8 @@ class KubeApiServer:
             raise ValueError(f"unknown CRD groups {sorted(unknown)}; known: {sorted(_CRD_GROUPS)}")
         self._crds = set(crds)
         self._bookmark_interval = bookmark_interval
+        self._grants: tuple[Grant, ...] | None = None if grants is None else tuple(grants)
+        self._user = user
         self._history_limit = history_limit
         self._clock = clock or (lambda: datetime.now(UTC))
         self._address = (host, port)
@@ -990,6 +1112,26 @@ class KubeApiServer:
             raise ValueError(f"unknown CRD group {group!r}")
         with self._cond:
             (self._crds.add if enabled else self._crds.discard)(group)
+
+    def set_grants(self, grants: Iterable[Grant] | None) -> None:
+        """Replace the grants (None: authorization off, everything allowed)."""
+        with self._cond:
+            self._grants = None if grants is None else tuple(grants)
+
+    def _authorize(self, method: str, path: str, query: Mapping[str, str]) -> None:
+        with self._cond:
+            grants = self._grants
+        if grants is None:
+            return
+        attrs = _request_attributes(method, path, query)
+        if attrs is None:
+            return
+        for grant in grants:
+            if (grant.group == attrs.group and grant.resource == attrs.resource
+                    and attrs.verb in grant.verbs
+                    and (grant.namespace is None or grant.namespace == attrs.namespace)):
+                return
+        raise _forbidden(attrs, self._user)
 
     def compact(self) -> None:
         """Forget all history: a watch from any earlier resourceVersion now gets 410 Gone."""
@@ -1301,6 +1443,8 @@ class KubeApiServer:
                 meta.pop(system, None)
         self._apply_defaults(res, result)
         causes = _validate_meta(res, meta) + _validate_spec(res, result)
+        if mode == "status" and res.plural == "jobs":
+            causes += _validate_job_status(result)
         if causes:
             raise _invalid(res.qualified_kind, res.group, meta.get("name", ""), causes)
         _normalise_times(res, result, strict=mode != "apply")
@@ -1495,6 +1639,7 @@ class KubeApiServer:
             self._expire_terminating()
         try:
             self._apply_fault(method, path)
+            self._authorize(method, path, query)
             if isinstance(body, str) and content_type != "application/apply-patch+yaml":
                 raise _error(400, "the request body is not valid JSON")
             code, payload = self._route(handler, record)

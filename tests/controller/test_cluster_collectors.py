@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import pytest
 from kubernetes import client
 
 from agent.controller.pending import pending_pods_collector
@@ -22,13 +23,15 @@ def iso(delta_minutes: float) -> str:
 def job(name: str, *, namespace: str = "ml", cron: str | None = None, result: str | None,
         started: float = -30, finished: float = -10, labels: dict[str, str] | None = None
         ) -> dict[str, Any]:
+    # As the Job controller writes them (and a real API server insists on): the interim
+    # condition first, then the terminal one.
     conditions = []
     if result == "succeeded":
-        conditions.append({"type": "Complete", "status": "True",
-                           "lastTransitionTime": iso(finished)})
+        conditions += [{"type": t, "status": "True", "lastTransitionTime": iso(finished)}
+                       for t in ("SuccessCriteriaMet", "Complete")]
     elif result == "failed":
-        conditions.append({"type": "Failed", "status": "True",
-                           "lastTransitionTime": iso(finished)})
+        conditions += [{"type": t, "status": "True", "lastTransitionTime": iso(finished)}
+                       for t in ("FailureTarget", "Failed")]
     status: dict[str, Any] = {"startTime": iso(started), "conditions": conditions}
     if result == "succeeded":
         status["completionTime"] = iso(finished)
@@ -120,19 +123,72 @@ def test_pipelines_by_kind_and_result(kube: KubeApiServer, api_client: client.Ap
 
 
 def test_argo_absent_is_skipped_cleanly(api_client: client.ApiClient) -> None:
+    clock = [0.0]
     with KubeApiServer(crds=(), namespaces=("ml",)) as no_argo:
         no_argo.create(job("j", result="succeeded", labels={"steward.io/pipeline": "p"}))
         api = no_argo.api_client()
-        loops = CollectionLoops([pipelines_collector(client.BatchV1Api(api),
-                                                     client.CustomObjectsApi(api), 30)])
+        loops = CollectionLoops([pipelines_collector(
+            client.BatchV1Api(api), client.CustomObjectsApi(api), 30,
+            rediscover_seconds=600, monotonic=lambda: clock[0])])
         samples = collect(loops)
         collect(loops)
-        api.close()
         assert value(samples, "steward_collector_up", collector="pipelines") == 1
         assert value(samples, "steward_pipeline_runs_total", namespace="ml", pipeline="p",
                      kind="Job", result="succeeded") == 1
-        workflow_requests = no_argo.request_log(path_regex="argoproj")
-        assert len(workflow_requests) == 1  # asked once, not on every collection
+        # Discovery asked once, not on every collection; no list of an absent group.
+        assert [r.path for r in no_argo.request_log(path_regex="argoproj")] == [
+            "/apis/argoproj.io/v1alpha1"]
+        # Argo installed later: seen at the next discovery, without a restart.
+        no_argo.set_group_enabled("argoproj.io", True)
+        no_argo.create(workflow("wf-late", template="late", phase="Succeeded"))
+        clock[0] = 601
+        later = collect(loops)
+        api.close()
+        assert value(later, "steward_pipeline_runs_total", namespace="ml", pipeline="late",
+                     kind="Workflow", result="succeeded") == 1
+
+
+def test_argo_not_granted_is_not_an_error_and_is_asked_once() -> None:
+    """pipelines.argo=false: a real server answers a list of a group it does not know with
+    403 (authorization runs before routing). Where Argo is absent nothing is listed; where
+    it is installed but not granted, one 403, logged, and Workflows are skipped."""
+    from agent.sim.kube_api import Grant
+
+    grants = [Grant("batch", "jobs", frozenset({"list"})),
+              Grant("batch", "cronjobs", frozenset({"list"}))]
+    for crds in ((), ("argoproj.io",)):
+        with KubeApiServer(crds=crds, namespaces=("ml",), grants=grants) as kube:
+            kube.create(job("j", result="succeeded", labels={"steward.io/pipeline": "p"}))
+            api = kube.api_client()
+            loops = CollectionLoops([pipelines_collector(client.BatchV1Api(api),
+                                                         client.CustomObjectsApi(api), 30)])
+            samples = collect(loops)
+            collect(loops)
+            api.close()
+            assert value(samples, "steward_collector_up", collector="pipelines") == 1, crds
+            assert value(samples, "steward_pipeline_runs_total", namespace="ml", pipeline="p",
+                         kind="Job", result="succeeded") == 1
+            refused = [r.path for r in kube.request_log() if r.status == 403]
+            assert refused == ([] if not crds else ["/apis/argoproj.io/v1alpha1/workflows"])
+
+
+def test_argo_workflows_are_listed_in_pages(kube: KubeApiServer,
+                                            api_client: client.ApiClient) -> None:
+    for i in range(5):
+        kube.create(workflow(f"wf-{i}", template="paged", phase="Succeeded"))
+    loops = CollectionLoops([pipelines_collector(client.BatchV1Api(api_client),
+                                                 client.CustomObjectsApi(api_client), 30)])
+    with pytest.MonkeyPatch.context() as patch:
+        import agent.controller.pipelines as pipelines
+
+        real_paged = pipelines.paged
+        patch.setattr(pipelines, "paged", lambda call, **kw: real_paged(call, page_size=2, **kw))
+        samples = collect(loops)
+    assert value(samples, "steward_pipeline_runs_total", namespace="ml", pipeline="paged",
+                 kind="Workflow", result="succeeded") == 5
+    lists = [r for r in kube.request_log(method="GET", path_regex=r"/workflows$")]
+    assert [r.query.get("limit") for r in lists] == ["2", "2", "2"]
+    assert [bool(r.query.get("continue")) for r in lists] == [False, True, True]
 
 
 def test_api_error_fails_the_collector(kube: KubeApiServer, api_client: client.ApiClient) -> None:

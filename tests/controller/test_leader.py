@@ -147,3 +147,47 @@ def test_threads_elect_exactly_one_and_fail_over_within_the_lease(
                what="a new leader")
     # Expiry is counted from the last observed renewal, at most one retry period before.
     assert time.monotonic() - killed <= DURATION + 2 * RETRY + 0.5
+
+
+def test_a_whole_second_is_still_a_valid_micro_time(coordination: client.CoordinationV1Api,
+                                                    kube: KubeApiServer) -> None:
+    """One write in a million lands on microsecond 0, where isoformat() drops the fraction
+    and the API server refuses the MicroTime (400): create, renew and release must not."""
+    from datetime import UTC, datetime
+
+    whole = datetime(2026, 11, 22, 12, 0, 0, 0, tzinfo=UTC)
+    a = elector(coordination, "a", wall_clock=lambda: whole)
+    a.run_once()  # create
+    a.run_once()  # renew
+    assert a.is_leader
+    lease = kube.get("coordination.k8s.io/v1", "Lease", "steward", "steward-controller")
+    assert lease is not None
+    assert lease["spec"]["renewTime"] == lease["spec"]["acquireTime"] == \
+        "2026-11-22T12:00:00.000000Z"
+    a.stop()  # release writes the lease back
+    released = kube.get("coordination.k8s.io/v1", "Lease", "steward", "steward-controller")
+    assert released is not None and released["spec"]["holderIdentity"] in ("", None)
+    # What the client did before: the same time as a datetime, rejected as a real server does.
+    with pytest.raises(client.ApiException) as refused:
+        coordination.create_namespaced_lease("steward", client.V1Lease(
+            metadata=client.V1ObjectMeta(name="iso"),
+            spec=client.V1LeaseSpec(holder_identity="x", renew_time=whole)))
+    assert refused.value.status == 400
+
+
+@pytest.mark.parametrize(("status", "level", "message"), [
+    (409, "INFO", "lease creation lost the race"),
+    (403, "WARNING", "cannot create the leader lease"),
+    (422, "WARNING", "cannot create the leader lease"),
+])
+def test_lease_create_failures_are_logged_by_cause(
+        coordination: client.CoordinationV1Api, kube: KubeApiServer,
+        caplog: pytest.LogCaptureFixture, status: int, level: str, message: str) -> None:
+    kube.inject_fault(path_regex=r"/leases$", method="POST", status=status, times=1)
+    a = elector(coordination, "a")
+    with caplog.at_level("INFO", logger="agent.controller.leader"):
+        a.run_once()
+    assert not a.is_leader
+    (record,) = [r for r in caplog.records if "lease" in r.getMessage()]
+    assert (record.levelname, record.getMessage()) == (level, message)
+    assert record.__dict__["status"] == status

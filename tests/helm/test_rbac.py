@@ -32,20 +32,25 @@ IDLE_GPUS_READ: Grants = {
     ("apps", "statefulsets"): {"list"},
     ("apps", "daemonsets"): {"list"},
 }
-# Acting: marks (merge-patched annotations) on whatever is acted on or notified about, the
-# scale subresource read and replaced, objects re-read before acting, audit Events.
+# Acting: targets re-read before acting, replicas through the scale subresource only, marks
+# in the state store announced with Events (created, patched to count repeats). No patch or
+# update on any workload or pod: that could rewrite a pod template (image,
+# serviceAccountName) anywhere, kube-system included.
 IDLE_GPUS_WRITE: Grants = {
-    ("", "pods"): {"get", "patch"},
-    ("", "events"): {"create"},
-    ("apps", "deployments"): {"get", "patch"},
-    ("apps", "statefulsets"): {"get", "patch"},
-    ("apps", "replicasets"): {"get", "patch"},
-    ("apps", "deployments/scale"): {"get", "update"},
-    ("apps", "statefulsets/scale"): {"get", "update"},
-    ("apps", "replicasets/scale"): {"get", "update"},
-    ("apps", "daemonsets"): {"patch"},
-    ("batch", "jobs"): {"patch"},
+    ("", "pods"): {"get"},
+    ("", "events"): {"create", "patch"},
+    ("apps", "deployments"): {"get"},
+    ("apps", "statefulsets"): {"get"},
+    ("apps", "replicasets"): {"get"},
+    ("apps", "deployments/scale"): {"get", "update", "patch"},
+    ("apps", "statefulsets/scale"): {"get", "update", "patch"},
+    ("apps", "replicasets/scale"): {"get", "update", "patch"},
 }
+# Kinds whose spec holds a pod template (or is one): no write verb on them, ever.
+POD_TEMPLATE_KINDS = {("", "pods"), ("apps", "deployments"), ("apps", "statefulsets"),
+                      ("apps", "replicasets"), ("apps", "daemonsets"), ("batch", "jobs"),
+                      ("batch", "cronjobs"), ("", "replicationcontrollers"),
+                      ("", "podtemplates")}
 # stale-images and orphaned-buckets: every pod spec and workload template in the cluster.
 INVENTORY_READ: Grants = {
     ("apps", "deployments"): {"list"},
@@ -56,7 +61,8 @@ INVENTORY_READ: Grants = {
     ("argoproj.io", "workflowtemplates"): {"list"},
     ("argoproj.io", "cronworkflows"): {"list"},
 }
-BUCKETS_READ: Grants = {("", "configmaps"): {"list"}, ("", "secrets"): {"list"}}
+# orphaned-buckets: ConfigMaps and ServiceAccount annotations, cluster-wide; no Secrets.
+BUCKETS_READ: Grants = {("", "configmaps"): {"list"}, ("", "serviceaccounts"): {"list"}}
 WRITE_VERBS = {"create", "update", "patch", "delete", "deletecollection"}
 
 
@@ -177,22 +183,45 @@ def test_notifier_has_no_kubernetes_api_access(helm: str, values: str) -> None:
                  id="stale-images-no-argo"),
     # Images and buckets live outside Kubernetes: acting grants no Kubernetes write.
     pytest.param({"hygiene.idleGpus.enabled": "false",
-                  "hygiene.orphanedBuckets.enabled": "true", "hygiene.secrets.list": "true",
+                  "hygiene.orphanedBuckets.enabled": "true",
                   "controller.apply": "true", "hygiene.orphanedBuckets.apply": "true"},
                  union(CONTROLLER_BASE, INVENTORY_READ, BUCKETS_READ),
                  id="orphaned-buckets-apply"),
-    # The opt-in grants nothing unless the job that needs it runs.
-    pytest.param({"hygiene.secrets.list": "true"}, union(CONTROLLER_BASE, IDLE_GPUS_READ),
-                 id="secrets-without-orphaned-buckets"),
+    # Secret namespaces never widen the cluster-wide grants.
+    pytest.param({"hygiene.idleGpus.enabled": "false",
+                  "hygiene.orphanedBuckets.enabled": "true",
+                  "hygiene.secrets.namespaces": "{ml,data}"},
+                 union(CONTROLLER_BASE, INVENTORY_READ, BUCKETS_READ),
+                 id="orphaned-buckets-secret-namespaces"),
 ])
 def test_controller_cluster_verbs_per_feature(helm: str, sets: Mapping[str, str],
                                               expected: Grants) -> None:
     assert controller_cluster_grants(render(helm, sets=sets)) == expected
 
 
-def test_orphaned_buckets_needs_the_secrets_opt_in(helm: str) -> None:
-    error = render_error(helm, sets={"hygiene.orphanedBuckets.enabled": "true"})
-    assert "set hygiene.secrets.list=true" in error
+def test_cluster_wide_secrets_list_is_refused_with_the_way_out(helm: str) -> None:
+    error = render_error(helm, sets={"hygiene.orphanedBuckets.enabled": "true",
+                                     "hygiene.secrets.list": "true"})
+    assert "hygiene.secrets.list" in error and "hygiene.secrets.namespaces" in error
+
+
+@pytest.mark.parametrize("values", list(VALUES_FILES))
+def test_no_secret_read_cluster_wide(helm: str, values: str) -> None:
+    for scope, grants in grants_of(render(helm, values), f"{RELEASE}-controller").items():
+        if scope is None:
+            assert ("", "secrets") not in grants
+
+
+def test_secrets_listed_only_in_the_namespaces_named(helm: str) -> None:
+    sets = {"hygiene.orphanedBuckets.enabled": "true", "hygiene.secrets.namespaces": "{ml,data}"}
+    rendered = render(helm, sets=sets)
+    scopes = grants_of(rendered, f"{RELEASE}-controller")
+    assert {ns: grants for ns, grants in scopes.items() if ns in ("ml", "data")} == {
+        "ml": {("", "secrets"): {"list"}}, "data": {("", "secrets"): {"list"}}}
+    assert rendered.config()["hygiene"]["orphaned_buckets"]["secret_namespaces"] == ["ml", "data"]
+    # Without orphaned-buckets the namespaces grant nothing.
+    off = render(helm, sets={"hygiene.secrets.namespaces": "{ml}"})
+    assert set(grants_of(off, f"{RELEASE}-controller")) == {None, NAMESPACE}
 
 
 def test_all_features_grants(helm: str) -> None:
@@ -202,7 +231,18 @@ def test_all_features_grants(helm: str) -> None:
     assert grants_of(rendered, f"{RELEASE}-controller") == {
         None: expected,
         NAMESPACE: {("coordination.k8s.io", "leases"): {"create"}},
+        "ml-data": {("", "secrets"): {"list"}},
+        "ml-team-a": {("", "secrets"): {"list"}},
     }
+
+
+@pytest.mark.parametrize("values", list(VALUES_FILES))
+def test_controller_cannot_write_any_pod_template(helm: str, values: str) -> None:
+    """The apply-mode privilege escalation: patch/update on a workload or pod lets the token
+    change its image or serviceAccountName. Replicas change through ``<kind>/scale`` only."""
+    for grants in grants_of(render(helm, values), f"{RELEASE}-controller").values():
+        for key in POD_TEMPLATE_KINDS:
+            assert not grants.get(key, set()) & {"create", "update", "patch"}, key
 
 
 @pytest.mark.parametrize("values", list(VALUES_FILES))
@@ -217,8 +257,10 @@ def test_write_verbs_only_where_the_features_act(helm: str, values: str) -> None
     rendered = render(helm, values)
     cluster = controller_cluster_grants(rendered)
     writes = {key for key, verbs in cluster.items() if verbs & WRITE_VERBS}
-    if values == "all-features":
-        assert writes == {key for key, verbs in IDLE_GPUS_WRITE.items() if verbs & WRITE_VERBS}
+    if values == "all-features":  # podAction: delete adds pods delete
+        assert writes == {key for key, verbs in IDLE_GPUS_WRITE.items()
+                          if verbs & WRITE_VERBS} | {("", "pods")}
+        assert cluster[("", "pods")] & WRITE_VERBS == {"delete"}
     else:  # dry-run: no write at all, not even an Event
         assert writes == set()
 

@@ -87,15 +87,21 @@ def test_images_from_every_workload_kind(kube: KubeApiServer,
     assert refs.find("ml/train", tags=["v0"], digests=["sha256:" + "9" * 64]) is None
 
 
-def test_buckets_from_configmaps_env_and_secret_metadata_never_secret_values(
+def test_buckets_from_configmaps_env_annotations_and_service_accounts(
         kube: KubeApiServer, api_client: client.ApiClient) -> None:
     kube.create(cluster.configmap("settings", {"DATA_URL": "s3://cm-bucket/prefix"}))
     kube.create(cluster.workload("Deployment", "trainer", "img:1",
                                  env={"OUTPUT": "arn:aws:s3:::env-bucket/*"}))
     kube.create(cluster.cronjob("export", "img:1", env={"TARGET": "cron-bucket"}))
+    annotated = cluster.workload("StatefulSet", "shipper", "img:1")
+    annotated["spec"]["template"]["metadata"]["annotations"] = {
+        "fluentbit.io/s3-bucket": "template-bucket"}
+    kube.create(annotated)
+    kube.create({"apiVersion": "v1", "kind": "ServiceAccount",
+                 "metadata": {"name": "trainer", "namespace": "ml", "annotations": {
+                     "eks.amazonaws.com/role-arn": "arn:aws:iam::1:role/x",
+                     "steward.io/buckets": "s3://irsa-bucket"}}})
     kube.create(cluster.secret("named-bucket", {"k": "v"}))
-    kube.create(cluster.secret("other", {"bucket": "secret-value-bucket"},
-                               annotations={"steward.io/bucket": "annotated-bucket"}))
     kube.create(cluster.workflow_template("etl", "img:1", bucket="argo-bucket"))
 
     refs = ClusterReferences(api_client).bucket_references()
@@ -103,13 +109,30 @@ def test_buckets_from_configmaps_env_and_secret_metadata_never_secret_values(
     assert refs.find("cm-bucket") == "referenced by ml/ConfigMap/settings"
     assert refs.find("env-bucket") == "referenced by ml/Deployment/trainer (env)"
     assert refs.find("cron-bucket") == "referenced by ml/CronJob/export (env)"
+    assert refs.find("template-bucket") == "referenced by ml/StatefulSet/shipper (annotation)"
+    assert refs.find("irsa-bucket") == "referenced by ml/ServiceAccount/trainer (annotation)"
+    assert refs.find("argo-bucket") == "referenced by ml/WorkflowTemplate/etl"
+    assert refs.find("unrelated") is None
+    # No namespace listed: no Secret is read at all, not even its name.
+    assert refs.find("named-bucket") is None
+    assert not kube.request_log(path_regex=r"/secrets")
+
+
+def test_secret_metadata_only_in_the_namespaces_listed(
+        kube: KubeApiServer, api_client: client.ApiClient) -> None:
+    kube.create(cluster.secret("named-bucket", {"k": "v"}))
+    kube.create(cluster.secret("other", {"bucket": "secret-value-bucket"},
+                               annotations={"steward.io/bucket": "annotated-bucket"}))
+    kube.create(cluster.secret("elsewhere-bucket", {"k": "v"}, namespace="data"))
+
+    refs = ClusterReferences(api_client, secret_namespaces=["ml"]).bucket_references()
+
     assert refs.find("named-bucket") == "referenced by ml/Secret/named-bucket (name)"
     assert refs.find("annotated-bucket") == "referenced by ml/Secret/other (annotation)"
-    assert refs.find("argo-bucket") == "referenced by ml/WorkflowTemplate/etl"
     assert refs.find("secret-value-bucket") is None
-    assert refs.find("unrelated") is None
+    assert refs.find("elsewhere-bucket") is None
     secret_lists = kube.request_log(method="GET", path_regex=r"/secrets$")
-    assert secret_lists, "secrets were not listed"
+    assert [r.path for r in secret_lists] == ["/api/v1/namespaces/ml/secrets"]
     assert all("as=PartialObjectMetadataList" in r.headers.get("accept", "")
                for r in secret_lists)
 
@@ -122,7 +145,37 @@ def test_absent_argo_is_not_an_error(api_client: client.ApiClient) -> None:
             refs = ClusterReferences(api).image_references()
         finally:
             api.close()
+        # Discovery said "not installed": no list of an Argo kind was even tried.
+        assert [r.path for r in bare.request_log(path_regex="argoproj")] == [
+            "/apis/argoproj.io/v1alpha1"]
     assert refs.find("ml/serve", tags=["v5"], digests=[]) is not None
+
+
+def test_argo_not_granted_is_absent_where_argo_is_absent() -> None:
+    """A real server answers 403, not 404, for a list of a group it does not know when the
+    grant is absent (pipelines.argo=false): discovery tells that apart from a refusal."""
+    from agent.sim.kube_api import Grant
+
+    grants = [Grant("apps", r, frozenset({"list"})) for r in
+              ("deployments", "statefulsets", "daemonsets", "replicasets")]
+    grants += [Grant("", "pods", frozenset({"list"})), Grant("batch", "jobs", frozenset({"list"})),
+               Grant("batch", "cronjobs", frozenset({"list"}))]
+    with KubeApiServer(crds=(), grants=grants) as no_argo:
+        no_argo.create(cluster.workload("Deployment", "serve", f"{REG}/ml/serve:v5"))
+        api = no_argo.api_client()
+        try:
+            refs = ClusterReferences(api).image_references()
+        finally:
+            api.close()
+        assert refs.find("ml/serve", tags=["v5"], digests=[]) is not None
+        assert not [r for r in no_argo.request_log() if r.status == 403]
+    with KubeApiServer(grants=grants) as argo_not_granted:
+        api = argo_not_granted.api_client()
+        try:
+            with pytest.raises(ReferencesUnavailable, match=r"403.*pipelines\.argo=true"):
+                ClusterReferences(api).image_references()
+        finally:
+            api.close()
 
 
 def test_an_unreadable_kind_is_unavailable_not_empty(kube: KubeApiServer,

@@ -17,6 +17,7 @@ import urllib3
 from kubernetes import client, config, watch
 from kubernetes.client.rest import ApiException
 
+from agent.kube import micro_time
 from agent.sim.kube_api import KubeApiServer, standin_threads
 from tests.support.net import wait_until
 
@@ -332,9 +333,11 @@ def test_jobs_and_cronjobs(api_client: client.ApiClient, ns: str) -> None:
         "spec": {"schedule": "0 3 * * *", "jobTemplate": {"spec": {"template": template}}}})
     batch.create_namespaced_job(ns, {"metadata": {"name": "nightly-1", "labels": {"p": "nightly"}},
                                      "spec": {"template": template}})
+    done = [{"type": t, "status": "True", "lastTransitionTime": "2026-01-01T03:10:00Z"}
+            for t in ("SuccessCriteriaMet", "Complete")]
     batch.patch_namespaced_job_status("nightly-1", ns, {"status": {
         "succeeded": 1, "startTime": "2026-01-01T03:00:00Z",
-        "completionTime": "2026-01-01T03:10:00.5+00:00"}})
+        "completionTime": "2026-01-01T03:10:00.5+00:00", "conditions": done}})
     job = batch.read_namespaced_job("nightly-1", ns)
     assert job.status.succeeded == 1
     assert job.status.completion_time == datetime(2026, 1, 1, 3, 10, tzinfo=UTC)
@@ -720,6 +723,8 @@ def test_events_core_and_events_k8s_io_share_storage(api_client: client.ApiClien
     core = client.CoreV1Api(api_client)
     events = client.EventsV1Api(api_client)
     now = datetime(2026, 1, 5, 10, 0, tzinfo=UTC)
+    # eventTime is a MicroTime: six fraction digits, which isoformat() drops at 0 µs.
+    micro = micro_time(now)
     core.create_namespaced_event(ns, client.CoreV1Event(
         metadata=client.V1ObjectMeta(name="pod-idle.1"),
         involved_object=client.V1ObjectReference(kind="Pod", name="p", namespace=ns),
@@ -727,7 +732,7 @@ def test_events_core_and_events_k8s_io_share_storage(api_client: client.ApiClien
         source=client.V1EventSource(component="steward"),
         first_timestamp=now, last_timestamp=now, count=1))
     events.create_namespaced_event(ns, client.EventsV1Event(
-        metadata=client.V1ObjectMeta(name="deploy-scaled.1"), event_time=now,
+        metadata=client.V1ObjectMeta(name="deploy-scaled.1"), event_time=micro,
         reporting_controller="steward.io/controller", reporting_instance="steward-0",
         action="ScaleToZero", reason="IdleGpuHygiene", note="scaled to zero", type="Normal",
         regarding=client.V1ObjectReference(kind="Deployment", name="trainer", namespace=ns)))
@@ -745,7 +750,7 @@ def test_events_core_and_events_k8s_io_share_storage(api_client: client.ApiClien
 
     with pytest.raises(ApiException) as err:
         events.create_namespaced_event(ns, client.EventsV1Event(
-            metadata=client.V1ObjectMeta(name="incomplete"), event_time=now, type="Normal",
+            metadata=client.V1ObjectMeta(name="incomplete"), event_time=micro, type="Normal",
             reason="X", regarding=client.V1ObjectReference(kind="Pod", name="p", namespace=ns)))
     causes = {c["field"] for c in status_of(err.value)["details"]["causes"]}
     assert err.value.status == 422 and causes == {"reportingController", "reportingInstance",
@@ -906,3 +911,116 @@ def test_stop_ends_watches_and_leaves_no_threads() -> None:
     assert standin_threads(port=port) == []
     assert ended.wait(timeout=10)
     api.close()
+
+
+# --------------------------------------------------------------------------- like a real server
+
+
+def test_bookmarks_come_about_a_minute_apart_by_default() -> None:
+    """A real API server sends watch bookmarks about a minute apart: code that expects one
+    soon (to call a reconnected watch healthy, say) must fail here as it would there."""
+    with KubeApiServer() as default:
+        api = default.api_client()
+        try:
+            w = watch.Watch()
+            started = time.monotonic()
+            listing = client.CoreV1Api(api).list_config_map_for_all_namespaces
+            events = [e["type"] for e in w.stream(listing, allow_watch_bookmarks=True,
+                                                   timeout_seconds=2)]
+        finally:
+            api.close()
+    assert "BOOKMARK" not in events
+    assert time.monotonic() - started >= 1.5
+
+
+def test_authorization_is_403_before_routing() -> None:
+    """With grants, an ungranted request is 403 even for a group the server does not serve
+    (authorization runs before routing); discovery stays open; namespaced grants hold only
+    in their namespace; subresources are their own resource."""
+    from agent.sim.kube_api import Grant
+
+    grants = [Grant("", "pods", frozenset({"list"})),
+              Grant("", "secrets", frozenset({"list"}), namespace="ml"),
+              Grant("apps", "deployments/scale", frozenset({"get", "update", "patch"}))]
+    with KubeApiServer(crds=(), namespaces=("default", "ml"), grants=grants) as kube:
+        kube.create({"apiVersion": "apps/v1", "kind": "Deployment",
+                     "metadata": {"name": "web", "namespace": "ml"}, **{
+                         k: v for k, v in deployment("web").items() if k != "metadata"}})
+        api = kube.api_client()
+        try:
+            core, apps = client.CoreV1Api(api), client.AppsV1Api(api)
+            custom = client.CustomObjectsApi(api)
+            assert core.list_pod_for_all_namespaces().items == []
+            with pytest.raises(ApiException) as unknown_group:
+                custom.list_cluster_custom_object(*ARGO, "workflows")
+            assert unknown_group.value.status == 403
+            assert status_of(unknown_group.value)["reason"] == "Forbidden"
+            assert 'cannot list resource "workflows" in API group "argoproj.io" at the ' \
+                   'cluster scope' in status_of(unknown_group.value)["message"]
+            # Discovery is every caller's: it tells "absent" (404) from "not granted".
+            with pytest.raises(ApiException) as discovery:
+                api.call_api("/apis/argoproj.io/v1alpha1", "GET", auth_settings=["BearerToken"])
+            assert discovery.value.status == 404
+            assert core.list_namespaced_secret("ml").items == []
+            with pytest.raises(ApiException) as other_namespace:
+                core.list_namespaced_secret("default")
+            assert other_namespace.value.status == 403
+            with pytest.raises(ApiException) as cluster_wide:
+                core.list_secret_for_all_namespaces()
+            assert cluster_wide.value.status == 403
+            scale = apps.read_namespaced_deployment_scale("web", "ml")
+            apps.patch_namespaced_deployment_scale("web", "ml", {"spec": {"replicas": 0}})
+            assert apps.read_namespaced_deployment_scale("web", "ml").spec.replicas == 0
+            assert scale.spec.replicas == 2
+            with pytest.raises(ApiException) as template_patch:
+                apps.patch_namespaced_deployment("web", "ml", {"spec": {"template": {
+                    "spec": {"serviceAccountName": "admin"}}}})
+            assert template_patch.value.status == 403
+            assert status_of(template_patch.value)["message"].startswith(
+                'deployments.apps "web" is forbidden')
+            kube.set_grants(None)
+            assert custom.list_cluster_custom_object
+            with pytest.raises(ApiException) as absent:
+                custom.list_cluster_custom_object(*ARGO, "workflows")
+            assert absent.value.status == 404  # no authorization: routing answers
+        finally:
+            api.close()
+
+
+def test_job_status_conditions_as_a_real_server_checks_them(kube: KubeApiServer,
+                                                            ns: str) -> None:
+    api = kube.api_client()
+    batch = client.BatchV1Api(api)
+    now = "2026-11-22T12:00:00Z"
+    template = {"spec": {"restartPolicy": "Never", "containers": [{"name": "m", "image": "x"}]}}
+
+    def job(name: str) -> None:
+        created = batch.create_namespaced_job(ns, {"metadata": {"name": name}, "spec": {
+            "template": template}, "status": {"active": 3}})
+        assert not created.status.active  # status in a create body is ignored
+
+    def conditions(*types: str) -> list[dict[str, str]]:
+        return [{"type": t, "status": "True", "lastTransitionTime": now} for t in types]
+
+    try:
+        refused = {
+            "complete-alone": {"completionTime": now, "conditions": conditions("Complete")},
+            "failed-alone": {"conditions": conditions("Failed")},
+            "complete-no-time": {"conditions": conditions("SuccessCriteriaMet", "Complete")},
+            "time-not-complete": {"completionTime": now, "conditions": []},
+        }
+        for name, status in refused.items():
+            job(name)
+            with pytest.raises(ApiException) as invalid:
+                batch.patch_namespaced_job_status(name, ns, {"status": {"startTime": now,
+                                                                        **status}})
+            assert invalid.value.status == 422, name
+        job("succeeded")
+        batch.patch_namespaced_job_status("succeeded", ns, {"status": {
+            "startTime": now, "completionTime": now, "succeeded": 1,
+            "conditions": conditions("SuccessCriteriaMet", "Complete")}})
+        job("failed")
+        batch.patch_namespaced_job_status("failed", ns, {"status": {
+            "startTime": now, "failed": 1, "conditions": conditions("FailureTarget", "Failed")}})
+    finally:
+        api.close()

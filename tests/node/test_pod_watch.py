@@ -167,3 +167,52 @@ def test_node_agent_with_a_cluster_reads_pods_from_the_api(kube: KubeApiServer,
         assert metric_value(text, "steward_collector_up", collector="gpu") == 1
     finally:
         node.stop()
+
+
+def test_a_resumed_watch_is_healthy_before_any_event_or_bookmark() -> None:
+    """After a reconnect without a relist, a real server may send nothing for minutes (no
+    pod changes, bookmarks about a minute apart): the watch it accepted is healthy."""
+    with KubeApiServer(bookmark_interval=600, namespaces=("default", "ml")) as quiet:
+        quiet.create(pod("a", "n1"))
+        api = quiet.api_client()
+        cache = PodCache(client.CoreV1Api(api), "n1", watch_timeout_seconds=30,
+                         request_timeout=2, backoff_initial=0.05, backoff_max=0.2)
+        try:
+            cache.start()
+            wait_until(lambda: quiet.open_watches() == 1, timeout=5, what="watch open")
+            quiet.inject_fault(path_regex=r"^/api/v1/pods$", status=500, times=1)
+            quiet.drop_watches()
+            wait_until(lambda: cache.failures >= 1, timeout=5, what="the 500 noticed")
+            wait_until(lambda: quiet.open_watches() == 1, timeout=5, what="watch resumed")
+            wait_until(lambda: cache.health() is None, timeout=2, what="healthy again")
+            assert cache.relists == 1  # resumed from its resourceVersion, no new list
+        finally:
+            cache.stop()
+            api.close()
+
+
+def test_terminating_pods_carry_their_deletion_timestamp(kube: KubeApiServer,
+                                                         cache: PodCache) -> None:
+    terminating = pod("draining", "n1")
+    terminating["metadata"]["finalizers"] = ["steward.io/test-hold"]
+    kube.create(terminating)
+    kube.create(pod("running", "n1"))
+    cache.start()
+    wait_until(lambda: names(cache) == ["draining", "running"], timeout=5, what="list")
+    api = kube.api_client()
+    try:
+        client.CoreV1Api(api).delete_namespaced_pod("draining", "ml", grace_period_seconds=30)
+    finally:
+        api.close()
+    wait_until(lambda: any(p.deleted_at for p in cache.pods()), timeout=5, what="terminating")
+    families = {m.name: m for m in build_pod_families(cache.pods(), "n1")}
+    (sample,) = families["steward_pod_deletion_timestamp_seconds"].samples
+    assert sample.labels == {"namespace": "ml", "pod": "draining", "hostname": "n1"}
+    stored = kube.get("v1", "Pod", "ml", "draining")
+    assert stored is not None
+    from agent.kube import timestamp
+
+    assert sample.value == timestamp(stored["metadata"]["deletionTimestamp"])
+    # The phase is still the kubelet's (Running): the timestamp is what says Terminating.
+    phases = {s.labels["pod"]: s.labels["phase"] for s in families["steward_pod_phase"].samples}
+    assert phases == {"draining": "Running", "running": "Running"}

@@ -35,7 +35,7 @@ def _cluster(config: StewardConfig) -> Any | None:
     if not cluster_configured(config.kubernetes):
         return None
     try:
-        return api_client(config.kubernetes)
+        return api_client(config.kubernetes, "hygiene")
     except KubeConfigError as exc:
         raise _Usage(str(exc)) from exc
 

@@ -1,8 +1,14 @@
 """What the cluster references: images (by tag and by digest) and bucket names.
 
 Read fresh from the Kubernetes API on every call: a cached answer could let a job delete an
-image or a bucket that was deployed a minute ago. Secret values are never read, only Secret
-names and annotations.
+image or a bucket that was deployed a minute ago.
+
+Bucket references come from what a workload can see without a Secret: container env values,
+commands and args, pod and pod-template annotations, ConfigMaps, and ServiceAccount
+annotations (IRSA ``eks.amazonaws.com/role-arn``, GKE/Azure workload identity). Secrets are
+read only in the namespaces the operator lists (``secret_namespaces``; the chart grants
+``secrets list`` there through RoleBindings, never cluster-wide), and then only their names
+and annotations, asked for as metadata.
 """
 
 from __future__ import annotations
@@ -24,11 +30,12 @@ _WORKLOADS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     ("/apis/batch/v1/jobs", "Job", ("spec", "template", "spec")),
     ("/apis/batch/v1/cronjobs", "CronJob", ("spec", "jobTemplate", "spec", "template", "spec")),
 )
-# Argo's CRDs may be absent (404); their specs are walked whole, whatever the template type.
+# Argo's CRDs may be absent; their specs are walked whole, whatever the template type.
+_ARGO_GROUP, _ARGO_VERSION = "argoproj.io", "v1alpha1"
 _ARGO: tuple[tuple[str, str], ...] = (
-    ("/apis/argoproj.io/v1alpha1/workflows", "Workflow"),
-    ("/apis/argoproj.io/v1alpha1/workflowtemplates", "WorkflowTemplate"),
-    ("/apis/argoproj.io/v1alpha1/cronworkflows", "CronWorkflow"),
+    ("workflows", "Workflow"),
+    ("workflowtemplates", "WorkflowTemplate"),
+    ("cronworkflows", "CronWorkflow"),
 )
 _CONTAINER_LISTS = ("containers", "initContainers", "ephemeralContainers")
 _STATUS_LISTS = ("containerStatuses", "initContainerStatuses", "ephemeralContainerStatuses")
@@ -234,14 +241,16 @@ class ClusterReferences:
     """
 
     def __init__(self, api_client: Any, *, page_size: int = 500,
-                 request_timeout: float = 30.0) -> None:
+                 request_timeout: float = 30.0,
+                 secret_namespaces: Iterable[str] = ()) -> None:
         self._api = api_client
         self._page_size = page_size
         self._timeout = request_timeout
+        self._secret_namespaces = tuple(sorted(set(secret_namespaces)))
 
     def image_references(self) -> ImageReferences:
         found: list[tuple[str, str]] = []
-        for pod_spec, status, where in self._pod_specs():
+        for _obj, pod_spec, status, where in self._pod_specs():
             for container in _containers(pod_spec):
                 if isinstance(container.get("image"), str):
                     found.append((container["image"], where))
@@ -258,15 +267,22 @@ class ClusterReferences:
 
     def bucket_references(self) -> BucketReferences:
         found: list[tuple[str, str]] = []
-        for pod_spec, _status, where in self._pod_specs():
+        for obj, pod_spec, _status, where in self._pod_specs():
             for container in _containers(pod_spec):
                 found.extend((text, f"{where} (env)") for text in _container_texts(container))
+            found.extend((f"{k} {v}", f"{where} (annotation)")
+                         for k, v in _template_annotations(obj))
         for obj in self._list("/api/v1/configmaps"):
             where = _where(obj, "ConfigMap")
             for key, value in (obj.get("data") or {}).items():
                 found.append((f"{key} {value}", where))
             found.extend((f"{k} {v}", where) for k, v in _annotations(obj).items())
-        for obj in self._list("/api/v1/secrets", accept=_METADATA_ONLY):
+        for obj in self._list("/api/v1/serviceaccounts"):
+            # IRSA and workload-identity annotations name the role or identity a workload
+            # reaches its buckets with.
+            found.extend((f"{k} {v}", f"{_where(obj, 'ServiceAccount')} (annotation)")
+                         for k, v in _annotations(obj).items())
+        for obj in self._secrets():
             # Names and annotations only; ``data`` is dropped unread even when a server that
             # ignores the metadata-only Accept header sends it.
             where = _where(obj, "Secret")
@@ -279,19 +295,45 @@ class ClusterReferences:
 
     # ------------------------------------------------------------------ reading
 
-    def _pod_specs(self) -> Iterator[tuple[Any, Any, str]]:
+    def _pod_specs(self) -> Iterator[tuple[dict[str, Any], Any, Any, str]]:
         for path, kind, spec_path in _WORKLOADS:
             for obj in self._list(path):
                 status = obj.get("status") if kind == "Pod" else None
-                yield _dig(obj, spec_path), status, _where(obj, kind)
+                yield obj, _dig(obj, spec_path), status, _where(obj, kind)
+
+    def _secrets(self) -> Iterator[dict[str, Any]]:
+        for namespace in self._secret_namespaces:
+            yield from self._list(f"/api/v1/namespaces/{namespace}/secrets",
+                                  accept=_METADATA_ONLY)
 
     def _argo_objects(self) -> Iterator[tuple[dict[str, Any], str]]:
-        for path, kind in _ARGO:
-            for obj in self._list(path, missing_ok=True):
+        from kubernetes.client.exceptions import ApiException
+        from urllib3.exceptions import HTTPError
+
+        from agent.kube import served_resources
+
+        # Discovery, not the lists, tells "Argo is not installed" (nothing to reference)
+        # from "Argo is installed but not granted" (its templates cannot be read: the
+        # answer would be incomplete). Both make a list answer 403.
+        try:
+            served = served_resources(self._api, _ARGO_GROUP, _ARGO_VERSION,
+                                      request_timeout=self._timeout)
+        except ApiException as exc:
+            raise ReferencesUnavailable(
+                f"cannot discover {_ARGO_GROUP}: HTTP {exc.status} {exc.reason}") from exc
+        except (HTTPError, OSError, ValueError) as exc:
+            raise ReferencesUnavailable(f"cannot discover {_ARGO_GROUP}: {exc}") from exc
+        for plural, kind in _ARGO:
+            if plural not in served:
+                continue
+            path = f"/apis/{_ARGO_GROUP}/{_ARGO_VERSION}/{plural}"
+            for obj in self._list(path, missing_ok=True, forbidden_hint=(
+                    "Argo Workflows are installed but not readable: grant the list "
+                    "(chart: pipelines.argo=true)")):
                 yield obj, _where(obj, kind)
 
     def _list(self, path: str, *, accept: str = "application/json",
-              missing_ok: bool = False) -> Iterator[dict[str, Any]]:
+              missing_ok: bool = False, forbidden_hint: str = "") -> Iterator[dict[str, Any]]:
         from kubernetes.client.exceptions import ApiException
         from urllib3.exceptions import HTTPError
 
@@ -308,9 +350,10 @@ class ClusterReferences:
                 body = json.loads(response.data)
             except ApiException as exc:
                 if exc.status == 404 and missing_ok:
-                    return  # the CRD is not installed: nothing of that kind exists
+                    return  # the CRD went away after discovery: nothing of that kind exists
+                hint = f" ({forbidden_hint})" if exc.status == 403 and forbidden_hint else ""
                 raise ReferencesUnavailable(
-                    f"cannot list {path}: HTTP {exc.status} {exc.reason}") from exc
+                    f"cannot list {path}: HTTP {exc.status} {exc.reason}{hint}") from exc
             except (HTTPError, OSError, ValueError) as exc:
                 # Connection failures, timeouts, a truncated or non-JSON body.
                 raise ReferencesUnavailable(f"cannot list {path}: {exc}") from exc
@@ -329,3 +372,13 @@ def _where(obj: Mapping[str, Any], kind: str) -> str:
 def _annotations(obj: Mapping[str, Any]) -> dict[str, str]:
     annotations = (obj.get("metadata") or {}).get("annotations") or {}
     return {str(k): str(v) for k, v in annotations.items()}
+
+
+def _template_annotations(obj: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """A workload's own annotations and its pod template's (a CronJob's is two levels down)."""
+    found = list(_annotations(obj).items())
+    spec = obj.get("spec") or {}
+    for template in (_dig(spec, ("template",)), _dig(spec, ("jobTemplate", "spec", "template"))):
+        if isinstance(template, dict):
+            found.extend(_annotations(template).items())
+    return found

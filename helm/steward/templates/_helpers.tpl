@@ -127,6 +127,7 @@ The RBAC, ports and mounts the chart renders depend on them, so config may not d
   (list "hygiene.stale_images.apply" $h.staleImages.apply "hygiene.staleImages.apply")
   (list "hygiene.orphaned_buckets.enabled" $h.orphanedBuckets.enabled "hygiene.orphanedBuckets.enabled")
   (list "hygiene.orphaned_buckets.apply" $h.orphanedBuckets.apply "hygiene.orphanedBuckets.apply")
+  (list "hygiene.orphaned_buckets.secret_namespaces" ($h.secrets.namespaces | default list) "hygiene.secrets.namespaces")
   (list "node.pod_resources_socket" (printf "%s/kubelet.sock" (include "steward.podResourcesPath" .)) "node.podResources.hostPath")
 }}
 {{- if .Values.notifier.authToken.existingSecret }}

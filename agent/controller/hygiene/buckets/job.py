@@ -122,7 +122,9 @@ class OrphanedBucketsJob:
             from agent.controller.hygiene.references import ClusterReferences
             from agent.kube import api_client
 
-            references = ClusterReferences(api_client(config.kubernetes))
+            references = ClusterReferences(
+                api_client(config.kubernetes, "hygiene"),
+                secret_namespaces=config.hygiene.orphaned_buckets.secret_namespaces)
         session = boto_session or boto3.session.Session()
         client = session.client("s3", endpoint_url=config.aws.endpoint_url,
                                 region_name=config.aws.region,
@@ -454,7 +456,9 @@ def build(context: JobContext) -> OrphanedBucketsJob:
     if context.api_client is not None:
         from agent.controller.hygiene.references import ClusterReferences
 
-        references = ClusterReferences(context.api_client)
+        references = ClusterReferences(
+            context.api_client,
+            secret_namespaces=context.config.hygiene.orphaned_buckets.secret_namespaces)
     elif context.for_restore:
         references = NoReferences()
     else:

@@ -113,7 +113,7 @@ class StaleImagesJob:
             from agent.controller.hygiene.references import ClusterReferences
             from agent.kube import api_client
 
-            references = ClusterReferences(api_client(config.kubernetes))
+            references = ClusterReferences(api_client(config.kubernetes, "hygiene"))
         registries = [registry_from_config(entry, config, boto_session=boto_session,
                                            environ=environ)
                       for entry in config.registries]
