@@ -92,7 +92,7 @@ SAVINGS_COLUMNS: list[Column] = [("job", "Job", text), ("actions", "Actions", co
                                  ("bytes_removed", "Storage removed", size),
                                  ("storage_cost_per_month", "Storage / month", money)]
 RECLAIMABLE_COLUMNS: list[Column] = [("job", "Job", text), ("mode", "Plan", text),
-                                     ("run_at", "Planned at", text),
+                                     ("run_at", "Planned (UTC)", text),
                                      ("candidates", "Candidates", count),
                                      ("gpus", "GPUs", hours),
                                      ("gpu_cost_per_week", "GPU cost / week", money),
@@ -137,7 +137,8 @@ def _savings_frame(report: FinopsReport) -> pd.DataFrame:
 
 def _reclaimable_frame(report: FinopsReport) -> pd.DataFrame:
     columns = [c for c, _, _ in RECLAIMABLE_COLUMNS]
-    rows = [{**{c: getattr(r, c, None) for c in columns}, "run_at": iso(r.at),
+    rows = [{**{c: getattr(r, c, None) for c in columns},
+             "run_at": f"{r.at.astimezone(UTC):%a %d %b %H:%M}",
              "mode": r.mode.replace("_", "-")} for r in report.savings.reclaimable]
     return pd.DataFrame(rows, columns=columns)
 

@@ -132,7 +132,8 @@ class HygieneSavings:
         }
 
 
-NOT_CONNECTED = "the hygiene audit log is not connected to the report yet"
+NOT_CONNECTED = ("no hygiene audit log in the state store (state.url): no hygiene job has "
+                 "run against it")
 
 
 def compute_savings(source: SavingsSource | None, start: datetime, end: datetime, *,

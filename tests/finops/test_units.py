@@ -353,4 +353,5 @@ def test_no_audit_log_is_not_zero_savings() -> None:
     data = compute_savings(None, start, start + timedelta(days=7), prices={},
                            default_gpu_price=0, storage_usd_per_gb_month=0).to_json()
     assert data == {"available": False,
-                    "reason": "the hygiene audit log is not connected to the report yet"}
+                    "reason": "no hygiene audit log in the state store (state.url): no "
+                              "hygiene job has run against it"}
