@@ -115,8 +115,9 @@ def render_html(messages: list[tuple[Any, list[Any]]], *, channel: str = "#gpu-o
             "<div class=reply>"
             + ("".join(block_html(b) for b in r.blocks) or html.escape(_plain(r.text)))
             + "</div>" for r in replies)
-        edited = (f" <span class=ctx>(edited {len(message.updates)} times)</span>"
-                  if message.updates else "")
+        times = len(message.updates)
+        edited = (f" <span class=ctx>(edited {times} time{'s' if times > 1 else ''})</span>"
+                  if times else "")
         posts.append(f"<div class=msg><b>Steward</b> <span class=ctx>APP</span>{edited}{body}"
                      f"{thread}</div>")
     style = ("body{font:15px/1.45 -apple-system,Segoe UI,Helvetica,Arial,sans-serif;"

@@ -282,7 +282,7 @@ th, td { padding: 5px 6px; border-bottom: 1px solid var(--line); vertical-align:
 th { text-align: left; background: var(--card); font-weight: 600; font-size: 0.8rem; }
 td.num, th.num { text-align: right; font-variant-numeric: tabular-nums; }
 td.num { white-space: nowrap; }
-td.text { overflow-wrap: anywhere; }
+td.text { overflow-wrap: break-word; }
 footer ul { padding-left: 1.2em; }
 /* A phone cannot show nine columns: each row becomes a card of label: value lines. */
 @media (max-width: 720px) {
