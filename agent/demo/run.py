@@ -109,6 +109,7 @@ class Demo:
         self.child_env: dict[str, str] = {}
         self.controller_config = workdir / "controller.yaml"
         self.kube: Any = None
+        self.aws_url: str | None = None
         self.last_event = self.started
 
     # -- output ------------------------------------------------------------------------
@@ -308,7 +309,7 @@ class Demo:
         prometheus_bin, alertmanager_bin = self._binaries()
         kubeconfig = self._kube()
         self.event(f"Kubernetes API stand-in  {self.kube.url}")
-        aws = self._aws()
+        aws = self.aws_url = self._aws()
         if aws:
             self.event(f"S3 and ECR (moto)        {aws}")
         slack = self._slack()
@@ -497,8 +498,7 @@ class Demo:
         for job in HYGIENE_JOBS:
             if job == "idle-gpus" and self.prometheus_url is None:
                 continue  # its evidence is Prometheus': said so when starting
-            if job != "idle-gpus" and "registries" not in yaml.safe_load(
-                    self.controller_config.read_text(encoding="utf-8")):
+            if job != "idle-gpus" and self.aws_url is None:
                 continue  # moto missing: said so when starting
             result = self._steward("hygiene", "run", job, "--output", "json",
                                    "--config", str(self.controller_config),
