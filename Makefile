@@ -8,7 +8,9 @@ install:
 deps:
 	scripts/install-test-deps.sh
 
-demo: install
+# Installs Prometheus and Alertmanager (apt) and Steward (.venv) first; each step says why.
+demo:
+	scripts/install-demo-deps.sh
 	$(VENV)/steward demo --log-format text
 
 lint: deps

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from agent import __version__
 from agent.config import ConfigError, StewardConfig, load_config, with_overrides
+from agent.errors import RuntimeFailure
 from agent.log import configure_logging, register_secret
 
 log = logging.getLogger("agent.cli")
@@ -197,12 +198,14 @@ def build_parser() -> argparse.ArgumentParser:
         "demo", help="the whole loop on an embedded simulated cluster, no cloud, no cluster",
         description="Start a simulated cluster (two GPU nodes with fault scenarios, the "
                     "Kubernetes API stand-in, moto for S3 and ECR), the node agents, the "
-                    "controller (dry-run), the notifier and, when installed, Prometheus and "
-                    "Alertmanager; show the alerts, the Slack messages, the hygiene plans and "
-                    "the FinOps report.")
+                    "controller (dry-run), the notifier, Prometheus and Alertmanager (Debian "
+                    "packages; make demo installs them); show the alerts, the Slack messages, "
+                    "the hygiene plans and the FinOps report of a simulated week.")
     _common(demo)
-    demo.add_argument("--duration", type=float, default=60.0, metavar="SECONDS",
-                      help="how long to watch alerts and Slack (default 60)")
+    demo.add_argument("--duration", type=float, default=150.0, metavar="SECONDS",
+                      help="the most seconds to watch alerts and Slack; the watch ends "
+                           "sooner, once every simulated fault has raised its alert "
+                           "(default 150)")
     demo.add_argument("--no-prometheus", action="store_true",
                       help="do not start Prometheus and Alertmanager even if installed")
     demo.add_argument("--seed", type=int, default=0, help="the simulation's seed")
@@ -245,10 +248,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UsageError as exc:
         print(f"steward: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    except RuntimeFailure as exc:
+        print(f"steward: {exc.what}: {exc.check}", file=sys.stderr)
+        return EXIT_RUNTIME
     except KeyboardInterrupt:
         return EXIT_RUNTIME
-    except Exception:
+    except Exception as exc:
+        # A bug, not a condition we know: the traceback goes to the log, and the last line
+        # still says what failed in the one shape every command uses.
         log.exception("steward %s failed", args.command)
+        print(f"steward: {args.command} failed: {type(exc).__name__}: "
+              f"{str(exc).splitlines()[0][:200] if str(exc) else 'no detail'}: the log line "
+              "above has the traceback", file=sys.stderr)
         return EXIT_RUNTIME
 
 

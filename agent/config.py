@@ -68,6 +68,9 @@ class SimConfig(Section):
     model_name: str = "NVIDIA H100 80GB HBM3"
     # A GPU with the ``lost`` scenario falls off the bus this long after start.
     lost_after_seconds: float = Field(default=20.0, ge=0)
+    # A GPU with the ``ecc_errors`` scenario reports its uncorrectable ECC error (XID 48)
+    # and its row remap failure this long after start.
+    ecc_after_seconds: float = Field(default=10.0, ge=0)
     # CPU-only filler pods (benchmarks: a node with 110 pods), and replacing them with new
     # ones every this many seconds (pod churn).
     extra_pods: int = Field(default=0, ge=0, le=10_000)

@@ -83,3 +83,9 @@ def configure_logging(*, fmt: LogFormat = "json", level: str = "info",
     # Libraries that log each HTTP request would drown the agent's own lines.
     for noisy in ("urllib3", "kubernetes", "botocore", "apscheduler", "grpc", "werkzeug"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
+    # urllib3 logs every retry ("Retrying (Retry(total=2 ...)) after connection broken")
+    # at warning; the failure that follows says the same once, with what to check.
+    logging.getLogger("urllib3.connectionpool").setLevel(max(logging.ERROR, root.level))
+    # warnings.warn() (urllib3's InsecureRequestWarning with an insecure kubeconfig) writes
+    # raw text to stderr, which would break the JSON lines: route it through the handler.
+    logging.captureWarnings(True)

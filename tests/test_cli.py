@@ -82,6 +82,9 @@ def test_nvml_missing_still_serves_and_logs_once(tmp_path: Path) -> None:
     records = [json.loads(line) for line in node.log().splitlines()]
     nvml_errors = [r for r in records if r["level"] == "error" and "NVML unavailable" in r["msg"]]
     assert len(nvml_errors) == 1, records
+    # ... and it is the only error line: the collectors that fail because of it (gpu,
+    # xid_events, attribution) do not each say so again (the README promises one line).
+    assert [r for r in records if r["level"] in ("error", "warning")] == nvml_errors
     assert "libnvidia-ml" in nvml_errors[0]["msg"] or "Library Not Found" in nvml_errors[0]["msg"]
     assert all({"ts", "level", "logger", "msg"} <= r.keys() for r in records)
     assert "xoxb-secret-value-123" not in node.log()

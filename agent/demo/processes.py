@@ -49,14 +49,20 @@ class Children:
         child = Child(name, process, log, url)
         self.children.append(child)
         if ready is not None:
-            try:
-                wait_until(lambda: child.alive() and http_ok(ready), timeout=timeout,
-                           what=f"{name} ready at {ready}")
-            except TimeoutError as exc:
-                tail = log.read_text(errors="replace")[-1500:]
-                raise RuntimeError(f"{name} did not start ({exc}); its log ends:\n{tail}") \
-                    from None
+            self.wait_ready(child, ready, timeout=timeout)
         return child
+
+    @staticmethod
+    def wait_ready(child: Child, ready: str, *, timeout: float = 30.0) -> None:
+        """Until ``ready`` answers 2xx; a child that exits or hangs is an error with the
+        end of its log."""
+        try:
+            wait_until(lambda: child.alive() and http_ok(ready), timeout=timeout,
+                       what=f"{child.name} ready at {ready}")
+        except TimeoutError as exc:
+            tail = child.log.read_text(errors="replace")[-1500:]
+            raise RuntimeError(f"{child.name} did not start ({exc}); its log ends:\n{tail}") \
+                from None
 
     def steward(self, name: str, args: list[str], *, env: dict[str, str] | None = None,
                 ready: str | None = None, timeout: float = 30.0) -> Child:

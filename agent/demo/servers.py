@@ -53,8 +53,18 @@ def rules_without_for(rules: Path, out: Path) -> Path:
     return out
 
 
+# Where Debian's packages put them: `make demo` installs the packages, and the demo finds
+# them there even when PATH does not list that folder.
+PACKAGE_BIN_DIRS = (Path("/usr/bin"),)
+
+
 def find_binary(names: tuple[str, ...]) -> str | None:
-    return next((found for name in names if (found := shutil.which(name))), None)
+    """The first of ``names`` on PATH, else in the distribution's package folder."""
+    found = next((found for name in names if (found := shutil.which(name))), None)
+    if found is not None:
+        return found
+    return next((str(folder / name) for name in names for folder in PACKAGE_BIN_DIRS
+                 if (folder / name).is_file()), None)
 
 
 def start_prometheus(children: Children, binary: str, jobs: list[ScrapeJob], *,
@@ -87,11 +97,13 @@ def alertmanager_config(webhook_url: str, *, bearer_token_file: Path | None = No
     }
 
 
-def start_alertmanager(children: Children, binary: str, webhook_url: str) -> Child:
+def start_alertmanager(children: Children, binary: str, webhook_url: str, *,
+                       bearer_token_file: Path | None = None) -> Child:
     workdir = children.workdir / "alertmanager"
     workdir.mkdir(exist_ok=True)
     config = workdir / "alertmanager.yml"
-    config.write_text(yaml.safe_dump(alertmanager_config(webhook_url)), encoding="utf-8")
+    config.write_text(yaml.safe_dump(alertmanager_config(
+        webhook_url, bearer_token_file=bearer_token_file)), encoding="utf-8")
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     # An empty --cluster.listen-address turns clustering off (else it binds 0.0.0.0:9094).

@@ -50,17 +50,38 @@ def render_blocks(blocks: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
-def render_message(message: Any, *, replies: list[Any] | None = None) -> str:
-    """A stub-recorded Slack message, updated in place, with its thread replies."""
+def header_text(message: Any) -> str:
+    """The message's header block (``FIRING:2 GpuXidErrors — node gpu-node-1``), else its
+    fallback text."""
+    for block in message.blocks:
+        if block.get("type") == "header":
+            return _text(block)
+    return _plain(message.text)[:WIDTH]
+
+
+def render_message(message: Any, *, channel: str) -> str:
+    """A stub-recorded Slack message as first seen, its blocks as they are now."""
     body = render_blocks(message.blocks) or textwrap.wrap(message.text, WIDTH)
-    head = f"   SLACK {message.channel} (message {message.ts}, {len(message.updates)} updates)"
-    lines = [head, *(f"   | {line}" for line in body)]
-    for reply in replies or []:
-        lines.append(f"   |   thread: {reply.text[:WIDTH]}")
+    updated = f", updated {len(message.updates)} times so far" if message.updates else ""
+    lines = [f"SLACK {channel}: new message{updated}", *(f"   | {line}" for line in body)]
     return "\n".join(lines)
 
 
-def render_html(messages: list[tuple[Any, list[Any]]]) -> str:
+def render_update(message: Any, *, channel: str) -> str:
+    """One line: the message was edited in place (what its header says now)."""
+    return (f"SLACK {channel}: message updated in place (update {len(message.updates)}): "
+            f"{header_text(message)}")
+
+
+def render_reply(reply: Any, root: Any, *, channel: str) -> str:
+    """A thread reply (what changed in the group), under the message it belongs to."""
+    body = render_blocks(reply.blocks) or textwrap.wrap(_plain(reply.text), WIDTH)
+    lines = [f"SLACK {channel}: thread reply to \"{header_text(root)}\""]
+    lines += [f"   |   {line}" for line in body]
+    return "\n".join(lines)
+
+
+def render_html(messages: list[tuple[Any, list[Any]]], *, channel: str = "#gpu-oncall") -> str:
     """The messages (with their thread replies) as a page that looks like a Slack channel."""
     import html
 
@@ -90,9 +111,14 @@ def render_html(messages: list[tuple[Any, list[Any]]]) -> str:
     for message, replies in messages:
         body = "".join(block_html(b) for b in message.blocks) or \
             f"<p>{html.escape(_plain(message.text))}</p>"
-        thread = "".join(f"<div class=reply>{html.escape(_plain(r.text))}</div>"
-                         for r in replies)
-        posts.append(f"<div class=msg><b>Steward</b> <span class=ctx>APP</span>{body}"
+        thread = "".join(
+            "<div class=reply>"
+            + ("".join(block_html(b) for b in r.blocks) or html.escape(_plain(r.text)))
+            + "</div>" for r in replies)
+        times = len(message.updates)
+        edited = (f" <span class=ctx>(edited {times} time{'s' if times > 1 else ''})</span>"
+                  if times else "")
+        posts.append(f"<div class=msg><b>Steward</b> <span class=ctx>APP</span>{edited}{body}"
                      f"{thread}</div>")
     style = ("body{font:15px/1.45 -apple-system,Segoe UI,Helvetica,Arial,sans-serif;"
              "max-width:820px;margin:16px auto;color:#1d1c1d}.msg{border-bottom:1px solid #ddd;"
@@ -102,5 +128,6 @@ def render_html(messages: list[tuple[Any, list[Any]]]) -> str:
              "margin-right:6px;color:#1d1c1d;text-decoration:none;font-weight:600}"
              ".reply{margin:6px 0 0 24px;padding-left:8px;border-left:3px solid #ddd;"
              "color:#444;font-size:14px}")
-    return (f"<!doctype html><meta charset=utf-8><title>#gpu-oncall</title><style>{style}"
-            f"</style><h2># gpu-oncall</h2>{''.join(posts)}")
+    name = html.escape(channel)
+    return (f"<!doctype html><meta charset=utf-8><title>{name}</title><style>{style}"
+            f"</style><h2>{name}</h2>{''.join(posts)}")

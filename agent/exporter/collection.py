@@ -39,11 +39,16 @@ class Collector:
 
 
 class CollectorFailed(Exception):
-    """A collector's run failed for a reason with a bounded name (the ``error`` label)."""
+    """A collector's run failed for a reason with a bounded name (the ``error`` label).
 
-    def __init__(self, kind: str, message: str) -> None:
+    ``reported``: whoever caused it has logged it already (NVML missing is one line, not
+    one per collector that depends on it); the loop then logs the failure at debug only.
+    """
+
+    def __init__(self, kind: str, message: str, *, reported: bool = False) -> None:
         super().__init__(message)
         self.kind = kind
+        self.reported = reported
 
 
 def _error_kind(exc: BaseException) -> str:
@@ -92,8 +97,9 @@ class CollectionLoops:
                 state.errors[kind] = state.errors.get(kind, 0) + 1
                 state.last_message = str(exc)
             if changed:  # log transitions, not every failed run
-                log.error("collector failed", extra={"collector": collector.name,
-                                                     "error": kind, "detail": str(exc)})
+                reported = isinstance(exc, CollectorFailed) and exc.reported
+                log.log(logging.DEBUG if reported else logging.ERROR, "collector failed",
+                        extra={"collector": collector.name, "error": kind, "detail": str(exc)})
         else:
             duration = self._monotonic() - started
             degraded = result.degraded

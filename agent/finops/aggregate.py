@@ -9,6 +9,7 @@ allocated = share x step; used = allocated x mean utilization; idle = allocated 
 GPU's peak utilization in the step stayed under ``finops.idle_floor``; allocated time with
 no utilization (MIG instances, GPUs that did not answer) is ``unmeasured``: neither used
 nor idle. GPU-hours are whole-GPU hours (a ``3g.40gb`` slice hour is 3/7 of one).
+Utilization is used / allocated, unmeasured hours included in the denominator.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ KEYS = ("namespace", "pod", "model", "profile")
 REDUCE_COLUMNS = ("ts", *KEYS, "share", "util_mean", "util_max")
 STEP_SUMS = ("alloc_h", "used_h", "idle_h", "unmeasured_h")
 METRICS = ("gpu_hours_allocated", "gpu_hours_used", "gpu_hours_idle", "gpu_hours_unmeasured",
-           "cost", "idle_cost")
+           "cost", "idle_cost", "unmeasured_cost")
 UNASSIGNED = "unassigned"
 _SAFE = "[bcdfghjklmnpqrstvwxz2456789]"  # the alphabet of Kubernetes' random name suffixes
 _WORKLOAD_PATTERNS = (
@@ -176,6 +177,7 @@ def price_usage(usage: pd.DataFrame, prices: PriceTable, *, strict: bool = True)
         .astype(np.float64)
     rows["cost"] = rows["gpu_hours_allocated"] * rows["price"]
     rows["idle_cost"] = rows["gpu_hours_idle"] * rows["price"]
+    rows["unmeasured_cost"] = rows["gpu_hours_unmeasured"] * rows["price"]
     return PricedUsage(rows=rows, unknown_profiles=tuple(sorted(unknown)),
                        unpriced_models=unpriced)
 
@@ -202,11 +204,12 @@ class FinopsTables:
 
 
 def _ratios(table: pd.DataFrame) -> pd.DataFrame:
-    measured = table["gpu_hours_allocated"] - table["gpu_hours_unmeasured"]
-    table["utilization"] = (table["gpu_hours_used"] / measured.where(measured > 0)).astype(float)
-    table["idle_share"] = (table["gpu_hours_idle"] /
-                           table["gpu_hours_allocated"].where(table["gpu_hours_allocated"] > 0)
-                           ).astype(float)
+    """Utilization = used / allocated GPU-hours, the two columns beside it: one definition
+    everywhere. Unmeasured hours count in the denominator (they were paid for) and are a
+    column of their own, so a reader sees how much of the figure is unknown."""
+    allocated = table["gpu_hours_allocated"].where(table["gpu_hours_allocated"] > 0)
+    table["utilization"] = (table["gpu_hours_used"] / allocated).astype(float)
+    table["idle_share"] = (table["gpu_hours_idle"] / allocated).astype(float)
     return table
 
 
@@ -283,7 +286,7 @@ def build_tables(current: PricedUsage, previous: PricedUsage | None, *,
     workloads = workloads[["namespace", "workload", "team", "pods", "gpu_hours_idle",
                            "idle_cost", "gpu_hours_allocated", "idle_share"]]
 
-    daily = _sum_by(rows, ["day"]).sort_values("day", ignore_index=True)
+    daily = _ratios(_sum_by(rows, ["day"]).sort_values("day", ignore_index=True))
     daily.insert(0, "date", [datetime.fromtimestamp(int(d) * 86400, UTC).date().isoformat()
                              for d in daily["day"]])
     daily = daily.drop(columns=["day"])

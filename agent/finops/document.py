@@ -12,8 +12,9 @@ from agent.finops.savings import HygieneSavings
 from agent.finops.series import Gap, iso
 
 CURRENCY = "USD"
-SUMMARY_METRICS = ("gpu_hours_allocated", "gpu_hours_used", "gpu_hours_idle", "cost",
-                   "idle_cost")
+# SPEC's five, and the allocated hours without utilization (neither used nor idle).
+SUMMARY_METRICS = ("gpu_hours_allocated", "gpu_hours_used", "gpu_hours_idle",
+                   "gpu_hours_unmeasured", "cost", "idle_cost")
 
 
 def _round(value: float) -> float:

@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 import requests
 
+from agent.errors import plain_cause
 from agent.finops.series import (
     SERIES_COLUMNS,
     FinopsInputError,
@@ -95,7 +96,8 @@ class PrometheusClient:
         try:
             response = self._session.post(endpoint, data=data, timeout=self.timeout + 5)
         except requests.RequestException as exc:
-            raise PrometheusError(f"cannot reach Prometheus at {self.url}: {exc}") from exc
+            raise PrometheusError(
+                f"cannot reach Prometheus at {self.url}: {plain_cause(exc)}") from exc
         try:
             body = response.json()
         except ValueError:

@@ -9,6 +9,7 @@ import json
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC
 from pathlib import Path
 from typing import Any
 
@@ -59,11 +60,13 @@ def size(value: Any) -> str:
 
 
 Column = tuple[str, str, Formatter]  # frame column, header, formatter
+UTILIZATION = "Utilization (used ÷ allocated)"
 _METRIC_COLUMNS: list[Column] = [
     ("gpu_hours_allocated", "GPU-h allocated", hours),
     ("gpu_hours_used", "GPU-h used", hours),
+    ("utilization", UTILIZATION, percent),
     ("gpu_hours_idle", "GPU-h idle", hours),
-    ("utilization", "Utilization", percent),
+    ("gpu_hours_unmeasured", "GPU-h unmeasured", hours),
     ("cost", "Cost", money),
     ("idle_cost", "Idle cost", money),
 ]
@@ -81,13 +84,20 @@ IDLE_COLUMNS: list[Column] = [("namespace", "Namespace", text), ("workload", "Wo
                               ("idle_share", "Idle share of its GPU-h", percent)]
 DAILY_COLUMNS: list[Column] = [("date", "Day (UTC)", text), *_METRIC_COLUMNS]
 GAP_COLUMNS: list[Column] = [("kind", "Kind", text), ("scope", "Scope", text),
-                             ("start", "From", text), ("end", "To", text),
-                             ("hours", "Hours missing", hours)]
+                             ("start", "From (UTC)", text), ("end", "To (UTC)", text),
+                             ("hours", "Hours (GPU-h for utilization)", hours)]
 SAVINGS_COLUMNS: list[Column] = [("job", "Job", text), ("actions", "Actions", count),
                                  ("gpu_hours_freed", "GPU-h freed", hours),
                                  ("gpu_cost", "GPU cost saved", money),
                                  ("bytes_removed", "Storage removed", size),
                                  ("storage_cost_per_month", "Storage / month", money)]
+RECLAIMABLE_COLUMNS: list[Column] = [("job", "Job", text), ("mode", "Plan", text),
+                                     ("run_at", "Planned (UTC)", text),
+                                     ("candidates", "Candidates", count),
+                                     ("gpus", "GPUs", hours),
+                                     ("gpu_cost_per_week", "GPU cost / week", money),
+                                     ("bytes", "Storage", size),
+                                     ("storage_cost_per_month", "Storage / month", money)]
 _GAP_TEXT = {
     "no_data": "No data in Prometheus",
     "node_agent_down": "Node agent not scraped",
@@ -111,8 +121,11 @@ def _gaps_frame(report: FinopsReport) -> pd.DataFrame:
 
 
 def _readable_gaps(report: FinopsReport) -> pd.DataFrame:
-    frame = _gaps_frame(report)
-    frame["kind"] = frame["kind"].map(lambda k: _GAP_TEXT.get(str(k), str(k)))
+    frame = pd.DataFrame([{"kind": _GAP_TEXT.get(g.kind, g.kind), "scope": g.scope,
+                           "start": f"{g.start.astimezone(UTC):%a %d %b %H:%M}",
+                           "end": f"{g.end.astimezone(UTC):%a %d %b %H:%M}",
+                           "hours": g.hours} for g in report.gaps],
+                         columns=["kind", "scope", "start", "end", "hours"])
     return frame
 
 
@@ -122,11 +135,20 @@ def _savings_frame(report: FinopsReport) -> pd.DataFrame:
                         columns=columns)
 
 
+def _reclaimable_frame(report: FinopsReport) -> pd.DataFrame:
+    columns = [c for c, _, _ in RECLAIMABLE_COLUMNS]
+    rows = [{**{c: getattr(r, c, None) for c in columns},
+             "run_at": f"{r.at.astimezone(UTC):%a %d %b %H:%M}",
+             "mode": r.mode.replace("_", "-")} for r in report.savings.reclaimable]
+    return pd.DataFrame(rows, columns=columns)
+
+
 def _tables(report: FinopsReport) -> dict[str, pd.DataFrame]:
     t = report.tables
     return {"teams": t.teams, "namespaces": t.namespaces, "models": t.models,
             "top_idle_workloads": t.top_idle_workloads, "daily": t.daily,
-            "gaps": _gaps_frame(report), "hygiene_savings": _savings_frame(report)}
+            "gaps": _gaps_frame(report), "hygiene_savings": _savings_frame(report),
+            "hygiene_reclaimable": _reclaimable_frame(report)}
 
 
 def write_report(report: FinopsReport, folder: Path) -> ReportFiles:
@@ -158,14 +180,42 @@ def _write(path: Path, content: str) -> None:
 # --- shared wording ---------------------------------------------------------------------
 
 
+def utilization_text(used: float, allocated: float) -> str:
+    """The one definition, with its denominator: ``64.5% (1,501.9 of 2,328.0 GPU-h)``."""
+    share = used / allocated if allocated > 0 else None
+    return f"{percent(share)} ({hours(used)} of {hours(allocated)} GPU-h)"
+
+
+def reclaimable_text(report: FinopsReport) -> str:
+    """What the latest plans found and nobody acted on: ``3 GPUs ($2,066.40/week), ...``."""
+    pending = report.savings.reclaimable
+    if not pending:
+        return "no hygiene plan yet"
+    gpus = sum(r.gpus for r in pending)
+    stored = sum(r.bytes for r in pending)
+    parts = []
+    if gpus:
+        parts.append(f"{gpus:g} GPUs ({money(sum(r.gpu_cost_per_week for r in pending))}"
+                     "/week)")
+    if stored:
+        parts.append(f"{size(stored)} "
+                     f"({money(sum(r.storage_cost_per_month for r in pending))}/month)")
+    return ", ".join(parts) or "nothing"
+
+
 def headline(report: FinopsReport) -> list[tuple[str, str, str]]:
     """(label, value, detail) cards: the numbers a platform lead reads first."""
     totals = report.tables.totals
-    measured = totals["gpu_hours_allocated"] - totals["gpu_hours_unmeasured"]
-    utilization = totals["gpu_hours_used"] / measured if measured > 0 else None
     idle_share = totals["idle_cost"] / totals["cost"] if totals["cost"] > 0 else None
     wow = report.week_over_week()
     savings = report.savings
+    if savings.available:
+        applied = (f"{savings.actions} actions applied, {hours(savings.gpu_hours_freed)} GPU-h "
+                   f"freed, {size(savings.bytes_removed)} removed" if savings.actions
+                   else "nothing applied this week")
+        saved_detail = f"{applied}; reclaimable, not acted on: {reclaimable_text(report)}"
+    else:
+        saved_detail = savings.reason
     cards = [
         ("GPU cost", money(totals["cost"]),
          f"{change(wow.get('cost_change'))} vs {wow['previous_week']}" if wow["available"]
@@ -173,12 +223,10 @@ def headline(report: FinopsReport) -> list[tuple[str, str, str]]:
         ("Allocated but idle", money(totals["idle_cost"]),
          f"{percent(idle_share)} of the cost, {hours(totals['gpu_hours_idle'])} GPU-h"),
         ("GPU-hours allocated", hours(totals["gpu_hours_allocated"]),
-         f"{hours(totals['gpu_hours_used'])} used, utilization {percent(utilization)}"),
+         f"utilization {utilization_text(totals['gpu_hours_used'], totals['gpu_hours_allocated'])}"
+         f"; {hours(totals['gpu_hours_unmeasured'])} GPU-h unmeasured"),
         ("Hygiene savings",
-         money(savings.gpu_cost) if savings.available else "not available",
-         (f"{hours(savings.gpu_hours_freed)} GPU-h freed, {size(savings.bytes_removed)} "
-          f"removed ({money(savings.storage_cost_per_month)}/month)")
-         if savings.available else savings.reason),
+         money(savings.gpu_cost) if savings.available else "not available", saved_detail),
     ]
     return cards
 
@@ -190,6 +238,10 @@ def method_notes(report: FinopsReport) -> list[str]:
         "Allocated: GPU-hours held by containers (steward_gpu_allocation). A GPU shared by N "
         "containers counts 1/N to each; a MIG instance counts its slices (3g.40gb = 3/7 GPU).",
         "Used: allocated GPU-hours weighted by the GPU's mean SM utilization in each step.",
+        "Utilization: used ÷ allocated GPU-hours, everywhere in this report. Unmeasured "
+        "GPU-hours (allocated, but no utilization was reported: MIG instances, GPUs that "
+        "did not answer) are in the denominator and in a column of their own; they are "
+        "neither used nor idle.",
         f"Idle: allocated GPU-hours in steps whose peak utilization stayed under "
         f"{percent(report.idle_floor)} (finops.idle_floor).",
         "Cost: allocated GPU-hours x the model's price per GPU-hour (finops.prices); "
@@ -207,7 +259,7 @@ _CSS = """
 * { box-sizing: border-box; }
 body { margin: 0; font: 16px/1.45 -apple-system, "Segoe UI", Roboto, Helvetica, Arial,
   sans-serif; color: var(--fg); background: var(--bg); }
-main { max-width: 980px; margin: 0 auto; padding: 16px; }
+main { max-width: 1180px; margin: 0 auto; padding: 16px; }
 h1 { font-size: 1.5rem; margin: 0.2em 0; }
 h2 { font-size: 1.15rem; margin: 1.6em 0 0.5em; border-bottom: 1px solid var(--line);
   padding-bottom: 0.2em; }
@@ -225,13 +277,25 @@ figure { margin: 8px 0; }
 figure img { display: block; width: 100%; height: auto; max-width: 660px; }
 figcaption { font-size: 0.85rem; color: var(--muted); }
 .table-wrap { overflow-x: auto; -webkit-overflow-scrolling: touch; }
-table { border-collapse: collapse; width: 100%; font-size: 0.9rem; }
-th, td { padding: 5px 8px; border-bottom: 1px solid var(--line); white-space: nowrap; }
-th { text-align: left; background: var(--card); font-weight: 600; }
+table { border-collapse: collapse; width: 100%; font-size: 0.86rem; }
+th, td { padding: 5px 6px; border-bottom: 1px solid var(--line); vertical-align: top; }
+th { text-align: left; background: var(--card); font-weight: 600; font-size: 0.8rem; }
 td.num, th.num { text-align: right; font-variant-numeric: tabular-nums; }
+td.num { white-space: nowrap; }
+td.text { overflow-wrap: break-word; }
 footer ul { padding-left: 1.2em; }
-@media (max-width: 600px) { main { padding: 10px; } h1 { font-size: 1.25rem; }
-  .card .value { font-size: 1.2rem; } table { font-size: 0.82rem; } }
+/* A phone cannot show nine columns: each row becomes a card of label: value lines. */
+@media (max-width: 720px) {
+  main { padding: 10px; } h1 { font-size: 1.25rem; } .card .value { font-size: 1.2rem; }
+  table.data, table.data tbody, table.data tr, table.data td { display: block; width: 100%; }
+  table.data thead { display: none; }
+  table.data tr { border: 1px solid var(--line); border-radius: 6px; margin: 0 0 8px;
+    padding: 4px 8px; }
+  table.data td { display: flex; justify-content: space-between; gap: 12px; border: 0;
+    padding: 2px 0; text-align: right; white-space: normal; }
+  table.data td::before { content: attr(data-label); color: var(--muted); text-align: left;
+    flex: 0 0 45%; }
+}
 """
 
 
@@ -244,10 +308,11 @@ def _html_table(frame: pd.DataFrame, columns: Sequence[Column], *, empty: str) -
                    f"{html.escape(h)}</th>" for c, h, _ in present)
     body = []
     for record in frame.to_dict("records"):
-        cells = "".join(f'<td{" class=num" if c in numeric else ""}>'
-                        f"{html.escape(fmt(record[c]))}</td>" for c, _, fmt in present)
+        cells = "".join(f'<td class={"num" if c in numeric else "text"} '
+                        f'data-label="{html.escape(h)}">{html.escape(fmt(record[c]))}</td>'
+                        for c, h, fmt in present)
         body.append(f"<tr>{cells}</tr>")
-    return (f'<div class="table-wrap"><table><thead><tr>{head}</tr></thead>'
+    return (f'<div class="table-wrap"><table class="data"><thead><tr>{head}</tr></thead>'
             f'<tbody>{"".join(body)}</tbody></table></div>')
 
 
@@ -305,8 +370,16 @@ def render_html(report: FinopsReport, charts: dict[str, bytes]) -> str:
         "<h2>Hygiene savings</h2>",
     ]
     if report.savings.available:
-        parts.append(_html_table(_savings_frame(report), SAVINGS_COLUMNS,
-                                 empty="No hygiene actions were applied this week."))
+        parts += ["<h3>Realised this week</h3>",
+                  _html_table(_savings_frame(report), SAVINGS_COLUMNS,
+                              empty="No hygiene action was applied this week: $0.00 saved."),
+                  "<h3>Reclaimable, not acted on</h3>",
+                  '<p class="muted">What each job\'s latest plan found (a dry-run plan, or '
+                  "marks whose deadline has not come). GPUs are priced per week at the "
+                  "week's mean price per GPU-hour, storage per month at "
+                  "finops.storage_usd_per_gb_month.</p>",
+                  _html_table(_reclaimable_frame(report), RECLAIMABLE_COLUMNS,
+                              empty="No hygiene job has run yet.")]
     else:
         parts.append(f'<p class="muted">Not available: {html.escape(report.savings.reason)}.</p>')
     parts += ["<h2>Data gaps</h2>",
@@ -360,7 +433,12 @@ def render_markdown(report: FinopsReport) -> str:
                                    empty="No GPU allocations.")),
         ("By GPU model", _md_table(tables.models, MODEL_COLUMNS, empty="No GPU allocations.")),
         ("Hygiene savings",
-         _md_table(_savings_frame(report), SAVINGS_COLUMNS, empty="No actions this week.")
+         "Realised this week:\n\n"
+         + _md_table(_savings_frame(report), SAVINGS_COLUMNS,
+                     empty="No hygiene action was applied this week: $0.00 saved.")
+         + "\n\nReclaimable, not acted on (the latest plans):\n\n"
+         + _md_table(_reclaimable_frame(report), RECLAIMABLE_COLUMNS,
+                     empty="No hygiene job has run yet.")
          if report.savings.available else f"_Not available: {report.savings.reason}._"),
         ("Data gaps", _md_table(_readable_gaps(report), GAP_COLUMNS,
                                 empty="None: every hour had data.")),

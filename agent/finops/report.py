@@ -19,6 +19,7 @@ from slack_sdk.errors import SlackApiError, SlackClientError
 
 from agent.config import StewardConfig
 from agent.cron import cron_trigger
+from agent.errors import RuntimeFailure, plain_cause
 from agent.finops.aggregate import aggregate_usage, build_tables, price_usage
 from agent.finops.document import FinopsReport
 from agent.finops.parquet import ParquetSource, export_parquet
@@ -129,7 +130,8 @@ def build_report(config: StewardConfig, week: ReportWeek, *, source: SeriesSourc
         sum(finops.prices.values()) / len(finops.prices) if finops.prices else 0.0)
     hygiene = compute_savings(savings, week.start, week.end, prices=finops.prices,
                               default_gpu_price=mean_price,
-                              storage_usd_per_gb_month=finops.storage_usd_per_gb_month)
+                              storage_usd_per_gb_month=finops.storage_usd_per_gb_month,
+                              until=now)
     return FinopsReport(
         week=week, tables=tables, gaps=gaps, savings=hygiene, source=source.describe(),
         generated_at=now, idle_floor=finops.idle_floor, previous_coverage=prev_coverage,
@@ -160,13 +162,17 @@ def run_finops_report(config: StewardConfig, *, week: str | None, out_dir: Path 
                       slack: bool, parquet: Path | None, now: datetime | None = None,
                       namespace_labels: NamespaceLabelsSource | None = None,
                       savings: SavingsSource | None = None,
-                      slack_web_client: WebClient | None = None) -> int:
+                      slack_web_client: WebClient | None = None,
+                      terminal: bool = True) -> int:
     """The CLI's entry point; returns the exit code.
 
     ``week`` defaults to the last complete ISO week before ``now``; the folder to
     ``finops.out_dir/<week>/``. ``namespace_labels`` defaults to the configured cluster.
+    A runtime failure is one ``steward: ...`` line on stderr (``terminal``), else one log
+    line (the controller's scheduled run).
     """
     moment = now or datetime.now(UTC)
+    folder: Path | None = None
     try:
         try:
             report_week = ReportWeek.parse(week) if week else ReportWeek.last_complete(moment)
@@ -194,22 +200,41 @@ def run_finops_report(config: StewardConfig, *, week: str | None, out_dir: Path 
         print(f"steward: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except PrometheusError as exc:
-        log.error("FinOps report failed: %s", exc)
-        return EXIT_RUNTIME
+        return _failed(RuntimeFailure(f"FinOps report: {exc}", "check prometheus.url "
+                                      "(STEWARD_PROMETHEUS__URL), or report from an export "
+                                      "with --parquet FILE"), terminal=terminal)
     except (SlackApiError, SlackClientError) as exc:
-        log.error("FinOps report written but not posted to Slack: %s", exc)
-        return EXIT_RUNTIME
+        return _failed(RuntimeFailure(
+            f"FinOps report written to {folder} but not posted to Slack: {_slack_cause(exc)}",
+            "check slack.api_url, the bot token, and that the bot is in the channel "
+            "(finops.slack_channel)"), terminal=terminal)
     except OSError as exc:
-        log.error("FinOps report failed: %s", exc)
-        return EXIT_RUNTIME
+        return _failed(RuntimeFailure(f"FinOps report: {exc}", "check that the output folder "
+                                      "(--out or finops.out_dir) is writable"),
+                       terminal=terminal)
     return EXIT_OK
+
+
+def _failed(failure: RuntimeFailure, *, terminal: bool) -> int:
+    if terminal:
+        print(f"steward: {failure.what}: {failure.check}", file=sys.stderr)
+    else:
+        log.error("%s", failure.what, extra={"check": failure.check})
+    return EXIT_RUNTIME
+
+
+def _slack_cause(exc: SlackApiError | SlackClientError) -> str:
+    if isinstance(exc, SlackApiError):
+        return f"Slack answered {exc.response.get('error', 'an error')}"
+    return plain_cause(exc)
 
 
 def scheduled_report(config: StewardConfig) -> int:
     """What the controller runs each week: the last complete week, to Slack if a channel is
     configured."""
     return run_finops_report(config, week=None, out_dir=None,
-                             slack=bool(config.finops.slack_channel), parquet=None)
+                             slack=bool(config.finops.slack_channel), parquet=None,
+                             terminal=False)
 
 
 def run_finops_export(config: StewardConfig, *, path: Path, week: str | None,
@@ -227,9 +252,13 @@ def run_finops_export(config: StewardConfig, *, path: Path, week: str | None,
     except FinopsInputError as exc:
         print(f"steward: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    except (PrometheusError, OSError) as exc:
-        log.error("FinOps export failed: %s", exc)
-        return EXIT_RUNTIME
+    except PrometheusError as exc:
+        return _failed(RuntimeFailure(f"FinOps export: {exc}",
+                                      "check prometheus.url (STEWARD_PROMETHEUS__URL)"),
+                       terminal=True)
+    except OSError as exc:
+        return _failed(RuntimeFailure(f"FinOps export: {exc}",
+                                      f"check that {path} can be written"), terminal=True)
     log.info("FinOps series exported", extra={
         "path": str(result.path), "rows": result.rows, "gaps": len(result.gaps),
         "from": report_week.previous().name, "to": report_week.name})

@@ -7,6 +7,9 @@ says ``"available": false`` instead of claiming zero savings.
   spend), priced at their model's price, else the week's mean price per allocated GPU-hour.
 - Bytes removed (images, buckets) are priced at ``finops.storage_usd_per_gb_month`` as a
   monthly run rate (GB = 2^30 bytes, as cloud storage bills).
+- Beside what was saved: what each job's latest plan found reclaimable and nobody has acted
+  on yet (a dry-run plan, or marks whose deadline has not come), priced the same way (GPUs
+  per week at the week's mean price), so $0 saved never hides what could be.
 """
 
 from __future__ import annotations
@@ -16,7 +19,10 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
 
+from agent.finops.series import iso
+
 GIB = 1 << 30
+HOURS_PER_WEEK = 168
 
 
 @dataclass(frozen=True)
@@ -32,10 +38,38 @@ class SavingAction:
     until: datetime | None = None
 
 
+@dataclass(frozen=True)
+class PlanFound:
+    """What a job's most recent successful run planned (its ``reclaimable``)."""
+
+    job: str
+    mode: str  # dry_run, apply
+    at: datetime
+    candidates: int
+    gpus: float = 0.0
+    bytes: int = 0
+
+
 class SavingsSource(Protocol):
     def actions(self, start: datetime, end: datetime) -> list[SavingAction]:
         """Applied actions with ``start <= at < end``."""
         ...
+
+    def latest_plans(self, until: datetime) -> list[PlanFound]:
+        """Each job's most recent successful run before ``until``."""
+        ...
+
+
+@dataclass(frozen=True)
+class Reclaimable:
+    job: str
+    mode: str
+    at: datetime
+    candidates: int
+    gpus: float
+    bytes: int
+    gpu_cost_per_week: float
+    storage_cost_per_month: float
 
 
 @dataclass(frozen=True)
@@ -53,6 +87,7 @@ class HygieneSavings:
     available: bool
     reason: str = ""
     jobs: list[JobSavings] = field(default_factory=list)
+    reclaimable: list[Reclaimable] = field(default_factory=list)
 
     @property
     def gpu_hours_freed(self) -> float:
@@ -88,15 +123,25 @@ class HygieneSavings:
                       "gpu_cost": round(j.gpu_cost, 6), "bytes_removed": j.bytes_removed,
                       "storage_cost_per_month": round(j.storage_cost_per_month, 6)}
                      for j in self.jobs],
+            "reclaimable": [{"job": r.job, "mode": r.mode, "run_at": iso(r.at),
+                             "candidates": r.candidates, "gpus": round(r.gpus, 6),
+                             "bytes": r.bytes,
+                             "gpu_cost_per_week": round(r.gpu_cost_per_week, 6),
+                             "storage_cost_per_month": round(r.storage_cost_per_month, 6)}
+                            for r in self.reclaimable],
         }
 
 
-NOT_CONNECTED = "the hygiene audit log is not connected to the report yet"
+NOT_CONNECTED = ("no hygiene audit log in the state store (state.url): no hygiene job has "
+                 "run against it")
 
 
 def compute_savings(source: SavingsSource | None, start: datetime, end: datetime, *,
                     prices: Mapping[str, float], default_gpu_price: float,
-                    storage_usd_per_gb_month: float) -> HygieneSavings:
+                    storage_usd_per_gb_month: float,
+                    until: datetime | None = None) -> HygieneSavings:
+    """Savings of ``[start, end)``; reclaimable as the latest plans before ``until`` (the
+    report's generation time; default ``end``) found it."""
     if source is None:
         return HygieneSavings(available=False, reason=NOT_CONNECTED)
     per_job: dict[str, list[SavingAction]] = {}
@@ -118,7 +163,12 @@ def compute_savings(source: SavingsSource | None, start: datetime, end: datetime
             job=job, actions=len(actions), gpu_hours_freed=hours, gpu_cost=cost,
             bytes_removed=removed,
             storage_cost_per_month=removed / GIB * storage_usd_per_gb_month))
-    return HygieneSavings(available=True, jobs=jobs)
+    pending = [Reclaimable(
+        job=plan.job, mode=plan.mode, at=plan.at, candidates=plan.candidates, gpus=plan.gpus,
+        bytes=plan.bytes, gpu_cost_per_week=plan.gpus * default_gpu_price * HOURS_PER_WEEK,
+        storage_cost_per_month=plan.bytes / GIB * storage_usd_per_gb_month)
+        for plan in sorted(source.latest_plans(until or end), key=lambda p: p.job)]
+    return HygieneSavings(available=True, jobs=jobs, reclaimable=pending)
 
 
 # What frees resources (marks, notices and restores free nothing).
@@ -163,3 +213,28 @@ class AuditLogSavings:
                     until=(datetime.fromtimestamp(row.restored_at, start.tzinfo)
                            if row.restored_at is not None else None)))
         return found
+
+    def latest_plans(self, until: datetime) -> list[PlanFound]:
+        import json
+
+        from sqlalchemy import func, select
+
+        from agent.controller.hygiene.store import runs
+
+        latest = (select(runs.c.job, func.max(runs.c.finished_at).label("at"))
+                  .where(runs.c.result == "succeeded", runs.c.plan.is_not(None),
+                         runs.c.finished_at < until.timestamp())
+                  .group_by(runs.c.job).subquery())
+        query = select(runs.c.job, runs.c.mode, runs.c.finished_at, runs.c.plan).join(
+            latest, (latest.c.job == runs.c.job) & (latest.c.at == runs.c.finished_at))
+        found: dict[str, PlanFound] = {}
+        with self._engine.connect() as connection:
+            for row in connection.execute(query):
+                plan = json.loads(row.plan)
+                reclaim = plan.get("reclaimable") or {}
+                found[row.job] = PlanFound(
+                    job=row.job, mode=row.mode,
+                    at=datetime.fromtimestamp(round(row.finished_at), until.tzinfo),
+                    candidates=len(plan.get("candidates") or []),
+                    gpus=float(reclaim.get("gpus", 0.0)), bytes=int(reclaim.get("bytes", 0)))
+        return list(found.values())

@@ -15,7 +15,16 @@ from slack_sdk import WebClient
 from slack_sdk.http_retry.builtin_handlers import RateLimitErrorRetryHandler
 
 from agent.finops.document import FinopsReport
-from agent.finops.render import ReportFiles, change, hours, money, percent, size
+from agent.finops.render import (
+    ReportFiles,
+    change,
+    hours,
+    money,
+    percent,
+    reclaimable_text,
+    size,
+    utilization_text,
+)
 
 log = logging.getLogger("agent.finops.slack")
 TOP_TEAMS = 3
@@ -42,8 +51,9 @@ def summary_text(report: FinopsReport) -> str:
         f"• *Allocated but idle:* {money(totals['idle_cost'])} ({percent(idle_share)} of the "
         f"cost, {hours(totals['gpu_hours_idle'])} GPU-h)"
         + (f", {change(wow.get('idle_cost_change'))} vs last week" if wow["available"] else ""),
-        f"• *GPU-hours:* {hours(totals['gpu_hours_allocated'])} allocated, "
-        f"{hours(totals['gpu_hours_used'])} used",
+        f"• *GPU-hours:* {hours(totals['gpu_hours_allocated'])} allocated, utilization "
+        f"{utilization_text(totals['gpu_hours_used'], totals['gpu_hours_allocated'])}, "
+        f"{hours(totals['gpu_hours_unmeasured'])} GPU-h unmeasured",
     ]
     teams = report.tables.teams.head(TOP_TEAMS)
     if len(teams):
@@ -55,7 +65,8 @@ def summary_text(report: FinopsReport) -> str:
         lines.append(f"• *Hygiene savings:* {money(savings.gpu_cost)} "
                      f"({hours(savings.gpu_hours_freed)} GPU-h freed), "
                      f"{size(savings.bytes_removed)} removed "
-                     f"({money(savings.storage_cost_per_month)}/month)")
+                     f"({money(savings.storage_cost_per_month)}/month); reclaimable, not "
+                     f"acted on: {reclaimable_text(report)}")
     else:
         lines.append("• *Hygiene savings:* not available yet")
     missing = [g for g in report.gaps if g.kind != "utilization_unavailable"]

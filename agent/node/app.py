@@ -35,7 +35,7 @@ def gpu_collector(source: NvmlGpuSource, hostname: str, interval: float, *,
         try:
             readings = source.read()
         except GpuSourceUnavailable as exc:
-            raise CollectorFailed("nvml_unavailable", str(exc)) from exc
+            raise CollectorFailed("nvml_unavailable", str(exc), reported=exc.reported) from exc
         readings = inventory.reconcile(readings)
         if latest is not None:
             latest.set(readings)
@@ -51,7 +51,8 @@ def xid_collector(source: NvmlGpuSource, hostname: str, interval: float) -> Coll
         try:
             counts = source.xid_counts()
         except GpuSourceUnavailable as exc:
-            raise CollectorFailed("xid_events_unavailable", str(exc)) from exc
+            raise CollectorFailed("xid_events_unavailable", str(exc),
+                                  reported=exc.reported) from exc
         return CollectResult(build_xid_families(counts, hostname))
 
     return Collector("xid_events", collect, interval)
@@ -88,10 +89,11 @@ def make_sources(config: StewardConfig) -> NodeSources:
 
         lib = SimulatedNvml(node.sim.gpus, hostname=node.node_name, seed=node.sim.seed,
                             model_name=node.sim.model_name,
-                            lost_after_seconds=node.sim.lost_after_seconds)
+                            lost_after_seconds=node.sim.lost_after_seconds,
+                            ecc_after_seconds=node.sim.ecc_after_seconds)
         sim_pods = SimulatedPods(lib, node.node_name, extra_pods=node.sim.extra_pods,
                                  churn_seconds=node.sim.pod_churn_seconds)
-        gpus = NvmlGpuSource(lib=lib, retry_seconds=node.nvml_retry_seconds)
+        gpus = NvmlGpuSource(lib=lib, retry_seconds=node.nvml_retry_seconds, simulated=True)
         return NodeSources(gpus, sim_pods, sim_pods.pod_uid_for_pid, sim_pods,
                            closers=[gpus.close], starters=[])
     if node.gpu_backend == "sim":
@@ -99,8 +101,9 @@ def make_sources(config: StewardConfig) -> NodeSources:
 
         gpus = NvmlGpuSource(lib=SimulatedNvml(
             node.sim.gpus, hostname=node.node_name, seed=node.sim.seed,
-            model_name=node.sim.model_name, lost_after_seconds=node.sim.lost_after_seconds),
-            retry_seconds=node.nvml_retry_seconds)
+            model_name=node.sim.model_name, lost_after_seconds=node.sim.lost_after_seconds,
+            ecc_after_seconds=node.sim.ecc_after_seconds),
+            retry_seconds=node.nvml_retry_seconds, simulated=True)
     else:
         gpus = NvmlGpuSource(retry_seconds=node.nvml_retry_seconds)
     devices = PodResourcesClient(str(node.pod_resources_socket),

@@ -161,8 +161,10 @@ def attribution_collector(devices: DeviceSource, latest: LatestReadings, hostnam
         # Both loops start together; the first GPU collection is usually milliseconds away.
         readings = latest.get(wait=min(interval, 30.0))
         if readings is None:
+            # The gpu collector's own failure (or NVML's) is what the log must say, once.
             raise CollectorFailed("gpu_readings_unavailable",
-                                  "no GPU readings yet: the gpu collector has not succeeded")
+                                  "no GPU readings yet: the gpu collector has not succeeded",
+                                  reported=True)
         try:
             listed = devices.list_devices()
         except PodResourcesError as exc:

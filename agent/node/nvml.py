@@ -68,12 +68,16 @@ class NvmlGpuSource:
 
     def __init__(self, *, lib: Any = None, clock: Callable[[], float] = time.time,
                  monotonic: Callable[[], float] = time.monotonic,
-                 retry_seconds: float = 60.0, event_timeout_ms: int = 500) -> None:
+                 retry_seconds: float = 60.0, event_timeout_ms: int = 500,
+                 simulated: bool = False) -> None:
         if lib is None:
             import pynvml
 
             lib = pynvml
         self._lib = lib
+        # A simulated library has no driver: saying "NVML initialised, driver 550.90.07"
+        # would tell an operator reading the log that real GPUs answered.
+        self._simulated = simulated
         self._clock = clock
         self._monotonic = monotonic
         self._retry_seconds = retry_seconds
@@ -105,7 +109,7 @@ class NvmlGpuSource:
     def _initialize(self) -> None:
         now = self._monotonic()
         if now < self._next_init:
-            raise GpuSourceUnavailable(self._init_error)
+            raise GpuSourceUnavailable(self._init_error, reported=True)
         try:
             self._lib.nvmlInit()
             self._driver_version = _text(self._lib.nvmlSystemGetDriverVersion())
@@ -120,8 +124,11 @@ class NvmlGpuSource:
                 # One clear line, not one per retry: a node without the driver is common
                 # in mixed pools and must not flood the log or crash-loop the pod.
                 log.error(self._init_error, extra={"error": error_kind(exc)})
-            raise GpuSourceUnavailable(self._init_error) from exc
-        log.info("NVML initialised", extra={"driver_version": self._driver_version})
+            raise GpuSourceUnavailable(self._init_error, reported=True) from exc
+        if self._simulated:
+            log.debug("simulated GPUs ready (no GPU driver is read)")
+        else:
+            log.info("NVML initialised", extra={"driver_version": self._driver_version})
         self._enumerate()
         self._initialized = True
 

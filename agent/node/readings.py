@@ -77,7 +77,15 @@ class GpuReading:
 
 
 class GpuSourceUnavailable(Exception):
-    """The whole source is down (NVML library or driver missing): no GPU can be read."""
+    """The whole source is down (NVML library or driver missing): no GPU can be read.
+
+    ``reported``: the source already logged this condition once, so the collectors that
+    hit it again must not each log it too (a node without the driver logs one line).
+    """
+
+    def __init__(self, message: str, *, reported: bool = False) -> None:
+        super().__init__(message)
+        self.reported = reported
 
 
 class GpuSource(Protocol):

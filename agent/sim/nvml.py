@@ -54,6 +54,7 @@ class SimulatedNvml:
 
     def __init__(self, scenarios: Sequence[str], *, hostname: str = "sim-node", seed: int = 0,
                  model_name: str = "NVIDIA H100 80GB HBM3", lost_after_seconds: float = 20.0,
+                 ecc_after_seconds: float = 10.0,
                  clock: Callable[[], float] = time.time,
                  sleep: Callable[[float], None] = time.sleep,
                  library_present: bool = True) -> None:
@@ -70,7 +71,7 @@ class SimulatedNvml:
             ctx = ScenarioContext(
                 memory_total_bytes=MEMORY_TOTAL, power_limit_watts=POWER_LIMIT_MW / 1000,
                 phase=(seed * 7 + index * 1.3) % (2 * math.pi),
-                lost_after_seconds=lost_after_seconds,
+                lost_after_seconds=lost_after_seconds, ecc_after_seconds=ecc_after_seconds,
             )
             struct = pynvml.struct_c_nvmlDevice_t()
             mig_structs = [pynvml.struct_c_nvmlDevice_t() for _ in scenario.state(0, ctx).mig]

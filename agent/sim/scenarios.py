@@ -81,6 +81,8 @@ class ScenarioContext:
     power_limit_watts: float
     phase: float  # radians, from the seed and GPU index
     lost_after_seconds: float
+    # When the ecc_errors GPU reports its uncorrectable error (XID 48) and row remap failure.
+    ecc_after_seconds: float = 10.0
 
 
 @dataclass(frozen=True)
@@ -172,7 +174,7 @@ def xid_storm(t: float, ctx: ScenarioContext) -> GpuState:
 
 def ecc_errors(t: float, ctx: ScenarioContext) -> GpuState:
     base = _busy(t, ctx)
-    failed = t >= 10.0
+    failed = t >= ctx.ecc_after_seconds
     return GpuState(**{
         **base.__dict__,
         "ecc_corrected": 40 + int(t // 2),
@@ -188,10 +190,12 @@ def thermal_throttling(t: float, ctx: ScenarioContext) -> GpuState:
     return GpuState(**{**state.__dict__, "processes": ((0, 40 * GIB), (1, 30 * GIB))})
 
 
+# The smallest slice is a notebook that filled its 10 GB (GpuMemoryNearlyFull on a MIG
+# instance: the alert names the instance, not the whole GPU).
 MIG_LAYOUT = (
     MigSlice(1, "3g.40gb", 40 * GIB, 30 * GIB),
     MigSlice(5, "2g.20gb", 20 * GIB, 12 * GIB),
-    MigSlice(13, "1g.10gb", 10 * GIB, 2 * GIB),
+    MigSlice(13, "1g.10gb", 10 * GIB, int(9.75 * GIB)),
 )
 
 
@@ -218,10 +222,11 @@ SCENARIOS: dict[str, Scenario] = {s.name: s for s in (
              xids=lambda ctx: (XidSchedule(13, 5.0), XidSchedule(31, 7.0), XidSchedule(43, 11.0)),
              description="application XIDs 13/31/43 repeating"),
     Scenario("ecc_errors", ecc_errors,
-             xids=lambda ctx: (XidSchedule(48, period=1e9, start=10.0),),
+             xids=lambda ctx: (XidSchedule(48, period=1e9, start=ctx.ecc_after_seconds),),
              description="corrected ECC errors climbing, one uncorrectable (XID 48), "
                          "row remap failure"),
     Scenario("thermal_throttling", thermal_throttling,
              description="91 C and thermal clock events"),
-    Scenario("mig", mig, mig=True, description="MIG enabled: 3g.40gb, 2g.20gb, 1g.10gb"),
+    Scenario("mig", mig, mig=True, description="MIG enabled: 3g.40gb, 2g.20gb, 1g.10gb "
+                                                     "(the 1g.10gb slice nearly full)"),
 )}

@@ -300,6 +300,12 @@ class SlackStub:
         with self._lock:
             return self._id_of(name_or_id)
 
+    def channel_name(self, channel_id: str) -> str:
+        """``#name`` of a channel id, as Slack's client shows it (the id when unknown)."""
+        with self._lock:
+            name = self._channels.get(channel_id)
+        return f"#{name}" if name else channel_id
+
     def wait_for(self, predicate: Callable[[], bool], *, timeout: float = 10.0,
                  what: str = "slack stub condition") -> None:
         wait_until(predicate, timeout=timeout, what=what)

@@ -27,6 +27,8 @@ class PageResult:
     images: list[dict[str, Any]] = field(default_factory=list)
     scroll_width: int = 0
     viewport_width: int = 0
+    # Per table box: how wide its table is against the room it has (wider scrolls sideways).
+    tables: list[dict[str, Any]] = field(default_factory=list)
     screenshot: bytes = b""
 
 
@@ -85,6 +87,11 @@ class Chromium:
                 "JSON.stringify({images: Array.from(document.images).map(i => ({chart: "
                 "i.dataset.chart || null, complete: i.complete, width: i.naturalWidth, "
                 "height: i.naturalHeight, shown: i.getBoundingClientRect().width})), "
+                "tables: Array.from(document.querySelectorAll('.table-wrap')).map(w => ({"
+                "heading: (w.closest('main') && Array.from(document.querySelectorAll('h2,h3'))"
+                ".filter(h => h.compareDocumentPosition(w) & Node.DOCUMENT_POSITION_FOLLOWING)"
+                ".map(h => h.textContent).pop()) || '', scroll: w.scrollWidth, "
+                "client: w.clientWidth})), "
                 "scroll: document.documentElement.scrollWidth, viewport: window.innerWidth})"))
             shot = self._call(ws, events, "Page.captureScreenshot", format="png",
                               captureBeyondViewport=True)
@@ -92,7 +99,7 @@ class Chromium:
             ws.close()
         page = json.loads(state["result"]["value"])
         result = PageResult(images=page["images"], scroll_width=int(page["scroll"]),
-                            viewport_width=int(page["viewport"]),
+                            viewport_width=int(page["viewport"]), tables=page["tables"],
                             screenshot=base64.b64decode(shot["data"]))
         for event in events:
             method, params = event.get("method"), event.get("params", {})

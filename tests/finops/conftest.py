@@ -7,12 +7,14 @@ from __future__ import annotations
 import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
 
 from agent.config import StewardConfig
 from agent.finops.report import run_finops_report
+from agent.finops.savings import PlanFound, SavingAction
 from agent.sim.kube_api import KubeApiServer
 from tests.finops.fleet import (
     NAMESPACE_LABELS,
@@ -107,4 +109,45 @@ def fleet_report_dir(fleet_prometheus: FleetPrometheus, kube_with_teams: Path,
     code = run_finops_report(fleet_config(fleet_prometheus.url, kubeconfig=kube_with_teams),
                              week=WEEK, out_dir=out, slack=False, parquet=None, now=NOW)
     assert code == 0, fleet_prometheus.log()[-2000:]
+    return out
+
+
+SIMULATED_WEEK = "2026-W48"
+SIMULATED_PRICE = 4.10
+SIMULATED_TEAMS = {"ml-research": "research", "data-science": "data", "inference": "platform"}
+
+
+class LatestPlans:
+    """A SavingsSource with no applied action and the demo's three dry-run plans."""
+
+    def actions(self, start: datetime, end: datetime) -> list[SavingAction]:
+        return []
+
+    def latest_plans(self, until: datetime) -> list[PlanFound]:
+        return [PlanFound("idle-gpus", "dry_run", until - timedelta(minutes=5), 3, gpus=3.0),
+                PlanFound("orphaned-buckets", "dry_run", until - timedelta(minutes=4), 2),
+                PlanFound("stale-images", "dry_run", until - timedelta(minutes=4), 5,
+                          bytes=3_144_679_424)]
+
+
+@pytest.fixture(scope="session")
+def simulated_week_report_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The demo's report: its simulated week (agent/sim/finops_week.py) from Parquet."""
+    from agent.demo.story import NODES
+    from agent.finops.period import ReportWeek
+    from agent.sim.finops_week import write_simulated_week
+
+    week = ReportWeek.parse(SIMULATED_WEEK)
+    folder = tmp_path_factory.mktemp("simulated-week")
+    parquet = write_simulated_week(folder / "week.parquet", start=week.start, end=week.end,
+                                   nodes=list(NODES))
+    config = StewardConfig.model_validate({
+        "finops": {"prices": {"NVIDIA H100 80GB HBM3": SIMULATED_PRICE},
+                   "namespace_teams": SIMULATED_TEAMS},
+        "state": {"url": "sqlite:////nonexistent/steward-state.db"}})
+    out = folder / SIMULATED_WEEK
+    code = run_finops_report(config, week=SIMULATED_WEEK, out_dir=out, slack=False,
+                             parquet=parquet, now=week.end + timedelta(days=3, hours=8),
+                             savings=LatestPlans())
+    assert code == 0
     return out

@@ -21,7 +21,7 @@ from agent.finops.parquet import ParquetSource, export_parquet
 from agent.finops.period import ReportWeek
 from agent.finops.queries import PrometheusClient, PrometheusSource
 from agent.finops.report import run_finops_export, run_finops_report
-from agent.finops.savings import GIB, SavingAction
+from agent.finops.savings import GIB, PlanFound, SavingAction
 from tests.finops.conftest import FleetPrometheus, fleet_config
 from tests.finops.fleet import H100, NAMESPACE_TEAMS, NOW, PRICES, T0, WEEK
 
@@ -40,30 +40,33 @@ C0_HOURS = 168 - 2 - 5  # hours 100-105 had no scrape; 105 was half scraped, cha
 
 NAMESPACES: dict[str, dict[str, Any]] = {
     "ml-train": {"team": "training", "alloc": A0_HOURS, "used": A0_HOURS * 0.8, "idle": 0,
-                 "cost": A0_HOURS * H100_PRICE, "idle_cost": 0},
+                 "unmeasured": 0, "cost": A0_HOURS * H100_PRICE, "idle_cost": 0},
     "ml-infer": {
         "team": "inference",
         "alloc": X2X4Z_HOURS + Q7K9P_HOURS + B1_HOURS / 2,
         # hour 95: half held, GPU mean 0.25 -> 0.5 * 0.25
         "used": X2X4Z_HOURS * 0.005 + 0.5 * 0.25 + (Q7K9P_HOURS - 0.5) * 0.5
         + B1_HOURS / 2 * 0.3,
-        "idle": X2X4Z_HOURS,
+        "idle": X2X4Z_HOURS, "unmeasured": 0,
         "cost": (X2X4Z_HOURS + Q7K9P_HOURS) * H100_PRICE + B1_HOURS / 2 * A100_PRICE,
         "idle_cost": X2X4Z_HOURS * H100_PRICE},
     "research": {"team": "research", "alloc": ALICE_HOURS * MIG_GI1 + BOB_HOURS * MIG_GI2,
                  "used": 0, "idle": 0,
+                 "unmeasured": ALICE_HOURS * MIG_GI1 + BOB_HOURS * MIG_GI2,
                  "cost": (ALICE_HOURS * MIG_GI1 + BOB_HOURS * MIG_GI2) * A100_PRICE,
                  "idle_cost": 0},
     "scratch": {"team": "platform", "alloc": C0_HOURS, "used": 0, "idle": C0_HOURS,
-                "cost": C0_HOURS * H100_PRICE, "idle_cost": C0_HOURS * H100_PRICE},
+                "unmeasured": 0, "cost": C0_HOURS * H100_PRICE, "idle_cost": C0_HOURS * H100_PRICE},
     "shared-tools": {"team": "unassigned", "alloc": B1_HOURS / 2, "used": B1_HOURS / 2 * 0.3,
-                     "idle": 0, "cost": B1_HOURS / 2 * A100_PRICE, "idle_cost": 0},
+                     "idle": 0, "unmeasured": 0, "cost": B1_HOURS / 2 * A100_PRICE,
+                     "idle_cost": 0},
 }
 # The week before: a0 all week (ml-train), b1 shared all week (ml-infer, shared-tools).
 PREVIOUS_COST = {"training": 168 * H100_PRICE, "inference": 84 * A100_PRICE,
                  "unassigned": 84 * A100_PRICE, "research": 0.0, "platform": 0.0}
 METRIC_KEYS = {"alloc": "gpu_hours_allocated", "used": "gpu_hours_used",
-               "idle": "gpu_hours_idle", "cost": "cost", "idle_cost": "idle_cost"}
+               "idle": "gpu_hours_idle", "unmeasured": "gpu_hours_unmeasured", "cost": "cost",
+               "idle_cost": "idle_cost"}
 
 
 def total(key: str) -> float:
@@ -132,11 +135,15 @@ def test_teams_csv_with_week_over_week(report_dir: Path) -> None:
     assert float(rows["inference"]["cost_change"]) == pytest.approx(
         NAMESPACES["ml-infer"]["cost"] / PREVIOUS_COST["inference"] - 1, abs=1e-5)
     assert rows["platform"]["cost_change"] == ""  # nothing last week: no ratio
-    # MIG has no utilization: research's GPU-hours are unmeasured, its utilization unknown.
+    # MIG has no utilization: research's GPU-hours are unmeasured. Utilization is used over
+    # allocated everywhere, so the unmeasured hours count against it (and are shown).
     assert float(rows["research"]["gpu_hours_unmeasured"]) == pytest.approx(
         NAMESPACES["research"]["alloc"], abs=1e-5)
-    assert rows["research"]["utilization"] == ""
+    assert float(rows["research"]["utilization"]) == 0.0
     assert float(rows["training"]["utilization"]) == pytest.approx(0.8)
+    inference = NAMESPACES["ml-infer"]
+    assert float(rows["inference"]["utilization"]) == pytest.approx(
+        inference["used"] / inference["alloc"], abs=1e-6)
 
 
 def test_week_over_week(summary: dict[str, Any]) -> None:
@@ -351,6 +358,11 @@ class AuditLog:
         self.asked.append((start, end))
         return [a for a in self.items if start <= a.at < end]
 
+    def latest_plans(self, until: datetime) -> list[PlanFound]:
+        # A dry-run plan found 3 idle GPUs that nobody has acted on.
+        return [PlanFound("idle-gpus", "dry_run", until - timedelta(hours=1), candidates=3,
+                          gpus=3.0)]
+
 
 def test_hygiene_savings_from_a_connected_audit_log(fleet_prometheus: FleetPrometheus,
                                                     tmp_path: Path) -> None:
@@ -371,6 +383,14 @@ def test_hygiene_savings_from_a_connected_audit_log(fleet_prometheus: FleetProme
     assert savings["gpu_hours_freed"] == 20.0
     assert savings["gpu_cost"] == 80.0
     assert savings["bytes_removed"] == 50 * GIB
+    # Beside it, what is reclaimable and not acted on, priced at the week's mean GPU price.
+    mean_price = total("cost") / total("alloc")
+    assert savings["reclaimable"] == [{
+        "job": "idle-gpus", "mode": "dry_run", "run_at": "2026-11-20T11:00:00Z",
+        "candidates": 3, "gpus": 3.0, "bytes": 0,
+        "gpu_cost_per_week": pytest.approx(3 * mean_price * 168), "storage_cost_per_month": 0.0}]
+    page = (tmp_path / "report.html").read_text()
+    assert "Reclaimable, not acted on" in page and "3 GPUs" in page
     assert savings["storage_cost_per_month"] == pytest.approx(50 * 0.023)
     rows = read_csv(tmp_path / "hygiene_savings.csv")
     assert [r["job"] for r in rows] == ["idle-gpus", "stale-images"]

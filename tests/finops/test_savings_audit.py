@@ -41,3 +41,8 @@ def test_applied_actions_count_until_the_week_ends_or_they_are_restored(
     # outside the week: nothing
     later = week_end + timedelta(days=7)
     assert AuditLogSavings(rig.store.engine).actions(week_end, later) == []
+    # What is still reclaimable is the latest successful plan: the dry run after the sweep.
+    plans = AuditLogSavings(rig.store.engine).latest_plans(week_end)
+    assert [(p.job, p.mode) for p in plans] == [(rig.job.name, "dry_run")]
+    assert plans[0].at.timestamp() == swept_at
+    assert AuditLogSavings(rig.store.engine).latest_plans(week_start) == []

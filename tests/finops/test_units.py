@@ -25,7 +25,7 @@ from agent.finops.aggregate import (
 from agent.finops.period import ReportWeek
 from agent.finops.pricing import MissingPriceError, PriceTable, gpu_fraction
 from agent.finops.queries import MAX_POINTS, PrometheusClient, chunks, matrix_frame
-from agent.finops.savings import GIB, SavingAction, compute_savings
+from agent.finops.savings import GIB, PlanFound, SavingAction, compute_savings
 from agent.finops.series import FinopsInputError, Gap, merge_step_gaps, parse_step
 from agent.finops.teams import KubernetesNamespaceLabels, resolve_teams
 from agent.sim.kube_api import KubeApiServer
@@ -313,6 +313,12 @@ class Actions:
     def actions(self, start: datetime, end: datetime) -> list[SavingAction]:
         return self.items
 
+    def latest_plans(self, until: datetime) -> list[PlanFound]:
+        return [PlanFound("idle-gpus", "dry_run", until - timedelta(hours=1), candidates=3,
+                          gpus=2.0),
+                PlanFound("stale-images", "dry_run", until - timedelta(hours=2), candidates=5,
+                          bytes=4 * GIB)]
+
 
 def test_savings_from_actions() -> None:
     start = datetime(2026, 11, 16, tzinfo=UTC)
@@ -334,6 +340,12 @@ def test_savings_from_actions() -> None:
     assert data["bytes_removed"] == 3 * GIB
     assert data["storage_cost_per_month"] == pytest.approx(0.06)
     assert [j["job"] for j in data["jobs"]] == ["idle-gpus", "stale-images"]
+    # Beside what was saved: what the latest plans found and nobody acted on, priced.
+    assert [(r["job"], r["candidates"]) for r in data["reclaimable"]] == [
+        ("idle-gpus", 3), ("stale-images", 5)]
+    assert data["reclaimable"][0]["gpu_cost_per_week"] == 2 * 3.0 * 168
+    assert data["reclaimable"][1]["storage_cost_per_month"] == pytest.approx(4 * 0.02)
+    assert data["reclaimable"][0]["run_at"] == "2026-11-22T23:00:00Z"
 
 
 def test_no_audit_log_is_not_zero_savings() -> None:
@@ -341,4 +353,5 @@ def test_no_audit_log_is_not_zero_savings() -> None:
     data = compute_savings(None, start, start + timedelta(days=7), prices={},
                            default_gpu_price=0, storage_usd_per_gb_month=0).to_json()
     assert data == {"available": False,
-                    "reason": "the hygiene audit log is not connected to the report yet"}
+                    "reason": "no hygiene audit log in the state store (state.url): no "
+                              "hygiene job has run against it"}
