@@ -29,7 +29,7 @@ from agent.notify.routing import Route, Router
 from agent.notify.server import BearerAuth, NotifierServer, auth_from
 from agent.notify.slack import SlackSink
 from agent.notify.worker import DeliveryWorker
-from agent.state import open_store
+from agent.state import StoreCreatedCollector, open_store, store_identity
 
 log = logging.getLogger(__name__)
 EXIT_OK, EXIT_RUNTIME, EXIT_USAGE = 0, 1, 2
@@ -120,6 +120,7 @@ def build_notifier(config: StewardConfig, *, sink: SlackSink | None = None,
         return current.depth, current.oldest_received_at
 
     metrics = NotifierMetrics(stats, clock=clock)
+    metrics.registry.register(StoreCreatedCollector(store_identity(engine)))
     router = Router([Route(r.match, r.channel) for r in config.slack.routes],
                     default_channel=config.slack.default_channel)
     links = LinkSettings(
