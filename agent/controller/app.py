@@ -8,7 +8,6 @@ collectors do not exist there, so they report nothing rather than a failing coll
 from __future__ import annotations
 
 import logging
-import signal
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -28,6 +27,7 @@ from agent.controller.pipelines import pipelines_collector
 from agent.exporter.collection import CollectionLoops, Collector, CollectResult
 from agent.exporter.exposition import Exposition
 from agent.exporter.server import MetricsServer, parse_listen
+from agent.signals import stop_on_signals
 from agent.state import StoreCreatedCollector, open_store, store_identity
 
 log = logging.getLogger(__name__)
@@ -170,9 +170,8 @@ def run_controller(config: StewardConfig, *, stop: threading.Event | None = None
     from agent.kube import api_client
 
     stop = stop or threading.Event()
+    stop_on_signals(stop)
     controller = build_controller(config, api_client=api_client(config.kubernetes))
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, lambda *_: stop.set())
     controller.start()
     log.info("controller started", extra={
         "listen": config.controller.listen, "port": controller.port,

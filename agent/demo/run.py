@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import signal
 import subprocess
 import sys
 import tempfile
@@ -36,6 +35,7 @@ from agent.demo.servers import (
     start_prometheus,
 )
 from agent.demo.slack_view import render_html, render_message
+from agent.signals import stop_on_signals
 
 ROOT = Path(__file__).resolve().parents[2]
 NODES: tuple[tuple[str, list[str]], ...] = (
@@ -204,9 +204,9 @@ class Demo:
             self.say(f"   everything the demo made is in {self.result.workdir}")
 
     def _install_signal_handlers(self) -> None:
-        if threading.current_thread() is threading.main_thread():
-            for signum in (signal.SIGINT, signal.SIGTERM):
-                signal.signal(signum, lambda *_: self.stop.set())
+        # Past the deadline the children are killed too: they run in their own sessions and
+        # would outlive the demo.
+        stop_on_signals(self.stop, on_overdue=lambda: self.children.stop_all(grace=0))
 
     def _run(self) -> int:
         opts = self.options

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 import os
-import signal
 import sys
 import threading
 import time
@@ -29,6 +28,7 @@ from agent.notify.routing import Route, Router
 from agent.notify.server import BearerAuth, NotifierServer, auth_from
 from agent.notify.slack import SlackSink
 from agent.notify.worker import DeliveryWorker
+from agent.signals import stop_on_signals
 from agent.state import StoreCreatedCollector, open_store, store_identity
 
 log = logging.getLogger(__name__)
@@ -152,10 +152,8 @@ def run_notifier(config: StewardConfig, *, stop: threading.Event | None = None,
             print(f"steward: config error: {problem}", file=sys.stderr)
         return EXIT_USAGE
     stop = stop or threading.Event()
+    stop_on_signals(stop)
     notifier = build_notifier(config)
-    if threading.current_thread() is threading.main_thread():
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(signum, lambda *_: stop.set())
     notifier.start()
     log.info("notifier started", extra={
         "listen": config.notifier.listen, "port": notifier.port,
