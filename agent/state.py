@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import fcntl
 import json
 import logging
 import os
@@ -57,7 +58,7 @@ from sqlalchemy import (
     select,
 )
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError, SQLAlchemyError
 
 log = logging.getLogger(__name__)
 
@@ -117,6 +118,10 @@ class _Files:
     @property
     def marker(self) -> Path:
         return self.database.with_name(self.database.name + ".identity")
+
+    @property
+    def lock(self) -> Path:
+        return self.database.with_name(self.database.name + ".lock")
 
     @property
     def wal(self) -> Path:
@@ -273,7 +278,8 @@ def _loss(files: _Files, marker: _Marker) -> _Loss | None:
     problem = _header_problem(files)
     if problem is not None:
         return _Loss(problem)
-    if marker.open_by not in (None, _PROCESS_TOKEN) and not files.wal.exists():
+    if marker.open_by not in (None, _PROCESS_TOKEN) and not files.wal.exists() and \
+            not _held_by_a_live_process(files):
         # The process that had it open died without closing it (a clean close folds the
         # log into the database and clears open_by): its last commits were in the log.
         return _Loss(f"its write-ahead log {files.wal.name} is missing (the last commits "
@@ -339,6 +345,33 @@ def check_store(url: str, *, accept_empty: bool = False) -> None:
 _tracked_lock = threading.Lock()
 _tracked: dict[Path, bool] = {}  # database -> whether this process marked it open
 _engines: weakref.WeakSet[Engine] = weakref.WeakSet()
+_holds: dict[Path, int] = {}  # database -> descriptor of its lock file, held shared
+
+
+def _hold(files: _Files) -> None:
+    """Hold the store's lock file shared until this process exits (the kernel lets go of
+    it however the process ends). A process that finds it held knows a live process has
+    the store open, so a log missing for a moment while that one closes is not a loss."""
+    with _tracked_lock:
+        if files.database in _holds:
+            return
+        fd = os.open(files.lock, os.O_RDWR | os.O_CREAT, 0o644)
+        fcntl.flock(fd, fcntl.LOCK_SH)
+        _holds[files.database] = fd
+
+
+def _held_by_a_live_process(files: _Files) -> bool:
+    try:
+        fd = os.open(files.lock, os.O_RDWR)
+    except FileNotFoundError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)  # also lets go of the exclusive lock when it was granted
+    return False
 
 
 def _closed_cleanly(files: _Files) -> None:
@@ -453,6 +486,20 @@ def _ensure_identity(engine: Engine, *, existed: bool, display: str,
     return identity
 
 
+def _create_tables(engine: Engine, *, attempts: int = 3) -> None:
+    # create_all checks, then creates: two replicas starting on a new store race between
+    # the two, and the loser's CREATE fails on a table the winner just made. Checking
+    # again sees it.
+    for attempt in range(attempts):
+        try:
+            metadata.create_all(engine)
+            return
+        except (OperationalError, ProgrammingError, IntegrityError):
+            if attempt == attempts - 1:
+                raise
+            time.sleep(0.05 * (attempt + 1))
+
+
 def open_store(url: str, *, create: bool = True,
                clock: Callable[[], float] = time.time) -> Engine:
     """An engine for ``url``. With ``create`` (components that write), the store is first
@@ -478,7 +525,7 @@ def open_store(url: str, *, create: bool = True,
     try:
         if files is None:
             existed = bool(set(inspect(engine).get_table_names()) & set(metadata.tables))
-        metadata.create_all(engine)
+        _create_tables(engine)
         identity = _ensure_identity(engine, existed=existed, display=display, clock=clock)
     except SQLAlchemyError as exc:
         engine.dispose()
@@ -493,6 +540,7 @@ def open_store(url: str, *, create: bool = True,
             raise StateLost(str(files.database), f"the database is another store "
                             f"({identity.store_id}, created {identity.created_iso})",
                             marker.identity)
+        _hold(files)
         _write_marker(files, identity, open_by=_PROCESS_TOKEN)
         with _tracked_lock:
             _tracked[files.database] = True

@@ -311,3 +311,21 @@ def test_in_memory_and_other_databases_skip_the_file_checks() -> None:
     engine = open_store("sqlite://")
     assert store_identity(engine) is not None
     engine.dispose()
+
+
+OPENER = "import sys; from agent.state import open_store, store_identity; " \
+         "print(store_identity(open_store(sys.argv[1])).store_id)"
+
+
+def test_replicas_starting_together_agree_on_one_store(tmp_path: Path) -> None:
+    """Three processes create the same new store at once, then exit while others start:
+    one identity, no refusal (the creation race and the close race both once refused)."""
+    for round_ in range(8):
+        db = tmp_path / f"round-{round_}" / "state.db"
+        db.parent.mkdir()
+        processes = [subprocess.Popen([sys.executable, "-c", OPENER, url(db)],
+                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                      text=True) for _ in range(3)]
+        results = [(p.communicate(timeout=60), p.returncode) for p in processes]
+        assert [code for _, code in results] == [0, 0, 0], [err for (_, err), _ in results]
+        assert len({out.strip() for (out, _), _ in results}) == 1
