@@ -529,7 +529,7 @@ def open_store(url: str, *, create: bool = True,
         identity = _ensure_identity(engine, existed=existed, display=display, clock=clock)
     except SQLAlchemyError as exc:
         engine.dispose()
-        reason = getattr(exc, "orig", None) or exc
+        reason = " ".join(str(getattr(exc, "orig", None) or exc).split())  # one line
         raise StateStoreError(f"state store {display}: {reason}: check state.url and that "
                               "the database is reachable and writable") from exc
     if files is not None:
