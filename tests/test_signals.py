@@ -22,7 +22,8 @@ from agent.signals import stop_on_signals
 from agent.sim.kube_api import KubeApiServer
 from agent.sim.slack_stub import SlackStub
 from tests.notify.payloads import alert, post, webhook
-from tests.support.net import free_port, http_ok, wait_until
+from tests.support.net import free_port, wait_until
+from tests.support.steward import start_steward
 
 # A clean stop (no external call in flight) takes about a second; the bound leaves room on
 # a loaded machine while staying well under the 20 s deadline.
@@ -136,19 +137,8 @@ def start(name: str, workdir: Path, *, stub: SlackStub, kube: KubeApiServer,
           ready: bool = True) -> tuple[subprocess.Popen[bytes], int, Path]:
     port = free_port()
     args, env = command(name, workdir, port, stub=stub, kube=kube)
-    log = workdir / f"{name}-{port}.log"
-    process = subprocess.Popen([sys.executable, "-m", "agent.cli", *args],
-                               stdout=subprocess.DEVNULL, stderr=log.open("wb"),
-                               env={**os.environ, **env})
-    if ready:
-        try:
-            wait_until(lambda: process.poll() is None
-                       and http_ok(f"http://127.0.0.1:{port}/readyz"), timeout=30,
-                       what=f"{name} ready")
-        except TimeoutError:
-            process.kill()
-            raise AssertionError(log.read_text()[-3000:]) from None
-    return process, port, log
+    started = start_steward(workdir, name, args, port=port, env=env, ready=ready)
+    return started.process, port, started.log_path
 
 
 def stopped_within(process: subprocess.Popen[bytes], seconds: float) -> float:

@@ -21,8 +21,8 @@ from agent.sim.kube_api import KubeApiServer
 from agent.sim.slack_stub import SlackStub
 from agent.state import CREATED_METRIC
 from tests.notify.payloads import alert, post, webhook
-from tests.support.net import free_port, http_ok, metric_value, wait_until
-from tests.support.steward import StewardProcess
+from tests.support.net import free_port, metric_value
+from tests.support.steward import StewardProcess, start_steward
 
 pytestmark = pytest.mark.integration
 
@@ -45,7 +45,9 @@ def lose(db: Path, how: str) -> None:
 
 def refused(result: subprocess.CompletedProcess[str], db: Path, how: str) -> None:
     assert result.returncode == 1, result.stderr
-    (line,) = result.stderr.strip().splitlines()  # one line, no traceback, no log noise
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr  # one line, no traceback, no log noise
+    line = lines[0]
     assert line.startswith(f"steward: state store {db} was lost: ")
     assert {"deleted": "the database file is missing",
             "truncated": "the database file is empty",
@@ -96,18 +98,9 @@ def notifier_args(workdir: Path, stub: SlackStub, port: int, *extra: str) -> lis
 def start_notifier(workdir: Path, stub: SlackStub, started: list[StewardProcess],
                    *extra: str) -> StewardProcess:
     port = free_port()
-    log_path = workdir / f"notifier-{port}.log"
-    process = subprocess.Popen(
-        [sys.executable, "-m", "agent.cli", *notifier_args(workdir, stub, port, *extra)],
-        stdout=subprocess.DEVNULL, stderr=log_path.open("wb"),
-        env={**os.environ, "SLACK_BOT_TOKEN": SLACK_TOKEN})
-    notifier = StewardProcess(process, port, log_path)
+    notifier = start_steward(workdir, "notifier", notifier_args(workdir, stub, port, *extra),
+                             port=port, env={"SLACK_BOT_TOKEN": SLACK_TOKEN})
     started.append(notifier)
-    try:
-        wait_until(lambda: process.poll() is None and http_ok(f"{notifier.url}/readyz"),
-                   timeout=30, what="notifier ready")
-    except TimeoutError:
-        raise AssertionError(f"notifier did not start:\n{notifier.log()[-3000:]}") from None
     return notifier
 
 
@@ -146,7 +139,7 @@ def test_notifier_refuses_a_store_that_lost_acknowledged_webhooks(
         assert after == created  # the database itself survived: the same store, older
     else:
         assert after is not None and after > created  # what the alert watches
-    assert second.stop() == 0
+    assert second.stop() == 0, second.log()[-3000:]
     # Accepted once: the next start is an ordinary one.
     third = start_notifier(tmp_path, stub, processes)
     assert "loss accepted" not in third.log()
@@ -201,25 +194,15 @@ def test_controller_refuses_a_deleted_store(tmp_path: Path, kube: KubeApiServer)
 
     def start(*extra: str) -> StewardProcess:
         port = free_port()
-        log_path = tmp_path / f"controller-{port}.log"
-        process = subprocess.Popen(
-            [sys.executable, "-m", "agent.cli", "controller", "--config", str(config),
-             *extra], stdout=subprocess.DEVNULL, stderr=log_path.open("wb"),
-            env={**os.environ, "STEWARD_CONTROLLER__LISTEN": f"127.0.0.1:{port}"})
-        controller = StewardProcess(process, port, log_path)
-        try:
-            wait_until(lambda: process.poll() is None and http_ok(f"{controller.url}/readyz"),
-                       timeout=30, what="controller ready")
-        except TimeoutError:
-            controller.stop()
-            raise AssertionError(controller.log()[-3000:]) from None
-        return controller
+        return start_steward(tmp_path, "controller",
+                             ["controller", "--config", str(config), *extra], port=port,
+                             env={"STEWARD_CONTROLLER__LISTEN": f"127.0.0.1:{port}"})
 
     first = start()
     with urllib.request.urlopen(f"{first.url}/metrics", timeout=5) as response:
         created = metric_value(response.read().decode(), CREATED_METRIC)
     assert created is not None and db.exists()  # opened at start, not at the first job
-    assert first.stop() == 0
+    assert first.stop() == 0, first.log()[-3000:]
     db.unlink()
 
     result = steward("controller", "--config", str(config),
@@ -230,4 +213,4 @@ def test_controller_refuses_a_deleted_store(tmp_path: Path, kube: KubeApiServer)
     try:
         assert "state store loss accepted" in second.log()
     finally:
-        assert second.stop() == 0
+        assert second.stop() == 0, second.log()[-3000:]
