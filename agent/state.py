@@ -171,6 +171,9 @@ def _read_marker(files: _Files) -> _Marker | None:
 
 
 def _write_marker(files: _Files, identity: StoreIdentity, *, open_by: str | None) -> None:
+    # Replaced whole (rename), never fsynced: it must survive the process (the page cache
+    # does), not a power cut. A marker update lost to one errs safe: "not open" with the
+    # log SQLite itself kept, or no marker at all, which is a first start's behaviour.
     data = {"store_id": identity.store_id, "created_at": identity.created_at,
             "created": identity.created_iso, "database": str(files.database),
             "open_by": open_by}
@@ -180,8 +183,6 @@ def _write_marker(files: _Files, identity: StoreIdentity, *, open_by: str | None
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
             json.dump(data, handle)
             handle.write("\n")
-            handle.flush()
-            os.fsync(handle.fileno())
         os.replace(tmp, files.marker)
     except BaseException:
         with contextlib.suppress(OSError):
@@ -541,7 +542,8 @@ def open_store(url: str, *, create: bool = True,
                             f"({identity.store_id}, created {identity.created_iso})",
                             marker.identity)
         _hold(files)
-        _write_marker(files, identity, open_by=_PROCESS_TOKEN)
+        if marker is None or marker.identity != identity or marker.open_by != _PROCESS_TOKEN:
+            _write_marker(files, identity, open_by=_PROCESS_TOKEN)
         with _tracked_lock:
             _tracked[files.database] = True
     return engine
