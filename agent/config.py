@@ -8,6 +8,7 @@ and every value an error echoes are bounded, and a secret's value is never echoe
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 from collections.abc import Mapping
@@ -236,7 +237,12 @@ class SlackConfig(Section):
         if self.token is not None:
             return self.token
         if self.token_file is not None:
-            return SecretStr(self.token_file.read_text(encoding="utf-8").strip())
+            raw = self.token_file.read_bytes()
+            try:
+                return SecretStr(raw.decode("utf-8").strip())
+            except UnicodeDecodeError:
+                # An OSError like any other unreadable file: callers name the key and go on.
+                raise OSError(errno.EILSEQ, "not UTF-8 text", str(self.token_file)) from None
         return None
 
 

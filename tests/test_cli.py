@@ -180,3 +180,18 @@ def test_missing_state_directory_is_one_line_exit_one(tmp_path: Path) -> None:
     assert result.stderr.splitlines() == [
         f"steward: state store {tmp_path / 'gone' / 's.db'}: directory {tmp_path / 'gone'} "
         "does not exist: check state.url and the volume mounted there"]
+
+
+def test_slack_token_file_that_is_not_utf8_is_one_line(tmp_path: Path) -> None:
+    token_file = tmp_path / "token"
+    token_file.write_bytes(b"xoxb-\xff\xfe")
+    config = tmp_path / "n.yaml"
+    config.write_text(f"slack: {{token_file: {token_file}, default_channel: '#a'}}\n"
+                      f"state: {{url: 'sqlite:///{tmp_path / 's.db'}'}}\n", encoding="utf-8")
+    env = {k: v for k, v in os.environ.items() if k != "SLACK_BOT_TOKEN"}
+    result = subprocess.run([sys.executable, "-m", "agent.cli", "notifier", "--config",
+                             str(config)], capture_output=True, text=True, timeout=30,
+                            env=env, check=False)
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [
+        f"steward: config error: slack.token_file: cannot read {token_file}: not UTF-8 text"]

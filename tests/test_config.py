@@ -266,3 +266,14 @@ def test_config_that_is_not_utf8_names_the_file(tmp_path: Path) -> None:
     path.write_bytes("slack: {default_channel: '#caf\u00e9'}\n".encode("latin-1"))
     problem, _ = _problem(path, {})
     assert problem == f"config file {path}: not UTF-8 text (byte 0xe9 at offset 30)"
+
+
+def test_token_file_that_is_not_utf8_is_an_os_error(tmp_path: Path) -> None:
+    token_file = tmp_path / "token"
+    token_file.write_bytes(b"xoxb-\xff\xfe")
+    config = load_config(write(tmp_path, f"slack: {{token_file: {token_file}}}\n"),
+                         environ={})
+    with pytest.raises(OSError) as info:
+        config.slack.resolved_token()
+    assert info.value.strerror == "not UTF-8 text"
+    assert "xoxb" not in str(info.value)
