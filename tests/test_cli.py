@@ -186,7 +186,10 @@ def test_slack_token_file_that_is_not_utf8_is_one_line(tmp_path: Path) -> None:
     token_file = tmp_path / "token"
     token_file.write_bytes(b"xoxb-\xff\xfe")
     config = tmp_path / "n.yaml"
+    auth = tmp_path / "auth"
+    auth.write_text("webhook-secret", encoding="utf-8")
     config.write_text(f"slack: {{token_file: {token_file}, default_channel: '#a'}}\n"
+                      f"notifier: {{auth_token_file: {auth}}}\n"
                       f"state: {{url: 'sqlite:///{tmp_path / 's.db'}'}}\n", encoding="utf-8")
     env = {k: v for k, v in os.environ.items() if k != "SLACK_BOT_TOKEN"}
     result = subprocess.run([sys.executable, "-m", "agent.cli", "notifier", "--config",

@@ -28,6 +28,7 @@ from tests.support.steward import start_steward
 # A clean stop (no external call in flight) takes about a second; the bound leaves room on
 # a loaded machine while staying well under the 20 s deadline.
 CLEAN_STOP_SECONDS = 10
+AUTH = "webhook-secret"
 
 
 def run_script(body: str, *, send: int = 1, wait: float = 10
@@ -126,9 +127,11 @@ def command(name: str, workdir: Path, port: int, *, stub: SlackStub,
             "kubernetes": {"kubeconfig": str(kube.kubeconfig(workdir / "kubeconfig"))}}))
         return ["controller", "--config", str(config)], {}
     config = workdir / "notifier.yaml"
+    token = workdir / "auth-token"
+    token.write_text(AUTH, encoding="utf-8")
     config.write_text(yaml.safe_dump({
         "state": state, "slack": {"api_url": stub.api_url, "default_channel": "#alerts"},
-        "notifier": {"channel_pacing_seconds": 0.0}}))
+        "notifier": {"channel_pacing_seconds": 0.0, "auth_token_file": str(token)}}))
     return ["notifier", "--config", str(config), "--listen", f"127.0.0.1:{port}"], \
         {"SLACK_BOT_TOKEN": "xoxb-test"}
 
@@ -182,7 +185,7 @@ def test_notifier_stuck_in_a_slack_call_stops_within_the_bound(
     hold = stub.fail("hold", methods=["chat.postMessage"])
     process, port, log = start("notifier", tmp_path, stub=stub, kube=kube)
     try:
-        assert post(f"http://127.0.0.1:{port}", webhook([alert("GpuLost")]))[0] == 200
+        assert post(f"http://127.0.0.1:{port}", webhook([alert("GpuLost")]), token=AUTH)[0] == 200
         hold.wait_held(10)  # Slack has the call and does not answer
         process.send_signal(signal.SIGTERM)
         # The Slack client's own timeout (10 s) ends the call, or the 20 s deadline does.
@@ -198,7 +201,7 @@ def test_a_second_sigterm_ends_a_stuck_notifier_at_once(tmp_path: Path, stub: Sl
     hold = stub.fail("hold", methods=["chat.postMessage"])
     process, port, log = start("notifier", tmp_path, stub=stub, kube=kube)
     try:
-        assert post(f"http://127.0.0.1:{port}", webhook([alert("GpuLost")]))[0] == 200
+        assert post(f"http://127.0.0.1:{port}", webhook([alert("GpuLost")]), token=AUTH)[0] == 200
         hold.wait_held(10)
         process.send_signal(signal.SIGTERM)
         time.sleep(0.5)
