@@ -35,6 +35,27 @@ def _common(parser: argparse.ArgumentParser) -> None:
                         default="info")
 
 
+def _accept_empty_state(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--accept-empty-state", action="store_true",
+        help="start although the state store lost what it held (missing, emptied, damaged, "
+             "or without its write-ahead log): set what is left aside and begin with an "
+             "empty store. Logged as an error. Without it, such a store stops the start.")
+
+
+def _with_state(args: argparse.Namespace, config: StewardConfig, run: Callable[[], int]
+                ) -> int:
+    """Run a command that owns the state store: refuse a store that lost its state."""
+    from agent.state import StateStoreError, check_store
+
+    try:
+        check_store(config.state.url, accept_empty=args.accept_empty_state)
+        return run()
+    except StateStoreError as exc:
+        print(f"steward: {exc}", file=sys.stderr)
+        return EXIT_RUNTIME
+
+
 def _cmd_node(args: argparse.Namespace, config: StewardConfig) -> int:
     from agent.node.app import run_node
 
@@ -46,7 +67,7 @@ def _cmd_controller(args: argparse.Namespace, config: StewardConfig) -> int:
     from agent.kube import KubeConfigError
 
     try:
-        return run_controller(config)
+        return _with_state(args, config, lambda: run_controller(config))
     except KubeConfigError as exc:
         raise UsageError(str(exc)) from exc
 
@@ -63,7 +84,7 @@ def _cmd_report_finops(args: argparse.Namespace, config: StewardConfig) -> int:
 def _cmd_notifier(args: argparse.Namespace, config: StewardConfig) -> int:
     from agent.notify.app import run_notifier
 
-    return run_notifier(config)
+    return _with_state(args, config, lambda: run_notifier(config))
 
 
 HYGIENE_JOBS = ("idle-gpus", "stale-images", "orphaned-buckets")
@@ -72,13 +93,14 @@ HYGIENE_JOBS = ("idle-gpus", "stale-images", "orphaned-buckets")
 def _cmd_hygiene_run(args: argparse.Namespace, config: StewardConfig) -> int:
     from agent.controller.hygiene.commands import run_hygiene
 
-    return run_hygiene(config, args.job, apply=args.apply, output=args.output)
+    return _with_state(args, config, lambda: run_hygiene(config, args.job, apply=args.apply,
+                                                          output=args.output))
 
 
 def _cmd_hygiene_restore(args: argparse.Namespace, config: StewardConfig) -> int:
     from agent.controller.hygiene.commands import restore_hygiene
 
-    return restore_hygiene(config, args.job, args.resource)
+    return _with_state(args, config, lambda: restore_hygiene(config, args.job, args.resource))
 
 
 def _cmd_demo(args: argparse.Namespace, config: StewardConfig) -> int:
@@ -136,6 +158,7 @@ def build_parser() -> argparse.ArgumentParser:
     _common(controller)
     controller.add_argument("--apply", action="store_true", default=None,
                             help="let hygiene jobs act (default: dry-run)")
+    _accept_empty_state(controller)
     controller.set_defaults(handler=_cmd_controller, overrides=lambda a: {
         "controller.apply": ("--apply", a.apply)})
 
@@ -146,6 +169,7 @@ def build_parser() -> argparse.ArgumentParser:
     _common(notifier)
     notifier.add_argument("--listen", default=None, metavar="HOST:PORT",
                           help="address of the webhook endpoint (default 0.0.0.0:9500)")
+    _accept_empty_state(notifier)
     notifier.set_defaults(handler=_cmd_notifier, overrides=lambda a: {
         "notifier.listen": ("--listen", a.listen)})
 
@@ -160,6 +184,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("job", choices=HYGIENE_JOBS)
     run.add_argument("--apply", action="store_true", help="act (default: dry-run)")
     run.add_argument("--output", choices=("table", "json"), default="table")
+    _accept_empty_state(run)
     run.set_defaults(handler=_cmd_hygiene_run)
     restore = hygiene_cmds.add_parser(
         "restore", help="undo an applied action from its restore record",
@@ -172,6 +197,7 @@ def build_parser() -> argparse.ArgumentParser:
     restore.add_argument("job", choices=HYGIENE_JOBS)
     restore.add_argument("resource", help="as in the plan, e.g. ml/Deployment/notebook or "
                                           "ml/notebook")
+    _accept_empty_state(restore)
     restore.set_defaults(handler=_cmd_hygiene_restore)
 
     report = sub.add_parser("report", help="reports (the weekly FinOps cost report)")

@@ -2,15 +2,18 @@
 
 Validated once at start-up. Unknown keys and bad values are a :class:`ConfigError` whose
 lines each name the key (and the environment variable, when the value came from one).
+The file and the overrides come from outside: their size, their YAML (aliases, nesting)
+and every value an error echoes are bounded, and a secret's value is never echoed.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Final, Literal, get_args
 
 import yaml
 from pydantic import (
@@ -28,6 +31,22 @@ ENV_PREFIX = "STEWARD_"
 CONFIG_ENV = "STEWARD_CONFIG"
 SLACK_TOKEN_ENV = "SLACK_BOT_TOKEN"
 _LISTEN_RE = re.compile(r"^(?P<host>\[[0-9a-fA-F:]+\]|[A-Za-z0-9.\-]*):(?P<port>\d{1,5})$")
+
+# Bounds on what a config file or an override may be. A real config is a few KiB with a
+# few hundred YAML nodes; an alias bomb of 365 bytes expands to a billion, which took
+# minutes and gigabytes to validate and echo before these limits.
+MAX_FILE_BYTES: Final = 1024 * 1024
+MAX_ENV_VALUE_BYTES: Final = 64 * 1024
+MAX_YAML_NODES: Final = 100_000  # after expanding aliases
+MAX_YAML_DEPTH: Final = 64
+MAX_PROBLEMS: Final = 20
+_MAX_SHOWN_VALUE: Final = 80  # characters of an offending value quoted in an error
+_MAX_KEY: Final = 64  # characters of each key of the path named in an error
+_MAX_MESSAGE: Final = 200
+# Keys whose values are credentials, wherever they appear (``registries[].auth.password``,
+# ``slack.token``): an error names the key and never quotes the value.
+_SECRET_KEY_RE = re.compile(
+    r"token|passw|secret|credential|api_?key|access_?key|private_?key|^auth$", re.IGNORECASE)
 
 
 class ConfigError(Exception):
@@ -228,7 +247,12 @@ class SlackConfig(Section):
         if self.token is not None:
             return self.token
         if self.token_file is not None:
-            return SecretStr(self.token_file.read_text(encoding="utf-8").strip())
+            raw = self.token_file.read_bytes()
+            try:
+                return SecretStr(raw.decode("utf-8").strip())
+            except UnicodeDecodeError:
+                # An OSError like any other unreadable file: callers name the key and go on.
+                raise OSError(errno.EILSEQ, "not UTF-8 text", str(self.token_file)) from None
         return None
 
 
@@ -316,8 +340,76 @@ def _env_value(raw: str) -> Any:
     # written as YAML/JSON flow: STEWARD_SLACK__ROUTES='[{match: {a: b}, channel: "#x"}]'.
     stripped = raw.strip()
     if stripped.startswith(("[", "{")):
-        return yaml.safe_load(stripped)
+        return _load_yaml(stripped)
     return raw
+
+
+_Loader: type[Any] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+def _children(node: yaml.Node) -> list[yaml.Node]:
+    if isinstance(node, yaml.SequenceNode):
+        return list(node.value)
+    if isinstance(node, yaml.MappingNode):
+        return [part for pair in node.value for part in pair]
+    return []
+
+
+def _shape_problem(root: yaml.Node) -> str | None:
+    """Why ``root`` is too big once its aliases are expanded (None when it is fine).
+
+    An alias is a reference to a node already read, so the expanded size and depth are
+    counted once per distinct node: linear in the file, whatever the aliases multiply to.
+    """
+    size: dict[int, int] = {}
+    depth: dict[int, int] = {}
+    on_path: set[int] = set()
+    stack: list[tuple[yaml.Node, bool]] = [(root, False)]
+    while stack:
+        node, finished = stack.pop()
+        key = id(node)
+        if finished:
+            kids = _children(node)
+            size[key] = 1 + sum(size[id(kid)] for kid in kids)
+            depth[key] = 1 + max((depth[id(kid)] for kid in kids), default=0)
+            on_path.discard(key)
+            if size[key] > MAX_YAML_NODES:
+                return f"more than {MAX_YAML_NODES} values once its aliases are expanded"
+            if depth[key] > MAX_YAML_DEPTH:
+                return f"nested deeper than {MAX_YAML_DEPTH} levels"
+            continue
+        if key in size:
+            continue
+        if key in on_path:
+            return "an alias refers to the node that contains it"
+        on_path.add(key)
+        stack.append((node, True))
+        stack.extend((kid, False) for kid in _children(node) if id(kid) not in size)
+    return None
+
+
+class _YamlTooBig(yaml.YAMLError):
+    def __init__(self, problem: str) -> None:
+        super().__init__(problem)
+        self.problem = problem
+
+
+def _load_yaml(text: str) -> Any:
+    """``yaml.safe_load`` that refuses alias bombs and deep nesting before building them."""
+    loader = _Loader(text)
+    try:
+        try:
+            node = loader.get_single_node()
+        except RecursionError:
+            raise _YamlTooBig(f"nested deeper than {MAX_YAML_DEPTH} levels") from None
+        if node is None:
+            return None
+        problem = _shape_problem(node)
+        if problem is not None:
+            raise _YamlTooBig(problem)
+        return loader.construct_document(node)
+    finally:
+        loader.dispose()
 
 
 def _merge_override(data: dict[str, Any], path: tuple[str, ...], value: Any, source: str) -> None:
@@ -331,9 +423,30 @@ def _merge_override(data: dict[str, Any], path: tuple[str, ...], value: Any, sou
     node[path[-1]] = value
 
 
+def _clip(text: str, limit: int) -> str:
+    return text if len(text) <= limit else f"{text[:limit]}… ({len(text)} characters)"
+
+
+def _secret_field(loc: tuple[str, ...]) -> bool:
+    """Whether ``loc`` names a credential: a SecretStr field or a key named like one."""
+    if any(_SECRET_KEY_RE.search(part) for part in loc):
+        return True
+    model: Any = StewardConfig
+    for part in loc:
+        fields = getattr(model, "model_fields", None)
+        if fields is None or part not in fields:
+            return False
+        annotation = fields[part].annotation
+        if annotation is SecretStr or SecretStr in get_args(annotation):
+            return True
+        model = next((arg for arg in (annotation, *get_args(annotation))
+                      if isinstance(arg, type) and issubclass(arg, BaseModel)), None)
+    return False
+
+
 def _format_error(err: Mapping[str, Any], env_keys: Mapping[tuple[str, ...], str]) -> str:
     loc = tuple(str(part) for part in err["loc"])
-    dotted = ".".join(loc) or "(top level)"
+    dotted = ".".join(_clip(part, _MAX_KEY) for part in loc) or "(top level)"
     message = str(err["msg"]).removeprefix("Value error, ")
     if err["type"] == "extra_forbidden":
         message = "unknown key"
@@ -342,9 +455,36 @@ def _format_error(err: Mapping[str, Any], env_keys: Mapping[tuple[str, ...], str
     env_name = next((name for path, name in env_keys.items() if loc[: len(path)] == path), None)
     where = f"{env_name} ({dotted})" if env_name else dotted
     value = err.get("input")
-    shown = "" if err["type"] in {"extra_forbidden", "missing"} or isinstance(value, dict) \
-        else f" (got {value!r})"
-    return f"{where}: {message}{shown}"
+    # Only a plain scalar is quoted, clipped, and never a credential's: a list or a map
+    # may hold a token one level down, and any value may be megabytes long.
+    quote = err["type"] not in {"extra_forbidden", "missing"} and \
+        isinstance(value, str | int | float | bool) and not _secret_field(loc)
+    shown = f" (got {_clip(repr(value), _MAX_SHOWN_VALUE)})" if quote else ""
+    return f"{where}: {_clip(message, _MAX_MESSAGE)}{shown}"
+
+
+def _problems(exc: ValidationError, env_keys: Mapping[tuple[str, ...], str]) -> list[str]:
+    errors = exc.errors()
+    problems = [_format_error(err, env_keys) for err in errors[:MAX_PROBLEMS]]
+    if len(errors) > MAX_PROBLEMS:
+        problems.append(f"... and {len(errors) - MAX_PROBLEMS} more problems")
+    return problems
+
+
+def _read_file(file_path: Path) -> str:
+    try:
+        with file_path.open("rb") as handle:
+            raw = handle.read(MAX_FILE_BYTES + 1)
+    except OSError as exc:
+        raise ConfigError([f"config file {file_path}: {exc.strerror or exc}"]) from exc
+    if len(raw) > MAX_FILE_BYTES:
+        raise ConfigError([f"config file {file_path}: larger than the {MAX_FILE_BYTES} "
+                           "byte limit"])
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError([f"config file {file_path}: not UTF-8 text (byte "
+                           f"0x{raw[exc.start]:02x} at offset {exc.start})"]) from None
 
 
 def load_config(path: Path | str | None = None, *,
@@ -356,17 +496,15 @@ def load_config(path: Path | str | None = None, *,
     )
     data: dict[str, Any] = {}
     if file_path is not None:
+        text = _read_file(file_path)
         try:
-            text = file_path.read_text(encoding="utf-8")
-        except OSError as exc:
-            raise ConfigError([f"config file {file_path}: {exc.strerror or exc}"]) from exc
-        try:
-            loaded = yaml.safe_load(text)
+            loaded = _load_yaml(text)
         except yaml.YAMLError as exc:
             mark = getattr(exc, "problem_mark", None)
             where = f" line {mark.line + 1}" if mark is not None else ""
             problem = getattr(exc, "problem", None) or "not valid YAML"
-            raise ConfigError([f"config file {file_path}{where}: {problem}"]) from exc
+            raise ConfigError([f"config file {file_path}{where}: "
+                               f"{_clip(str(problem), _MAX_MESSAGE)}"]) from None
         if loaded is None:
             loaded = {}
         if not isinstance(loaded, dict):
@@ -375,10 +513,15 @@ def load_config(path: Path | str | None = None, *,
 
     overrides = _env_overrides(env)
     for key_path, (name, raw) in sorted(overrides.items()):
+        if len(raw) > MAX_ENV_VALUE_BYTES:
+            raise ConfigError([f"{name}: longer than the {MAX_ENV_VALUE_BYTES} character "
+                               "limit"])
         try:
             value = _env_value(raw)
-        except yaml.YAMLError as exc:
-            raise ConfigError([f"{name}: not valid YAML flow syntax"]) from exc
+        except _YamlTooBig as exc:
+            raise ConfigError([f"{name}: {exc.problem}"]) from None
+        except yaml.YAMLError:
+            raise ConfigError([f"{name}: not valid YAML flow syntax"]) from None
         _merge_override(data, key_path, value, name)
 
     slack = data.get("slack")
@@ -389,7 +532,7 @@ def load_config(path: Path | str | None = None, *,
         return StewardConfig.model_validate(data)
     except ValidationError as exc:
         env_keys = {key_path: name for key_path, (name, _) in overrides.items()}
-        raise ConfigError([_format_error(err, env_keys) for err in exc.errors()]) from None
+        raise ConfigError(_problems(exc, env_keys)) from None
 
 
 def with_overrides(config: StewardConfig, overrides: Mapping[str, tuple[str, Any]]
@@ -412,4 +555,4 @@ def with_overrides(config: StewardConfig, overrides: Mapping[str, tuple[str, Any
     try:
         return StewardConfig.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError([_format_error(err, flags) for err in exc.errors()]) from None
+        raise ConfigError(_problems(exc, flags)) from None

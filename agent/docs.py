@@ -102,6 +102,7 @@ def _simulated_families() -> dict[str, list[Metric]]:
     from agent.node.gpu_metrics import build_xid_families
     from agent.node.pods import PodInfo, build_pod_families
     from agent.notify.metrics import NotifierMetrics
+    from agent.state import StoreCreatedCollector, StoreIdentity
 
     config = load_config(None, environ={"STEWARD_NODE__GPU_BACKEND": "sim",
                                         "STEWARD_NODE__LISTEN": "127.0.0.1:0",
@@ -139,11 +140,12 @@ def _simulated_families() -> dict[str, list[Metric]]:
     pending = Metric("steward_pod_pending_since_timestamp_seconds",
                      "When a GPU pod started waiting to be scheduled.", "gauge")
     pending.add_sample(pending.name, {"namespace": "ns", "pod": "p"}, 0.0)
+    store = list(StoreCreatedCollector(StoreIdentity("docs", 0.0)).collect())
     return {
         "node agent": node_families,
         "controller (leader only)": [*controller.families(), *tracker.families(), pending,
-                                     *hygiene.families()],
-        "notifier": list(notifier.registry.collect()),
+                                     *hygiene.families(), *store],
+        "notifier": [*notifier.registry.collect(), *store],
     }
 
 

@@ -12,7 +12,7 @@ import logging
 import sys
 import threading
 from datetime import UTC, datetime
-from typing import Any, Literal, TextIO
+from typing import Any, Final, Literal, TextIO
 
 LogFormat = Literal["json", "text"]
 
@@ -40,8 +40,20 @@ def redact(text: str) -> str:
     return text
 
 
+# The fields every JSON line has. An ``extra=`` key of the same name must not replace them
+# (a caller's ``ts`` once replaced the timestamp); it is kept as ``extra_<key>`` instead.
+RESERVED_FIELDS: Final = frozenset({"ts", "level", "logger", "msg", "exc"})
+
+
 def _extras(record: logging.LogRecord) -> dict[str, Any]:
     return {k: v for k, v in vars(record).items() if k not in _RECORD_ATTRS}
+
+
+def _unreserved(key: str, taken: dict[str, Any]) -> str:
+    renamed = f"extra_{key}"
+    while renamed in taken:
+        renamed = f"extra_{renamed}"
+    return renamed
 
 
 class JsonFormatter(logging.Formatter):
@@ -52,7 +64,9 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "msg": record.getMessage(),
         }
-        entry.update(_extras(record))
+        extras = _extras(record)
+        for key, value in extras.items():
+            entry[_unreserved(key, extras) if key in RESERVED_FIELDS else key] = value
         if record.exc_info:
             entry["exc"] = self.formatException(record.exc_info)
         return redact(json.dumps(entry, default=str, ensure_ascii=False))

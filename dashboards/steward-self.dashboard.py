@@ -1,5 +1,5 @@
 """Steward's own health (uid steward-self): agents and targets up, collectors, GPU-to-pod
-attribution, and the notifier's delivery to Slack."""
+attribution, the notifier's delivery to Slack, and the age of the state stores."""
 
 from __future__ import annotations
 
@@ -133,11 +133,22 @@ notifier = Section("Notifier", [
                queries=[Query("sum(steward_notifier_outbox_depth)", "undelivered")]),
 ])
 
+state = Section("State stores", [
+    timeseries(title="State store age", unit="s", width=24,
+               runbooks=["StewardStateStoreRecreated"],
+               description="Time since each component's state store was created "
+                           "(steward_state_store_created_timestamp_seconds). A line that "
+                           "drops back to zero means the component started over on a new, "
+                           "empty store: its old state was lost.",
+               queries=[Query("time() - max by (job) "
+                              "(steward_state_store_created_timestamp_seconds)", "{{job}}")]),
+])
+
 dashboard = steward_dashboard(
     uid="steward-self",
     title="Steward / Self",
     description="Steward's own health: node agents, controller and notifier up, collectors, "
                 "GPU-to-pod attribution and Slack delivery.",
     tags=["self"],
-    sections=[targets, collectors, attribution, notifier],
+    sections=[targets, collectors, attribution, notifier, state],
 )

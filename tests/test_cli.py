@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 import urllib.request
 from pathlib import Path
 
@@ -100,3 +101,103 @@ def test_text_log_format(tmp_path: Path) -> None:
     assert node.stop() == 0
     first = node.log().splitlines()[0]
     assert "INFO" in first and not first.startswith("{")
+
+
+# -- Input from outside: bounded, one line, never a secret, never a traceback --------------
+
+def test_alias_bomb_config_is_one_line_in_well_under_a_second(tmp_path: Path) -> None:
+    from tests.test_config import BOMB
+
+    config = tmp_path / "bomb.yaml"
+    config.write_text(BOMB, encoding="utf-8")
+    started = time.monotonic()
+    result = steward("node", "--config", str(config), "--gpu-backend", "sim")
+    elapsed = time.monotonic() - started
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [
+        f"steward: config error: config file {config}: more than 100000 values once its "
+        "aliases are expanded"]
+    assert elapsed < 5  # the interpreter's start-up included; the check itself is < 0.5 s
+
+
+def test_config_that_is_not_utf8_is_one_line(tmp_path: Path) -> None:
+    config = tmp_path / "latin1.yaml"
+    config.write_bytes("slack: {default_channel: '#caf\u00e9'}\n".encode("latin-1"))
+    result = steward("notifier", "--config", str(config))
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [
+        f"steward: config error: config file {config}: not UTF-8 text (byte 0xe9 at offset 30)"]
+
+
+def test_secret_in_a_bad_value_is_not_echoed() -> None:
+    result = steward("notifier", env={"STEWARD_SLACK__TOKEN": "[xoxb-leaked-123]"})
+    assert result.returncode == 2
+    assert "xoxb" not in result.stderr
+    assert result.stderr.startswith(
+        "steward: config error: STEWARD_SLACK__TOKEN (slack.token): ")
+
+
+def test_read_only_state_directory_is_one_line_exit_one() -> None:
+    """``steward hygiene run`` (the CLI's main, forked as user nobody when run as root)
+    with its state directory read-only."""
+    import contextlib
+    import io
+    import shutil
+    import tempfile
+
+    import agent.controller.hygiene.commands  # noqa: F401 - nobody may not read the interpreter here
+    from agent.cli import main
+    from tests.support.privileges import as_unprivileged
+
+    state = Path(tempfile.mkdtemp(prefix="steward-ro-state-"))
+    try:
+        state.chmod(0o555)
+        config = state.parent / f"{state.name}.yaml"
+        config.write_text(f"state: {{url: 'sqlite:///{state / 'steward-state.db'}'}}\n",
+                          encoding="utf-8")
+        config.chmod(0o644)
+
+        def ask() -> str:
+            err = io.StringIO()
+            with contextlib.redirect_stderr(err):
+                code = main(["hygiene", "run", "stale-images", "--config", str(config)])
+            return f"{code}\n{err.getvalue()}"
+
+        code, *lines = as_unprivileged(ask, timeout=30).splitlines()
+        assert code == "1"
+        assert lines == [
+            f"steward: state store {state / 'steward-state.db'}: cannot create files in "
+            f"{state} (Permission denied): check the volume is mounted read-write and "
+            "writable by this user"]
+    finally:
+        shutil.rmtree(state)
+        (state.parent / f"{state.name}.yaml").unlink(missing_ok=True)
+
+
+def test_missing_state_directory_is_one_line_exit_one(tmp_path: Path) -> None:
+    config = tmp_path / "c.yaml"
+    config.write_text(f"state: {{url: 'sqlite:///{tmp_path / 'gone' / 's.db'}'}}\n",
+                      encoding="utf-8")
+    result = steward("hygiene", "run", "stale-images", "--config", str(config))
+    assert result.returncode == 1
+    assert result.stderr.splitlines() == [
+        f"steward: state store {tmp_path / 'gone' / 's.db'}: directory {tmp_path / 'gone'} "
+        "does not exist: check state.url and the volume mounted there"]
+
+
+def test_slack_token_file_that_is_not_utf8_is_one_line(tmp_path: Path) -> None:
+    token_file = tmp_path / "token"
+    token_file.write_bytes(b"xoxb-\xff\xfe")
+    config = tmp_path / "n.yaml"
+    auth = tmp_path / "auth"
+    auth.write_text("webhook-secret", encoding="utf-8")
+    config.write_text(f"slack: {{token_file: {token_file}, default_channel: '#a'}}\n"
+                      f"notifier: {{auth_token_file: {auth}}}\n"
+                      f"state: {{url: 'sqlite:///{tmp_path / 's.db'}'}}\n", encoding="utf-8")
+    env = {k: v for k, v in os.environ.items() if k != "SLACK_BOT_TOKEN"}
+    result = subprocess.run([sys.executable, "-m", "agent.cli", "notifier", "--config",
+                             str(config)], capture_output=True, text=True, timeout=30,
+                            env=env, check=False)
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [
+        f"steward: config error: slack.token_file: cannot read {token_file}: not UTF-8 text"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
@@ -139,3 +140,140 @@ def test_slack_token_file(tmp_path: Path) -> None:
                          environ={})
     token = config.slack.resolved_token()
     assert token is not None and token.get_secret_value() == "xoxb-from-file"
+
+
+# -- Input from outside is bounded, and a secret's value is never echoed -----------------
+
+BOMB = "".join(
+    f"{name}: &{name} [{', '.join([f'*{prev}'] * 9) if prev else ', '.join(['lol'] * 9)}]\n"
+    for prev, name in zip(["", *"abcdefgh"], "abcdefghi", strict=True))
+
+
+def _problem(path: Path | None, environ: dict[str, str]) -> tuple[str, float]:
+    started = time.perf_counter()
+    with pytest.raises(ConfigError) as info:
+        load_config(path, environ=environ)
+    elapsed = time.perf_counter() - started
+    assert len(info.value.problems) == 1, info.value.problems
+    return info.value.problems[0], elapsed
+
+
+@pytest.mark.parametrize(("value", "where"), [
+    ("slack: {token: [xoxb-super-secret-123]}\n", "slack.token"),
+    ("slack: {token: {a: xoxb-super-secret-123}}\n", "slack.token"),
+    ("registries: [{type: oci, url: r, auth: {password: [xoxb-super-secret-123]}}]\n",
+     "registries.0.auth.password"),
+    ("registries: [{type: oci, url: r, auth: {password: 123}}]\n",
+     "registries.0.auth.password"),
+    ("slack: [xoxb-super-secret-123]\n", "slack"),
+])
+def test_errors_never_echo_a_secret(tmp_path: Path, value: str, where: str) -> None:
+    problem, _ = _problem(write(tmp_path, value), {})
+    assert problem.startswith(f"{where}: "), problem
+    assert "xoxb" not in problem and "123" not in problem.removeprefix(where)
+
+
+@pytest.mark.parametrize("raw", ["[xoxb-super-secret-123]", "{t: xoxb-super-secret-123}"])
+def test_env_errors_never_echo_a_secret(raw: str) -> None:
+    problem, _ = _problem(None, {"STEWARD_SLACK__TOKEN": raw})
+    assert problem.startswith("STEWARD_SLACK__TOKEN (slack.token): ")
+    assert "xoxb" not in problem
+
+
+def test_ordinary_values_are_still_quoted(tmp_path: Path) -> None:
+    problem, _ = _problem(write(tmp_path, "node: {gpu_backend: cuda}\n"), {})
+    assert problem.endswith("(got 'cuda')")
+
+
+def test_alias_bomb_fails_fast(tmp_path: Path) -> None:
+    path = write(tmp_path, BOMB)
+    assert path.stat().st_size < 400
+    problem, elapsed = _problem(path, {})
+    assert elapsed < 0.5
+    assert problem == (f"config file {path}: more than 100000 values once its aliases are "
+                       "expanded")
+
+
+def test_alias_bomb_in_an_environment_override_fails_fast() -> None:
+    flow = "{" + BOMB.replace("\n", ", ").rstrip(", ") + "}"
+    problem, elapsed = _problem(None, {"STEWARD_FINOPS__NAMESPACE_TEAMS": flow})
+    assert elapsed < 0.5
+    assert problem == ("STEWARD_FINOPS__NAMESPACE_TEAMS: more than 100000 values once its "
+                       "aliases are expanded")
+
+
+def test_recursive_alias_is_refused(tmp_path: Path) -> None:
+    problem, _ = _problem(write(tmp_path, "node: &a {sim: *a}\n"), {})
+    assert problem.endswith("an alias refers to the node that contains it")
+
+
+def test_deep_nesting_is_refused(tmp_path: Path) -> None:
+    deep = "".join(f"{'  ' * i}k{i}:\n" for i in range(100)) + f"{'  ' * 100}v: 1\n"
+    problem, elapsed = _problem(write(tmp_path, deep), {})
+    assert elapsed < 0.5
+    assert problem.endswith("nested deeper than 64 levels")
+
+
+def test_small_aliases_still_work(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, """
+hygiene:
+  idle_gpus: {exempt_namespaces: &system [kube-system, monitoring]}
+  stale_images: {exempt_namespaces: *system}
+"""), environ={})
+    assert config.hygiene.stale_images.exempt_namespaces == ["kube-system", "monitoring"]
+
+
+def test_huge_file_is_refused_without_reading_it(tmp_path: Path) -> None:
+    path = tmp_path / "big.yaml"
+    with path.open("wb") as handle:
+        handle.write(b"slack: {default_channel: '")
+        handle.truncate(100 * 1024 * 1024)
+    problem, elapsed = _problem(path, {})
+    assert elapsed < 0.5
+    assert problem == f"config file {path}: larger than the 1048576 byte limit"
+
+
+def test_huge_value_is_clipped_in_the_error(tmp_path: Path) -> None:
+    path = write(tmp_path, f"node: {{gpu_backend: {'x' * 900_000}}}\n")
+    problem, elapsed = _problem(path, {})
+    assert elapsed < 0.5
+    assert len(problem) < 400
+    assert problem.startswith("node.gpu_backend: ") and "(900002 characters)" in problem
+
+
+def test_huge_environment_value_is_refused() -> None:
+    problem, elapsed = _problem(None, {"STEWARD_SLACK__DEFAULT_CHANNEL": "x" * 100_000_000})
+    assert elapsed < 0.5
+    assert problem == ("STEWARD_SLACK__DEFAULT_CHANNEL: longer than the 65536 character "
+                       "limit")
+
+
+def test_huge_unknown_key_is_clipped(tmp_path: Path) -> None:
+    problem, _ = _problem(write(tmp_path, f"? {'k' * 500_000}\n: 1\n"), {})
+    assert len(problem) < 200 and problem.endswith(": unknown key")
+
+
+def test_many_problems_are_capped(tmp_path: Path) -> None:
+    text = "".join(f"key{i}: 1\n" for i in range(500))
+    with pytest.raises(ConfigError) as info:
+        load_config(write(tmp_path, text), environ={})
+    assert len(info.value.problems) == 21
+    assert info.value.problems[-1] == "... and 480 more problems"
+
+
+def test_config_that_is_not_utf8_names_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "latin1.yaml"
+    path.write_bytes("slack: {default_channel: '#caf\u00e9'}\n".encode("latin-1"))
+    problem, _ = _problem(path, {})
+    assert problem == f"config file {path}: not UTF-8 text (byte 0xe9 at offset 30)"
+
+
+def test_token_file_that_is_not_utf8_is_an_os_error(tmp_path: Path) -> None:
+    token_file = tmp_path / "token"
+    token_file.write_bytes(b"xoxb-\xff\xfe")
+    config = load_config(write(tmp_path, f"slack: {{token_file: {token_file}}}\n"),
+                         environ={})
+    with pytest.raises(OSError) as info:
+        config.slack.resolved_token()
+    assert info.value.strerror == "not UTF-8 text"
+    assert "xoxb" not in str(info.value)

@@ -537,6 +537,29 @@ _SELF_ALERTS: Final = (
         dashboard_uid="steward-self",
         labels=BYPASS_NOTIFIER_LABELS,
     ),
+    Alert(
+        name="StewardStateStoreRecreated",
+        group=GROUP_SELF,
+        severity="warning",
+        # Per job, across pods: a new pod on the same store exports the same time; a pod
+        # that starts on a new, empty store (a lost volume, an emptied database) does not.
+        expr=(
+            "changes(\n"
+            "  (max without (instance, pod) "
+            "(steward_state_store_created_timestamp_seconds))[1h:1m]\n"
+            ") > 0"
+        ),
+        for_duration="1m",
+        summary="A Steward component started over on a new, empty state store.",
+        description=(
+            "{{ $labels.job }}{{ with $labels.namespace }} in namespace {{ . }}{{ end }} now "
+            "runs on a state store created in the last hour, replacing the one it had: what "
+            "the old store held is gone unless it is restored from a backup (for the notifier, "
+            "alerts acknowledged but not yet in Slack; for the controller, hygiene marks, "
+            "restore records and the audit log)."
+        ),
+        dashboard_uid="steward-self",
+    ),
 )
 
 CATALOG: Final[tuple[Alert, ...]] = (

@@ -8,7 +8,6 @@ collectors do not exist there, so they report nothing rather than a failing coll
 from __future__ import annotations
 
 import logging
-import signal
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -16,16 +15,20 @@ from typing import Any
 
 from prometheus_client.metrics_core import Metric
 from prometheus_client.process_collector import ProcessCollector
+from sqlalchemy import Engine
 
 from agent.config import StewardConfig
 from agent.controller.hygiene.runner import HygieneRuntime
 from agent.controller.hygiene.scheduler import LeaderScheduler
+from agent.controller.hygiene.store import HygieneStore
 from agent.controller.leader import LeaderElector
 from agent.controller.pending import pending_pods_collector
 from agent.controller.pipelines import pipelines_collector
 from agent.exporter.collection import CollectionLoops, Collector, CollectResult
 from agent.exporter.exposition import Exposition
 from agent.exporter.server import MetricsServer, parse_listen
+from agent.signals import stop_on_signals
+from agent.state import StoreCreatedCollector, open_store, store_identity
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +42,7 @@ class Controller:
     make_cluster_loops: Callable[[], CollectionLoops]
     scheduler: LeaderScheduler | None = None
     cluster_loops: CollectionLoops | None = None
+    store: Engine | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     @property
@@ -77,6 +81,8 @@ class Controller:
         self.elector.stop(release=True)  # calls stopped_leading if leading
         self.base_loops.stop()
         self.server.stop()
+        if self.store is not None:
+            self.store.dispose()
 
 
 def leader_collector(elector: LeaderElector, identity: str, interval: float) -> Collector:
@@ -140,18 +146,23 @@ def build_controller(config: StewardConfig, *, api_client: Any) -> Controller:
             prices_collector(config.finops.prices, interval),
         ], on_publish=publish)
 
+    # Opened at start, not at the first job: a store that lost its state stops the start
+    # (StateLost), and its creation time is exported from the first scrape.
+    store = open_store(config.state.url)
+    state = StoreCreatedCollector(store_identity(store))
     # Hygiene runs act only while this replica leads: the engine asks before every action.
-    hygiene = HygieneRuntime(config, api_client=api_client,
+    hygiene = HygieneRuntime(config, api_client=api_client, store=HygieneStore(store),
                              still_leader=lambda: elector.is_leader)
     # The weekly FinOps report rides on the same leader-only scheduler as the hygiene jobs.
     scheduler = LeaderScheduler(hygiene, on_finished=publish,
                                 extra=[lambda aps: _schedule_finops(aps, config)])
-    exposition = Exposition(lambda: [*controller.families(), *process.collect()])
+    exposition = Exposition(lambda: [*controller.families(), *process.collect(),
+                                     *state.collect()])
     server = MetricsServer(parse_listen(ctl.listen), exposition, healthy=base.alive,
                            ready=base.ready)
     controller = Controller(elector=elector, server=server, exposition=exposition,
                             base_loops=base, make_cluster_loops=cluster_loops,
-                            scheduler=scheduler)
+                            scheduler=scheduler, store=store)
     return controller
 
 
@@ -159,9 +170,8 @@ def run_controller(config: StewardConfig, *, stop: threading.Event | None = None
     from agent.kube import api_client
 
     stop = stop or threading.Event()
+    stop_on_signals(stop)
     controller = build_controller(config, api_client=api_client(config.kubernetes, "controller"))
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, lambda *_: stop.set())
     controller.start()
     log.info("controller started", extra={
         "listen": config.controller.listen, "port": controller.port,

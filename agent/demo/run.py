@@ -14,7 +14,6 @@ import contextlib
 import json
 import os
 import secrets
-import signal
 import subprocess
 import sys
 import tempfile
@@ -50,6 +49,7 @@ from agent.demo.story import (
     SCENARIO_TEXT,
 )
 from agent.demo.watch import AlertWatch, SlackWatch, alert_labels_text
+from agent.signals import stop_on_signals
 
 ROOT = Path(__file__).resolve().parents[2]
 MODEL = "NVIDIA H100 80GB HBM3"
@@ -276,9 +276,9 @@ class Demo:
             self._closing_note(code)
 
     def _install_signal_handlers(self) -> None:
-        if threading.current_thread() is threading.main_thread():
-            for signum in (signal.SIGINT, signal.SIGTERM):
-                signal.signal(signum, lambda *_: self.stop.set())
+        # Past the deadline the children are killed too: they run in their own sessions and
+        # would outlive the demo.
+        stop_on_signals(self.stop, on_overdue=lambda: self.children.stop_all(grace=0))
 
     def _binaries(self) -> tuple[str | None, str | None]:
         """Prometheus and Alertmanager, and plainly what the demo cannot show without them."""

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import signal
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -23,6 +22,7 @@ from agent.node.nvml import NvmlGpuSource
 from agent.node.podresources.client import PodResourcesClient
 from agent.node.pods import PodCache, PodSource, build_pod_families
 from agent.node.readings import GpuSourceUnavailable
+from agent.signals import stop_on_signals
 
 log = logging.getLogger(__name__)
 
@@ -175,9 +175,8 @@ def build_node_agent(config: StewardConfig, *, sources: NodeSources | None = Non
 def run_node(config: StewardConfig, *, stop: threading.Event | None = None,
              on_started: Callable[[NodeAgent], None] | None = None) -> int:
     stop = stop or threading.Event()
+    stop_on_signals(stop)
     agent = build_node_agent(config)
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, lambda *_: stop.set())
     agent.start()
     log.info("node agent started", extra={
         "listen": config.node.listen, "port": agent.port, "node": config.node.node_name,

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 import os
-import signal
 import sys
 import threading
 import time
@@ -29,7 +28,8 @@ from agent.notify.routing import Route, Router
 from agent.notify.server import BearerAuth, NotifierServer, auth_from
 from agent.notify.slack import SlackSink
 from agent.notify.worker import DeliveryWorker
-from agent.state import open_store
+from agent.signals import stop_on_signals
+from agent.state import StoreCreatedCollector, open_store, store_identity
 
 log = logging.getLogger(__name__)
 EXIT_OK, EXIT_RUNTIME, EXIT_USAGE = 0, 1, 2
@@ -120,6 +120,7 @@ def build_notifier(config: StewardConfig, *, sink: SlackSink | None = None,
         return current.depth, current.oldest_received_at
 
     metrics = NotifierMetrics(stats, clock=clock)
+    metrics.registry.register(StoreCreatedCollector(store_identity(engine)))
     router = Router([Route(r.match, r.channel) for r in config.slack.routes],
                     default_channel=config.slack.default_channel)
     links = LinkSettings(
@@ -151,10 +152,8 @@ def run_notifier(config: StewardConfig, *, stop: threading.Event | None = None,
             print(f"steward: config error: {problem}", file=sys.stderr)
         return EXIT_USAGE
     stop = stop or threading.Event()
+    stop_on_signals(stop)
     notifier = build_notifier(config)
-    if threading.current_thread() is threading.main_thread():
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(signum, lambda *_: stop.set())
     notifier.start()
     log.info("notifier started", extra={
         "listen": config.notifier.listen, "port": notifier.port,

@@ -38,7 +38,8 @@ def test_one_leader_and_failover_after_sigkill(kube: KubeApiServer, tmp_path: Pa
     config.write_text(
         f"controller: {{lease_namespace: steward, lease_duration_seconds: {LEASE}, "
         f"renew_deadline_seconds: {RENEW}, retry_period_seconds: {RETRY}, "
-        f"collect_interval_seconds: 0.5}}\n", encoding="utf-8")
+        f"collect_interval_seconds: 0.5}}\nstate: {{url: 'sqlite:///{tmp_path / 's.db'}'}}\n",
+        encoding="utf-8")
     processes: dict[int, subprocess.Popen[bytes]] = {}
     try:
         for name in ("ctl-a", "ctl-b"):

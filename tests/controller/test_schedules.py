@@ -14,8 +14,10 @@ from agent.finops.report import JOB_ID
 from agent.localnet import wait_until
 
 
-def test_leader_schedules_hygiene_and_the_weekly_report(api_client: client.ApiClient) -> None:
+def test_leader_schedules_hygiene_and_the_weekly_report(api_client: client.ApiClient,
+                                                         tmp_path: Path) -> None:
     config = load_config(None, environ={"STEWARD_CONTROLLER__LISTEN": "127.0.0.1:0",
+                                        "STEWARD_STATE__URL": f"sqlite:///{tmp_path / 's.db'}",
                                         "STEWARD_FINOPS__SCHEDULE": "0 8 * * 1"})
     controller = build_controller(config, api_client=api_client)
     assert controller.scheduler is not None

@@ -516,6 +516,7 @@ def _controller_exposition() -> str:
     for collector in ("pipelines", "pending_pods", "leader"):
         lines += [_series("steward_collector_up", 1, collector=collector),
                   _series("steward_collector_duration_seconds", 0.1, collector=collector)]
+    lines.append(_series("steward_state_store_created_timestamp_seconds", NOW - 86400))
     return "\n".join(lines) + "\n"
 
 
@@ -525,6 +526,7 @@ def _notifier_exposition() -> str:
         _series("steward_notifier_slack_messages_total", 4, result="ok"),
         _series("steward_notifier_slack_messages_total", 1, result="error"),
         "steward_notifier_outbox_depth 0",
+        _series("steward_state_store_created_timestamp_seconds", NOW - 3600),
     ]) + "\n"
 
 

@@ -15,6 +15,7 @@ from agent.controller.app import build_controller
 from agent.controller.hygiene.engine import RunOutcome
 from agent.controller.hygiene.runner import HygieneRuntime
 from agent.controller.hygiene.scheduler import LeaderScheduler
+from agent.controller.hygiene.store import HygieneStore
 from agent.cron import cron_trigger
 from agent.sim.kube_api import KubeApiServer
 from tests.support.net import wait_until
@@ -139,4 +140,8 @@ def test_controller_schedules_and_exports_hygiene_only_while_leading(tmp_path: P
         assert controller.scheduler.scheduler is None
         assert hygiene_names() == set()
         api.close()
-    assert not (tmp_path / "state.db").exists()  # no run, no database file
+        # The store is opened at start (a store that lost its state stops the start), but
+        # nothing ran.
+        assert controller.store is not None
+        assert HygieneStore(controller.store).runs("idle-gpus") == []
+        controller.store.dispose()
