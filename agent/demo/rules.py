@@ -79,6 +79,8 @@ DEMO_TIMINGS: Final[Mapping[str, DemoTiming]] = {
     "StewardHygieneBlastRadiusTripped": DemoTiming("2s", {"1h": "1m"}),
     "StewardNotifierDeliveryFailing": DemoTiming("15s", {"10m": "30s"}, (
         ("never emptied for 15 minutes", "never emptied for 45 seconds"),)),
+    "StewardStateStoreRecreated": DemoTiming("5s", {"1h": "5m"}, (
+        ("created in the last hour", "created in the last 5 minutes"),)),
 }
 
 
