@@ -218,13 +218,18 @@ def test_sigterm_stops_the_demo_and_every_child(tmp_path: Path) -> None:
     out = tmp_path / "demo"
     env = {k: v for k, v in os.environ.items() if k not in ("SLACK_BOT_TOKEN", "KUBECONFIG")}
     demo = subprocess.Popen(
-        [sys.executable, "-m", "agent.cli", "demo", "--no-prometheus", "--duration", "300",
+        [sys.executable, "-m", "agent.cli", "demo", "--duration", "300",
          "--out", str(out)], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
         env=env)
     assert demo.stdout is not None
+    # With Prometheus the demo watches for its alerts (without, it reports what it cannot
+    # show and ends at once): stopped while watching, every child is up.
     for line in demo.stdout:
         if line.startswith("== Watching"):
             break
+    else:
+        pytest.fail("the demo ended without watching: are prometheus and "
+                    "prometheus-alertmanager installed (scripts/install-test-deps.sh)?")
     children = [p for p in psutil.process_iter(["cwd"]) if p.info["cwd"] == str(out)]
     assert len(children) >= 4  # two nodes, the notifier, the controller
     started = time.monotonic()

@@ -1,4 +1,5 @@
-"""``python -m tests.hygiene.crash_driver POINT CONFIG run JOB`` (or ``restore JOB RESOURCE``):
+"""``python -m tests.hygiene.crash_driver POINT CONFIG run JOB`` (``plan JOB`` for a dry run, or
+``restore JOB RESOURCE``):
 the hygiene command of the CLI, with a checkpoint injected that SIGKILLs this process when
 the engine reaches POINT, as a node dying would (no cleanup, no ``finally``).
 
@@ -31,8 +32,9 @@ def main(argv: list[str]) -> int:
     configure_logging(fmt="json", level="info")
     config = load_config(config_path)
     checkpoint = die_at(point)
-    if command == "run":
-        return run_hygiene(config, job, apply=True, output="json", checkpoint=checkpoint)
+    if command in ("run", "plan"):
+        return run_hygiene(config, job, apply=command == "run", output="json",
+                           checkpoint=checkpoint)
     (resource,) = rest
     return restore_hygiene(config, job, resource, checkpoint=checkpoint)
 

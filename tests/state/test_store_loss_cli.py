@@ -170,7 +170,11 @@ def test_hygiene_run_refuses_a_store_that_lost_its_runs(tmp_path: Path, kube: Ku
     run = ("hygiene", "run", "stale-images", "--config", str(config), "--output", "json")
     first = steward(*run)
     assert first.returncode == 0, first.stderr  # a first start just works
-    killed = steward(*run, env={crashpoints.CRASH_ENV: crashpoints.RUN_FINISHED})
+    # Killed as a node dies, once the run is in the store (the crash driver injects the
+    # checkpoint; product code never reads one from the environment).
+    killed = subprocess.run([sys.executable, "-m", "tests.hygiene.crash_driver",
+                             crashpoints.RUN_FINISHED, str(config), "plan", "stale-images"],
+                            capture_output=True, text=True, timeout=60, check=False)
     assert killed.returncode == -signal.SIGKILL
     db = tmp_path / "state.db"
     lose(db, how)
