@@ -71,6 +71,25 @@ def timestamp(value: Any) -> float | None:
     return datetime.fromisoformat(str(value).replace("Z", "+00:00")).timestamp()
 
 
+def api_error_text(exc: BaseException) -> str:
+    """One line for a failed API call: ``HTTP 409 Conflict: <the server's message>``.
+
+    The client's own text of an ``ApiException`` spans lines (the response headers and the
+    raw body): put into a command's error or a log field, it breaks the one-line error and
+    buries the server's reason. Anything else: its text, whitespace collapsed."""
+    from kubernetes.client.exceptions import ApiException
+
+    if not isinstance(exc, ApiException):
+        return " ".join(str(exc).split())
+    text = f"HTTP {exc.status} {exc.reason or ''}".rstrip()
+    body = exc.body.decode("utf-8", "replace") if isinstance(exc.body, bytes) else exc.body
+    try:
+        message = json.loads(body).get("message") if body else None
+    except (ValueError, AttributeError):
+        message = None
+    return f"{text}: {' '.join(str(message).split())}" if message else text
+
+
 def micro_time(value: datetime) -> str:
     """A ``MicroTime`` field's text (a Lease's ``renewTime``), fraction always present:
     ``datetime.isoformat()`` drops it when the microsecond is 0, and the server answers 400."""

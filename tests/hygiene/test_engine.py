@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from agent.controller.hygiene.engine import NothingToRestore
+from agent.controller.hygiene.model import ResourceReplaced
 from agent.controller.hygiene.plan import iso_time
 from tests.hygiene.fakes import Rig, Thing, make_rig
 
@@ -252,6 +253,51 @@ def test_failed_action_is_retried_by_the_next_run_once(rig: Rig) -> None:
         == ["done"]
     engine.run(apply=True)
     assert len(acted(rig)) == 2  # the failed attempt and the one that worked, never a third
+
+
+def test_an_action_refused_because_the_object_was_replaced_is_released_not_retried(
+        rig: Rig) -> None:
+    """``act`` found another object under the name (a uid precondition refused it): a
+    definite "not done". The claim is released and the mark lifted in that run, which
+    succeeds; nothing is restorable, and no later run acts on the old mark or takes the
+    old object's absence for the action having happened."""
+    engine = rig.engine(mark_hours=0)
+    engine.run(apply=True)
+
+    def replaced(resource: str) -> None:
+        raise ResourceReplaced(f"{resource} is another object now (uid precondition)")
+
+    rig.job.on_act = replaced
+    swept = engine.run(apply=True)
+    assert swept.result == "succeeded", swept.reason
+    (act,) = [e for e in rig.store.audit_entries() if e["key"].endswith("|act")]
+    assert act["status"] == "released" and "uid precondition" in str(act["detail"])
+    assert [m["state"] for m in rig.store.marks("idle-gpus")] == ["lifted"]
+    assert [(a.action, a.status) for a in swept.actions] == [("release", "done"),
+                                                             ("unmark", "done")]
+    assert rig.store.restore_candidates("idle-gpus") == []
+    rig.job.on_act = None
+    rig.job.things["team-a/Deployment/idle"].uid = "uid-of-the-new-object"
+    engine.run(apply=True)  # judged afresh: a new mark on the new object
+    assert rig.job.count("observe") == 0
+    assert [m["state"] for m in rig.store.marks("idle-gpus")] == ["lifted", "active"]
+    assert rig.job.things["team-a/Deployment/idle"].value == 3
+
+
+def test_a_replaced_object_found_while_making_the_record_is_not_claimed(rig: Rig) -> None:
+    engine = rig.engine(mark_hours=0)
+    engine.run(apply=True)
+
+    def replaced(candidate: object) -> dict[str, object]:
+        raise ResourceReplaced("team-a/Deployment/idle is a new object since it was judged")
+
+    rig.job.restore_record = replaced  # type: ignore[method-assign]
+    swept = engine.run(apply=True)
+    assert swept.result == "succeeded", swept.reason
+    assert acted(rig) == []
+    assert not [e for e in rig.store.audit_entries() if e["key"].endswith("|act")]
+    assert [m["state"] for m in rig.store.marks("idle-gpus")] == ["lifted"]
+    assert "replaced since it was marked" in str(rig.store.marks("idle-gpus")[0]["closed_why"])
 
 
 def test_notify_only_candidates_get_a_reminder_at_the_deadline(tmp_path: Path) -> None:

@@ -14,6 +14,7 @@ import pytest
 from agent.controller.hygiene.commands import restore_hygiene, run_hygiene
 from agent.controller.hygiene.idle_gpus import RESTORED_FROM
 from agent.controller.hygiene.metrics import HygieneMetrics
+from agent.controller.hygiene.workloads import KubeWorkloads
 from agent.sim.kube_api import KubeApiServer
 from tests.hygiene import world
 from tests.hygiene.conftest import Fleet, RecordingNotifier, hygiene_config, make_runtime
@@ -238,6 +239,33 @@ def test_restoring_a_deleted_pod_waits_until_it_has_terminated(
     assert f"recreated (uid {recreated['metadata']['uid']})" in out.getvalue()
 
 
+def test_a_refused_restore_says_so_in_one_line_and_keeps_the_record(
+        fleet: Fleet, kube: KubeApiServer, tmp_path: Path) -> None:
+    """Restoring a deleted pod with credentials that may not create pods (the controller's
+    own: the chart grants no pods create): exit 1, one line naming the refusal and the
+    server's reason, the record kept. The error used to carry the client's whole response
+    dump (headers and raw body) across lines. Found on the real API server."""
+    world.pod(kube, DS, "jupyter-alice-7")
+    runtime = make_runtime(hygiene_config(tmp_path, fleet.url, pod_action="delete"), kube,
+                           clock=fleet.clock)
+    runtime.run("idle-gpus", apply=True)
+    runtime.run("idle-gpus", apply=True)
+    kube.delete("v1", "Pod", DS, "jupyter-alice-7")  # the kubelet has finished with it
+    kube.inject_fault(path_regex=r"/namespaces/data-science/pods$", method="POST", status=403)
+    out, err = io.StringIO(), io.StringIO()
+    code = restore_hygiene(runtime.config, "idle-gpus", "data-science/jupyter-alice-7",
+                           stdout=out, stderr=err, api_client=kube.api_client())
+    assert code == 1 and out.getvalue() == ""
+    assert err.getvalue().count("\n") == 1, err.getvalue()
+    assert err.getvalue().startswith(
+        "steward: hygiene restore idle-gpus data-science/jupyter-alice-7 not done: restoring "
+        "data-science/jupyter-alice-7 failed: create Pod data-science/jupyter-alice-7: HTTP "
+        "403 Forbidden: "), err.getvalue()
+    assert "injected by the test" in err.getvalue()
+    assert err.getvalue().endswith("(the restore record is kept)\n")
+    assert len(runtime.store().restore_candidates("idle-gpus")) == 1
+
+
 def test_a_restore_that_died_after_recreating_the_pod_knows_it_for_its_own(
         fleet: Fleet, kube: KubeApiServer, tmp_path: Path) -> None:
     world.pod(kube, DS, "jupyter-alice-7")
@@ -268,6 +296,52 @@ def test_a_pod_someone_else_created_under_that_name_is_not_taken_for_the_restore
                            stdout=out, stderr=err, api_client=kube.api_client())
     assert code == 1 and "not the one deleted; not replaced" in err.getvalue()
     assert len(runtime.store().restore_candidates("idle-gpus")) == 1
+
+
+def test_a_pod_replaced_between_the_read_and_the_delete_is_neither_deleted_nor_recorded(
+        fleet: Fleet, kube: KubeApiServer, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Someone deletes the idle pod and creates another under its name after the sweep read
+    it and before its delete: the uid precondition refuses the delete (409). That is a
+    definite "not done": the claim is released and the mark lifted, the run succeeds. It
+    used to fail the run and leave the claim pending; the next run then saw the old uid
+    gone and recorded a delete nobody made (audit, Event, owner told to restore) whose
+    restore refused: another pod exists. Found on the real API server
+    (tests/realk8s/test_hygiene_apply.py)."""
+    world.pod(kube, DS, "jupyter-alice-7")
+    notifier = RecordingNotifier()
+    runtime = make_runtime(hygiene_config(tmp_path, fleet.url, pod_action="delete"), kube,
+                           notifier=notifier, clock=fleet.clock)
+    assert runtime.run("idle-gpus", apply=True).result == "succeeded"  # marked
+    delete_pod = KubeWorkloads.delete_pod
+
+    def replaced_first(self: KubeWorkloads, namespace: str, name: str, *,
+                       uid: str | None) -> bool:
+        kube.delete("v1", "Pod", namespace, name)
+        world.pod(kube, namespace, name, labels={"app": "someone-else"})
+        return delete_pod(self, namespace, name, uid=uid)
+
+    monkeypatch.setattr(KubeWorkloads, "delete_pod", replaced_first)
+    swept = runtime.run("idle-gpus", apply=True)
+    monkeypatch.undo()
+
+    assert swept.result == "succeeded", swept.reason
+    assert [r.status for r in kube.request_log(
+        method="DELETE", path_regex="/pods/jupyter-alice-7$")] == [409]
+    resource = "data-science/jupyter-alice-7"
+    (act,) = [e for e in runtime.store().audit_entries("idle-gpus")
+              if e["resource"] == resource and e["key"].endswith("|act")]
+    assert act["status"] == "released" and "uid" in str(act["detail"])
+    assert [m["state"] for m in runtime.store().marks("idle-gpus")] == ["lifted"]
+    # The next run judges the new pod afresh: a new mark, nothing recorded as deleted.
+    assert runtime.run("idle-gpus", apply=True).result == "succeeded"
+    pod = kube.get("v1", "Pod", DS, "jupyter-alice-7")
+    assert pod is not None and pod["metadata"]["labels"] == {"app": "someone-else"}
+    assert not pod["metadata"].get("deletionTimestamp")
+    assert not [e for e in runtime.store().audit_entries("idle-gpus")
+                if e["action"] == "delete" and e["status"] == "done"]
+    assert "acted" not in [n.kind for n in notifier.notices]
+    assert runtime.store().restore_candidates("idle-gpus") == []
 
 
 def test_prometheus_down_fails_safe(kube: KubeApiServer, tmp_path: Path) -> None:

@@ -17,7 +17,7 @@ import urllib3
 from kubernetes import client, config, watch
 from kubernetes.client.rest import ApiException
 
-from agent.kube import micro_time
+from agent.kube import api_error_text, micro_time
 from agent.sim.kube_api import KubeApiServer, standin_threads
 from tests.support.net import wait_until
 
@@ -1024,3 +1024,18 @@ def test_job_status_conditions_as_a_real_server_checks_them(kube: KubeApiServer,
             "startTime": now, "failed": 1, "conditions": conditions("FailureTarget", "Failed")}})
     finally:
         api.close()
+
+
+def test_an_api_error_reads_in_one_line(core: client.CoreV1Api) -> None:
+    """``agent.kube.api_error_text``: the status, its reason and the server's message, where
+    the client's own text spans lines (headers, raw body)."""
+    core.create_namespaced_pod("default", pod("twice"))
+    with pytest.raises(ApiException) as err:
+        core.create_namespaced_pod("default", pod("twice"))
+    assert "\n" in str(err.value)
+    assert api_error_text(err.value) == 'HTTP 409 Conflict: pods "twice" already exists'
+    proxy_page = ApiException(status=502, reason="Bad Gateway")
+    proxy_page.body = b"<html>\n<h1>502</h1>\n</html>"
+    assert api_error_text(proxy_page) == "HTTP 502 Bad Gateway"
+    assert api_error_text(TimeoutError("read timed out\n(after 30 s)")) == \
+        "read timed out (after 30 s)"

@@ -6,12 +6,18 @@ external call took effect, before its reply was read.
 
 It can also fail a request (any page of a listing, say) with a status of the test's
 choosing, and it logs every request it forwarded with the server's status.
+
+For a TLS server (a real kube-apiserver) it speaks TLS on both sides: it verifies the
+upstream against ``ca`` and serves ``certificate``/``key`` to the client (the server's own
+pair, so the client's kubeconfig needs only another port). A TCP-level proxy could not hold
+a reply: it cannot tell where one request ends and the next begins.
 """
 
 from __future__ import annotations
 
 import http.client
 import re
+import ssl
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -65,11 +71,19 @@ class Forwarded:
 
 
 class HoldingProxy:
-    def __init__(self, upstream: str) -> None:
+    def __init__(self, upstream: str, *, ca: str | None = None, certificate: str | None = None,
+                 key: str | None = None) -> None:
         parts = urlsplit(upstream)
-        if parts.scheme != "http" or parts.hostname is None or parts.port is None:
-            raise ValueError(f"an http://host:port upstream, not {upstream!r}")
+        if parts.scheme not in ("http", "https") or parts.hostname is None or \
+                parts.port is None:
+            raise ValueError(f"an http(s)://host:port upstream, not {upstream!r}")
         self._host, self._port = parts.hostname, parts.port
+        self._upstream_tls = ssl.create_default_context(cafile=ca) \
+            if parts.scheme == "https" else None
+        self._serving_tls: ssl.SSLContext | None = None
+        if certificate is not None:
+            self._serving_tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            self._serving_tls.load_cert_chain(certificate, key)
         self._lock = threading.Lock()
         self._holds: list[Hold] = []
         self._failures: list[Failure] = []
@@ -83,7 +97,12 @@ class HoldingProxy:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self._server.server_address[1]}"
+        scheme = "https" if self._serving_tls is not None else "http"
+        return f"{scheme}://127.0.0.1:{self._server.server_address[1]}"
+
+    @property
+    def port(self) -> int:
+        return int(self._server.server_address[1])
 
     @property
     def netloc(self) -> str:
@@ -134,7 +153,9 @@ class HoldingProxy:
 
     def _forward(self, method: str, path: str, headers: dict[str, str],
                  body: bytes) -> tuple[int, str, list[tuple[str, str]], bytes]:
-        upstream = http.client.HTTPConnection(self._host, self._port, timeout=60)
+        upstream = http.client.HTTPConnection(self._host, self._port, timeout=60) \
+            if self._upstream_tls is None else http.client.HTTPSConnection(
+                self._host, self._port, timeout=60, context=self._upstream_tls)
         try:
             upstream.request(method, path, body=body or None,
                              headers={**headers, "Host": f"{self._host}:{self._port}"})
@@ -191,6 +212,18 @@ class HoldingProxy:
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
 
+            def setup(self) -> None:
+                # The handshake in this connection's own thread, not in the accept loop.
+                if proxy._serving_tls is not None:
+                    self.request = proxy._serving_tls.wrap_socket(self.request,
+                                                                  server_side=True)
+                super().setup()
+
+            def finish(self) -> None:
+                super().finish()
+                if proxy._serving_tls is not None:
+                    self.request.close()
+
             def do_GET(self) -> None:
                 proxy._serve(self)
 
@@ -203,8 +236,9 @@ class HoldingProxy:
 
 
 @contextmanager
-def holding_proxy(upstream: str) -> Iterator[HoldingProxy]:
-    proxy = HoldingProxy(upstream)
+def holding_proxy(upstream: str, *, ca: str | None = None, certificate: str | None = None,
+                  key: str | None = None) -> Iterator[HoldingProxy]:
+    proxy = HoldingProxy(upstream, ca=ca, certificate=certificate, key=key)
     try:
         yield proxy
     finally:

@@ -63,6 +63,7 @@ from agent.controller.hygiene.model import (
     Candidate,
     HygieneJob,
     Observed,
+    ResourceReplaced,
     RestoreNotReady,
     Scan,
     ScanFailed,
@@ -84,6 +85,10 @@ RunResult = Literal["succeeded", "failed", "blast_radius_tripped", "kill_switch"
 NOTIFY = "notify"
 # A restore claim older than this belongs to a restore that died; another may take it over.
 RESTORE_CLAIM_SECONDS = 600.0
+_CHANGED = ("the resource changed since it was marked (another object, or another action): "
+            "the next run marks it afresh")
+_REPLACED = ("the resource was replaced since it was marked (another object under its name): "
+             "the next run judges it afresh")
 
 
 @dataclass(frozen=True)
@@ -278,9 +283,7 @@ class HygieneEngine:
             elif current is None:
                 self._unmark(run, mark, "compliant again at the deadline")
             else:
-                self._unmark(run, mark, "the resource changed since it was marked (another "
-                                        "object, or another action): the next run marks it "
-                                        "afresh")
+                self._unmark(run, mark, _CHANGED)
         for candidate in new:
             self._mark(run, candidate)
         handled = {m.mark_id for m in due} | {m.mark_id for m in claimed}
@@ -343,12 +346,17 @@ class HygieneEngine:
                 self._record(run, mark, "vanished", key=step_key(
                     mark.job, resource, mark.mark_id, "vanished"), message=why)
         elif not retry:
-            why = f"{mark.action} did not take effect ({seen.detail}) and the resource no " \
-                  "longer needs it"
-            if self._store.resolve_claim(mark, status="released", why=why, at=self._clock()):
-                self._record(run, mark, "release", key=step_key(
-                    mark.job, resource, mark.mark_id, "release"), message=why)
-                self._unmark(run, mark, "compliant again, its action never took effect")
+            self._release(run, mark, f"{mark.action} did not take effect ({seen.detail}) and "
+                                     "the resource no longer needs it",
+                          unmark_why="compliant again, its action never took effect")
+
+    def _release(self, run: _Run, mark: Mark, why: str, *, unmark_why: str) -> None:
+        """The claimed action did not take effect and will not: resolve the claim as
+        released (nothing to restore), then lift the mark."""
+        if self._store.resolve_claim(mark, status="released", why=why, at=self._clock()):
+            self._record(run, mark, "release", key=step_key(
+                mark.job, mark.resource, mark.mark_id, "release"), message=why)
+            self._unmark(run, mark, unmark_why)
 
     def _announce_pending(self, run: _Run) -> None:
         """Announce the actions a dead run recorded as done but did not announce."""
@@ -428,6 +436,9 @@ class HygieneEngine:
         if mark.action != NOTIFY:
             try:
                 record = dict(self._job.restore_record(current))
+            except ResourceReplaced as exc:
+                self._unmark(run, mark, f"{_REPLACED}: {exc}")
+                return
             except Exception as exc:
                 self._refuse(run, mark, f"no restore record could be made ({exc}); "
                                         "not acted on")
@@ -459,6 +470,11 @@ class HygieneEngine:
                 self._tell(mark, "reminder")
             else:
                 self._job.act(current)
+        except ResourceReplaced as exc:
+            # A definite "not done" (a uid precondition refused it): not a failure to retry,
+            # and nothing a later look at the world could take for done.
+            self._release(run, mark, f"{mark.action} not done: {exc}", unmark_why=_REPLACED)
+            return
         except Exception as exc:
             self._store.fail_action(mark, detail=str(exc), at=self._clock())
             self._fail(run, mark.resource, mark.action, f"{mark.action} failed: {exc}")

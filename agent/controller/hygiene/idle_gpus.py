@@ -45,6 +45,7 @@ from agent.controller.hygiene.guards import exempt_flag
 from agent.controller.hygiene.model import (
     Candidate,
     Observed,
+    ResourceReplaced,
     RestoreNotReady,
     Scan,
     ScanFailed,
@@ -61,6 +62,7 @@ from agent.controller.hygiene.workloads import (
     JsonObj,
     KubeWorkloads,
     ObjectRef,
+    Replaced,
     meta,
 )
 from agent.kube import timestamp
@@ -688,6 +690,10 @@ class IdleGpusJob:
         obj = self._workloads.get(ref)
         if obj is None:
             raise LookupError(f"{candidate.resource} no longer exists")
+        judged = candidate.evidence.get("uid")
+        if judged and meta(obj).get("uid") != judged:
+            raise ResourceReplaced(f"{candidate.resource} is a new object (uid "
+                                   f"{meta(obj).get('uid')}, was {judged}) since it was judged")
         record: dict[str, Any] = {"action": candidate.action, "api_version": ref.api_version,
                                   "kind": ref.kind, "namespace": ref.namespace,
                                   "name": ref.name, "uid": meta(obj).get("uid")}
@@ -711,7 +717,12 @@ class IdleGpusJob:
         if candidate.action == "scale_to_zero":
             self._scale_to_zero(ref, uid=str(uid) if uid else None)
         elif candidate.action == "delete" and ref.kind == "Pod":
-            self._workloads.delete_pod(ref.namespace, ref.name, uid=str(uid) if uid else None)
+            try:
+                self._workloads.delete_pod(ref.namespace, ref.name,
+                                           uid=str(uid) if uid else None)
+            except Replaced as exc:
+                raise ResourceReplaced(f"pod {ref.namespace}/{ref.name} is another pod now: "
+                                       f"{exc}") from exc
         else:
             raise ValueError(f"{candidate.action} is not an action of {JOB_NAME} on {ref.kind}")
 
@@ -723,8 +734,9 @@ class IdleGpusJob:
             if obj is None:
                 return  # gone: nothing holds the GPUs any more
             if uid and meta(obj).get("uid") != uid:
-                raise RuntimeError(f"{ref.kind} {ref.namespace}/{ref.name} was replaced by a "
-                                   "new object since it was marked; not acting")
+                raise ResourceReplaced(f"{ref.kind} {ref.namespace}/{ref.name} was replaced by "
+                                       f"a new object (uid {meta(obj).get('uid')}, was {uid}) "
+                                       "since it was judged; not acting")
             replicas, scale_version = self._workloads.read_scale(ref)
             if replicas == 0:
                 return

@@ -67,6 +67,13 @@ class Observed:
     detail: str  # what was seen, for the audit log and the run's reason
 
 
+class ResourceReplaced(Exception):
+    """``act`` did nothing because the resource is no longer the object that was judged: it
+    was deleted and created again under its name (a uid precondition failed). A definite
+    "not done": the engine releases the claim and lifts the mark; acting again would hit
+    the other object."""
+
+
 class RestoreNotReady(Exception):
     """The world is not ready for the restore yet (a pod still terminating): nothing was
     changed, the restore record is kept, and the same restore can be tried again later."""

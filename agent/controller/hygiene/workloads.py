@@ -8,8 +8,9 @@ a millisecond per pod to build, which a cluster-wide scan would pay thousands of
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -59,8 +60,34 @@ def controller_ref(obj: JsonObj) -> JsonObj | None:
     return None
 
 
-class Conflict(Exception):
+class KubeApiError(Exception):
+    """A call the API server refused or failed, in one line (``api_error_text``)."""
+
+    def __init__(self, what: str, exc: BaseException) -> None:
+        from agent.kube import api_error_text
+
+        super().__init__(f"{what}: {api_error_text(exc)}")
+        self.status: int | None = getattr(exc, "status", None)
+
+
+class Conflict(KubeApiError):
     """409 on a write carrying a resourceVersion: re-read and try again."""
+
+
+class Replaced(KubeApiError):
+    """409 on a delete carrying a uid precondition: the object of that name is another one
+    now (deleted and created again since it was read). Nothing was deleted."""
+
+
+@contextmanager
+def _refusals(what: str) -> Iterator[None]:
+    """An ``ApiException`` raised inside, as a one-line ``KubeApiError``."""
+    from kubernetes.client.exceptions import ApiException
+
+    try:
+        yield
+    except ApiException as exc:
+        raise KubeApiError(what, exc) from exc
 
 
 class KubeWorkloads:
@@ -97,8 +124,9 @@ class KubeWorkloads:
         token: str | None = None
         call = self._call(kind, "list")
         while True:
-            page = self._json(call(namespace, limit=500, _continue=token,
-                                   _preload_content=False, _request_timeout=_TIMEOUT))
+            with _refusals(f"list {kind} in {namespace}"):
+                page = self._json(call(namespace, limit=500, _continue=token,
+                                       _preload_content=False, _request_timeout=_TIMEOUT))
             for item in page.get("items") or []:
                 item.setdefault("kind", kind)
                 item.setdefault("apiVersion", KINDS[kind][0])
@@ -117,7 +145,7 @@ class KubeWorkloads:
         except ApiException as exc:
             if exc.status == 404:
                 return None
-            raise
+            raise KubeApiError(f"get {ref.kind} {ref.namespace}/{ref.name}", exc) from exc
         obj.setdefault("kind", ref.kind)
         obj.setdefault("apiVersion", ref.api_version)
         return obj
@@ -131,13 +159,14 @@ class KubeWorkloads:
         except ApiException as exc:
             if exc.status == 404:
                 return None
-            raise
+            raise KubeApiError(f"get Namespace {name}", exc) from exc
 
     # -- writes --------------------------------------------------------------------------
 
     def read_scale(self, ref: ObjectRef) -> tuple[int, str]:
-        scale = self._json(self._call(ref.kind, "read", "_scale")(
-            ref.name, ref.namespace, _preload_content=False, _request_timeout=_TIMEOUT))
+        with _refusals(f"get {ref.kind} {ref.namespace}/{ref.name}/scale"):
+            scale = self._json(self._call(ref.kind, "read", "_scale")(
+                ref.name, ref.namespace, _preload_content=False, _request_timeout=_TIMEOUT))
         return int((scale.get("spec") or {}).get("replicas") or 0), \
             str(meta(scale).get("resourceVersion") or "")
 
@@ -151,12 +180,16 @@ class KubeWorkloads:
                 ref.name, ref.namespace, body, _preload_content=False,
                 _request_timeout=_TIMEOUT)
         except Exception as exc:
+            what = f"update {ref.kind} {ref.namespace}/{ref.name}/scale"
             if self._status(exc) == 409:
-                raise Conflict(f"{ref.kind} {ref.namespace}/{ref.name} changed") from exc
+                raise Conflict(what, exc) from exc
+            if self._status(exc) is not None:
+                raise KubeApiError(what, exc) from exc
             raise
 
     def delete_pod(self, namespace: str, name: str, *, uid: str | None) -> bool:
-        """Delete the pod if it is still the one with ``uid``; False when it is gone."""
+        """Delete the pod if it is still the one with ``uid``; False when it is gone,
+        ``Replaced`` when another pod has its name now."""
         body: JsonObj = {"apiVersion": "v1", "kind": "DeleteOptions"}
         if uid:
             body["preconditions"] = {"uid": uid}
@@ -165,8 +198,13 @@ class KubeWorkloads:
                                                      _preload_content=False,
                                                      _request_timeout=_TIMEOUT)
         except Exception as exc:
+            what = f"delete Pod {namespace}/{name}"
             if self._status(exc) == 404:
                 return False
+            if self._status(exc) == 409 and uid:
+                raise Replaced(f"{what} (uid {uid})", exc) from exc
+            if self._status(exc) is not None:
+                raise KubeApiError(what, exc) from exc
             raise
         return True
 
@@ -180,6 +218,9 @@ class KubeWorkloads:
         except Exception as exc:
             if self._status(exc) == 409:
                 return False
+            if self._status(exc) is not None:
+                raise KubeApiError(f"create Pod {namespace}/{meta(manifest).get('name')}",
+                                   exc) from exc
             raise
         return True
 
