@@ -29,6 +29,10 @@ class Router:
         self._routes = tuple(routes)
         self._default = default_channel
 
+    @property
+    def default_channel(self) -> str | None:
+        return self._default
+
     def channel_for(self, label_sets: Iterable[Mapping[str, str]]) -> str:
         labels = list(label_sets)
         for route in self._routes:
