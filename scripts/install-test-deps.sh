@@ -5,7 +5,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # chromium: the FinOps report's HTML is rendered headless in the tests.
-APT_PACKAGES=(prometheus prometheus-alertmanager docker-registry chromium)
+# postgresql: the notifier's HA tests share a real PostgreSQL (tests/support/postgres.py
+# runs initdb and pg_ctl itself; the Debian service is never used).
+APT_PACKAGES=(prometheus prometheus-alertmanager docker-registry chromium postgresql)
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do
   dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")

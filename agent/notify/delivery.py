@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Final
@@ -98,7 +98,17 @@ class Delivery:
         state = self._outbox.group(group_id)
         if state is not None and state.lane and state.ts and not state.resolved:
             return state.lane
-        first = self._outbox.first_pending(group_id)
+        try:
+            first = self._outbox.first_pending(group_id)
+        except ValueError:
+            # It will not parse (its step fails and is isolated); route it as far as its
+            # JSON can be read, so that it waits in its own channel's lane.
+            raw = self._outbox.pending_raw(group_id)
+            try:
+                return self._router.channel_for(lenient_fields(raw[0][1]).alert_labels) \
+                    if raw else UNROUTABLE_LANE
+            except NoChannel:
+                return UNROUTABLE_LANE
         if first is None:
             return state.lane if state is not None and state.lane else UNROUTABLE_LANE
         try:
@@ -224,7 +234,7 @@ class Delivery:
         key = state.group_key if state is not None else ""
         if not key:
             raw = self._outbox.pending_raw(group_id)
-            key = lenient_fields(raw[0][1])[0] if raw else ""
+            key = lenient_fields(raw[0][1]).group_key if raw else ""
         return self._outbox.record_failure(group_id, key, reason, delay_for=delay_for)
 
     def dead_letter(self, group_id: str, *, reason: str, attempts: int,
@@ -236,20 +246,18 @@ class Delivery:
         """
         raw = self._outbox.pending_raw(group_id)
         state = self._outbox.group(group_id)
-        group_key = ""
+        group_key = state.group_key if state is not None else ""
         names: list[str] = []
-        group_labels: dict[str, str] = {}
+        label_sets: list[Mapping[str, str]] = []
         for _, payload in raw:
-            key, found, labels = lenient_fields(payload)
-            group_key = group_key or key
-            group_labels = group_labels or labels
-            names.extend(n for n in found if n not in names)
-        if state is not None:
-            group_key = group_key or state.group_key
+            found = lenient_fields(payload)
+            group_key = group_key or found.group_key
+            label_sets.extend(found.alert_labels)
+            names.extend(n for n in found.alertnames if n not in names)
         lane = state.lane if state is not None and state.lane else None
         if lane is None:
             try:
-                lane = self._router.channel_for([group_labels])
+                lane = self._router.channel_for(label_sets)
             except NoChannel:
                 lane = None
         fallback = self._router.default_channel if channel_refused or lane is None else lane

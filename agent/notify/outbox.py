@@ -22,7 +22,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Final, Literal
 
 from sqlalchemy import (
@@ -276,27 +276,43 @@ class _Job:
     future: Future[Any]
 
 
-def lenient_fields(payload: str) -> tuple[str, list[str], dict[str, str]]:
-    """(groupKey, alertnames, groupLabels) of a stored payload, as far as it can be read as
-    JSON at all: what a dead letter says about a payload that would not parse."""
+@dataclass(frozen=True)
+class LenientFields:
+    """What a stored payload says, as far as it can be read as JSON at all: what routes and
+    names a dead letter whose payload would not parse."""
+
+    group_key: str = ""
+    alertnames: tuple[str, ...] = ()
+    group_labels: Mapping[str, str] = field(default_factory=dict)
+    alert_labels: tuple[Mapping[str, str], ...] = ()
+
+
+def _str_map(value: object) -> dict[str, str]:
+    if not isinstance(value, dict):
+        return {}
+    return {k: v for k, v in value.items() if isinstance(k, str) and isinstance(v, str)}
+
+
+def lenient_fields(payload: str) -> LenientFields:
     try:
         data = json.loads(payload)
     except ValueError:
-        return "", [], {}
+        return LenientFields()
     if not isinstance(data, dict):
-        return "", [], {}
+        return LenientFields()
     key = data.get("groupKey")
     names: list[str] = []
+    label_sets: list[dict[str, str]] = []
     alerts = data.get("alerts")
     for item in alerts if isinstance(alerts, list) else []:
-        labels = item.get("labels") if isinstance(item, dict) else None
-        name = labels.get("alertname") if isinstance(labels, dict) else None
-        if isinstance(name, str) and name not in names:
+        labels = _str_map(item.get("labels") if isinstance(item, dict) else None)
+        label_sets.append(labels)
+        name = labels.get("alertname")
+        if name is not None and name[:200] not in names:
             names.append(name[:200])
-    raw_labels = data.get("groupLabels")
-    labels = {k: v for k, v in raw_labels.items() if isinstance(k, str) and isinstance(v, str)} \
-        if isinstance(raw_labels, dict) else {}
-    return key if isinstance(key, str) else "", names, labels
+    return LenientFields(group_key=key if isinstance(key, str) else "",
+                         alertnames=tuple(names), group_labels=_str_map(data.get("groupLabels")),
+                         alert_labels=tuple(label_sets))
 
 
 def _dead_letter(row: Any) -> DeadLetter:
