@@ -91,6 +91,12 @@ def inert(text: str) -> str:
     return _BROADCAST.sub("@" + _ZWSP, clean(text)).replace("://", ":" + _ZWSP + "//")
 
 
+def plain(text: str) -> str:
+    """Untrusted text for a plain_text object: :func:`inert`, and no angle brackets at all
+    (Slack shows plain_text literally, but nothing markup-like should leave us)."""
+    return inert(text).replace("<", "‹").replace(">", "›")
+
+
 def escape(text: str) -> str:
     """Untrusted text for mrkdwn: Slack's control characters as entities (so ``<!channel>``,
     ``<@U…>`` or ``<url|label>`` cannot be formed), and :func:`inert`."""
@@ -286,7 +292,7 @@ def render_group(view: GroupView, settings: LinkSettings) -> Message:
     place = " · ".join(where(view.group_labels))
     header = f"{status} {names}" + (f" — {place}" if place else "")
     blocks: list[Block] = [
-        {"type": "header", "text": {"type": "plain_text", "text": fit(inert(header), MAX_HEADER),
+        {"type": "header", "text": {"type": "plain_text", "text": fit(plain(header), MAX_HEADER),
                                     "emoji": True}},
     ]
     firing = view.firing
