@@ -13,9 +13,11 @@ phishing link on the on-call channel. Such URLs are shown as inert text instead.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from functools import cached_property
 from typing import Final
 from urllib.parse import quote, unquote, urlsplit
 
@@ -48,7 +50,7 @@ class LinkSettings:
     alertmanager_url: str | None = None
     dashboard_window: timedelta = timedelta(minutes=60)
 
-    @property
+    @cached_property
     def prefixes(self) -> tuple[tuple[str, str], ...]:
         """(origin, path prefix) of every configured link target."""
         found = []
@@ -63,11 +65,12 @@ class LinkSettings:
 # RFC 3986 reserved and unreserved characters, '%' (existing escapes) kept; everything else
 # (spaces, quotes, '<', '>', '|', '^', '`', '{', '}', non-ASCII) is percent-encoded.
 _URL_SAFE: Final = ":/?#[]@!$&'()*+,;=%-._~"
+_UNSAFE_IN_URL: Final = re.compile(r"[\x00-\x20\x7f\\]")
 
 
 def _split(url: str | None) -> tuple[str, str] | None:
     """(``scheme://host[:port]`` lowercased, path) of an http(s) URL; None otherwise."""
-    if not url or "\\" in url or any(ord(c) < 33 or ord(c) == 127 for c in url):
+    if not url or _UNSAFE_IN_URL.search(url):
         return None
     try:
         parts = urlsplit(url)

@@ -94,7 +94,8 @@ def inert(text: str) -> str:
 def plain(text: str) -> str:
     """Untrusted text for a plain_text object: :func:`inert`, and no angle brackets at all
     (Slack shows plain_text literally, but nothing markup-like should leave us)."""
-    return inert(text).replace("<", "‹").replace(">", "›")
+    # single angle quotation marks (U+2039, U+203A) in their place
+    return inert(text).replace("<", "\u2039").replace(">", "\u203a")
 
 
 def escape(text: str) -> str:

@@ -15,17 +15,18 @@ group (``group_lock``), and ids come from the database, so the outbox is the sam
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import queue
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal
 
 from sqlalchemy import (
+    BindParameter,
     Boolean,
     Column,
     Connection,
@@ -36,6 +37,7 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    bindparam,
     delete,
     func,
     insert,
@@ -117,6 +119,47 @@ dead_letters = Table(
     Index("ix_notifier_dead_letters_group", "group_id", "fallback_state"),
     sqlite_autoincrement=True,
 )
+
+# The statements of every delivery step, built once: building one (and its cache key) costs
+# more Python than running it, and under a storm that is GIL time the webhooks wait for.
+_GROUP_ID: BindParameter[str] = bindparam("group_id")
+_SELECT_GROUP = select(groups).where(groups.c.group_id == _GROUP_ID)
+_SELECT_PENDING = (select(notifications.c.id, notifications.c.received_at,
+                          notifications.c.payload)
+                   .where(notifications.c.delivered_at.is_(None),
+                          notifications.c.group_id == _GROUP_ID)
+                   .order_by(notifications.c.id))
+_SELECT_FIRST_PENDING = _SELECT_PENDING.limit(1)
+_SELECT_CHANNEL = select(channels.c.channel_id).where(channels.c.name == bindparam("name"))
+_SELECT_FALLBACK = (select(dead_letters)
+                    .where(dead_letters.c.group_id == _GROUP_ID,
+                           dead_letters.c.fallback_state == "pending")
+                    .order_by(dead_letters.c.id).limit(1))
+# (An UPDATE's bind parameters may not be named like its columns.)
+_MARK_DELIVERED = (update(notifications)
+                   .where(notifications.c.id.in_(bindparam("b_ids", expanding=True)),
+                          notifications.c.delivered_at.is_(None))
+                   .values(delivered_at=bindparam("b_now"),
+                           dead_letter_id=bindparam("b_dead_letter_id")))
+
+
+def _update_group(*columns: str) -> Any:
+    return (update(groups).where(groups.c.group_id == bindparam("b_group_id"))
+            .values({name: bindparam(f"v_{name}") for name in (*columns, "updated_at")}))
+
+
+_PENDING_STATS = (select(func.count(), func.min(notifications.c.id))
+                  .where(notifications.c.delivered_at.is_(None)))
+_RECEIVED_AT = select(notifications.c.received_at).where(notifications.c.id == bindparam("id"))
+_DEAD_LETTER_COUNT = (select(func.count()).select_from(dead_letters)
+                      .where(dead_letters.c.replayed_at.is_(None)))
+_GROUP_UPDATES: dict[frozenset[str], Any] = {}
+_INSERT_GROUP = insert(groups)
+# Every column, so that one compiled INSERT serves every new group.
+_NEW_GROUP: Final[dict[str, Any]] = {
+    "lane": None, "channel_id": None, "ts": None, "alerts": "[]", "resolved": False,
+    "rendered_upto": 0, "inflight": None, "attempts": 0, "retry_at": None, "last_error": None}
+
 
 # Columns added after the first release, added to an older store at start-up.
 _ADDED_COLUMNS: Final = {
@@ -263,17 +306,46 @@ class AlreadyReplayed(ValueError):
         self.dead_letter = dead_letter
 
 
+class _Result:
+    """A result one thread waits for and the writer sets: a lock released once, which is
+    all C (a ``concurrent.futures.Future`` notifies through a Python Condition, and the
+    writer sets hundreds of these a second under a storm)."""
+
+    __slots__ = ("_error", "_lock", "_value")
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._lock.acquire()
+        self._value: Any = None
+        self._error: BaseException | None = None
+
+    def set_result(self, value: Any) -> None:
+        self._value = value
+        self._lock.release()
+
+    def set_exception(self, error: BaseException) -> None:
+        self._error = error
+        self._lock.release()
+
+    def result(self, timeout: float) -> Any:
+        if not self._lock.acquire(timeout=timeout):
+            raise TimeoutError
+        if self._error is not None:
+            raise self._error
+        return self._value
+
+
 @dataclass
 class _Insert:
     notification: Notification
     payload: str
-    future: Future[int]
+    future: _Result = field(default_factory=_Result)
 
 
 @dataclass
 class _Job:
     run: Callable[[Connection], Any]
-    future: Future[Any]
+    future: _Result = field(default_factory=_Result)
 
 
 @dataclass(frozen=True)
@@ -371,6 +443,12 @@ class Outbox:
 
     def start(self) -> None:
         self._writer_conn = self._engine.connect()
+        if self.dialect == "sqlite":
+            # A checkpoint run by a commit copies the WAL into the database and fsyncs it
+            # inside that commit: tens of milliseconds that every webhook in the batch
+            # waits. The worker's upkeep checkpoints from another connection instead.
+            self._writer_conn.exec_driver_sql("PRAGMA wal_autocheckpoint=0")
+            self._writer_conn.commit()
         self._writer = threading.Thread(target=self._write_loop, name="outbox-writer",
                                         daemon=True)
         self._writer.start()
@@ -395,12 +473,12 @@ class Outbox:
         re-serialising on the acknowledgement path (the worker parses it the same way).
         """
         payload = notification.to_json() if body is None else body.decode("utf-8")
-        request = _Insert(notification, payload, Future())
+        request = _Insert(notification, payload)
         if not self.running:
             raise OutboxUnavailable("outbox writer is not running")
         self._requests.put(request)
         try:
-            return request.future.result(timeout=_WRITE_TIMEOUT_SECONDS)
+            return int(request.future.result(timeout=_WRITE_TIMEOUT_SECONDS))
         except TimeoutError as exc:
             raise OutboxUnavailable("timed out persisting the webhook") from exc
 
@@ -413,7 +491,7 @@ class Outbox:
         if not self.running:
             with self._inline_lock, self._engine.begin() as conn:
                 return run(conn)
-        job = _Job(run, Future())
+        job = _Job(run)
         self._requests.put(job)
         try:
             return job.future.result(timeout=_WRITE_TIMEOUT_SECONDS)
@@ -444,23 +522,14 @@ class Outbox:
 
     def _write_batch(self, inserts: list[_Insert], jobs: list[_Job]) -> None:
         now = self._clock()
-        rows = [{"group_id": r.notification.group_id, "received_at": now,
-                 "status": r.notification.status, "alert_count": len(r.notification.alerts),
-                 "payload": r.payload} for r in inserts]
+        rows = [(r.notification.group_id, now, r.notification.status,
+                 len(r.notification.alerts), r.payload) for r in inserts]
         conn = self._writer_conn
         assert conn is not None
         results: list[Any] = []
         try:
             with conn.begin():
-                ids: list[int] = []
-                if rows:
-                    # One multi-row INSERT ... RETURNING for the webhooks: each extra
-                    # statement is one more trip through the GIL, which under a storm is
-                    # what webhooks wait for.
-                    result = conn.execute(
-                        insert(notifications).returning(notifications.c.id,
-                                                        sort_by_parameter_order=True), rows)
-                    ids = [int(row[0]) for row in result]
+                ids = self._insert_webhooks(conn, rows) if rows else []
                 results = [job.run(conn) for job in jobs]
         except Exception as exc:
             if jobs and len(inserts) + len(jobs) > 1:
@@ -477,6 +546,28 @@ class Outbox:
         self._acknowledged(inserts, ids, now)
         for job, value in zip(jobs, results, strict=True):
             job.future.set_result(value)
+
+    def _insert_webhooks(self, conn: Connection, rows: list[tuple[Any, ...]]) -> list[int]:
+        """One multi-row INSERT ... RETURNING for a batch of webhooks: each extra statement
+        is one more trip through the GIL, which under a storm is what webhooks wait for."""
+        columns = ("group_id", "received_at", "status", "alert_count", "payload")
+        if self.dialect != "sqlite":
+            result = conn.execute(insert(notifications).returning(
+                notifications.c.id, sort_by_parameter_order=True),
+                [dict(zip(columns, row, strict=True)) for row in rows])
+            return [int(row[0]) for row in result]
+        # SQLite, written by this thread alone: AUTOINCREMENT hands out increasing ids in
+        # VALUES order, so the sorted ids are the rows' ids in order. Straight to the driver,
+        # inside the transaction: SQLAlchemy's execution bookkeeping costs more than the
+        # insert.
+        sql = (f"INSERT INTO {notifications.name} ({', '.join(columns)}) VALUES "
+               + ", ".join(["(?, ?, ?, ?, ?)"] * len(rows)) + " RETURNING id")
+        cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+        try:
+            cursor.execute(sql, list(itertools.chain.from_iterable(rows)))
+            return sorted(int(row[0]) for row in cursor.fetchall())
+        finally:
+            cursor.close()
 
     def _write_alone(self, inserts: list[_Insert], jobs: list[_Job]) -> None:
         if inserts:
@@ -517,33 +608,19 @@ class Outbox:
 
     def pending(self, group_id: str) -> list[Pending]:
         with self._engine.connect() as conn:
-            rows = conn.execute(
-                select(notifications.c.id, notifications.c.received_at,
-                       notifications.c.payload)
-                .where(notifications.c.delivered_at.is_(None),
-                       notifications.c.group_id == group_id)
-                .order_by(notifications.c.id))
+            rows = conn.execute(_SELECT_PENDING, {"group_id": group_id})
             return [Pending(int(r.id), float(r.received_at),
                             Notification.model_validate_json(r.payload)) for r in rows]
 
     def pending_raw(self, group_id: str) -> list[tuple[int, str]]:
         """(id, payload) of the undelivered webhooks, unparsed (for a dead letter)."""
         with self._engine.connect() as conn:
-            rows = conn.execute(
-                select(notifications.c.id, notifications.c.payload)
-                .where(notifications.c.delivered_at.is_(None),
-                       notifications.c.group_id == group_id)
-                .order_by(notifications.c.id))
+            rows = conn.execute(_SELECT_PENDING, {"group_id": group_id})
             return [(int(r.id), str(r.payload)) for r in rows]
 
     def first_pending(self, group_id: str) -> Pending | None:
         with self._engine.connect() as conn:
-            row = conn.execute(
-                select(notifications.c.id, notifications.c.received_at,
-                       notifications.c.payload)
-                .where(notifications.c.delivered_at.is_(None),
-                       notifications.c.group_id == group_id)
-                .order_by(notifications.c.id).limit(1)).first()
+            row = conn.execute(_SELECT_FIRST_PENDING, {"group_id": group_id}).first()
         if row is None:
             return None
         return Pending(int(row.id), float(row.received_at),
@@ -551,7 +628,7 @@ class Outbox:
 
     def group(self, group_id: str) -> GroupState | None:
         with self._engine.connect() as conn:
-            row = conn.execute(select(groups).where(groups.c.group_id == group_id)).first()
+            row = conn.execute(_SELECT_GROUP, {"group_id": group_id}).first()
         if row is None:
             return None
         return GroupState(
@@ -563,32 +640,36 @@ class Outbox:
 
     def channel_id(self, name: str) -> str | None:
         with self._engine.connect() as conn:
-            row = conn.execute(select(channels.c.channel_id)
-                               .where(channels.c.name == name)).first()
+            row = conn.execute(_SELECT_CHANNEL, {"name": name}).first()
         return None if row is None else str(row[0])
 
     # --- the group row --------------------------------------------------------------------
 
+    def _update_group(self, conn: Connection, group_id: str, values: dict[str, Any]) -> int:
+        values = {**values, "updated_at": self._clock()}
+        key = frozenset(values)
+        statement = _GROUP_UPDATES.get(key)
+        if statement is None:
+            statement = _GROUP_UPDATES.setdefault(
+                key, _update_group(*sorted(key - {"updated_at"})))
+        result = conn.execute(statement, {"b_group_id": group_id,
+                                          **{f"v_{k}": v for k, v in values.items()}})
+        return int(result.rowcount)
+
     def _upsert_group(self, conn: Connection, group_id: str, group_key: str,
                       values: dict[str, Any]) -> None:
-        values = {**values, "updated_at": self._clock()}
-        result = conn.execute(update(groups).where(groups.c.group_id == group_id)
-                              .values(**values))
-        if result.rowcount == 0:
-            conn.execute(insert(groups).values(
-                group_id=group_id, group_key=group_key,
-                **{"alerts": "[]", "resolved": False, "rendered_upto": 0, "attempts": 0,
-                   **values}))
+        if self._update_group(conn, group_id, values) == 0:
+            conn.execute(_INSERT_GROUP, {
+                **_NEW_GROUP, "group_id": group_id, "group_key": group_key, **values,
+                "updated_at": self._clock()})
 
     def mark_inflight(self, group_id: str, group_key: str, inflight: Inflight) -> None:
+        marker = inflight.to_json()  # here, not on the writer's thread
         self._write(lambda conn: self._upsert_group(conn, group_id, group_key,
-                                                    {"inflight": inflight.to_json()}))
+                                                    {"inflight": marker}))
 
     def _set(self, group_id: str, **values: Any) -> None:
-        def run(conn: Connection) -> None:
-            conn.execute(update(groups).where(groups.c.group_id == group_id)
-                         .values(**values, updated_at=self._clock()))
-        self._write(run)
+        self._write(lambda conn: self._update_group(conn, group_id, values))
 
     def clear_inflight(self, group_id: str) -> None:
         self._set(group_id, inflight=None)
@@ -616,8 +697,7 @@ class Outbox:
             self._upsert_group(conn, group_id, group_key, values)
             delivered = self._mark_delivered(conn, outcome.delivered_ids, now)
             if outcome.channel_id is not None and outcome.lane is not None:
-                known = conn.execute(select(channels.c.channel_id)
-                                     .where(channels.c.name == outcome.lane)).first()
+                known = conn.execute(_SELECT_CHANNEL, {"name": outcome.lane}).first()
                 if known is None:
                     self._insert_ignoring_conflict(
                         conn, channels, {"name": outcome.lane, "channel_id": outcome.channel_id})
@@ -633,11 +713,9 @@ class Outbox:
                         dead_letter_id: int | None = None) -> int:
         done = 0
         for start in range(0, len(ids), 500):
-            chunk = list(ids[start:start + 500])
-            result = conn.execute(
-                update(notifications)
-                .where(notifications.c.id.in_(chunk), notifications.c.delivered_at.is_(None))
-                .values(delivered_at=now, dead_letter_id=dead_letter_id))
+            result = conn.execute(_MARK_DELIVERED, {
+                "b_ids": list(ids[start:start + 500]), "b_now": now,
+                "b_dead_letter_id": dead_letter_id})
             done += int(result.rowcount)
         return done
 
@@ -727,10 +805,7 @@ class Outbox:
 
     def pending_fallback(self, group_id: str) -> DeadLetter | None:
         with self._engine.connect() as conn:
-            row = conn.execute(select(dead_letters)
-                               .where(dead_letters.c.group_id == group_id,
-                                      dead_letters.c.fallback_state == "pending")
-                               .order_by(dead_letters.c.id).limit(1)).first()
+            row = conn.execute(_SELECT_FALLBACK, {"group_id": group_id}).first()
         return None if row is None else _dead_letter(row)
 
     def fallback_attempted(self, dead_letter_id: int, channel: str) -> None:
@@ -791,11 +866,20 @@ class Outbox:
 
     def _read_stats(self) -> OutboxStats:
         with self._engine.connect() as conn:
-            row = conn.execute(select(func.count(), func.min(notifications.c.received_at))
-                               .where(notifications.c.delivered_at.is_(None))).one()
-            dead = conn.execute(select(func.count()).select_from(dead_letters)
-                                .where(dead_letters.c.replayed_at.is_(None))).scalar_one()
-        return OutboxStats(int(row[0]), None if row[1] is None else float(row[1]), int(dead))
+            depth, first = conn.execute(_PENDING_STATS).one()
+            # The oldest undelivered webhook is the one with the smallest id: one row read,
+            # where MIN(received_at) would read every pending payload's row.
+            oldest = None if first is None else conn.execute(
+                _RECEIVED_AT, {"id": first}).scalar()
+            dead = conn.execute(_DEAD_LETTER_COUNT).scalar_one()
+        return OutboxStats(int(depth), None if oldest is None else float(oldest), int(dead))
+
+    def checkpoint(self) -> None:
+        """SQLite: copy the WAL into the database (PASSIVE: never waits for the writer)."""
+        if self.dialect != "sqlite":
+            return
+        with self._engine.connect() as conn:
+            conn.exec_driver_sql("PRAGMA wal_checkpoint(PASSIVE)")
 
     def refresh_stats(self) -> OutboxStats:
         stats = self._read_stats()

@@ -46,6 +46,7 @@ log = logging.getLogger(__name__)
 _IDLE_WAKE_SECONDS: Final = 1.0
 _PRUNE_EVERY_SECONDS: Final = 3600.0
 _STATS_EVERY_SECONDS: Final = 1.0
+_CHECKPOINT_EVERY_SECONDS: Final = 5.0
 # Another replica holds the group: look again soon (it is probably delivering it now).
 _BUSY_RETRY_SECONDS: Final = 0.5
 # /healthz fails when the loop has not gone round for this long (a store call hanging).
@@ -115,12 +116,14 @@ class DeliveryWorker:
         self._groups: dict[str, _Group] = {}
         self._lanes: dict[str, _Lane] = {}
         self._unrouted: list[str] = []
+        self._arrived: list[tuple[Notification, int]] = []
         self._sleeping: list[tuple[float, str]] = []
         self._running = 0
         self._cursor = 0
         self._executor: ThreadPoolExecutor | None = None
         self._thread: threading.Thread | None = None
         self._tick = monotonic()
+        self._last: dict[str, float] = {}
 
     # --- control --------------------------------------------------------------------------
 
@@ -146,16 +149,33 @@ class DeliveryWorker:
                 and self._monotonic() - self._tick < _STALLED_SECONDS)
 
     def notify(self, items: Sequence[tuple[Notification, int]]) -> None:
-        """New webhooks were persisted: ``(notification, id)`` each."""
+        """New webhooks were persisted: ``(notification, id)`` each.
+
+        Called on the outbox's writer thread right after its commit: only queued here, so
+        that the next batch of webhooks is not kept waiting on routing.
+        """
         with self._lock:
-            for notification, new_id in items:
+            self._arrived.extend(items)
+        self._wake.set()
+
+    def _take_arrived(self) -> None:
+        with self._lock:
+            arrived, self._arrived = self._arrived, []
+        if not arrived:
+            return
+        # A group first seen in a webhook routes like that webhook (no store read); the
+        # step corrects the lane when the group's messages live elsewhere.
+        hints = {}
+        for notification, _ in arrived:
+            if notification.group_id not in hints:
+                hints[notification.group_id] = notification
+        with self._lock:
+            for notification, new_id in arrived:
                 group_id = notification.group_id
                 group = self._groups.get(group_id)
                 if group is None:
-                    # A group first seen in a webhook routes like that webhook; the step
-                    # corrects the lane when the group's messages live elsewhere.
-                    group = _Group(first_id=new_id,
-                                   lane=self._delivery.lane_hint(notification))
+                    first = hints[group_id]
+                    group = _Group(first_id=new_id, lane=self._delivery.lane_hint(first))
                     self._groups[group_id] = group
                     self._queue(group_id, group)
                 elif group.running:
@@ -163,12 +183,11 @@ class DeliveryWorker:
                 elif new_id < group.first_id:
                     group.first_id = new_id
                     self._queue(group_id, group)
-        self._wake.set()
 
     def idle(self) -> bool:
         """Nothing queued and nothing in flight (tests and the benchmark wait on this)."""
         with self._lock:
-            return not self._groups and not self._running
+            return not self._groups and not self._running and not self._arrived
 
     # --- queues (callers hold self._lock) -------------------------------------------------
 
@@ -209,29 +228,31 @@ class DeliveryWorker:
         delay = min(self._retry_max, self._retry_base * 2.0 ** min(failures - 1, 30))
         return delay / 2 + self._jitter() * delay / 2  # "equal jitter": never a burst at 0
 
-    def _upkeep(self, now: float, last_poll: float, last_prune: float) -> tuple[float, float]:
+    def _upkeep(self, now: float) -> None:
         try:
             self._outbox.refresh_stats()
-            if now - last_poll >= self._poll:
-                last_poll = now
+            if now - self._last["poll"] >= self._poll:
+                self._last["poll"] = now
                 self._merge(self._outbox.pending_groups())
-            if now - last_prune > _PRUNE_EVERY_SECONDS:
-                last_prune = now
+            if now - self._last["checkpoint"] >= _CHECKPOINT_EVERY_SECONDS:
+                self._last["checkpoint"] = now
+                self._outbox.checkpoint()
+            if now - self._last["prune"] > _PRUNE_EVERY_SECONDS:
+                self._last["prune"] = now
                 self._outbox.prune()
         except Exception:
             log.exception("outbox upkeep failed")
-        return last_poll, last_prune
 
     def _loop(self) -> None:
-        last_stats = last_poll = 0.0
-        last_prune = self._monotonic()
+        last_stats = 0.0
+        self._last = {"poll": 0.0, "checkpoint": 0.0, "prune": self._monotonic()}
         while not self._stopping.is_set():
             self._wake.clear()
             now = self._monotonic()
             self._tick = now
             if now - last_stats >= _STATS_EVERY_SECONDS:
                 last_stats = now
-                last_poll, last_prune = self._upkeep(now, last_poll, last_prune)
+                self._upkeep(now)
             wait = _IDLE_WAKE_SECONDS
             try:
                 wait = min(wait, self._dispatch(self._monotonic()))
@@ -259,6 +280,7 @@ class DeliveryWorker:
 
     def _dispatch(self, now: float) -> float:
         """Start a step for the first ready group of every free lane; how long to sleep."""
+        self._take_arrived()
         self._route()
         wait = _IDLE_WAKE_SECONDS
         picks: list[tuple[str, str]] = []

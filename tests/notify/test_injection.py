@@ -121,6 +121,7 @@ def test_external_url_and_annotation_links_never_reach_slack(make_notifier: Make
     payload["externalURL"] = "https://evil.example/|<!channel>"
     status, _ = post(notifier.url, payload)
     assert status == 200
+    stub.wait_for(notifier.worker.idle, timeout=10, what="the root posted")
     payload = webhook([bad, alert("Second", hostname="n1"), alert("Third", hostname="n1")])
     post(notifier.url, payload)
     stub.wait_for(notifier.worker.idle, timeout=10, what="delivered")
