@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -244,11 +245,17 @@ class Demo:
 
         prometheus_url = None
         notifier_port = free_port()
+        # The notifier needs a bearer token; Alertmanager sends it from the same file.
+        token_file = self.result.workdir / "notifier-token"
+        token_file.write_text(secrets.token_urlsafe(32), encoding="utf-8")
+        token_file.chmod(0o600)
         if prometheus_bin is not None and alertmanager_bin is not None:
             am = start_alertmanager(self.children, alertmanager_bin,
-                                    f"http://127.0.0.1:{notifier_port}/alertmanager")
+                                    f"http://127.0.0.1:{notifier_port}/alertmanager",
+                                    bearer_token_file=token_file)
             self.alertmanager_url = am.url
         base = self._base_config(prometheus=None, aws=aws, slack=slack)
+        base["notifier"] = {**base.get("notifier", {}), "auth_token_file": str(token_file)}
         notifier = self.children.steward(
             "notifier", ["notifier", "--config", str(self._config("notifier", base)),
                          "--listen", f"127.0.0.1:{notifier_port}"],

@@ -87,11 +87,13 @@ def alertmanager_config(webhook_url: str, *, bearer_token_file: Path | None = No
     }
 
 
-def start_alertmanager(children: Children, binary: str, webhook_url: str) -> Child:
+def start_alertmanager(children: Children, binary: str, webhook_url: str, *,
+                       bearer_token_file: Path | None = None) -> Child:
     workdir = children.workdir / "alertmanager"
     workdir.mkdir(exist_ok=True)
     config = workdir / "alertmanager.yml"
-    config.write_text(yaml.safe_dump(alertmanager_config(webhook_url)), encoding="utf-8")
+    config.write_text(yaml.safe_dump(alertmanager_config(
+        webhook_url, bearer_token_file=bearer_token_file)), encoding="utf-8")
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     # An empty --cluster.listen-address turns clustering off (else it binds 0.0.0.0:9094).
