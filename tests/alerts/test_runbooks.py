@@ -59,7 +59,8 @@ KNOWN_METRICS = frozenset({
     "steward_hygiene_last_success_timestamp_seconds", "steward_hygiene_candidates",
     "steward_hygiene_actions_total", "steward_hygiene_reclaimable",
     "steward_notifier_alerts_received_total", "steward_notifier_slack_messages_total",
-    "steward_notifier_outbox_depth",
+    "steward_notifier_outbox_depth", "steward_notifier_dead_letters_total",
+    "steward_notifier_dead_letters_stored",
 })
 
 _FENCE_RE = re.compile(r"^\s*(```|~~~)")
