@@ -551,17 +551,19 @@ class Outbox:
         """One multi-row INSERT ... RETURNING for a batch of webhooks: each extra statement
         is one more trip through the GIL, which under a storm is what webhooks wait for."""
         columns = ("group_id", "received_at", "status", "alert_count", "payload")
-        if self.dialect != "sqlite":
+        marker = {"sqlite": "?", "postgresql": "%s"}.get(self.dialect)
+        if marker is None:
             result = conn.execute(insert(notifications).returning(
                 notifications.c.id, sort_by_parameter_order=True),
                 [dict(zip(columns, row, strict=True)) for row in rows])
             return [int(row[0]) for row in result]
-        # SQLite, written by this thread alone: AUTOINCREMENT hands out increasing ids in
-        # VALUES order, so the sorted ids are the rows' ids in order. Straight to the driver,
-        # inside the transaction: SQLAlchemy's execution bookkeeping costs more than the
-        # insert.
+        # Straight to the driver, inside the transaction: SQLAlchemy's execution bookkeeping
+        # costs more than the insert. One statement hands out increasing ids in VALUES order
+        # (SQLite's AUTOINCREMENT; PostgreSQL's sequence, called row by row, even with other
+        # replicas inserting meanwhile), so the sorted ids are the rows' ids in order.
+        values = "(" + ", ".join([marker] * len(columns)) + ")"
         sql = (f"INSERT INTO {notifications.name} ({', '.join(columns)}) VALUES "
-               + ", ".join(["(?, ?, ?, ?, ?)"] * len(rows)) + " RETURNING id")
+               + ", ".join([values] * len(rows)) + " RETURNING id")
         cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
         try:
             cursor.execute(sql, list(itertools.chain.from_iterable(rows)))
