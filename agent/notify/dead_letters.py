@@ -68,16 +68,21 @@ def _table(letters: list[DeadLetter], out: TextIO) -> None:
 def run_dead_letters(config: StewardConfig, *, retry: int | None, output: str = "table",
                      include_replayed: bool = False, out: TextIO = sys.stdout) -> int:
     scheme = make_url(config.state.url).get_backend_name()
+
+    def store_failed(what: str, exc: SQLAlchemyError) -> int:
+        # The first line only: the rest is SQL and parameters. The URL is never printed
+        # (it may hold a password).
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        print(f"steward: {what} ({scheme}): {first}: check state.url", file=sys.stderr)
+        return EXIT_RUNTIME
+
     try:
         engine = _open(config.state.url)
     except _NoStore as exc:
         print(f"steward: {exc}: check state.url (the notifier's store)", file=sys.stderr)
         return EXIT_RUNTIME
     except SQLAlchemyError as exc:
-        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        print(f"steward: cannot open the state store ({scheme}): {first}: check state.url",
-              file=sys.stderr)
-        return EXIT_RUNTIME
+        return store_failed("cannot open the state store", exc)
     try:
         outbox = Outbox(engine)
         if retry is None:
@@ -104,9 +109,6 @@ def run_dead_letters(config: StewardConfig, *, retry: int | None, output: str = 
               f"{config.notifier.poll_seconds:g} s", file=out)
         return EXIT_OK
     except SQLAlchemyError as exc:
-        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        print(f"steward: cannot read the dead letters ({scheme}): {first}: check state.url",
-              file=sys.stderr)
-        return EXIT_RUNTIME
+        return store_failed("cannot read the dead letters", exc)
     finally:
         engine.dispose()

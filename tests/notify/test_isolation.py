@@ -91,16 +91,21 @@ def test_a_poison_group_in_the_store_does_not_hold_up_its_channel(
     assert notifier.worker.alive()
 
 
-def test_any_exception_in_a_step_is_isolated_to_its_group(
-        make_notifier: MakeNotifier, stub: SlackStub, monkeypatch: pytest.MonkeyPatch) -> None:
+def boom_on_render(monkeypatch: pytest.MonkeyPatch, error: Exception) -> None:
+    """Rendering a group with an alert named Boom raises ``error`` (a bug, say)."""
     real = delivery_module.render_group
 
     def render(view: GroupView, settings: Any) -> Message:
         if any(a.alertname == "Boom" for a in view.alerts):
-            raise KeyError("<!channel> from a bug")
+            raise error
         return real(view, settings)
 
     monkeypatch.setattr(delivery_module, "render_group", render)
+
+
+def test_any_exception_in_a_step_is_isolated_to_its_group(
+        make_notifier: MakeNotifier, stub: SlackStub, monkeypatch: pytest.MonkeyPatch) -> None:
+    boom_on_render(monkeypatch, KeyError("<!channel> from a bug"))
     notifier = make_notifier(retry_base_seconds=0.5, notifier={"max_attempts": 4})
     send(notifier, webhook([alert("Boom", hostname="b")], group_key="boom"))
     for n in range(5):
@@ -170,14 +175,7 @@ def test_dead_letters_cli_without_a_store(tmp_path: Path,
 
 def test_a_group_that_keeps_failing_sends_one_notice_an_hour(
         make_notifier: MakeNotifier, stub: SlackStub, monkeypatch: pytest.MonkeyPatch) -> None:
-    real = delivery_module.render_group
-
-    def render(view: GroupView, settings: Any) -> Message:
-        if any(a.alertname == "Boom" for a in view.alerts):
-            raise RuntimeError("cannot render")
-        return real(view, settings)
-
-    monkeypatch.setattr(delivery_module, "render_group", render)
+    boom_on_render(monkeypatch, RuntimeError("cannot render"))
     notifier = make_notifier(notifier={"max_attempts": 2})
     for wave in range(3):  # Alertmanager sends the group again every group_interval
         send(notifier, webhook([alert("Boom", hostname="b", extra=str(wave))], group_key="b"))
