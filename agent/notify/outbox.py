@@ -558,15 +558,24 @@ class Outbox:
                 [dict(zip(columns, row, strict=True)) for row in rows])
             return [int(row[0]) for row in result]
         # Straight to the driver, inside the transaction: SQLAlchemy's execution bookkeeping
-        # costs more than the insert. One statement hands out increasing ids in VALUES order
-        # (SQLite's AUTOINCREMENT; PostgreSQL's sequence, called row by row, even with other
-        # replicas inserting meanwhile), so the sorted ids are the rows' ids in order.
+        # costs more than the insert.
         values = "(" + ", ".join([marker] * len(columns)) + ")"
         sql = (f"INSERT INTO {notifications.name} ({', '.join(columns)}) VALUES "
-               + ", ".join([values] * len(rows)) + " RETURNING id")
+               + ", ".join([values] * len(rows)))
+        params = list(itertools.chain.from_iterable(rows))
         cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
         try:
-            cursor.execute(sql, list(itertools.chain.from_iterable(rows)))
+            if self.dialect == "sqlite":
+                # This thread is the file's only writer (group_lock), and one statement's
+                # AUTOINCREMENT ids are consecutive: the last id says them all. No RETURNING:
+                # each returned row is one more release and re-acquisition of the GIL, and
+                # under a storm every re-acquisition waits behind the request threads.
+                cursor.execute(sql, params)
+                last = int(cursor.lastrowid)
+                return list(range(last - len(rows) + 1, last + 1))
+            # PostgreSQL's sequence is called row by row in VALUES order, even with other
+            # replicas inserting meanwhile: the sorted ids are the rows' ids in order.
+            cursor.execute(sql + " RETURNING id", params)
             return sorted(int(row[0]) for row in cursor.fetchall())
         finally:
             cursor.close()
