@@ -5,6 +5,7 @@ Alertmanager peer that is behind sends late does not page again."""
 from __future__ import annotations
 
 import json
+import threading
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -23,7 +24,7 @@ from agent.sim.slack_stub import SlackStub, StubMessage
 from tests.notify.conftest import MakeNotifier, notifier_config
 from tests.notify.payloads import T0, alert, post, webhook
 from tests.notify.test_delivery import drain, header, metrics, send, texts
-from tests.support.net import metric_value
+from tests.support.net import http_ok, metric_value
 
 POISON_START = "0001-01-01T00:00:00+01:00"
 
@@ -244,3 +245,31 @@ def test_notifier_config_defaults() -> None:
         config = notifier_config(stub, Path("/nonexistent.db"))
     assert config.notifier.max_attempts == 6
     assert config.notifier.stale_firing_window_seconds == 300
+
+
+def test_healthz_fails_when_the_delivery_loop_is_stuck(
+        make_notifier: MakeNotifier, monkeypatch: pytest.MonkeyPatch) -> None:
+    notifier = make_notifier()
+    worker = notifier.worker
+    stuck = threading.Event()
+    release = threading.Event()
+    real = notifier.outbox.refresh_stats
+
+    def hang() -> Any:
+        stuck.set()
+        release.wait(30)  # a store call that does not come back
+        return real()
+
+    monkeypatch.setattr(notifier.outbox, "refresh_stats", hang)
+    assert stuck.wait(5)
+    assert http_ok(f"{notifier.url}/healthz")
+    # the loop has been stuck for longer than the limit: /healthz says so (restart it)
+    now = time.monotonic() + 61
+    monkeypatch.setattr(worker, "_monotonic", lambda: now)
+    assert not http_ok(f"{notifier.url}/healthz")
+    monkeypatch.setattr(worker, "_monotonic", time.monotonic)
+    release.set()
+    deadline = time.monotonic() + 5
+    while not http_ok(f"{notifier.url}/healthz") and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert http_ok(f"{notifier.url}/healthz")
