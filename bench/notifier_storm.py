@@ -51,6 +51,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from agent.localnet import stop_process  # noqa: E402
 from agent.sim.slack_stub import SlackStub  # noqa: E402
 from tests.support.net import free_port, http_ok, metric_value, wait_until  # noqa: E402
 
@@ -203,8 +204,12 @@ def metrics(url: str) -> str:
 def start(args: list[str], port: int, log: Path, env: dict[str, str]) -> subprocess.Popen[bytes]:
     process = subprocess.Popen([sys.executable, *args], cwd=ROOT, stdout=subprocess.DEVNULL,
                                stderr=log.open("wb"), env={**os.environ, **env})
-    wait_until(lambda: process.poll() is None and http_ok(f"http://127.0.0.1:{port}/readyz"),
-               timeout=30, what=f"{args[1]} ready")
+    try:
+        wait_until(lambda: process.poll() is None and
+                   http_ok(f"http://127.0.0.1:{port}/readyz"), timeout=30, what=f"{args[1]} ready")
+    except TimeoutError:
+        stop_process(process)  # never leave it running behind a failed bench
+        raise SystemExit(f"{args[1]} did not get ready; its log: {log}") from None
     return process
 
 
