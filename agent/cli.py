@@ -82,6 +82,11 @@ def _cmd_report_finops(args: argparse.Namespace, config: StewardConfig) -> int:
 
 
 def _cmd_notifier(args: argparse.Namespace, config: StewardConfig) -> int:
+    if getattr(args, "notifier_action", None) == "dead-letters":
+        from agent.notify.dead_letters import run_dead_letters
+
+        return run_dead_letters(config, retry=args.retry, output=args.output,
+                                include_replayed=args.all)
     from agent.notify.app import run_notifier
 
     return _with_state(args, config, lambda: run_notifier(config))
@@ -172,6 +177,25 @@ def build_parser() -> argparse.ArgumentParser:
     _accept_empty_state(notifier)
     notifier.set_defaults(handler=_cmd_notifier, overrides=lambda a: {
         "notifier.listen": ("--listen", a.listen)})
+    notifier_cmds = notifier.add_subparsers(dest="notifier_action", metavar="ACTION")
+    dead_letters = notifier_cmds.add_parser(
+        "dead-letters", help="list (and replay) alert groups the notifier could not deliver",
+        description="List the alert groups the notifier gave up on after "
+                    "notifier.max_attempts (a plain notice was posted in their place), or put "
+                    "one back in the outbox with --retry; a running notifier delivers it.")
+    # The common options again, without defaults: given before the action (steward
+    # notifier --config F dead-letters) they must stand.
+    dead_letters.add_argument("--config", type=Path, default=argparse.SUPPRESS,
+                              help="YAML config file (default: $STEWARD_CONFIG)")
+    dead_letters.add_argument("--log-format", choices=("json", "text"),
+                              default=argparse.SUPPRESS)
+    dead_letters.add_argument("--log-level", choices=("debug", "info", "warning", "error"),
+                              default=argparse.SUPPRESS)
+    dead_letters.add_argument("--retry", type=int, default=None, metavar="ID",
+                              help="replay dead letter ID")
+    dead_letters.add_argument("--all", action="store_true",
+                              help="list replayed dead letters too")
+    dead_letters.add_argument("--output", choices=("table", "json"), default="table")
 
     hygiene = sub.add_parser("hygiene", help="run a hygiene job now, or undo an action")
     hygiene_cmds = hygiene.add_subparsers(dest="hygiene", metavar="ACTION", required=True)

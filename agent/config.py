@@ -219,12 +219,26 @@ class HygieneConfig(Section):
 
 class NotifierConfig(Section):
     listen: ListenAddress = "0.0.0.0:9500"
-    # Bearer token Alertmanager must send (http_config.authorization in its receiver).
+    # Bearer token Alertmanager must send (http_config.authorization in its receiver), or
+    # $STEWARD_NOTIFIER_AUTH_TOKEN. Without either the notifier refuses to start.
     auth_token_file: Path | None = None
+    # Run without a bearer token: anyone who reaches the port can page on-call. Logged as a
+    # warning at every start.
+    allow_unauthenticated: bool = False
     max_body_bytes: int = Field(default=1024 * 1024, gt=0)
     # Slack asks for about one message per second per channel.
     channel_pacing_seconds: float = Field(default=1.0, ge=0)
     retry_max_seconds: float = Field(default=300.0, gt=0)
+    # Failed attempts (rendering, or Slack refusing the message or its channel) before an
+    # alert group is dead-lettered and a plain notice sent instead. Slack being down or
+    # rate limiting is retried without limit.
+    max_attempts: int = Field(default=6, ge=1, le=100)
+    # How often the store is read for work other replicas (or a replay) left.
+    poll_seconds: float = Field(default=1.0, gt=0)
+    # A "firing" for an alert the group already showed resolved (same or earlier start) is
+    # ignored when it arrives within this many seconds of the resolution: an Alertmanager
+    # HA peer that is behind. Later, it is taken as firing again. 0 turns this off.
+    stale_firing_window_seconds: float = Field(default=300.0, ge=0)
     # Dashboard links cover the alert's start minus/plus this window.
     dashboard_window_minutes: int = Field(default=60, gt=0)
 

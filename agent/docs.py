@@ -136,7 +136,7 @@ def _simulated_families() -> dict[str, list[Metric]]:
     hygiene.plan_observed("idle-gpus", candidates=1, unit="gpus", reclaimable=1.0)
     hygiene.action("idle-gpus", "scale_to_zero", "dry_run")
 
-    notifier = NotifierMetrics(lambda: (0, None), process=False)
+    notifier = NotifierMetrics(lambda: (0, None, 0), process=False)
     pending = Metric("steward_pod_pending_since_timestamp_seconds",
                      "When a GPU pod started waiting to be scheduled.", "gauge")
     pending.add_sample(pending.name, {"namespace": "ns", "pod": "p"}, 0.0)

@@ -2,7 +2,12 @@
 time at the configured pacing, and nothing lost.
 
 Run: ``.venv/bin/python bench/notifier_storm.py [--groups 500] [--alerts 10000]
-[--channels 20] [--pacing 1.0] [--senders 16]``
+[--channels 20] [--pacing 1.0] [--senders 16] [--runs 3] [--postgres | --state-url URL]``
+
+``--postgres`` starts a throwaway PostgreSQL (Debian ``postgresql``, as the tests do) and
+points ``state.url`` at it; ``--state-url`` uses one you have. ``--runs N`` repeats the
+whole measurement (reference included) N times and exits non-zero unless every run holds
+the targets (ack p99 <= 3x the reference, nothing lost).
 
 The storm: ``--alerts`` distinct alerts in ``--groups`` groups, each group's alerts arriving
 as Alertmanager sends them, in ``--waves`` cumulative webhooks (the group so far, growing),
@@ -11,10 +16,11 @@ parallel; one group's webhooks stay in order). Groups are routed to ``--channels
 
 Reported, all measured in this run:
 
-- webhook acknowledgement p50/p99 of ``steward notifier`` (validate, commit to SQLite with
-  synchronous=FULL, then 200), and the same for the reference: a bare HTTP handler with the
-  same server settings that only parses the JSON; ratio notifier/bare. Both run as their own
-  process and get the identical request sequence.
+- webhook acknowledgement p50/p99 of ``steward notifier`` (check the bearer token, validate,
+  commit to the store: SQLite with synchronous=FULL, or PostgreSQL, then 200), and the same
+  for the reference: a bare HTTP handler with the same server settings (backlog included)
+  that only parses the JSON; ratio notifier/bare. Both run as their own process and get the
+  identical request sequence.
 - drain: from the first webhook until the outbox is empty and the delivery loop idle, with
   Slack writes paced per channel; against its floor, (writes in the busiest channel - 1) x
   pacing.
@@ -45,10 +51,12 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from agent.localnet import stop_process  # noqa: E402
 from agent.sim.slack_stub import SlackStub  # noqa: E402
 from tests.support.net import free_port, http_ok, metric_value, wait_until  # noqa: E402
 
 TOKEN = "xoxb-bench"
+AUTH_TOKEN = "alertmanager-bench"  # the bearer token the notifier requires
 T0 = datetime(2026, 11, 20, 3, 0, tzinfo=UTC)
 
 
@@ -79,11 +87,15 @@ class _BareHandler(BaseHTTPRequestHandler):
         pass
 
 
+class _BareServer(ThreadingHTTPServer):
+    daemon_threads = True
+    # The notifier's backlog. A class attribute: listen() runs in __init__, so setting it on
+    # the instance afterwards left the reference with a backlog of 5.
+    request_queue_size = 128
+
+
 def serve_bare(port: int) -> None:
-    server = ThreadingHTTPServer(("127.0.0.1", port), _BareHandler)
-    server.daemon_threads = True
-    server.request_queue_size = 128
-    server.serve_forever()
+    _BareServer(("127.0.0.1", port), _BareHandler).serve_forever()
 
 
 # --- the storm ----------------------------------------------------------------------------
@@ -142,7 +154,8 @@ def send_storm(port: int, storm: list[list[bytes]], senders: int) -> list[float]
         for body in bodies:
             t0 = time.perf_counter()
             conn.request("POST", "/alertmanager", body=body,
-                         headers={"Content-Type": "application/json"})
+                         headers={"Content-Type": "application/json",
+                                  "Authorization": f"Bearer {AUTH_TOKEN}"})
             response = conn.getresponse()
             response.read()
             latencies.append(time.perf_counter() - t0)
@@ -165,6 +178,19 @@ def send_from_process(port: int, storm_file: Path, senders: int) -> list[float]:
     return list(json.loads(result.stdout))
 
 
+def histogram_quantile(exposition: str, name: str, q: float) -> float | None:
+    """The upper bound of the bucket holding quantile ``q`` of a Prometheus histogram."""
+    count = metric_value(exposition, f"{name}_count")
+    if not count:
+        return None
+    buckets = sorted((float(m.group(1)), float(m.group(2))) for m in re.finditer(
+        rf'^{name}_bucket{{le="([^"]+)"}} (\S+)$', exposition, re.MULTILINE))
+    for bound, cumulative in buckets:
+        if cumulative >= q * count:
+            return bound
+    return None
+
+
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
@@ -178,9 +204,16 @@ def metrics(url: str) -> str:
 def start(args: list[str], port: int, log: Path, env: dict[str, str]) -> subprocess.Popen[bytes]:
     process = subprocess.Popen([sys.executable, *args], cwd=ROOT, stdout=subprocess.DEVNULL,
                                stderr=log.open("wb"), env={**os.environ, **env})
-    wait_until(lambda: process.poll() is None and http_ok(f"http://127.0.0.1:{port}/readyz"),
-               timeout=30, what=f"{args[1]} ready")
+    try:
+        wait_until(lambda: process.poll() is None and
+                   http_ok(f"http://127.0.0.1:{port}/readyz"), timeout=30, what=f"{args[1]} ready")
+    except TimeoutError:
+        stop_process(process)  # never leave it running behind a failed bench
+        raise SystemExit(f"{args[1]} did not get ready; its log: {log}") from None
     return process
+
+
+P99_TARGET_RATIO = 3.0
 
 
 def main() -> int:
@@ -192,6 +225,13 @@ def main() -> int:
     parser.add_argument("--pacing", type=float, default=1.0,
                         help="notifier.channel_pacing_seconds (the configured default is 1.0)")
     parser.add_argument("--senders", type=int, default=16)
+    parser.add_argument("--runs", type=int, default=1,
+                        help="repeat the whole measurement; every run must hold the targets")
+    store = parser.add_mutually_exclusive_group()
+    store.add_argument("--postgres", action="store_true",
+                       help="state.url on a throwaway PostgreSQL started for the run")
+    store.add_argument("--state-url", default=None,
+                       help="state.url to use (an empty PostgreSQL database)")
     parser.add_argument("--json", type=Path, help="also write the figures here")
     parser.add_argument("--bare-server", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--send", type=int, help=argparse.SUPPRESS)
@@ -206,6 +246,32 @@ def main() -> int:
         print(json.dumps(send_storm(args.send, storm, args.senders)))
         return 0
 
+    server = None
+    if args.postgres:
+        from tests.support.postgres import start_postgres
+
+        server = start_postgres()
+    results = []
+    try:
+        for run in range(args.runs):
+            if args.runs > 1:
+                print(f"--- run {run + 1} of {args.runs}")
+            state_url = args.state_url
+            if server is not None:
+                state_url = server.create_database()
+            results.append(run_once(args, state_url))
+    finally:
+        if server is not None:
+            server.stop()
+    if args.json:
+        args.json.write_text(json.dumps(results if args.runs > 1 else results[0], indent=2)
+                             + "\n")
+    if args.runs > 1:
+        print("p99 ratios per run: " + ", ".join(str(r["ack_p99_ratio"]) for r in results))
+    return 0 if all(r["ok"] for r in results) else 1
+
+
+def run_once(args: argparse.Namespace, state_url: str | None) -> dict[str, Any]:
     storm, names = build_storm(args.groups, args.alerts, args.waves, args.channels)
     webhooks = sum(len(w) for w in storm)
     workdir = Path(tempfile.mkdtemp(prefix="steward-storm-"))
@@ -229,12 +295,12 @@ def main() -> int:
                   "routes": [{"match": {"team": f"team-{c}"}, "channel": f"#team-{c}"}
                              for c in range(args.channels)]},
         "notifier": {"channel_pacing_seconds": args.pacing},
-        "state": {"url": f"sqlite:///{workdir / 'state.db'}"},
+        "state": {"url": state_url or f"sqlite:///{workdir / 'state.db'}"},
         "grafana": {"url": "https://grafana.example"},
     }))
     notifier = start(["-m", "agent.cli", "notifier", "--config", str(config), "--listen",
                       f"127.0.0.1:{port}"], port, workdir / "notifier.log",
-                     {"SLACK_BOT_TOKEN": TOKEN})
+                     {"SLACK_BOT_TOKEN": TOKEN, "STEWARD_NOTIFIER_AUTH_TOKEN": AUTH_TOKEN})
     url = f"http://127.0.0.1:{port}"
     try:
         started = time.monotonic()
@@ -270,7 +336,9 @@ def main() -> int:
     missing_groups = args.groups - len(root_groups)
     undelivered = metric_value(final, "steward_notifier_outbox_depth")
 
-    result = {
+    server_p99 = histogram_quantile(final, "steward_notifier_webhook_ack_seconds", 0.99)
+    result: dict[str, Any] = {
+        "store": (state_url or "sqlite").split("+", 1)[0].split(":", 1)[0],
         "groups": args.groups, "alerts": len(names), "webhooks": webhooks,
         "senders": args.senders, "channels": args.channels, "pacing_seconds": args.pacing,
         "ack_p50_ms": round(percentile(latencies, 0.5) * 1e3, 3),
@@ -278,6 +346,9 @@ def main() -> int:
         "bare_p50_ms": round(percentile(bare_latencies, 0.5) * 1e3, 3),
         "bare_p99_ms": round(percentile(bare_latencies, 0.99) * 1e3, 3),
         "ack_mean_ms": round(statistics.fmean(latencies) * 1e3, 3),
+        # The notifier's own view (validate and persist, from its histogram): what of the
+        # client's latency is the store and what is the HTTP server and the GIL.
+        "server_ack_p99_bucket_ms": None if server_p99 is None else round(server_p99 * 1e3, 3),
         "all_acked_seconds": round(acked, 2),
         "drain_seconds": round(drain, 2),
         "drain_floor_seconds": round(floor, 2),
@@ -293,7 +364,8 @@ def main() -> int:
     result["ack_p99_ratio"] = round(result["ack_p99_ms"] / result["bare_p99_ms"], 2)
     result["drain_over_floor"] = round(drain / floor, 2) if floor else None
     print(f"storm: {len(names)} alerts in {args.groups} groups, {webhooks} webhooks from "
-          f"{args.senders} connections, {args.channels} channels at {args.pacing:g} s pacing")
+          f"{args.senders} connections, {args.channels} channels at {args.pacing:g} s pacing, "
+          f"store {result['store']}")
     print(f"ack p50 {result['ack_p50_ms']} ms (bare {result['bare_p50_ms']} ms, "
           f"ratio {result['ack_p50_ratio']}x); p99 {result['ack_p99_ms']} ms "
           f"(bare {result['bare_p99_ms']} ms, ratio {result['ack_p99_ratio']}x)")
@@ -302,12 +374,10 @@ def main() -> int:
           f"{result['slack_writes_busiest_channel']} writes); ratio {result['drain_over_floor']}")
     print(f"lost alerts {lost_alerts}; groups without exactly one message "
           f"{result['groups_without_exactly_one_message']}; undelivered {undelivered}")
+    result["ok"] = lost_alerts == 0 and result["groups_without_exactly_one_message"] == 0 \
+        and undelivered == 0 and result["ack_p99_ratio"] <= P99_TARGET_RATIO
     print(json.dumps(result))
-    if args.json:
-        args.json.write_text(json.dumps(result, indent=2) + "\n")
-    ok = lost_alerts == 0 and result["groups_without_exactly_one_message"] == 0 \
-        and undelivered == 0
-    return 0 if ok else 1
+    return result
 
 
 if __name__ == "__main__":

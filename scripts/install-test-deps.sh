@@ -6,7 +6,10 @@ cd "$(dirname "$0")/.."
 
 # chromium: the FinOps report's HTML is rendered headless in the tests.
 # etcd-server, openssl, curl: the real Kubernetes control plane (scripts/real-k8s.sh).
-APT_PACKAGES=(prometheus prometheus-alertmanager docker-registry chromium etcd-server openssl curl)
+# postgresql: the notifier's HA tests share a real PostgreSQL (tests/support/postgres.py
+# runs initdb and pg_ctl itself; the Debian service is never used).
+APT_PACKAGES=(prometheus prometheus-alertmanager docker-registry chromium etcd-server openssl curl
+              postgresql)
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do
   dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")

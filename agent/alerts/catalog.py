@@ -517,22 +517,30 @@ _SELF_ALERTS: Final = (
         severity="critical",
         expr=(
             "(\n"
-            "  min by (job, instance) (min_over_time(steward_notifier_outbox_depth[10m])) > 0\n"
+            "  (\n"
+            "    min by (job, instance) (min_over_time(steward_notifier_outbox_depth[10m])) > 0\n"
+            "  )\n"
+            "  and on (job, instance)\n"
+            "  (\n"
+            "    sum by (job, instance) (\n"
+            '      increase(steward_notifier_slack_messages_total{result="error"}[10m])\n'
+            "    ) > 0\n"
+            "  )\n"
             ")\n"
-            "and on (job, instance)\n"
+            "or\n"
             "(\n"
-            "  sum by (job, instance) (\n"
-            '    increase(steward_notifier_slack_messages_total{result="error"}[10m])\n'
-            "  ) > 0\n"
+            "  sum by (job, instance) (increase(steward_notifier_dead_letters_total[1h])) > 0\n"
             ")"
         ),
         for_duration="5m",
         summary="Steward's notifier cannot deliver alerts to Slack.",
         description=(
-            "Notifier {{ $labels.instance }} has had Slack delivery errors while its outbox "
-            'never emptied for 15 minutes (at least {{ $value | printf "%.0f" }} undelivered). '
-            "On-call is not getting Steward's Slack alerts. Alertmanager routes this alert "
-            "(routing=bypass-notifier) to a receiver other than the Steward notifier."
+            "Notifier {{ $labels.instance }} is not delivering alerts to Slack: its Slack "
+            "calls keep failing while its outbox has not emptied for 15 minutes, or it gave "
+            "up on alert groups in the last hour and posted a plain notice instead (dead "
+            "letters: steward notifier dead-letters). On-call is missing Steward's Slack "
+            "alerts. Alertmanager routes this alert (routing=bypass-notifier) to a receiver "
+            "other than the Steward notifier."
         ),
         dashboard_uid="steward-self",
         labels=BYPASS_NOTIFIER_LABELS,

@@ -15,15 +15,17 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import timedelta
 
-from sqlalchemy import Engine
+from sqlalchemy import Engine, create_engine, make_url, text
+from sqlalchemy.pool import NullPool
 
 from agent.config import StewardConfig
 from agent.exporter.server import parse_listen
 from agent.log import register_secret
 from agent.notify.alert_links import LinkSettings
 from agent.notify.delivery import Delivery
+from agent.notify.group_lock import GroupLocks, StoreInUse, group_locks_for
 from agent.notify.metrics import NotifierMetrics
-from agent.notify.outbox import Outbox
+from agent.notify.outbox import Outbox, add_missing_columns
 from agent.notify.routing import Route, Router
 from agent.notify.server import BearerAuth, NotifierServer, auth_from
 from agent.notify.slack import SlackSink
@@ -33,6 +35,11 @@ from agent.state import StoreCreatedCollector, open_store, store_identity
 
 log = logging.getLogger(__name__)
 EXIT_OK, EXIT_RUNTIME, EXIT_USAGE = 0, 1, 2
+# pg_advisory_lock key under which replicas starting together create the tables one by one.
+_SCHEMA_LOCK = 0x5374_6478
+UNAUTHENTICATED_WARNING = (
+    "the notifier accepts webhooks WITHOUT authentication (notifier.allow_unauthenticated): "
+    "anyone who reaches its port can page on-call; set notifier.auth_token_file")
 
 
 @dataclass
@@ -42,6 +49,7 @@ class Notifier:
     worker: DeliveryWorker
     server: NotifierServer
     metrics: NotifierMetrics
+    locks: GroupLocks
     stopped: bool = False
 
     @property
@@ -64,6 +72,7 @@ class Notifier:
         self.server.stop()  # no new webhooks first; the outbox keeps what was acknowledged
         self.worker.stop()
         self.outbox.stop()
+        self.locks.close()
         self.engine.dispose()
 
 
@@ -93,7 +102,33 @@ def config_problems(config: StewardConfig, *,
                             f"{exc.strerror or exc}")
     elif env.get("STEWARD_NOTIFIER_AUTH_TOKEN") == "":
         problems.append("STEWARD_NOTIFIER_AUTH_TOKEN: set but empty")
+    elif "STEWARD_NOTIFIER_AUTH_TOKEN" not in env and not config.notifier.allow_unauthenticated:
+        problems.append(
+            "notifier.auth_token_file: not set; the notifier does not run without a bearer "
+            "token (set notifier.auth_token_file or STEWARD_NOTIFIER_AUTH_TOKEN, or "
+            "notifier.allow_unauthenticated: true to accept anyone's webhooks)")
     return problems
+
+
+def open_notifier_store(url: str) -> Engine:
+    """The state store with the notifier's tables. Replicas starting together on
+    PostgreSQL create them one after the other (concurrent CREATE TABLEs collide)."""
+    if make_url(url).get_backend_name() != "postgresql":
+        engine = open_store(url)
+        add_missing_columns(engine)
+        return engine
+    guard = create_engine(url, poolclass=NullPool)
+    try:
+        with guard.connect() as conn:
+            conn.execute(text("SELECT pg_advisory_lock(:k)"), {"k": _SCHEMA_LOCK})
+            try:
+                engine = open_store(url)
+                add_missing_columns(engine)
+            finally:
+                conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": _SCHEMA_LOCK})
+    finally:
+        guard.dispose()
+    return engine
 
 
 def build_notifier(config: StewardConfig, *, sink: SlackSink | None = None,
@@ -102,7 +137,11 @@ def build_notifier(config: StewardConfig, *, sink: SlackSink | None = None,
                    environ: Mapping[str, str] | None = None,
                    clock: Callable[[], float] = time.time) -> Notifier:
     """A notifier wired from ``config``, not started. ``listen`` overrides notifier.listen
-    ("127.0.0.1:0" picks a free port); ``sink`` replaces the Slack client built from config."""
+    ("127.0.0.1:0" picks a free port); ``sink`` replaces the Slack client built from config.
+
+    Refuses (ValueError) to build one without a bearer token unless
+    notifier.allow_unauthenticated; StoreInUse when another notifier holds its SQLite store.
+    """
     env = dict(os.environ if environ is None else environ)
     if sink is None:
         token = config.slack.resolved_token()
@@ -112,12 +151,21 @@ def build_notifier(config: StewardConfig, *, sink: SlackSink | None = None,
         sink = SlackSink.create(token=token.get_secret_value(), api_url=config.slack.api_url)
     if auth is None:
         auth = auth_from(config.notifier.auth_token_file, env)
-    engine = open_store(config.state.url)
+    if auth is None and not config.notifier.allow_unauthenticated:
+        raise ValueError("notifier: no bearer token (notifier.auth_token_file or "
+                         "STEWARD_NOTIFIER_AUTH_TOKEN) and notifier.allow_unauthenticated "
+                         "is not set")
+    engine = open_notifier_store(config.state.url)
+    try:
+        locks = group_locks_for(engine)
+    except Exception:
+        engine.dispose()
+        raise
     outbox = Outbox(engine, clock=clock)
 
-    def stats() -> tuple[int, float | None]:
+    def stats() -> tuple[int, float | None, int]:
         current = outbox.stats()
-        return current.depth, current.oldest_received_at
+        return current.depth, current.oldest_received_at, current.dead_letters
 
     metrics = NotifierMetrics(stats, clock=clock)
     metrics.registry.register(StoreCreatedCollector(store_identity(engine)))
@@ -127,12 +175,16 @@ def build_notifier(config: StewardConfig, *, sink: SlackSink | None = None,
         runbook_base_url=config.runbooks.base_url, grafana_url=config.grafana.url,
         alertmanager_url=config.alertmanager.url,
         dashboard_window=timedelta(minutes=config.notifier.dashboard_window_minutes))
-    delivery = Delivery(outbox, sink, router, links, clock=clock, on_write=metrics.slack_ok)
+    delivery = Delivery(outbox, sink, router, links, clock=clock, on_write=metrics.slack_ok,
+                        stale_window=timedelta(
+                            seconds=config.notifier.stale_firing_window_seconds))
     worker = DeliveryWorker(delivery, outbox, metrics,
                             pacing_seconds=config.notifier.channel_pacing_seconds,
                             retry_base_seconds=retry_base_seconds,
                             retry_max_seconds=config.notifier.retry_max_seconds,
-                            threads=threads)
+                            max_attempts=config.notifier.max_attempts,
+                            poll_seconds=config.notifier.poll_seconds,
+                            threads=threads, locks=locks, clock=clock)
     outbox.set_listener(worker.notify)
     server = NotifierServer(
         parse_listen(listen or config.notifier.listen),
@@ -140,7 +192,8 @@ def build_notifier(config: StewardConfig, *, sink: SlackSink | None = None,
         metrics=metrics,
         healthy=worker.alive, ready=lambda: worker.alive() and outbox.running,
         max_body_bytes=config.notifier.max_body_bytes, auth=auth)
-    return Notifier(engine=engine, outbox=outbox, worker=worker, server=server, metrics=metrics)
+    return Notifier(engine=engine, outbox=outbox, worker=worker, server=server, metrics=metrics,
+                    locks=locks)
 
 
 def run_notifier(config: StewardConfig, *, stop: threading.Event | None = None,
@@ -153,7 +206,13 @@ def run_notifier(config: StewardConfig, *, stop: threading.Event | None = None,
         return EXIT_USAGE
     stop = stop or threading.Event()
     stop_on_signals(stop)
-    notifier = build_notifier(config)
+    try:
+        notifier = build_notifier(config)
+    except StoreInUse as exc:
+        print(f"steward: {exc}", file=sys.stderr)
+        return EXIT_RUNTIME
+    if notifier.server.auth is None:
+        log.warning(UNAUTHENTICATED_WARNING)
     notifier.start()
     log.info("notifier started", extra={
         "listen": config.notifier.listen, "port": notifier.port,

@@ -3,16 +3,28 @@
 Every rendering stays inside Slack's limits: at most 50 blocks, 150 characters in a header,
 3000 in a section, 75 in a button label, 3000 in a URL. A group too large to show every
 alert in full is summarised (the rest as compact lines, then a count), never rejected.
+
+Nothing from a webhook is ever active markup: every interpolated string goes through
+:func:`escape` (``&``, ``<``, ``>``; ``@channel``/``@here``/``@everyone`` and ``://`` broken
+with an invisible space), every mrkdwn object is ``verbatim`` (Slack then neither links bare
+URLs nor parses mentions), and links are made only to configured hosts (``alert_links``).
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Final
 
-from agent.notify.alert_links import AlertLinks, LinkSettings, links_for
+from agent.notify.alert_links import (
+    AlertLinks,
+    LinkSettings,
+    allowed_link,
+    links_for,
+    unlinked_runbook,
+)
 from agent.notify.incident import SEVERITY_RANK, AlertState, Change, ordered
 
 MAX_BLOCKS: Final = 50
@@ -34,6 +46,9 @@ _FULL_WHEN_SUMMARISED: Final = 21
 _EMOJI: Final = {"critical": "🔴", "error": "🔴", "warning": "🟠", "info": "🔵"}
 _RESOLVED: Final = "✅"
 _CONTROL: Final = {c: " " for c in (*range(0, 9), 11, 12, *range(14, 32), 127)}
+_ZWSP: Final = "\u200b"
+# Plain-text words Slack may turn into a notification for everyone in the channel.
+_BROADCAST: Final = re.compile(r"@(?=(?:channel|here|everyone)\b)", re.IGNORECASE)
 
 Block = dict[str, Any]
 
@@ -52,7 +67,6 @@ class GroupView:
 
     alerts: Sequence[AlertState]
     group_labels: Mapping[str, str]
-    external_url: str = ""
     truncated_alerts: int = 0
 
     @property
@@ -71,9 +85,29 @@ def clean(text: str) -> str:
     return text.translate(_CONTROL)
 
 
+def inert(text: str) -> str:
+    """``text`` with control characters blanked and nothing Slack could act on: no
+    broadcast mention, no URL it would link (for plain_text objects)."""
+    return _BROADCAST.sub("@" + _ZWSP, clean(text)).replace("://", ":" + _ZWSP + "//")
+
+
+def plain(text: str) -> str:
+    """Untrusted text for a plain_text object: :func:`inert`, and no angle brackets at all
+    (Slack shows plain_text literally, but nothing markup-like should leave us)."""
+    # single angle quotation marks (U+2039, U+203A) in their place
+    return inert(text).replace("<", "\u2039").replace(">", "\u203a")
+
+
 def escape(text: str) -> str:
-    """Slack mrkdwn control characters; labels and annotations are not trusted markup."""
-    return clean(text).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    """Untrusted text for mrkdwn: Slack's control characters as entities (so ``<!channel>``,
+    ``<@U…>`` or ``<url|label>`` cannot be formed), and :func:`inert`."""
+    return inert(text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;"))
+
+
+def mrkdwn_link(url: str, label: str) -> str:
+    """``<url|label>`` for a URL that ``alert_links.allowed_link`` returned (percent-encoded,
+    so it holds no ``<``, ``>`` or ``|``); ``label`` is escaped here."""
+    return f"<{url.replace('&', '&amp;')}|{escape(label)}>"
 
 
 def fit(text: str, limit: int) -> str:
@@ -155,8 +189,14 @@ def _labels_text(labels: Mapping[str, str]) -> str:
 # --- blocks -------------------------------------------------------------------------------
 
 
+def _mrkdwn(text: str) -> Block:
+    # verbatim: Slack takes the text as written: no auto-linked URLs or channel names, no
+    # mention parsing. Our own links and dates are explicit <...> markup.
+    return {"type": "mrkdwn", "text": text, "verbatim": True}
+
+
 def _section(text: str) -> Block:
-    return {"type": "section", "text": {"type": "mrkdwn", "text": text[:MAX_SECTION] or " "}}
+    return {"type": "section", "text": _mrkdwn(text[:MAX_SECTION] or " ")}
 
 
 def _button(label: str, url: str, action_id: str) -> Block:
@@ -165,7 +205,7 @@ def _button(label: str, url: str, action_id: str) -> Block:
             "url": url, "action_id": action_id}
 
 
-def _alert_section(alert: AlertState) -> Block:
+def _alert_section(alert: AlertState, settings: LinkSettings) -> Block:
     status = "firing" if alert.firing else "resolved"
     head = f"{_emoji(alert)} *{escape(fit(alert.alertname or '(no alertname)', 200))}*" \
            f"  ·  {escape(fit(alert.severity or 'no severity', 40))}  ·  {status}"
@@ -180,6 +220,9 @@ def _alert_section(alert: AlertState) -> Block:
     if alert.ends_at is not None:
         started += f"  ·  resolved {_date(alert.ends_at)}"
     lines.append(started)
+    unlinked = unlinked_runbook(alert, settings)
+    if unlinked:
+        lines.append(f"Runbook (not a configured host, not linked): {fit_escaped(unlinked, 300)}")
     text = "\n".join(lines)
     description = alert.annotations.get("description")
     room = MAX_SECTION - len(text) - 3
@@ -250,7 +293,7 @@ def render_group(view: GroupView, settings: LinkSettings) -> Message:
     place = " · ".join(where(view.group_labels))
     header = f"{status} {names}" + (f" — {place}" if place else "")
     blocks: list[Block] = [
-        {"type": "header", "text": {"type": "plain_text", "text": fit(clean(header), MAX_HEADER),
+        {"type": "header", "text": {"type": "plain_text", "text": fit(plain(header), MAX_HEADER),
                                     "emoji": True}},
     ]
     firing = view.firing
@@ -263,14 +306,12 @@ def render_group(view: GroupView, settings: LinkSettings) -> Message:
     ]
     if first_start is not None:
         fields.append(f"*Started*\n{_date(first_start)}")
-    blocks.append({"type": "section",
-                   "fields": [{"type": "mrkdwn", "text": f} for f in fields[:MAX_FIELDS]]})
+    blocks.append({"type": "section", "fields": [_mrkdwn(f) for f in fields[:MAX_FIELDS]]})
 
     full = len(alerts) if len(alerts) <= _FULL_IF_ALL_FIT else _FULL_WHEN_SUMMARISED
     for index, alert in enumerate(alerts[:full]):
-        blocks.append(_alert_section(alert))
-        buttons = _link_buttons(links_for(alert, settings, external_url=view.external_url),
-                                index)
+        blocks.append(_alert_section(alert, settings))
+        buttons = _link_buttons(links_for(alert, settings), index)
         if buttons is not None:
             blocks.append(buttons)
     rest = alerts[full:]
@@ -286,45 +327,46 @@ def render_group(view: GroupView, settings: LinkSettings) -> Message:
                 runbooks.setdefault(alert.alertname, url)
         if runbooks:
             line = "Runbooks: " + " · ".join(
-                f"<{url}|{escape(fit(name, 80))}>" for name, url in runbooks.items())
+                mrkdwn_link(url, fit(name, 80)) for name, url in runbooks.items())
             if len(line) > MAX_SECTION:
                 line = "Runbooks: " + ", ".join(escape(fit(n, 80)) for n in runbooks)
             blocks.append(_section(fit(line, MAX_SECTION)))
-    blocks.append(_footer(view))
+    blocks.append(_footer(view, settings))
     text = f"{status} {names}" + (f" — {place}" if place else "") + f" ({counts})"
-    return Message(text=fit(clean(text), MAX_TEXT), blocks=blocks[:MAX_BLOCKS])
+    return Message(text=fit_escaped(text, MAX_TEXT), blocks=blocks[:MAX_BLOCKS])
 
 
-def _footer(view: GroupView) -> Block:
+def _footer(view: GroupView, settings: LinkSettings) -> Block:
     parts = ["Steward"]
-    url = view.external_url
-    if url.startswith(("http://", "https://")) and len(url) < 500:
-        parts.append(f"<{url}/#/alerts|Alertmanager>")
+    # The configured Alertmanager, never the payload's externalURL (the sender's word).
+    url = allowed_link(f"{(settings.alertmanager_url or '').rstrip('/')}/#/alerts", settings) \
+        if settings.alertmanager_url else None
+    if url is not None:
+        parts.append(mrkdwn_link(url, "Alertmanager"))
     if view.truncated_alerts:
         parts.append(f"Alertmanager left out {view.truncated_alerts} more alerts (max_alerts)")
     text = "  ·  ".join(parts)
-    return {"type": "context", "elements": [{"type": "mrkdwn", "text": fit(text, MAX_CONTEXT)}]}
+    return {"type": "context", "elements": [_mrkdwn(fit(text, MAX_CONTEXT))]}
 
 
-def _change_line(change: Change, settings: LinkSettings, external_url: str) -> str:
+def _change_line(change: Change, settings: LinkSettings) -> str:
     alert = change.alert
     verb = "Firing" if change.kind == "firing" else "Resolved"
     line = f"{_emoji(alert)} *{verb}*: " + _compact_line(alert).split(" ", 1)[1]
     summary = alert.annotations.get("summary")
     if summary:
         line += "\n" + fit_escaped(summary, 300)
-    links = links_for(alert, settings, external_url=external_url)
+    links = links_for(alert, settings)
     named = [(label, url) for label, url in (("runbook", links.runbook),
                                              ("dashboard", links.dashboard),
                                              ("silence", links.silence)) if url]
-    link_text = " · ".join(f"<{url}|{label}>" for label, url in named)
+    link_text = " · ".join(mrkdwn_link(url, label) for label, url in named)
     if link_text and len(line) + len(link_text) + 1 <= MAX_SECTION:
         line += "\n" + link_text
     return fit(line, MAX_SECTION)
 
 
-def render_changes(changes: Sequence[Change], settings: LinkSettings, *,
-                   external_url: str = "") -> Message:
+def render_changes(changes: Sequence[Change], settings: LinkSettings) -> Message:
     """A thread reply: what fired and what resolved since the last reply, in order."""
     fired = [c for c in changes if c.kind == "firing"]
     resolved = [c for c in changes if c.kind == "resolved"]
@@ -337,13 +379,13 @@ def render_changes(changes: Sequence[Change], settings: LinkSettings, *,
     blocks: list[Block] = [_section(f"*{summary}*")]
     room = MAX_BLOCKS - len(blocks)
     shown = changes if len(changes) <= room else changes[: room - 1]
-    blocks.extend(_section(_change_line(c, settings, external_url)) for c in shown)
+    blocks.extend(_section(_change_line(c, settings)) for c in shown)
     if len(shown) < len(changes):
         blocks.extend(_pack([_compact_line(c.alert) for c in changes[len(shown):]],
                             max_blocks=1, total=len(changes) - len(shown), more="changes"))
     names = "; ".join(f"{c.alert.alertname} {c.kind}" for c in changes[:20])
     text = f"{summary}: {names}" + (" …" if len(changes) > 20 else "")
-    return Message(text=fit(clean(text), MAX_TEXT), blocks=blocks[:MAX_BLOCKS])
+    return Message(text=fit_escaped(text, MAX_TEXT), blocks=blocks[:MAX_BLOCKS])
 
 
 def render_plain(message: Message) -> Message:

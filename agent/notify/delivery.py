@@ -5,20 +5,43 @@ still missing: post the root message, update it in place, or reply in its thread
 changed. Posts are idempotent through a write-ahead marker (see ``outbox.Inflight``): after
 a crash or a lost response, the next step finds the post in Slack by its metadata and
 records it instead of posting twice. Updates are idempotent by nature.
+
+A group that keeps failing is moved out of the outbox into a dead letter
+(:meth:`Delivery.dead_letter`), and a plain notice (escaped, no blocks) tells its channel
+which alerts could not be shown and why; the notice is sent by the group's next step, with
+the same write-ahead lookup as any post.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
+from datetime import UTC, datetime, timedelta
 from typing import Final
 
 from agent.notify.alert_links import LinkSettings
-from agent.notify.blocks import GroupView, Message, render_changes, render_group, render_plain
-from agent.notify.incident import accumulate, all_resolved, ordered
-from agent.notify.outbox import GroupState, Inflight, Outbox, Outcome, Pending
+from agent.notify.blocks import (
+    MAX_TEXT,
+    GroupView,
+    Message,
+    fit,
+    fit_escaped,
+    render_changes,
+    render_group,
+    render_plain,
+)
+from agent.notify.incident import accumulate, all_resolved, ordered, without_stale
+from agent.notify.outbox import (
+    DeadLetter,
+    GroupState,
+    Inflight,
+    Outbox,
+    Outcome,
+    Pending,
+    lenient_fields,
+)
 from agent.notify.routing import NoChannel, Router
 from agent.notify.slack import (
     RENDER_ERRORS,
@@ -37,6 +60,7 @@ log = logging.getLogger(__name__)
 # comes from Slack's clock.
 _CLOCK_SKEW_SECONDS: Final = 120.0
 UNROUTABLE_LANE: Final = ""
+KEEP_QUEUED: Final = -1  # StepResult.next_id: more to do, position unknown
 
 
 @dataclass(frozen=True)
@@ -44,6 +68,7 @@ class StepResult:
     wrote: bool  # made a paced Slack write (post or update)
     lane: str | None  # the channel the group's messages go to, when known
     next_id: int | None  # the oldest webhook still undelivered, None when done
+    retry_at: float | None = None  # not before then (clock time): another replica failed it
 
 
 def _segment(pending: Sequence[Pending]) -> list[Pending]:
@@ -58,20 +83,32 @@ def _segment(pending: Sequence[Pending]) -> list[Pending]:
 class Delivery:
     def __init__(self, outbox: Outbox, sink: SlackSink, router: Router, links: LinkSettings,
                  *, clock: Callable[[], float] = time.time,
-                 on_write: Callable[[], None] | None = None) -> None:
+                 on_write: Callable[[], None] | None = None,
+                 stale_window: timedelta = timedelta(minutes=5)) -> None:
         self._outbox = outbox
         self._sink = sink
         self._router = router
         self._links = links
         self._clock = clock
         self._on_write = on_write or (lambda: None)
+        self._stale_window = stale_window
 
     def lane_for(self, group_id: str) -> str:
         """The channel a group's next step will write to (pacing is per channel)."""
         state = self._outbox.group(group_id)
         if state is not None and state.lane and state.ts and not state.resolved:
             return state.lane
-        first = self._outbox.first_pending(group_id)
+        try:
+            first = self._outbox.first_pending(group_id)
+        except ValueError:
+            # It will not parse (its step fails and is isolated); route it as far as its
+            # JSON can be read, so that it waits in its own channel's lane.
+            raw = self._outbox.pending_raw(group_id)
+            try:
+                return self._router.channel_for(lenient_fields(raw[0][1]).alert_labels) \
+                    if raw else UNROUTABLE_LANE
+            except NoChannel:
+                return UNROUTABLE_LANE
         if first is None:
             return state.lane if state is not None and state.lane else UNROUTABLE_LANE
         try:
@@ -89,16 +126,35 @@ class Delivery:
 
     def step(self, group_id: str) -> StepResult:
         state = self._outbox.group(group_id)
+        if state is not None and state.retry_at is not None and state.retry_at > self._clock():
+            return StepResult(wrote=False, lane=state.lane, next_id=KEEP_QUEUED,
+                              retry_at=state.retry_at)
         if state is not None and state.inflight is not None:
             self._settle(state, state.inflight)
             state = self._outbox.group(group_id)
+        notice = self._outbox.pending_fallback(group_id)
+        if notice is not None:
+            self._send_notice(notice)
+            return StepResult(wrote=True, lane=state.lane if state is not None else None,
+                              next_id=KEEP_QUEUED)
         pending = self._outbox.pending(group_id)
         lane = state.lane if state is not None else None
         if not pending:
             return StepResult(wrote=False, lane=lane, next_id=None)
-        segment = _segment(pending)
+        fresh = self._fresh(state, pending)
+        if not fresh:
+            assert state is not None  # only what the group has seen can be stale
+            self._outbox.commit(group_id, state.group_key, Outcome(
+                tuple(p.id for p in pending), state.alerts, state.resolved,
+                state.rendered_upto))
+            log.info("ignored stale webhooks (an Alertmanager peer behind)", extra={
+                "group_id": group_id, "webhooks": len(pending)})
+            return StepResult(wrote=False, lane=lane, next_id=None)
+        segment = _segment(fresh)
         last = segment[-1]
-        after = pending[len(segment)].id if len(segment) < len(pending) else None
+        # Stale webhooks before the segment's end are delivered with it.
+        ids = tuple(p.id for p in pending if p.id <= last.id)
+        after = next((p.id for p in pending if p.id > last.id), None)
         notification = last.notification
         group_key = notification.group_key
         any_firing = any(a.status == "firing" for p in segment for a in p.notification.alerts)
@@ -106,9 +162,7 @@ class Delivery:
         base = {} if state is None or (state.resolved and new_root) else state.alerts
         alerts, changes = accumulate(base, [p.notification for p in segment])
         view = GroupView(alerts=ordered(alerts.values()), group_labels=notification.group_labels,
-                         external_url=notification.external_url,
                          truncated_alerts=notification.truncated_alerts)
-        ids = tuple(p.id for p in segment)
         resolved = all_resolved(alerts)
 
         if new_root:
@@ -144,7 +198,7 @@ class Delivery:
         op = Inflight(op_id=f"steward-{group_id[:16]}-{last.id}-reply", kind="reply",
                       since=self._clock(), channel=state.channel_id, thread_ts=state.ts,
                       outcome=outcome)
-        message = render_changes(changes, self._links, external_url=notification.external_url)
+        message = render_changes(changes, self._links)
         try:
             self._post(group_id, group_key, op, message)
         except SlackRejected as exc:
@@ -153,6 +207,104 @@ class Delivery:
         log.info("replied in alert group thread", extra={
             "group_id": group_id, "changes": len(changes), "resolved": resolved})
         return StepResult(wrote=True, lane=state.lane, next_id=after)
+
+    def _fresh(self, state: GroupState | None, pending: Sequence[Pending]) -> list[Pending]:
+        """``pending`` without what the group has already seen superseded."""
+        if state is None:
+            return list(pending)
+        known = dict(state.alerts)
+        fresh = []
+        for item in pending:
+            received = datetime.fromtimestamp(item.received_at, UTC)
+            notification = without_stale(item.notification, known, received_at=received,
+                                         window=self._stale_window)
+            if notification is None:
+                continue
+            fresh.append(item if notification is item.notification
+                         else Pending(item.id, item.received_at, notification))
+            known, _ = accumulate(known, [notification], received_at=received)
+        return fresh
+
+    # --- failures and dead letters --------------------------------------------------------
+
+    def record_failure(self, group_id: str, reason: str, *,
+                       delay_for: Callable[[int], float]) -> tuple[int, float]:
+        """One more failed attempt of the group's step: (attempts, seconds to the next)."""
+        state = self._outbox.group(group_id)
+        key = state.group_key if state is not None else ""
+        if not key:
+            raw = self._outbox.pending_raw(group_id)
+            key = lenient_fields(raw[0][1]).group_key if raw else ""
+        return self._outbox.record_failure(group_id, key, reason, delay_for=delay_for)
+
+    def dead_letter(self, group_id: str, *, reason: str, attempts: int,
+                    channel_refused: bool = False) -> DeadLetter | None:
+        """Give up on the group's undelivered webhooks: keep them as a dead letter (``steward
+        notifier dead-letters --retry ID`` sends them again) and queue the notice.
+
+        Reads the payloads leniently: one that no longer parses may be why it failed.
+        """
+        raw = self._outbox.pending_raw(group_id)
+        state = self._outbox.group(group_id)
+        group_key = state.group_key if state is not None else ""
+        names: list[str] = []
+        label_sets: list[Mapping[str, str]] = []
+        for _, payload in raw:
+            found = lenient_fields(payload)
+            group_key = group_key or found.group_key
+            label_sets.extend(found.alert_labels)
+            names.extend(n for n in found.alertnames if n not in names)
+        lane = state.lane if state is not None and state.lane else None
+        if lane is None:
+            try:
+                lane = self._router.channel_for(label_sets)
+            except NoChannel:
+                lane = None
+        fallback = self._router.default_channel if channel_refused or lane is None else lane
+        dead = self._outbox.dead_letter(group_id, group_key, reason=reason, attempts=attempts,
+                                        alertnames=names, lane=lane, fallback_channel=fallback)
+        if dead is not None:
+            log.error("alert group dead-lettered", extra={
+                "group_id": group_id, "dead_letter": dead.id, "reason": reason,
+                "attempts": attempts, "alertnames": names[:10], "webhooks": dead.webhooks,
+                "notice": dead.fallback_state})
+        return dead
+
+    def _send_notice(self, dead: DeadLetter) -> None:
+        """The plain notice of a dead letter, once: looked up first when an earlier attempt
+        may have posted it; to the default channel when its own channel refuses it."""
+        channel = dead.fallback_channel or self._router.default_channel
+        if channel is None:
+            self._outbox.fallback_done(dead.id, "failed", error="no channel to send it to")
+            return
+        op_id = f"steward-dead-letter-{dead.id}"
+        if dead.fallback_attempted_at is not None:
+            channel_id = self._outbox.channel_id(channel) or self._sink.resolve_channel(channel)
+            found = None if channel_id is None else self._sink.find_posted(
+                channel_id, op_id, oldest=dead.fallback_attempted_at - _CLOCK_SKEW_SECONDS)
+            if found is not None:
+                self._outbox.fallback_done(dead.id, "sent", channel=channel, ts=found)
+                return
+        message = dead_letter_notice(dead)
+        tried: list[str] = []
+        for target in dict.fromkeys((channel, self._router.default_channel)):
+            if target is None:
+                continue
+            tried.append(target)
+            self._outbox.fallback_attempted(dead.id, target)
+            try:
+                posted = self._sink.post(target, message, op_id=op_id)
+            except SlackRejected as exc:
+                if exc.sink_wide:
+                    raise
+                log.warning("dead-letter notice refused", extra={
+                    "dead_letter": dead.id, "channel": target, "error": exc.error})
+                continue
+            self._on_write()
+            self._outbox.fallback_done(dead.id, "sent", channel=target, ts=posted.ts)
+            return
+        self._outbox.fallback_done(dead.id, "failed",
+                                   error=f"every channel refused it: {', '.join(tried)}")
 
     def _root_gone(self, group_id: str, state: GroupState, exc: SlackRejected,
                    next_id: int) -> StepResult:
@@ -230,3 +382,16 @@ class Delivery:
         self._outbox.commit(state.group_id, state.group_key, outcome)
         log.info("earlier post found in Slack; not posting again", extra={
             "group_id": state.group_id, "op": op.op_id, "ts": found})
+
+
+def dead_letter_notice(dead: DeadLetter) -> Message:
+    """Plain text, every interpolated string escaped: safe whatever the payload held."""
+    names = ", ".join(dead.alertnames[:10]) or "(no alertname could be read)"
+    if len(dead.alertnames) > 10:
+        names += f" and {len(dead.alertnames) - 10} more"
+    text = (
+        f":warning: Steward could not show an alert group here: {fit_escaped(names, 600)}. "
+        f"Reason after {dead.attempts} attempts: {fit_escaped(dead.reason, 400)}. "
+        f"Check Alertmanager for its alerts. It is kept as dead letter {dead.id}: "
+        f"`steward notifier dead-letters --retry {dead.id}` sends it again.")
+    return Message(text=fit(text, MAX_TEXT), blocks=[])

@@ -4,6 +4,10 @@ Alertmanager sends a resolved alert once and then forgets it, so a group's later
 longer carry it. The Slack message must still show it, so the notifier keeps the union of
 every alert seen in the incident (:func:`accumulate`), and derives the thread replies
 ("fired", "resolved") from the order in which webhooks changed that union.
+
+Alertmanager peers in an HA cluster notify independently, so one that is behind can send a
+group's "firing" after another sent its "resolved". :func:`without_stale` drops what the
+group has already seen superseded, so that an incident that is over does not page again.
 """
 
 from __future__ import annotations
@@ -11,7 +15,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
 from agent.notify.webhook import Notification, Status, WebhookAlert
@@ -111,6 +115,36 @@ def accumulate(base: Mapping[str, AlertState], notifications: Iterable[Notificat
                     alerts[key] = resolved
                     changes.append(Change("resolved", resolved))
     return alerts, changes
+
+
+def is_stale(new: WebhookAlert, known: AlertState | None, *, received_at: datetime,
+             window: timedelta) -> bool:
+    """``new`` is older news than ``known``: the occurrence it reports as firing already
+    resolved, and it arrived within ``window`` of that resolution.
+
+    A firing alert that started no later than the known resolution describes that same (or
+    an older) occurrence: an alert that fires again gets a new startsAt. Past ``window`` it
+    is taken as firing again after all (Prometheus restores an alert's start time after a
+    restart, so a real re-fire can carry the old startsAt): a missed page is worse than a
+    repeated one. A resolve is never dropped: Alertmanager moves an alert's startsAt
+    earlier when it merges the same alert from two Prometheus replicas.
+    """
+    if known is None or known.firing or new.status != "firing" or known.ends_at is None:
+        return False
+    return new.starts_utc <= known.ends_at and received_at - known.ends_at <= window
+
+
+def without_stale(notification: Notification, known: Mapping[str, AlertState], *,
+                  received_at: datetime, window: timedelta) -> Notification | None:
+    """``notification`` without its stale alerts (see :func:`is_stale`); None when nothing
+    in it is news."""
+    kept = [a for a in notification.alerts
+            if not is_stale(a, known.get(a.key), received_at=received_at, window=window)]
+    if len(kept) == len(notification.alerts):
+        return notification
+    if not kept:
+        return None
+    return notification.model_copy(update={"alerts": kept})
 
 
 def ordered(alerts: Iterable[AlertState]) -> list[AlertState]:

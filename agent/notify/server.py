@@ -3,6 +3,10 @@
 A webhook is answered 200 only after it is committed to the outbox. Input a client can get
 wrong is a 4xx with a one-line reason (400 malformed, 401 token, 411 no length, 413 too
 large, 415 not JSON); a 503 means the store failed and Alertmanager should retry.
+
+Any answer given before a request's body was read closes the connection: on a kept-alive
+connection the unread body would otherwise be parsed as the next request (a 401 must not
+let an unauthenticated body through as a request of its own).
 """
 
 from __future__ import annotations
@@ -78,6 +82,26 @@ class BearerAuth:
 class _Handler(KeepAliveHandler):
     timeout = 30  # a client that stops sending mid-body loses its connection, not a thread
     server: NotifierServer
+    _body_read = False
+
+    def parse_request(self) -> bool:
+        self._body_read = False
+        return super().parse_request()
+
+    def _has_body(self) -> bool:
+        if self.headers.get("Transfer-Encoding"):
+            return True
+        try:
+            return int(self.headers.get("Content-Length") or 0) != 0
+        except ValueError:
+            return True
+
+    def _send(self, status: int, body: bytes, content_type: str,
+              headers: dict[str, str] | None = None) -> None:
+        if not self._body_read and self._has_body():
+            # "Connection: close" also makes the base class end the connection after this.
+            headers = {**(headers or {}), "Connection": "close"}
+        super()._send(status, body, content_type, headers)
 
     def _json(self, status: int, payload: dict[str, Any],
               headers: dict[str, str] | None = None) -> None:
@@ -164,6 +188,7 @@ class _Handler(KeepAliveHandler):
                 self._reject(415, f"Content-Type must be {_JSON}")
                 return
         body = self.rfile.read(length)
+        self._body_read = True
         if len(body) < length:
             self.close_connection = True
             self._reject(400, "body shorter than Content-Length")

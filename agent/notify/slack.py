@@ -8,6 +8,8 @@ of three exceptions and the worker decides when to try again:
 - :class:`SlackUnavailable`: network error, timeout, 5xx, Slack's ``internal_error``; back
   off. ``maybe_delivered`` says the request may have been applied before the failure.
 - :class:`SlackRejected`: any other ``{"ok": false}``; the request was not applied.
+  ``sink_wide`` says it is about the token or the app (every message would fail alike), not
+  about this message or its channel.
 """
 
 from __future__ import annotations
@@ -42,6 +44,18 @@ RENDER_ERRORS: Final = frozenset({"invalid_blocks", "invalid_blocks_format", "ms
 # The root cannot be edited or replied to any more (deleted, too old): post a new one.
 ROOT_GONE_ERRORS: Final = frozenset({"message_not_found", "cant_update_message",
                                      "edit_window_closed", "thread_not_found"})
+# The token or the app, not the message: retried without end, never dead-lettered.
+SINK_ERRORS: Final = frozenset({
+    "invalid_auth", "not_authed", "token_revoked", "token_expired", "account_inactive",
+    "no_permission", "missing_scope", "org_login_required", "team_access_not_granted",
+    "access_denied", "not_allowed_token_type", "two_factor_setup_required",
+})
+# The channel cannot take the message: a notice goes to the default channel instead.
+CHANNEL_ERRORS: Final = frozenset({
+    "channel_not_found", "not_in_channel", "is_archived", "restricted_action",
+    "restricted_action_read_only_channel", "restricted_action_non_threadable_channel",
+    "restricted_action_thread_only_channel", "cannot_post_in_channel",
+})
 _CHANNEL_ID: Final = re.compile(r"^[CGD][A-Z0-9]{6,}$")
 _DEFAULT_RETRY_AFTER: Final = 1.0
 _LOOKUP_PAGES: Final = 10
@@ -70,6 +84,10 @@ class SlackRejected(SlackCallFailed):
     def __init__(self, method: str, error: str) -> None:
         super().__init__(method, error)
         self.error = error
+
+    @property
+    def sink_wide(self) -> bool:
+        return self.error in SINK_ERRORS
 
 
 @dataclass(frozen=True)
@@ -133,9 +151,12 @@ class SlackSink:
              op_id: str | None = None) -> Posted:
         metadata = None if op_id is None else {
             "event_type": METADATA_EVENT_TYPE, "event_payload": {"op": op_id}}
+        # parse=none, link_names=false: Slack acts on no mention or channel name in the text
+        # but our own explicit markup (the text is escaped, see blocks.escape).
         response = self._call("chat.postMessage", lambda: self._client.chat_postMessage(
             channel=channel, text=message.text, blocks=message.blocks or None,
             thread_ts=thread_ts, metadata=metadata, unfurl_links=False, unfurl_media=False,
+            parse="none", link_names=False,
         ), write=True)
         return Posted(channel_id=str(response["channel"]), ts=str(response["ts"]))
 
@@ -143,6 +164,7 @@ class SlackSink:
         # An empty list (not None) removes blocks the previous version had.
         self._call("chat.update", lambda: self._client.chat_update(
             channel=channel_id, ts=ts, text=message.text, blocks=message.blocks,
+            parse="none", link_names=False,
         ), write=True)
 
     def resolve_channel(self, channel: str) -> str | None:

@@ -10,17 +10,34 @@ import hashlib
 from datetime import UTC, datetime
 from typing import Annotated, Final, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    StringConstraints,
+    ValidationError,
+    field_validator,
+)
 
 # Alertmanager sends at most ``max_alerts`` alerts when configured; the request body limit
 # bounds the rest. These bounds keep one payload from exhausting the renderer or the store.
 MAX_ALERTS: Final = 10_000
 MAX_LABELS: Final = 512
 MAX_GROUP_KEY: Final = 16_384
+MAX_LABEL_VALUE: Final = 16_384
+MAX_ANNOTATION_VALUE: Final = 65_536
+# Every time the notifier shows or computes with (dashboard ranges, Slack's <!date>) lies in
+# this range; anything outside it is a sender's bug, refused at the door.
+EARLIEST: Final = datetime(1970, 1, 1, tzinfo=UTC)
+LATEST: Final = datetime(9000, 1, 1, tzinfo=UTC)
 
 Status = Literal["firing", "resolved"]
 LabelName = Annotated[str, StringConstraints(min_length=1, max_length=1024)]
-LabelSet = Annotated[dict[LabelName, str], Field(max_length=MAX_LABELS)]
+LabelSet = Annotated[dict[LabelName, Annotated[str, StringConstraints(
+    max_length=MAX_LABEL_VALUE)]], Field(max_length=MAX_LABELS)]
+AnnotationSet = Annotated[dict[LabelName, Annotated[str, StringConstraints(
+    max_length=MAX_ANNOTATION_VALUE)]], Field(max_length=MAX_LABELS)]
 
 
 class PayloadError(ValueError):
@@ -32,8 +49,28 @@ class PayloadError(ValueError):
 
 
 def _utc(value: datetime) -> datetime:
-    # Alertmanager always sends an offset; a naive time from another sender is read as UTC.
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+    """``value`` in UTC, within [EARLIEST, LATEST); ValueError otherwise.
+
+    Alertmanager always sends an offset; a naive time from another sender is read as UTC.
+    The range is checked before converting: "0001-01-01T00:00:00+01:00" in UTC would be in
+    year 0, which ``datetime`` cannot hold (OverflowError at the first use).
+    """
+    if not 1970 <= value.year < 9000:
+        raise ValueError(f"must be between {EARLIEST:%Y-%m-%d} and {LATEST:%Y-%m-%d}")
+    utc = value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+    if not EARLIEST <= utc < LATEST:
+        raise ValueError(f"must be between {EARLIEST:%Y-%m-%d} and {LATEST:%Y-%m-%d}")
+    return utc
+
+
+def _strings(value: object) -> list[str]:
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, dict):
+        return [s for k, v in value.items() for s in (*_strings(k), *_strings(v))]
+    if isinstance(value, list | tuple):
+        return [s for item in value for s in _strings(item)]
+    return []
 
 
 class _Model(BaseModel):
@@ -44,12 +81,25 @@ class _Model(BaseModel):
 class WebhookAlert(_Model):
     status: Status
     labels: LabelSet
-    annotations: LabelSet = Field(default_factory=dict)
+    annotations: AnnotationSet = Field(default_factory=dict)
+    # Both in UTC once parsed.
     starts_at: datetime = Field(alias="startsAt")
-    # "0001-01-01T00:00:00Z" while firing.
+    # "0001-01-01T00:00:00Z" while firing: parsed as None (in any offset).
     ends_at: datetime | None = Field(default=None, alias="endsAt")
     generator_url: str = Field(default="", alias="generatorURL", max_length=8192)
     fingerprint: str = Field(default="", max_length=256)
+
+    @field_validator("starts_at")
+    @classmethod
+    def _starts_in_range(cls, value: datetime) -> datetime:
+        return _utc(value)
+
+    @field_validator("ends_at")
+    @classmethod
+    def _ends_in_range(cls, value: datetime | None) -> datetime | None:
+        if value is None or value.year <= 1:
+            return None
+        return _utc(value)
 
     @property
     def key(self) -> str:
@@ -67,13 +117,11 @@ class WebhookAlert(_Model):
 
     @property
     def starts_utc(self) -> datetime:
-        return _utc(self.starts_at)
+        return self.starts_at
 
     @property
     def ends_utc(self) -> datetime | None:
-        if self.ends_at is None or self.ends_at.year <= 1:
-            return None
-        return _utc(self.ends_at)
+        return self.ends_at
 
 
 class Notification(_Model):
@@ -85,15 +133,30 @@ class Notification(_Model):
     receiver: str = Field(default="", max_length=1024)
     group_labels: LabelSet = Field(default_factory=dict, alias="groupLabels")
     common_labels: LabelSet = Field(default_factory=dict, alias="commonLabels")
-    common_annotations: LabelSet = Field(default_factory=dict, alias="commonAnnotations")
+    common_annotations: AnnotationSet = Field(default_factory=dict, alias="commonAnnotations")
     external_url: str = Field(default="", alias="externalURL", max_length=8192)
     truncated_alerts: int = Field(default=0, ge=0, le=2**31, alias="truncatedAlerts")
     alerts: list[WebhookAlert] = Field(min_length=1, max_length=MAX_ALERTS)
+    _group_id: str = PrivateAttr(default="")
+
+    def model_post_init(self, context: object, /) -> None:
+        # Computed once: the outbox, the worker and delivery all key on it.
+        self._group_id = group_id(self.group_key)
+
+    def has_nul(self) -> bool:
+        return any("\x00" in s for item in (
+            self.group_key, self.receiver, self.external_url, self.group_labels,
+            self.common_labels, self.common_annotations,
+            *((a.labels, a.annotations, a.generator_url, a.fingerprint) for a in self.alerts))
+            for s in _strings(item))
 
     @property
     def group_id(self) -> str:
         """A fixed-length key for ``group_key`` (which can be kilobytes of label matchers)."""
-        return group_id(self.group_key)
+        # Straight from the private dict: pydantic's attribute lookup for private
+        # attributes is its slow path, and this is read several times per webhook.
+        private = self.__pydantic_private__
+        return str(private["_group_id"]) if private else group_id(self.group_key)
 
     def to_json(self) -> str:
         """The normalised form the outbox stores and the worker reads back."""
@@ -114,7 +177,8 @@ def _reason(exc: ValidationError) -> str:
     parts = []
     for err in errors[:3]:
         where = ".".join(str(p) for p in err["loc"]) or "payload"
-        message = "required field is missing" if err["type"] == "missing" else err["msg"]
+        message = "required field is missing" if err["type"] == "missing" \
+            else err["msg"].removeprefix("Value error, ")
         parts.append(f"{where}: {message}")
     more = f" (and {len(errors) - 3} more)" if len(errors) > 3 else ""
     return "; ".join(parts) + more
@@ -123,6 +187,11 @@ def _reason(exc: ValidationError) -> str:
 def parse_notification(body: bytes) -> Notification:
     """Validate ``body`` as an Alertmanager webhook v4 payload."""
     try:
-        return Notification.model_validate_json(body)
+        notification = Notification.model_validate_json(body)
     except ValidationError as exc:
         raise PayloadError(_reason(exc)) from None
+    # PostgreSQL text cannot hold NUL, and no label or annotation needs one: a payload with
+    # one could be acknowledged and then never stored. JSON can only spell it \u0000.
+    if b"\\u0000" in body and notification.has_nul():
+        raise PayloadError("strings must not contain NUL (\\u0000)")
+    return notification

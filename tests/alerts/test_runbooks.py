@@ -60,6 +60,7 @@ KNOWN_METRICS = frozenset({
     "steward_hygiene_actions_total", "steward_hygiene_reclaimable",
     "steward_notifier_alerts_received_total", "steward_notifier_slack_messages_total",
     "steward_notifier_outbox_depth", "steward_state_store_created_timestamp_seconds",
+    "steward_notifier_dead_letters_total", "steward_notifier_dead_letters_stored",
 })
 
 _FENCE_RE = re.compile(r"^\s*(```|~~~)")

@@ -107,7 +107,8 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
             common["hygiene"]["idle_gpus"].update(window="5s", grace="1s")
             common["hygiene"]["stale_images"]["keep_newest"] = 2
             env = {**os.environ, "KUBECONFIG": str(kubeconfig), "POD_NAME": "ctl-0",
-                   "SLACK_BOT_TOKEN": "xoxb-live", "AWS_ACCESS_KEY_ID": "live",
+                   "SLACK_BOT_TOKEN": "xoxb-live", "STEWARD_NOTIFIER_AUTH_TOKEN": "am-live",
+                   "AWS_ACCESS_KEY_ID": "live",
                    "AWS_SECRET_ACCESS_KEY": "live", "AWS_DEFAULT_REGION": "us-east-1"}
             for name, extra, listen_port in (
                     ("controller", {"controller": {

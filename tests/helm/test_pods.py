@@ -3,6 +3,7 @@ writable paths only on emptyDir/PVC, the node agent's host access, Secrets and s
 
 from __future__ import annotations
 
+import base64
 from typing import Any
 
 import pytest
@@ -15,10 +16,12 @@ from tests.helm.chart import (
     containers,
     pod_spec,
     render,
+    render_error,
 )
 
 CONFIG_PATH = "/etc/steward/steward.yaml"
 STATE_PATH = "/var/lib/steward"
+PG_URL = "postgresql+psycopg://steward@postgres.db.svc:5432/steward"
 
 
 def component(workload: dict[str, Any]) -> str:
@@ -211,19 +214,107 @@ def test_irsa_annotates_the_controller_service_account_only(helm: str) -> None:
 
 
 def test_notifier_bearer_token_is_a_mounted_file(helm: str) -> None:
-    rendered = render(helm, "all-features")
+    for values, secret_name in (("all-features", "steward-alertmanager-token"),
+                                ("default", f"{RELEASE}-notifier-auth")):
+        rendered = render(helm, values)
+        pod = pod_spec(rendered.get("Deployment", f"{RELEASE}-notifier"))
+        volumes = {v["name"]: v for v in pod["volumes"]}
+        (container,) = pod["containers"]
+        token_file = rendered.config()["notifier"]["auth_token_file"]
+        (mount,) = [m for m in container["volumeMounts"]
+                    if token_file.startswith(m["mountPath"] + "/")]
+        assert mount["readOnly"] is True
+        secret = volumes[mount["name"]]["secret"]
+        assert secret["secretName"] == secret_name
+        assert secret["items"] == [{"key": "token", "path": token_file.rsplit("/", 1)[1]}]
+        # Not through the environment.
+        assert not any("TOKEN" in name and name != "SLACK_BOT_TOKEN" for name in env_of(container))
+        assert "allow_unauthenticated" not in rendered.config()["notifier"]
+
+
+def test_the_chart_makes_a_random_token_when_none_is_given(helm: str) -> None:
+    (secret,) = [s for s in render(helm).of_kind("Secret")
+                 if s["metadata"]["name"] == f"{RELEASE}-notifier-auth"]
+    token = base64.b64decode(secret["data"]["token"]).decode()
+    assert len(token) == 48 and token.isalnum()
+    # helm template cannot look the Secret up: each render draws a new one (an install
+    # keeps the first, see templates/notifier-auth.yaml).
+    again = render(helm, sets={"commonLabels.x": "y"})
+    (other,) = [s for s in again.of_kind("Secret")
+                if s["metadata"]["name"] == f"{RELEASE}-notifier-auth"]
+    assert other["data"]["token"] != secret["data"]["token"]
+    assert not [s for s in render(helm, "all-features").of_kind("Secret")
+                if s["metadata"]["name"] == f"{RELEASE}-notifier-auth"]
+
+
+def test_notifier_replicas_need_postgresql(helm: str) -> None:
+    error = render_error(helm, sets={"notifier.replicas": "3"})
+    assert "notifier.replicas is 3: more than one notifier needs config.state.url on " \
+           "PostgreSQL" in error
+    rendered = render(helm, sets={"notifier.replicas": "3",
+                                  "config.state.url": PG_URL})
+    deployment = rendered.get("Deployment", f"{RELEASE}-notifier")
+    assert deployment["spec"]["replicas"] == 3
+    assert deployment["spec"]["strategy"] == {"type": "RollingUpdate"}
+    pod = pod_spec(deployment)
+    (state,) = [v for v in pod["volumes"] if v["name"] == "state"]
+    assert "emptyDir" in state  # nothing of the notifier's on a volume
+    assert not rendered.has("PersistentVolumeClaim", f"{RELEASE}-notifier-state")
+    assert rendered.config()["state"]["url"] == PG_URL
+
+
+def test_notifier_replicas_spread_and_are_evicted_one_at_a_time(helm: str) -> None:
+    rendered = render(helm)
     pod = pod_spec(rendered.get("Deployment", f"{RELEASE}-notifier"))
-    volumes = {v["name"]: v for v in pod["volumes"]}
-    (container,) = pod["containers"]
-    token_file = rendered.config()["notifier"]["auth_token_file"]
-    (mount,) = [m for m in container["volumeMounts"] if token_file.startswith(m["mountPath"] + "/")]
-    assert mount["readOnly"] is True
-    secret = volumes[mount["name"]]["secret"]
-    assert secret["secretName"] == "steward-alertmanager-token"
-    assert secret["items"] == [{"key": "token", "path": token_file.rsplit("/", 1)[1]}]
-    # Not through the environment.
-    assert not any("TOKEN" in name and name != "SLACK_BOT_TOKEN" for name in env_of(container))
-    assert "auth_token_file" not in render(helm).config()["notifier"]
+    (term,) = pod["affinity"]["podAntiAffinity"]["preferredDuringSchedulingIgnoredDuringExecution"]
+    assert term["podAffinityTerm"]["topologyKey"] == "kubernetes.io/hostname"
+    assert term["podAffinityTerm"]["labelSelector"]["matchLabels"][
+        "app.kubernetes.io/component"] == "notifier"
+    pdb = rendered.get("PodDisruptionBudget", f"{RELEASE}-notifier")
+    assert pdb["spec"]["maxUnavailable"] == 1
+    assert pdb["spec"]["selector"]["matchLabels"].items() <= \
+        rendered.get("Deployment", f"{RELEASE}-notifier")["spec"]["template"]["metadata"][
+            "labels"].items()
+    own = {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {
+        "nodeSelectorTerms": [{"matchExpressions": [
+            {"key": "pool", "operator": "In", "values": ["system"]}]}]}}}
+    custom = render(helm, sets={
+        "notifier.affinity.nodeAffinity.requiredDuringSchedulingIgnoredDuringExecution"
+        ".nodeSelectorTerms[0].matchExpressions[0].key": "pool",
+        "notifier.affinity.nodeAffinity.requiredDuringSchedulingIgnoredDuringExecution"
+        ".nodeSelectorTerms[0].matchExpressions[0].operator": "In",
+        "notifier.affinity.nodeAffinity.requiredDuringSchedulingIgnoredDuringExecution"
+        ".nodeSelectorTerms[0].matchExpressions[0].values[0]": "system"})
+    assert pod_spec(custom.get("Deployment", f"{RELEASE}-notifier"))["affinity"] == own
+    assert not render(helm, sets={"notifier.podDisruptionBudget.enabled": "false"}).has(
+        "PodDisruptionBudget", f"{RELEASE}-notifier")
+
+
+def test_network_policies_admit_only_alertmanager_and_prometheus(helm: str) -> None:
+    rendered = render(helm)
+    policies = {p["metadata"]["name"]: p for p in rendered.of_kind("NetworkPolicy")}
+    assert sorted(policies) == [f"{RELEASE}-{c}" for c in ("controller", "node", "notifier")]
+    alertmanager = {"namespaceSelector": {"matchLabels": {
+        "kubernetes.io/metadata.name": "monitoring"}},
+        "podSelector": {"matchLabels": {"app.kubernetes.io/name": "alertmanager"}}}
+    prometheus = {"namespaceSelector": {"matchLabels": {
+        "kubernetes.io/metadata.name": "monitoring"}},
+        "podSelector": {"matchLabels": {"app.kubernetes.io/name": "prometheus"}}}
+    for name, kind, port, sources in (
+            ("notifier", "Deployment", "http", [alertmanager, prometheus]),
+            ("controller", "Deployment", "metrics", [prometheus]),
+            ("node", "DaemonSet", "metrics", [prometheus])):
+        policy = policies[f"{RELEASE}-{name}"]["spec"]
+        assert policy["policyTypes"] == ["Ingress"]
+        labels = rendered.get(kind, f"{RELEASE}-{name}")["spec"]["template"]["metadata"][
+            "labels"]
+        assert policy["podSelector"]["matchLabels"].items() <= labels.items()
+        (rule,) = policy["ingress"]
+        assert rule["from"] == sources
+        assert rule["ports"] == [{"port": port, "protocol": "TCP"}]
+        (container,) = pod_spec(rendered.get(kind, f"{RELEASE}-{name}"))["containers"]
+        assert port in {p["name"] for p in container["ports"]}
+    assert not render(helm, sets={"networkPolicy.enabled": "false"}).of_kind("NetworkPolicy")
 
 
 @pytest.mark.parametrize("name", ["controller", "notifier"])

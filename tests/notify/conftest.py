@@ -11,6 +11,7 @@ import pytest
 from agent.config import StewardConfig
 from agent.notify.app import Notifier, build_notifier
 from agent.sim.slack_stub import SlackStub
+from tests.support.postgres import postgres_server, postgres_url  # noqa: F401 (fixtures)
 
 TOKEN = "xoxb-test"
 GRAFANA = "https://grafana.example"
@@ -19,12 +20,14 @@ RUNBOOKS = "https://runbooks.example/steward/runbooks"
 MakeNotifier = Callable[..., Notifier]
 
 
-def notifier_config(stub: SlackStub, state: Path, **sections: Any) -> StewardConfig:
+def notifier_config(stub: SlackStub, state: Path | str, **sections: Any) -> StewardConfig:
+    """``state``: a SQLite file, or a SQLAlchemy URL (PostgreSQL)."""
     data: dict[str, Any] = {
         "slack": {"api_url": stub.api_url, "token": TOKEN, "default_channel": "#alerts",
                   "routes": [{"match": {"severity": "critical"}, "channel": "#oncall"}]},
-        "notifier": {"listen": "127.0.0.1:0", "channel_pacing_seconds": 0.0},
-        "state": {"url": f"sqlite:///{state}"},
+        "notifier": {"listen": "127.0.0.1:0", "channel_pacing_seconds": 0.0,
+                     "allow_unauthenticated": True},
+        "state": {"url": state if isinstance(state, str) else f"sqlite:///{state}"},
         "grafana": {"url": GRAFANA},
         "runbooks": {"base_url": RUNBOOKS},
     }
@@ -43,7 +46,7 @@ def stub() -> Iterator[SlackStub]:
 def make_notifier(tmp_path: Path, stub: SlackStub) -> Iterator[MakeNotifier]:
     started: list[Notifier] = []
 
-    def make(*, state: Path | None = None, retry_base_seconds: float = 0.02,
+    def make(*, state: Path | str | None = None, retry_base_seconds: float = 0.02,
              start: bool = True, **sections: Any) -> Notifier:
         config = notifier_config(stub, state or tmp_path / "state.db", **sections)
         notifier = build_notifier(config, retry_base_seconds=retry_base_seconds, environ={})

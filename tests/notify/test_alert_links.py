@@ -15,6 +15,7 @@ from agent.notify.alert_links import (
     DASHBOARD_VARIABLES,
     MAX_URL,
     LinkSettings,
+    allowed_link,
     dashboard_link,
     links_for,
     silence_link,
@@ -55,8 +56,7 @@ def test_dashboard_variables_match_the_generated_dashboards() -> None:
 @pytest.mark.parametrize("alert", CATALOG, ids=lambda a: a.name)
 def test_every_catalog_alert_has_a_runbook_and_a_dashboard(alert: object) -> None:
     name = alert.name  # type: ignore[attr-defined]
-    links = links_for(state(name, hostname="n1", namespace="ml", gpu="2"), SETTINGS,
-                      external_url="")
+    links = links_for(state(name, hostname="n1", namespace="ml", gpu="2"), SETTINGS)
     assert links.runbook == f"https://runbooks.example/rb/{name}.md"
     assert (ROOT / "runbooks" / f"{name}.md").is_file()
     assert links.dashboard is not None
@@ -100,13 +100,48 @@ def test_silence_link_prefills_the_alerts_matchers() -> None:
                         'note="say \\"hi\\"\\\\"}')
 
 
-def test_silence_link_falls_back_to_the_payloads_external_url_and_fits() -> None:
-    settings = LinkSettings(runbook_base_url="https://x")
-    assert silence_link(state("A"), settings) is None
+def test_silence_link_only_to_the_configured_alertmanager_and_fits() -> None:
+    # The payload's externalURL is the sender's word: no silence button without
+    # alertmanager.url.
+    assert silence_link(state("A"), LinkSettings(runbook_base_url="https://x")) is None
     long = state("A", big="x" * 5000, hostname="n1")
-    url = silence_link(long, settings, external_url="http://am:9093")
+    url = silence_link(long, SETTINGS)
     assert url is not None and len(url) <= MAX_URL
     assert "big" not in unquote(url) and 'hostname="n1"' in unquote(url)
+
+
+@pytest.mark.parametrize("url", [
+    "https://evil.example/rb/GpuLost.md",
+    "https://runbooks.example.evil.example/rb/x.md",
+    "https://runbooks.example@evil.example/rb/x.md",
+    "https://runbooks.example/elsewhere/x.md",  # right host, not under the runbook base
+    "https://runbooks.example/rb/../../elsewhere/x.md",
+    "https://runbooks.example/rb/%2e%2e/x.md",
+    "javascript:alert(1)",
+    "https://runbooks.example/rb/x.md|<!channel>",
+    "https://runbooks.example/rb/x\\y",
+    "ftp://runbooks.example/rb/x.md",
+])
+def test_no_link_outside_the_configured_targets(url: str) -> None:
+    alert = AlertState(fingerprint="x", status="firing", labels={"alertname": "TheirAlert"},
+                       annotations={"runbook_url": url}, starts_at=START, ends_at=None)
+    links = links_for(alert, SETTINGS)
+    if "|" in url:  # on a configured target: kept, but '|', '<', '>' percent-encoded
+        assert links.runbook == "https://runbooks.example/rb/x.md%7C%3C!channel%3E"
+    else:
+        assert links.runbook is None
+    assert allowed_link(url, SETTINGS) == links.runbook
+
+
+def test_links_under_configured_targets_are_kept() -> None:
+    alert = AlertState(fingerprint="x", status="firing", labels={"alertname": "TheirAlert"},
+                       annotations={"runbook_url": "HTTPS://RUNBOOKS.example/rb/their{thing}.md"},
+                       starts_at=START, ends_at=None)
+    assert links_for(alert, SETTINGS).runbook == \
+        "HTTPS://RUNBOOKS.example/rb/their%7Bthing%7D.md"
+    assert allowed_link("https://grafana.example/d/x?a=1&b=2", SETTINGS) == \
+        "https://grafana.example/d/x?a=1&b=2"
+    assert allowed_link("https://am.example/#/alerts", SETTINGS) is not None
 
 
 def test_resolved_alert_has_no_silence_button() -> None:

@@ -63,7 +63,7 @@ def assert_within_limits(message: Message) -> None:
 
 def test_root_message_carries_what_on_call_needs() -> None:
     view = GroupView(alerts=[gpu_alert(3), gpu_alert(5, "GpuEccUncorrectable")],
-                     group_labels={"hostname": "gpu-node-1"}, external_url="http://am:9093")
+                     group_labels={"hostname": "gpu-node-1"})
     message = render_group(view, SETTINGS)
     assert_within_limits(message)
     header = message.blocks[0]["text"]["text"]
@@ -141,9 +141,8 @@ alerts_strategy = st.lists(
        truncated=st.integers(min_value=0, max_value=10**6))
 def test_any_group_renders_within_slacks_limits(alerts: list[AlertState],
                                                 group: dict[str, str], truncated: int) -> None:
-    view = GroupView(alerts=alerts, group_labels=group, external_url="http://am:9093",
-                     truncated_alerts=truncated)
+    view = GroupView(alerts=alerts, group_labels=group, truncated_alerts=truncated)
     assert_within_limits(render_group(view, SETTINGS))
     changes = [Change("firing" if a.firing else "resolved", a) for a in alerts]
-    assert_within_limits(render_changes(changes, SETTINGS, external_url="http://am:9093"))
+    assert_within_limits(render_changes(changes, SETTINGS))
     assert_within_limits(render_plain(render_group(view, SETTINGS)))

@@ -21,6 +21,7 @@ from tests.support.net import free_port, http_ok, metric_value, wait_until
 from tests.support.steward import StewardProcess
 
 pytestmark = pytest.mark.integration
+AM_TOKEN = "alertmanager-to-notifier"
 
 
 @pytest.fixture
@@ -47,7 +48,7 @@ def start_notifier(workdir: Path, stub: SlackStub, started: list[StewardProcess]
         [sys.executable, "-m", "agent.cli", "notifier", "--config", str(config),
          "--listen", f"127.0.0.1:{port}"],
         stdout=subprocess.DEVNULL, stderr=log_path.open("wb"),
-        env={**os.environ, "SLACK_BOT_TOKEN": TOKEN})
+        env={**os.environ, "SLACK_BOT_TOKEN": TOKEN, "STEWARD_NOTIFIER_AUTH_TOKEN": AM_TOKEN})
     notifier = StewardProcess(process, port, log_path)
     started.append(notifier)
     try:
@@ -74,9 +75,11 @@ def test_killed_with_a_full_outbox_loses_nothing(tmp_path: Path, stub: SlackStub
     first = start_notifier(tmp_path, stub, processes)
     for g in range(3):
         key = f"group-{g}"
-        assert post(first.url, webhook([alert("A", hostname=f"n{g}")], group_key=key))[0] == 200
+        assert post(first.url, webhook([alert("A", hostname=f"n{g}")], group_key=key),
+                    token=AM_TOKEN)[0] == 200
         assert post(first.url, webhook([alert("A", hostname=f"n{g}"),
-                                        alert("B", hostname=f"n{g}")], group_key=key))[0] == 200
+                                        alert("B", hostname=f"n{g}")], group_key=key),
+                    token=AM_TOKEN)[0] == 200
     stub.wait_for(lambda: down.hits > 0, timeout=10, what="a failed delivery attempt")
     assert depth(first) == 6
     kill(first)
@@ -97,9 +100,10 @@ def test_killed_between_slack_accepting_and_the_outbox_recording(
     hold = stub.fail("hold", methods=["chat.postMessage"], times=1)
     first = start_notifier(tmp_path, stub, processes)
     lost = alert("GpuLost", hostname="gpu-node-1")
-    assert post(first.url, webhook([lost]))[0] == 200
+    assert post(first.url, webhook([lost]), token=AM_TOKEN)[0] == 200
     hold.wait_held()  # Slack has the message; the notifier is waiting for the answer
-    assert post(first.url, webhook([lost, alert("Second", hostname="gpu-node-1")]))[0] == 200
+    assert post(first.url, webhook([lost, alert("Second", hostname="gpu-node-1")]),
+                token=AM_TOKEN)[0] == 200
     kill(first)
     hold.release()
     assert len(stub.roots()) == 1
@@ -116,7 +120,8 @@ def test_killed_between_slack_accepting_and_the_outbox_recording(
 def test_bad_config_is_one_line_and_exit_two(tmp_path: Path) -> None:
     config = tmp_path / "notifier.yaml"
     config.write_text(yaml.safe_dump({"state": {"url": f"sqlite:///{tmp_path / 's.db'}"}}))
-    env = {k: v for k, v in os.environ.items() if k != "SLACK_BOT_TOKEN"}
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("SLACK_BOT_TOKEN", "STEWARD_NOTIFIER_AUTH_TOKEN")}
     result = subprocess.run([sys.executable, "-m", "agent.cli", "notifier", "--config",
                              str(config)], capture_output=True, text=True, timeout=30,
                             env=env, check=False)
@@ -125,4 +130,7 @@ def test_bad_config_is_one_line_and_exit_two(tmp_path: Path) -> None:
         "steward: config error: slack.token: not set (set SLACK_BOT_TOKEN or slack.token_file)",
         "steward: config error: slack.default_channel: required by the notifier (alerts no "
         "route matches go there)",
+        "steward: config error: notifier.auth_token_file: not set; the notifier does not run "
+        "without a bearer token (set notifier.auth_token_file or STEWARD_NOTIFIER_AUTH_TOKEN, "
+        "or notifier.allow_unauthenticated: true to accept anyone's webhooks)",
     ]

@@ -33,6 +33,7 @@ from tests.support.alertmanager import (
     start_alertmanager,
     webhook_receiver,
 )
+from tests.support.net import free_port
 from tests.support.prometheus import Prometheus, ScrapeJob, start_prometheus
 from tests.support.steward import StewardProcess, start_node
 
@@ -58,8 +59,13 @@ def loop(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Loop]:
     stub = SlackStub(tokens=(TOKEN,)).start()
     routes = {"default_channel": "#gpu-alerts",
               "routes": [{"match": {"severity": "critical"}, "channel": "#gpu-critical"}]}
-    notifier = build_notifier(notifier_config(stub, workdir / "notifier.db", slack=routes),
-                              auth=BearerAuth(token=AM_TOKEN), environ={})
+    am_port = free_port()
+    # Silence buttons link to the configured Alertmanager only (never a payload's URL).
+    notifier = build_notifier(notifier_config(
+        stub, workdir / "notifier.db", slack=routes,
+        notifier={"allow_unauthenticated": False},
+        alertmanager={"url": f"http://127.0.0.1:{am_port}"}),
+        auth=BearerAuth(token=AM_TOKEN), environ={})
     broken = build_notifier(
         notifier_config(stub, workdir / "broken.db", slack={"token": "xoxb-revoked"}),
         retry_base_seconds=0.05, environ={})
@@ -79,7 +85,7 @@ def loop(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Loop]:
             webhook_receiver("steward", f"{notifier.url}/alertmanager", bearer_token=AM_TOKEN),
             webhook_receiver("fallback", f"{stub.url}/fallback"),
         ],
-    })
+    }, port=am_port)
     node = start_node(workdir, env={"NODE_NAME": HOST}, config=(
         "node:\n  collect_interval_seconds: 0.5\n"
         "  sim: {gpus: [thermal_throttling, lost], lost_after_seconds: 11}\n"))

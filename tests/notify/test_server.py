@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import http.client
 import json
+import logging
 import os
+import re
 import socket
+import threading
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -15,10 +18,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import create_engine, select
 
+from agent.notify.app import UNAUTHENTICATED_WARNING, build_notifier, config_problems, run_notifier
+from agent.notify.group_lock import StoreInUse
 from agent.notify.outbox import notifications
 from agent.notify.server import BearerAuth
 from agent.sim.slack_stub import SlackStub
-from tests.notify.conftest import MakeNotifier
+from tests.notify.conftest import MakeNotifier, notifier_config
 from tests.notify.payloads import alert, post, webhook
 from tests.support.net import http_ok, metric_value
 
@@ -198,3 +203,95 @@ def test_fuzzed_webhooks_never_get_a_5xx(make_notifier: MakeNotifier, tmp_path: 
                 == "invalid_blocks"]
     text = scrape(notifier.url)
     assert metric_value(text, "steward_notifier_outbox_depth") == 0
+
+
+def exchange(port: int, requests: bytes) -> tuple[list[int], bool]:
+    """Send ``requests`` on one connection: the statuses answered, and whether the server
+    closed the connection (else it sat waiting for more)."""
+    received = b""
+    closed = False
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        sock.sendall(requests)
+        sock.settimeout(1.5)
+        while True:
+            try:
+                chunk = sock.recv(65536)
+            except TimeoutError:
+                break
+            if not chunk:
+                closed = True
+                break
+            received += chunk
+    return [int(m) for m in re.findall(rb"HTTP/1\.[01] (\d{3}) ", received)], closed
+
+
+def test_a_401_never_lets_its_body_through_as_a_request(
+        make_notifier: MakeNotifier, tmp_path: Path) -> None:
+    token_file = tmp_path / "token"
+    token_file.write_text("s3cret")
+    notifier = make_notifier(notifier={"auth_token_file": str(token_file),
+                                       "allow_unauthenticated": False})
+    smuggled = json.dumps(webhook([alert("Smuggled")])).encode()
+    inner = (b"POST /alertmanager HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+             b"Content-Length: " + str(len(smuggled)).encode() + b"\r\n\r\n" + smuggled)
+    outer = (b"POST /alertmanager HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+             b"Content-Length: " + str(len(inner)).encode() + b"\r\n\r\n" + inner)
+    assert exchange(notifier.port, outer) == ([401], True)
+    assert stored(tmp_path / "state.db") == []
+
+
+@pytest.mark.parametrize("request_line", [b"POST /elsewhere", b"PUT /alertmanager",
+                                          b"DELETE /alertmanager", b"GET /metrics"])
+def test_every_early_answer_closes_a_connection_with_an_unread_body(
+        make_notifier: MakeNotifier, tmp_path: Path, request_line: bytes) -> None:
+    notifier = make_notifier()
+    smuggled = json.dumps(webhook([alert("Smuggled")])).encode()
+    inner = (b"POST /alertmanager HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+             b"Content-Length: " + str(len(smuggled)).encode() + b"\r\n\r\n" + smuggled)
+    outer = (request_line + b" HTTP/1.1\r\nHost: x\r\nContent-Length: "
+             + str(len(inner)).encode() + b"\r\n\r\n" + inner)
+    statuses, closed = exchange(notifier.port, outer)
+    assert len(statuses) == 1 and statuses[0] in (200, 404, 405) and closed
+    assert stored(tmp_path / "state.db") == []
+
+
+def test_kept_alive_connections_still_work_without_a_body(make_notifier: MakeNotifier) -> None:
+    notifier = make_notifier()
+    two = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n" * 2
+    assert exchange(notifier.port, two) == ([200, 200], False)
+
+
+def test_no_token_no_notifier(stub: SlackStub, tmp_path: Path) -> None:
+    config = notifier_config(stub, tmp_path / "s.db", notifier={"allow_unauthenticated": False})
+    with pytest.raises(ValueError, match="no bearer token"):
+        build_notifier(config, environ={})
+    assert config_problems(config, environ={}) == [
+        "notifier.auth_token_file: not set; the notifier does not run without a bearer token "
+        "(set notifier.auth_token_file or STEWARD_NOTIFIER_AUTH_TOKEN, or "
+        "notifier.allow_unauthenticated: true to accept anyone's webhooks)"]
+    assert config_problems(config, environ={"STEWARD_NOTIFIER_AUTH_TOKEN": "t"}) == []
+    allowed = notifier_config(stub, tmp_path / "s.db")  # allow_unauthenticated: true
+    assert config_problems(allowed, environ={}) == []
+
+
+def test_unauthenticated_is_a_warning_at_every_start(stub: SlackStub, tmp_path: Path,
+                                                     caplog: pytest.LogCaptureFixture) -> None:
+    config = notifier_config(stub, tmp_path / "s.db")
+    for _ in range(2):
+        stop = threading.Event()
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="agent.notify.app"):
+            assert run_notifier(config, stop=stop, on_started=lambda n, s=stop: s.set()) == 0
+        assert [r.getMessage() for r in caplog.records] == [UNAUTHENTICATED_WARNING]
+
+
+def test_a_second_notifier_on_the_same_sqlite_file_refuses(
+        make_notifier: MakeNotifier, stub: SlackStub, tmp_path: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    make_notifier()
+    config = notifier_config(stub, tmp_path / "state.db")
+    with pytest.raises(StoreInUse, match="SQLite holds one notifier"):
+        build_notifier(config, environ={})
+    assert run_notifier(config) == 1
+    assert capsys.readouterr().err.startswith(
+        f"steward: another notifier is using the state store {tmp_path / 'state.db'}")

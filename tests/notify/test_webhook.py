@@ -115,3 +115,48 @@ def test_mutated_payloads_parse_or_are_rejected(field: str, alert_field: str, va
     else:
         # whatever is accepted must survive the outbox round trip
         assert Notification.model_validate_json(parsed.to_json()) == parsed
+
+
+@pytest.mark.parametrize(("starts", "reason"), [
+    ("0001-01-01T00:00:00+01:00", "alerts.0.startsAt: must be between 1970-01-01 and 9000-01-01"),
+    ("0001-01-01T00:00:00Z", "alerts.0.startsAt: must be between"),
+    ("9999-12-31T23:59:59-01:00", "alerts.0.startsAt: must be between"),
+    ("1969-12-31T23:59:59Z", "alerts.0.startsAt: must be between"),
+    ("1970-01-01T00:30:00+01:00", "alerts.0.startsAt: must be between"),  # 1969 in UTC
+])
+def test_timestamps_that_cannot_be_shown_are_refused(starts: str, reason: str) -> None:
+    payload = webhook([alert()])
+    payload["alerts"][0]["startsAt"] = starts
+    with pytest.raises(PayloadError) as caught:
+        parse_notification(body(payload))
+    assert caught.value.reason.startswith(reason)
+
+
+@pytest.mark.parametrize("ends", ["0001-01-01T00:00:00Z", "0001-01-01T00:00:00+01:00",
+                                  "0001-01-01T00:00:00-05:00"])
+def test_the_zero_end_time_in_any_offset_means_firing(ends: str) -> None:
+    payload = webhook([alert()])
+    payload["alerts"][0]["endsAt"] = ends
+    assert parse_notification(body(payload)).alerts[0].ends_at is None
+
+
+def test_times_are_kept_in_utc() -> None:
+    payload = webhook([alert()])
+    payload["alerts"][0]["startsAt"] = "2026-11-20T05:00:00+02:00"
+    parsed = parse_notification(body(payload))
+    assert parsed.alerts[0].starts_at == datetime(2026, 11, 20, 3, 0, tzinfo=UTC)
+    assert Notification.model_validate_json(parsed.to_json()) == parsed
+
+
+def test_nul_and_oversized_values_are_refused() -> None:
+    payload = webhook([alert()])
+    payload["alerts"][0]["labels"]["pod"] = "a\x00b"
+    with pytest.raises(PayloadError, match="NUL"):
+        parse_notification(body(payload))
+    payload = webhook([alert()])
+    payload["alerts"][0]["labels"]["pod"] = "x" * 20_000
+    with pytest.raises(PayloadError, match=r"alerts\.0\.labels\.pod"):
+        parse_notification(body(payload))
+    payload = webhook([alert()])
+    payload["alerts"][0]["annotations"]["description"] = "x" * 20_000  # annotations may be long
+    assert parse_notification(body(payload))

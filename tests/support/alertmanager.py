@@ -62,12 +62,13 @@ def webhook_receiver(name: str, url: str, *, bearer_token: str | None = None,
     return {"name": name, "webhook_configs": [config]}
 
 
-def start_alertmanager(config: dict[str, Any]) -> Alertmanager:
+def start_alertmanager(config: dict[str, Any], *, port: int | None = None) -> Alertmanager:
+    """``port``: chosen beforehand when something configured earlier must know the URL."""
     binary = require_binary("prometheus-alertmanager")
     workdir = Path(tempfile.mkdtemp(prefix="steward-am-"))
     config_path = workdir / "alertmanager.yml"
     config_path.write_text(yaml.safe_dump(config), encoding="utf-8")
-    port = free_port()
+    port = port or free_port()
     url = f"http://127.0.0.1:{port}"
     log_path = workdir / "alertmanager.log"
     process = subprocess.Popen(

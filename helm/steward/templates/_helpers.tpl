@@ -109,6 +109,19 @@ seccompProfile:
 {{- define "steward.statePath" -}}/var/lib/steward{{- end }}
 {{- define "steward.authTokenDir" -}}/etc/steward-notifier-auth{{- end }}
 {{- define "steward.authTokenPath" -}}{{ include "steward.authTokenDir" . }}/token{{- end }}
+
+{{/* The Secret holding the notifier's bearer token: the user's, or the one the chart makes. */}}
+{{- define "steward.notifierAuthSecret" -}}
+{{- default (printf "%s-notifier-auth" (include "steward.fullname" .)) .Values.notifier.auth.existingSecret }}
+{{- end }}
+{{- define "steward.notifierAuthKey" -}}
+{{- if .Values.notifier.auth.existingSecret }}{{ .Values.notifier.auth.key }}{{ else }}token{{ end }}
+{{- end }}
+
+{{/* true when the notifier keeps its outbox in SQLite (one replica, a local volume). */}}
+{{- define "steward.notifierOnSqlite" -}}
+{{- if hasPrefix "sqlite" (include "steward.config" . | fromYaml | dig "state" "url" "") }}true{{ end }}
+{{- end }}
 {{- define "steward.podResourcesPath" -}}/var/lib/kubelet/pod-resources{{- end }}
 
 {{/* Keys of config the chart owns: [config path, value, the values key that sets it].
@@ -130,8 +143,8 @@ The RBAC, ports and mounts the chart renders depend on them, so config may not d
   (list "hygiene.orphaned_buckets.secret_namespaces" ($h.secrets.namespaces | default list) "hygiene.secrets.namespaces")
   (list "node.pod_resources_socket" (printf "%s/kubelet.sock" (include "steward.podResourcesPath" .)) "node.podResources.hostPath")
 }}
-{{- if .Values.notifier.authToken.existingSecret }}
-{{- $owned = append $owned (list "notifier.auth_token_file" (include "steward.authTokenPath" .) "notifier.authToken.existingSecret") }}
+{{- if .Values.notifier.enabled }}
+{{- $owned = append $owned (list "notifier.auth_token_file" (include "steward.authTokenPath" .) "notifier.auth") }}
 {{- end }}
 {{- toJson $owned }}
 {{- end }}
