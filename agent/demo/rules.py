@@ -77,8 +77,9 @@ DEMO_TIMINGS: Final[Mapping[str, DemoTiming]] = {
         ("in the last 6 hours", "in the last 6 minutes"),
         ("in the last hour", "in the last minute"))),
     "StewardHygieneBlastRadiusTripped": DemoTiming("2s", {"1h": "1m"}),
-    "StewardNotifierDeliveryFailing": DemoTiming("15s", {"10m": "30s"}, (
-        ("never emptied for 15 minutes", "never emptied for 45 seconds"),)),
+    "StewardNotifierDeliveryFailing": DemoTiming("15s", {"10m": "30s", "1h": "1m"}, (
+        ("has not emptied for 15 minutes", "has not emptied for 45 seconds"),
+        ("in the last hour", "in the last minute"))),
     "StewardStateStoreRecreated": DemoTiming("5s", {"1h": "5m"}, (
         ("created in the last hour", "created in the last 5 minutes"),)),
 }
