@@ -246,7 +246,7 @@ def main() -> None:
                 spent["kubernetes"] += time.perf_counter() - t0
 
         job.evidence, job._decide_workloads = timed_evidence, timed_workloads
-        from agent.controller.hygiene.workloads import KubeWorkloads
+        from agent.controller.hygiene.idle_gpus.workloads import KubeWorkloads
 
         workloads = KubeWorkloads(api_client(config.kubernetes))
         namespaces = sorted({pod_of(i, args.gpus_per_node)[0] for i in range(gpus)

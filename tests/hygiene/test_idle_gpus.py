@@ -12,9 +12,9 @@ from typing import Any
 import pytest
 
 from agent.controller.hygiene.commands import restore_hygiene, run_hygiene
-from agent.controller.hygiene.idle_gpus import RESTORED_FROM
+from agent.controller.hygiene.idle_gpus.job import RESTORED_FROM
+from agent.controller.hygiene.idle_gpus.workloads import KubeWorkloads
 from agent.controller.hygiene.metrics import HygieneMetrics
-from agent.controller.hygiene.workloads import KubeWorkloads
 from agent.sim.kube_api import KubeApiServer
 from tests.hygiene import world
 from tests.hygiene.conftest import Fleet, RecordingNotifier, hygiene_config, make_runtime

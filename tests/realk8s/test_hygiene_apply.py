@@ -39,7 +39,7 @@ import yaml
 from kubernetes import client
 
 from agent.controller.hygiene.audit import COMPONENT
-from agent.controller.hygiene.idle_gpus import RESTORED_FROM
+from agent.controller.hygiene.idle_gpus.job import RESTORED_FROM
 from agent.controller.hygiene.store import HygieneStore
 from agent.kube import timestamp, user_agent
 from agent.state import open_store

@@ -15,8 +15,8 @@ import pytest
 from kubernetes import client
 
 from agent.config import StewardConfig
+from agent.controller.hygiene.idle_gpus.workloads import KINDS, KubeWorkloads, ObjectRef, Replaced
 from agent.controller.hygiene.references import ClusterReferences, ReferencesUnavailable
-from agent.controller.hygiene.workloads import KINDS, KubeWorkloads, ObjectRef, Replaced
 from agent.controller.leader import LeaderElector
 from agent.controller.pending import pending_pods_collector
 from agent.controller.pipelines import pipelines_collector

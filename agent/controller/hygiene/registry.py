@@ -23,7 +23,7 @@ from agent.controller.hygiene.references import (
 
 # job name -> (module under agent.controller.hygiene, section under hygiene.)
 JOBS: Final[dict[str, tuple[str, str]]] = {
-    "idle-gpus": ("idle_gpus", "idle_gpus"),
+    "idle-gpus": ("idle_gpus.job", "idle_gpus"),
     "stale-images": ("images.job", "stale_images"),
     "orphaned-buckets": ("buckets.job", "orphaned_buckets"),
 }

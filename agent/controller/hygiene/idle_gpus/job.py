@@ -42,6 +42,17 @@ from typing import Any, Final
 
 from agent.config import IdleGpusConfig
 from agent.controller.hygiene.guards import exempt_flag
+from agent.controller.hygiene.idle_gpus.workloads import (
+    KINDS,
+    SCALABLE,
+    ClusterSnapshot,
+    Conflict,
+    JsonObj,
+    KubeWorkloads,
+    ObjectRef,
+    Replaced,
+    meta,
+)
 from agent.controller.hygiene.model import (
     Candidate,
     Observed,
@@ -54,17 +65,6 @@ from agent.controller.hygiene.model import (
 from agent.controller.hygiene.progress import NoProgress, Progress
 from agent.controller.hygiene.promql import PromQL, Sample, Series
 from agent.controller.hygiene.registry import JobContext, JobUnavailable
-from agent.controller.hygiene.workloads import (
-    KINDS,
-    SCALABLE,
-    ClusterSnapshot,
-    Conflict,
-    JsonObj,
-    KubeWorkloads,
-    ObjectRef,
-    Replaced,
-    meta,
-)
 from agent.kube import timestamp
 
 JOB_NAME: Final = "idle-gpus"
