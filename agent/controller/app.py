@@ -19,11 +19,11 @@ from sqlalchemy import Engine
 
 from agent.config import StewardConfig
 from agent.controller.hygiene.runner import HygieneRuntime
-from agent.controller.hygiene.scheduler import LeaderScheduler
 from agent.controller.hygiene.store import HygieneStore
 from agent.controller.leader import LeaderElector
 from agent.controller.pending import pending_pods_collector
 from agent.controller.pipelines import pipelines_collector
+from agent.controller.scheduler import LeaderScheduler
 from agent.exporter.collection import CollectionLoops, Collector, CollectResult
 from agent.exporter.exposition import Exposition
 from agent.exporter.server import MetricsServer, parse_listen

@@ -18,9 +18,9 @@ from agent.controller.hygiene.images.job import (
 )
 from agent.controller.hygiene.images.oci import OciRegistry
 from agent.controller.hygiene.images.policy import ImagePolicy
+from agent.controller.hygiene.jobs import JobContext, JobUnavailable
 from agent.controller.hygiene.model import ScanFailed
 from agent.controller.hygiene.references import ClusterReferences
-from agent.controller.hygiene.registry import JobContext, JobUnavailable
 from agent.sim.kube_api import KubeApiServer
 from agent.sim.moto import ACCOUNT, ECR_HOST, Moto
 from tests.hygiene_jobs import cluster

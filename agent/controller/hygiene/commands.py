@@ -15,8 +15,8 @@ from typing import Any, Final, TextIO
 from agent.config import StewardConfig
 from agent.controller.hygiene.crashpoints import Checkpoint, no_checkpoint
 from agent.controller.hygiene.engine import NothingToRestore, RestoreBusy, RestoreFailed
+from agent.controller.hygiene.jobs import JobUnavailable, UnknownJob, check_name
 from agent.controller.hygiene.output import ProgressBar, render_json, render_table
-from agent.controller.hygiene.registry import JobUnavailable, UnknownJob, check_name
 from agent.controller.hygiene.runner import HygieneRuntime
 
 EXIT_OK: Final = 0

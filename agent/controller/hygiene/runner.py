@@ -14,15 +14,15 @@ from agent.controller.hygiene.audit import AuditTrail, EventRecorder
 from agent.controller.hygiene.crashpoints import Checkpoint, no_checkpoint
 from agent.controller.hygiene.engine import HygieneEngine, RestoreOutcome, RunOutcome
 from agent.controller.hygiene.guards import KillSwitch
-from agent.controller.hygiene.metrics import HygieneMetrics
-from agent.controller.hygiene.notify import OwnerNotifier, notifier_from_config
-from agent.controller.hygiene.progress import NoProgress, Progress
-from agent.controller.hygiene.registry import (
+from agent.controller.hygiene.jobs import (
     JobContext,
     build_job,
     config_key,
     settings_of,
 )
+from agent.controller.hygiene.metrics import HygieneMetrics
+from agent.controller.hygiene.notify import OwnerNotifier, notifier_from_config
+from agent.controller.hygiene.progress import NoProgress, Progress
 from agent.controller.hygiene.store import HygieneStore
 
 

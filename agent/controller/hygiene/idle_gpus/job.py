@@ -53,6 +53,7 @@ from agent.controller.hygiene.idle_gpus.workloads import (
     Replaced,
     meta,
 )
+from agent.controller.hygiene.jobs import JobContext, JobUnavailable
 from agent.controller.hygiene.model import (
     Candidate,
     Observed,
@@ -64,7 +65,6 @@ from agent.controller.hygiene.model import (
 )
 from agent.controller.hygiene.progress import NoProgress, Progress
 from agent.controller.hygiene.promql import PromQL, Sample, Series
-from agent.controller.hygiene.registry import JobContext, JobUnavailable
 from agent.kube import timestamp
 
 JOB_NAME: Final = "idle-gpus"

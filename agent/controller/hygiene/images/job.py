@@ -31,6 +31,7 @@ from agent.controller.hygiene.images.registry import (
     Manifest,
     RegistryError,
 )
+from agent.controller.hygiene.jobs import JobContext, JobUnavailable, NoReferences
 from agent.controller.hygiene.model import (
     Candidate,
     Observed,
@@ -44,7 +45,6 @@ from agent.controller.hygiene.references import (
     ImageReferenceSource,
     ReferencesUnavailable,
 )
-from agent.controller.hygiene.registry import JobContext, JobUnavailable, NoReferences
 
 OWNER_TAGS = ("owner", "team")
 

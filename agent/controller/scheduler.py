@@ -18,7 +18,7 @@ from typing import Any, Final
 
 from prometheus_client.metrics_core import Metric
 
-from agent.controller.hygiene.registry import JOBS, JobUnavailable, settings_of
+from agent.controller.hygiene.jobs import JOBS, JobUnavailable, settings_of
 from agent.controller.hygiene.runner import HygieneRuntime
 from agent.cron import cron_trigger
 
