@@ -63,8 +63,8 @@ def _cmd_node(args: argparse.Namespace, config: StewardConfig) -> int:
 
 
 def _cmd_controller(args: argparse.Namespace, config: StewardConfig) -> int:
+    from agent.clients.kubernetes.api import KubeConfigError
     from agent.controller.app import run_controller
-    from agent.kube import KubeConfigError
 
     try:
         return _with_state(args, config, lambda: run_controller(config))

@@ -207,7 +207,7 @@ def main() -> None:
             "state": {"url": f"sqlite:///{workdir / 'state.db'}"},
             "hygiene": {"idle_gpus": {"power_idle_watts": 100, "scrape_interval": f"{STEP}s"}},
         })
-        from agent.kube import api_client
+        from agent.clients.kubernetes.api import api_client
 
         runtime = HygieneRuntime(config, api_client=api_client(config.kubernetes),
                                  clock=lambda: float(end))

@@ -167,7 +167,7 @@ def build_controller(config: StewardConfig, *, api_client: Any) -> Controller:
 
 
 def run_controller(config: StewardConfig, *, stop: threading.Event | None = None) -> int:
-    from agent.kube import api_client
+    from agent.clients.kubernetes.api import api_client
 
     stop = stop or threading.Event()
     stop_on_signals(stop)

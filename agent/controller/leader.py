@@ -16,7 +16,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
-from agent.kube import micro_time
+from agent.clients.kubernetes.api import micro_time
 
 log = logging.getLogger(__name__)
 

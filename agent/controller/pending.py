@@ -11,8 +11,8 @@ from typing import Any
 
 from prometheus_client.metrics_core import Metric
 
+from agent.clients.kubernetes.api import paged, timestamp
 from agent.exporter.collection import Collector, CollectorFailed, CollectResult
-from agent.kube import paged, timestamp
 from agent.node.pods import GPU_RESOURCE_PREFIXES
 
 

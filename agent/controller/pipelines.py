@@ -21,8 +21,8 @@ from typing import Any
 
 from prometheus_client.metrics_core import Metric
 
+from agent.clients.kubernetes.api import paged, served_resources, timestamp
 from agent.exporter.collection import Collector, CollectorFailed, CollectResult
-from agent.kube import paged, served_resources, timestamp
 
 log = logging.getLogger(__name__)
 PIPELINE_LABEL = "steward.io/pipeline"

@@ -50,7 +50,7 @@ def default_source(config: StewardConfig, *, parquet: Path | None) -> SeriesSour
 
 
 def default_namespace_labels(config: StewardConfig) -> NamespaceLabelsSource | None:
-    from agent.kube import api_client, cluster_configured
+    from agent.clients.kubernetes.api import api_client, cluster_configured
 
     if not cluster_configured(config.kubernetes):
         return None

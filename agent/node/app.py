@@ -10,11 +10,11 @@ from functools import partial
 
 from prometheus_client.process_collector import ProcessCollector
 
+from agent.clients.kubernetes.api import api_client, cluster_configured
 from agent.config import StewardConfig
 from agent.exporter.collection import CollectionLoops, Collector, CollectorFailed, CollectResult
 from agent.exporter.exposition import Exposition
 from agent.exporter.server import MetricsServer, parse_listen
-from agent.kube import api_client, cluster_configured
 from agent.node.attribution import DeviceSource, LatestReadings, attribution_collector
 from agent.node.cgroup import pod_uid_for_pid
 from agent.node.gpu_metrics import GpuInventory, build_gpu_families, build_xid_families

@@ -18,7 +18,7 @@ from typing import Any, Protocol
 
 from prometheus_client.metrics_core import Metric
 
-from agent.kube import timestamp
+from agent.clients.kubernetes.api import timestamp
 
 log = logging.getLogger(__name__)
 

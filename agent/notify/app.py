@@ -18,6 +18,8 @@ from datetime import timedelta
 from sqlalchemy import Engine, create_engine, make_url, text
 from sqlalchemy.pool import NullPool
 
+from agent.clients.slack import SlackSink
+from agent.clients.slack_params import Route, Router
 from agent.config import StewardConfig
 from agent.exporter.server import parse_listen
 from agent.log import register_secret
@@ -26,9 +28,7 @@ from agent.notify.delivery import Delivery
 from agent.notify.group_lock import GroupLocks, StoreInUse, group_locks_for
 from agent.notify.metrics import NotifierMetrics
 from agent.notify.outbox import Outbox, add_missing_columns
-from agent.notify.routing import Route, Router
 from agent.notify.server import BearerAuth, NotifierServer, auth_from
-from agent.notify.slack import SlackSink
 from agent.notify.worker import DeliveryWorker
 from agent.signals import stop_on_signals
 from agent.state import StoreCreatedCollector, open_store, store_identity

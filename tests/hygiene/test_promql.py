@@ -9,8 +9,8 @@ from itertools import pairwise
 
 import pytest
 
+from agent.clients.prometheus import PromQL
 from agent.controller.hygiene.model import ScanFailed
-from agent.controller.hygiene.promql import PromQL
 from tests.hygiene.conftest import Fleet
 from tests.support.net import free_port
 

@@ -210,7 +210,7 @@ def test_terminating_pods_carry_their_deletion_timestamp(kube: KubeApiServer,
     assert sample.labels == {"namespace": "ml", "pod": "draining", "hostname": "n1"}
     stored = kube.get("v1", "Pod", "ml", "draining")
     assert stored is not None
-    from agent.kube import timestamp
+    from agent.clients.kubernetes.api import timestamp
 
     assert sample.value == timestamp(stored["metadata"]["deletionTimestamp"])
     # The phase is still the kubelet's (Running): the timestamp is what says Terminating.

@@ -38,10 +38,10 @@ import pytest
 import yaml
 from kubernetes import client
 
+from agent.clients.kubernetes.api import timestamp, user_agent
 from agent.controller.hygiene.audit import COMPONENT
 from agent.controller.hygiene.idle_gpus.job import RESTORED_FROM
 from agent.controller.hygiene.store import HygieneStore
-from agent.kube import timestamp, user_agent
 from agent.state import open_store
 from tests.helm.chart import NAMESPACE, RELEASE, Rendered, render
 from tests.hygiene.crashing import ROOT, child_env, killed_while_held

@@ -30,7 +30,7 @@ class _Usage(Exception):
 
 
 def _cluster(config: StewardConfig) -> Any | None:
-    from agent.kube import KubeConfigError, api_client, cluster_configured
+    from agent.clients.kubernetes.api import KubeConfigError, api_client, cluster_configured
 
     if not cluster_configured(config.kubernetes):
         return None

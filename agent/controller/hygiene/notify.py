@@ -1,7 +1,7 @@
 """Telling a resource's owner what hygiene is about to do, did, or undid.
 
 :class:`OwnerNotifier` is the seam: a log-only default, and Slack through the notifier's
-Slack sink (``agent.notify.slack``) with the channel chosen by ``slack.routes`` on the labels
+Slack sink (``agent.clients.slack``) with the channel chosen by ``slack.routes`` on the labels
 ``hygiene_job``, ``namespace`` and ``owner``. A failed notification raises
 :class:`NotifyFailed`; the engine then keeps the mark's deadline from running.
 """
@@ -86,9 +86,9 @@ class SlackNotifier:
         self._router = router
 
     def notify(self, notice: OwnerNotice) -> None:
+        from agent.clients.slack import SlackCallFailed
+        from agent.clients.slack_params import NoChannel
         from agent.notify.blocks import Message
-        from agent.notify.routing import NoChannel
-        from agent.notify.slack import SlackCallFailed
 
         try:
             channel = self._router.channel_for([dict(notice.labels)])
@@ -108,8 +108,8 @@ def notifier_from_config(config: StewardConfig) -> OwnerNotifier:
     token = slack.resolved_token()
     if token is None or not (slack.default_channel or slack.routes):
         return LogNotifier()
-    from agent.notify.routing import Route, Router
-    from agent.notify.slack import SlackSink
+    from agent.clients.slack import SlackSink
+    from agent.clients.slack_params import Route, Router
 
     sink = SlackSink.create(token=token.get_secret_value(), api_url=slack.api_url)
     router = Router([Route(r.match, r.channel) for r in slack.routes],

@@ -119,8 +119,8 @@ class OrphanedBucketsJob:
         from botocore.config import Config
 
         if references is None:
+            from agent.clients.kubernetes.api import api_client
             from agent.controller.hygiene.references import ClusterReferences
-            from agent.kube import api_client
 
             references = ClusterReferences(
                 api_client(config.kubernetes, "hygiene"),

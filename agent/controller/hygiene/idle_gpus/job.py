@@ -40,6 +40,8 @@ from dataclasses import dataclass, field
 from itertools import pairwise
 from typing import Any, Final
 
+from agent.clients.kubernetes.api import timestamp
+from agent.clients.prometheus import PromQL, Sample, Series
 from agent.config import IdleGpusConfig
 from agent.controller.hygiene.guards import exempt_flag
 from agent.controller.hygiene.idle_gpus.workloads import (
@@ -64,8 +66,6 @@ from agent.controller.hygiene.model import (
     Skipped,
 )
 from agent.controller.hygiene.progress import NoProgress, Progress
-from agent.controller.hygiene.promql import PromQL, Sample, Series
-from agent.kube import timestamp
 
 JOB_NAME: Final = "idle-gpus"
 # On a pod a restore recreated: which restore did it, so a restore that died after the

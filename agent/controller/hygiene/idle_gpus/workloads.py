@@ -64,7 +64,7 @@ class KubeApiError(Exception):
     """A call the API server refused or failed, in one line (``api_error_text``)."""
 
     def __init__(self, what: str, exc: BaseException) -> None:
-        from agent.kube import api_error_text
+        from agent.clients.kubernetes.api import api_error_text
 
         super().__init__(f"{what}: {api_error_text(exc)}")
         self.status: int | None = getattr(exc, "status", None)

@@ -110,8 +110,8 @@ class StaleImagesJob:
                     environ: Mapping[str, str] | None = None) -> StaleImagesJob:
         """Registries from ``registries``, references from the configured cluster."""
         if references is None:
+            from agent.clients.kubernetes.api import api_client
             from agent.controller.hygiene.references import ClusterReferences
-            from agent.kube import api_client
 
             references = ClusterReferences(api_client(config.kubernetes, "hygiene"))
         registries = [registry_from_config(entry, config, boto_session=boto_session,

@@ -1,0 +1,1 @@
+"""The Kubernetes surface: connecting to the API (``api``)."""
