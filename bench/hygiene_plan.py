@@ -229,7 +229,7 @@ def main() -> None:
 
         # Wiring the job's clients up to time: what each part of one plan costs.
         spent = {"promql": 0.0, "kubernetes": 0.0}
-        evidence, decide_workloads = job.evidence, job._decide_workloads
+        evidence, decide_workloads = job.evidence, job.decide_workloads
 
         def timed_evidence(at: float) -> Any:
             t0 = time.perf_counter()
@@ -245,7 +245,7 @@ def main() -> None:
             finally:
                 spent["kubernetes"] += time.perf_counter() - t0
 
-        job.evidence, job._decide_workloads = timed_evidence, timed_workloads
+        job.evidence, job.decide_workloads = timed_evidence, timed_workloads
         from agent.controller.hygiene.idle_gpus.workloads import KubeWorkloads
 
         workloads = KubeWorkloads(api_client(config.kubernetes))
