@@ -17,6 +17,7 @@ from typing import Any
 from slack_sdk import WebClient
 from slack_sdk.errors import SlackApiError, SlackClientError
 
+from agent.clients.prometheus import PrometheusClient, PrometheusError
 from agent.config import StewardConfig
 from agent.cron import cron_trigger
 from agent.errors import RuntimeFailure, plain_cause
@@ -25,7 +26,7 @@ from agent.finops.document import FinopsReport
 from agent.finops.parquet import ParquetSource, export_parquet
 from agent.finops.period import ReportWeek
 from agent.finops.pricing import PriceTable
-from agent.finops.queries import PrometheusClient, PrometheusError, PrometheusSource
+from agent.finops.queries import PrometheusSource
 from agent.finops.render import write_report
 from agent.finops.savings import AuditLogSavings, SavingsSource, compute_savings
 from agent.finops.series import FinopsInputError, Gap, SeriesSource, parse_step

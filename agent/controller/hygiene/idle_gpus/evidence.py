@@ -21,8 +21,9 @@ from dataclasses import dataclass, field
 from itertools import pairwise
 from typing import Any, Final
 
-from agent.clients.prometheus import PromQL, Sample, Series
+from agent.clients.prometheus import PrometheusClient, PrometheusError, Sample, Series
 from agent.config import IdleGpusConfig
+from agent.controller.hygiene.model import ScanFailed
 
 # The largest gap allowed between two samples of a GPU's evidence (and between the span's
 # edges and the first and last sample), in scrape intervals: one missed scrape plus jitter
@@ -156,7 +157,7 @@ def _float_map(samples: Iterable[Sample], *, keep: Callable[[float, float], floa
 class IdleEvidence:
     """Reads the evidence at a moment and judges each pod's GPUs by it."""
 
-    def __init__(self, settings: IdleGpusConfig, *, prometheus: PromQL) -> None:
+    def __init__(self, settings: IdleGpusConfig, *, prometheus: PrometheusClient) -> None:
         self._settings = settings
         self._prometheus = prometheus
         self._window = parse_duration(settings.window)
@@ -203,6 +204,13 @@ class IdleEvidence:
         return out
 
     def read(self, at: float) -> Evidence:
+        """The evidence at ``at``; ScanFailed when Prometheus cannot give all of it."""
+        try:
+            return self._read(at)
+        except PrometheusError as exc:
+            raise ScanFailed(str(exc)) from exc
+
+    def _read(self, at: float) -> Evidence:
         answers = {name: self._prometheus.instant(expr, at=at)
                    for name, expr in self.queries().items()}
         allocations: dict[tuple[str, ...], Allocation] = {}

@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterable
 from typing import Any, Final
 
 from agent.clients.kubernetes.api import timestamp
-from agent.clients.prometheus import PromQL
+from agent.clients.prometheus import PrometheusClient
 from agent.config import IdleGpusConfig
 from agent.controller.hygiene.idle_gpus.evidence import (
     Allocation,
@@ -60,7 +60,7 @@ class IdleGpusJob:
     name = JOB_NAME
     unit = "gpus"
 
-    def __init__(self, settings: IdleGpusConfig, *, prometheus: PromQL,
+    def __init__(self, settings: IdleGpusConfig, *, prometheus: PrometheusClient,
                  workloads: KubeWorkloads, clock: Callable[[], float] = time.time,
                  progress: Progress | None = None, recheck_max_age: float = 120.0) -> None:
         self._settings = settings
@@ -330,7 +330,7 @@ def build(context: JobContext) -> IdleGpusJob:
     if not context.for_restore and parse_duration(settings.scrape_interval) <= 0:
         raise JobUnavailable("hygiene.idle_gpus.scrape_interval: must be longer than 0s")
     return IdleGpusJob(settings,
-                       prometheus=PromQL(config.prometheus.url,
-                                         timeout=config.prometheus.timeout_seconds),
+                       prometheus=PrometheusClient(config.prometheus.url,
+                                                    timeout=config.prometheus.timeout_seconds),
                        workloads=KubeWorkloads(context.api_client), clock=context.clock,
                        progress=context.progress)
