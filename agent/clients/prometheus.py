@@ -111,21 +111,20 @@ class PrometheusClient:
 
     def alerts(self) -> list[dict[str, Any]]:
         """Every alert the rules hold now (pending and firing), with its labels and state."""
-        body = self._answer(self._send("GET", "alerts", {}), "the alerts")
-        alerts = (body.get("data") or {}).get("alerts")
-        if not isinstance(alerts, list):
-            raise PrometheusError(f"Prometheus at {self._url} answered malformed alerts")
-        return alerts
+        return self._listing("alerts", "alerts")
 
     def targets(self) -> list[dict[str, Any]]:
         """The active scrape targets with their health."""
-        body = self._answer(self._send("GET", "targets", {}), "the targets")
-        targets = (body.get("data") or {}).get("activeTargets")
-        if not isinstance(targets, list):
-            raise PrometheusError(f"Prometheus at {self._url} answered malformed targets")
-        return targets
+        return self._listing("targets", "activeTargets")
 
     # -- the wire ----------------------------------------------------------------------
+
+    def _listing(self, endpoint: str, key: str) -> list[dict[str, Any]]:
+        body = self._answer(self._send("GET", endpoint, {}), f"the {endpoint}")
+        items = (body.get("data") or {}).get(key)
+        if not isinstance(items, list):
+            raise PrometheusError(f"Prometheus at {self._url} answered malformed {endpoint}")
+        return items
 
     def _post(self, endpoint: str, expr: str, params: dict[str, str]) -> dict[str, Any]:
         data = {"query": expr, "timeout": f"{self._timeout:g}s", **params}
