@@ -19,7 +19,7 @@ from sqlalchemy import Engine, create_engine, make_url, text
 from sqlalchemy.pool import NullPool
 
 from agent.clients.slack import SlackSink
-from agent.clients.slack_params import Route, Router
+from agent.clients.slack_params import SlackSettings
 from agent.config import StewardConfig
 from agent.exporter.server import parse_listen
 from agent.log import register_secret
@@ -143,12 +143,12 @@ def build_notifier(config: StewardConfig, *, sink: SlackSink | None = None,
     notifier.allow_unauthenticated; StoreInUse when another notifier holds its SQLite store.
     """
     env = dict(os.environ if environ is None else environ)
+    slack = SlackSettings.from_config(config.slack)
     if sink is None:
-        token = config.slack.resolved_token()
-        if token is None:
+        if slack.token is None:
             raise ValueError("slack.token is not set")
-        register_secret(token.get_secret_value())
-        sink = SlackSink.create(token=token.get_secret_value(), api_url=config.slack.api_url)
+        register_secret(slack.token)
+        sink = SlackSink.create(slack)
     if auth is None:
         auth = auth_from(config.notifier.auth_token_file, env)
     if auth is None and not config.notifier.allow_unauthenticated:
@@ -169,8 +169,7 @@ def build_notifier(config: StewardConfig, *, sink: SlackSink | None = None,
 
     metrics = NotifierMetrics(stats, clock=clock)
     metrics.registry.register(StoreCreatedCollector(store_identity(engine)))
-    router = Router([Route(r.match, r.channel) for r in config.slack.routes],
-                    default_channel=config.slack.default_channel)
+    router = slack.router()
     links = LinkSettings(
         runbook_base_url=config.runbooks.base_url, grafana_url=config.grafana.url,
         alertmanager_url=config.alertmanager.url,

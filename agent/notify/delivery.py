@@ -24,6 +24,7 @@ from typing import Final
 from agent.clients.slack import (
     RENDER_ERRORS,
     ROOT_GONE_ERRORS,
+    Message,
     Posted,
     SlackRateLimited,
     SlackRejected,
@@ -35,7 +36,6 @@ from agent.notify.alert_links import LinkSettings
 from agent.notify.blocks import (
     MAX_TEXT,
     GroupView,
-    Message,
     fit,
     fit_escaped,
     render_changes,
