@@ -12,17 +12,8 @@ from typing import Any
 from prometheus_client.metrics_core import Metric
 
 from agent.clients.kubernetes.api import paged, timestamp
+from agent.clients.kubernetes.gpus import pod_gpus
 from agent.exporter.collection import Collector, CollectorFailed, CollectResult
-from agent.node.pods import GPU_RESOURCE_PREFIXES
-
-
-def _requests_gpu(pod: Any) -> bool:
-    for container in pod.spec.containers or []:
-        resources = container.resources
-        quantities = (resources.limits or resources.requests or {}) if resources else {}
-        if any(name.startswith(GPU_RESOURCE_PREFIXES) for name in quantities):
-            return True
-    return False
 
 
 def pending_since(pod: Any) -> float | None:
@@ -47,7 +38,7 @@ def pending_pods_collector(core_api: Any, interval: float) -> Collector:
                 from exc
         for pod in sorted(pods, key=lambda p: (p.metadata.namespace, p.metadata.name)):
             since = pending_since(pod)
-            if since is None or pod.spec.node_name or not _requests_gpu(pod):
+            if since is None or pod.spec.node_name or not pod_gpus(pod):
                 continue
             family.add_sample(family.name, {"namespace": pod.metadata.namespace,
                                             "pod": pod.metadata.name}, since)

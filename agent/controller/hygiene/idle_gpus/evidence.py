@@ -24,23 +24,13 @@ from typing import Any, Final
 from agent.clients.prometheus import PrometheusClient, PrometheusError, Sample, Series
 from agent.config import IdleGpusConfig
 from agent.controller.hygiene.model import ScanFailed
+from agent.durations import parse_duration
 
 # The largest gap allowed between two samples of a GPU's evidence (and between the span's
 # edges and the first and last sample), in scrape intervals: one missed scrape plus jitter
 # passes, two missed scrapes in a row do not.
 GAP_TOLERANCE: Final = 2.5
 _UUIDS_PER_QUERY: Final = 100
-_DURATION_RE = re.compile(r"(\d+)(ms|s|m|h|d|w|y)")
-_UNIT_SECONDS: Final = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800,
-                        "y": 31536000}
-
-
-def parse_duration(text: str) -> float:
-    """A PromQL duration (``2h``, ``1h30m``, ``90s``) in seconds."""
-    stripped = text.strip()
-    if not stripped or _DURATION_RE.sub("", stripped):
-        raise ValueError(f"{text!r} is not a duration like 2h, 90m or 1h30m")
-    return float(sum(int(n) * _UNIT_SECONDS[u] for n, u in _DURATION_RE.findall(stripped)))
 
 
 def _promql_duration(seconds: float) -> str:

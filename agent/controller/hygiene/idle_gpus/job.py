@@ -25,7 +25,6 @@ from agent.controller.hygiene.idle_gpus.evidence import (
     Allocation,
     Evidence,
     IdleEvidence,
-    parse_duration,
 )
 from agent.controller.hygiene.idle_gpus.policy import IdlePod, WorkloadPolicy
 from agent.controller.hygiene.idle_gpus.workloads import (
@@ -48,6 +47,7 @@ from agent.controller.hygiene.model import (
     Skipped,
 )
 from agent.controller.hygiene.progress import NoProgress, Progress
+from agent.durations import parse_duration
 
 JOB_NAME: Final = "idle-gpus"
 # On a pod a restore recreated: which restore did it, so a restore that died after the

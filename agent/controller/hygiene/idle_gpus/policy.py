@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 from agent.clients.kubernetes.api import timestamp
+from agent.clients.kubernetes.gpus import pod_json_gpus
 from agent.config import IdleGpusConfig
 from agent.controller.hygiene.guards import exempt_flag
 from agent.controller.hygiene.idle_gpus.evidence import Allocation
@@ -32,7 +33,6 @@ from agent.controller.hygiene.idle_gpus.workloads import (
 from agent.controller.hygiene.model import Candidate, Scan, Skipped
 from agent.controller.hygiene.progress import Progress
 
-GPU_RESOURCE_PREFIX: Final = "nvidia.com/"
 _OWNER_LABELS: Final = ("team", "owner")
 
 
@@ -65,15 +65,6 @@ class Target:
     note: str = ""
     obj: JsonObj | None = None
     pods: list[IdlePod] = field(default_factory=list)
-
-
-def requests_gpus(pod: JsonObj) -> bool:
-    for container in (pod.get("spec") or {}).get("containers") or []:
-        resources = container.get("resources") or {}
-        for section in ("limits", "requests"):
-            if any(str(k).startswith(GPU_RESOURCE_PREFIX) for k in resources.get(section) or {}):
-                return True
-    return False
 
 
 class WorkloadPolicy:
@@ -209,7 +200,7 @@ class WorkloadPolicy:
         for name, pod in sorted(snapshot.objects("Pod", namespace).items()):
             if str((pod.get("status") or {}).get("phase")) != "Running":
                 continue
-            if not requests_gpus(pod) and (namespace, name) not in by_pod:
+            if not pod_json_gpus(pod) and (namespace, name) not in by_pod:
                 continue
             target = self._target(pod, snapshot)
             if isinstance(target, Target) and target.ref is not None:
