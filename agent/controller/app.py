@@ -19,6 +19,7 @@ from sqlalchemy import Engine
 
 from agent.config import StewardConfig
 from agent.controller.hygiene.runner import HygieneRuntime
+from agent.controller.hygiene.store import TABLES as HYGIENE_TABLES
 from agent.controller.hygiene.store import HygieneStore
 from agent.controller.leader import LeaderElector
 from agent.controller.pending import pending_pods_collector
@@ -148,7 +149,7 @@ def build_controller(config: StewardConfig, *, api_client: Any) -> Controller:
 
     # Opened at start, not at the first job: a store that lost its state stops the start
     # (StateLost), and its creation time is exported from the first scrape.
-    store = open_store(config.state.url)
+    store = open_store(config.state.url, tables=[HYGIENE_TABLES])
     state = StoreCreatedCollector(store_identity(store))
     # Hygiene runs act only while this replica leads: the engine asks before every action.
     hygiene = HygieneRuntime(config, api_client=api_client, store=HygieneStore(store),

@@ -59,9 +59,9 @@ def default_namespace_labels(config: StewardConfig) -> NamespaceLabelsSource | N
 
 def default_savings(config: StewardConfig) -> SavingsSource | None:
     """The hygiene audit log in the state store, when there is one to read."""
-    from sqlalchemy import inspect
     from sqlalchemy.engine import make_url
 
+    from agent.controller.hygiene.store import has_hygiene_log
     from agent.state import open_store
 
     url = make_url(config.state.url)
@@ -69,7 +69,7 @@ def default_savings(config: StewardConfig) -> SavingsSource | None:
             not Path(url.database).exists():
         return None  # no hygiene job ever ran here: "not available", not zero
     engine = open_store(config.state.url, create=False)
-    if not inspect(engine).has_table("hygiene_audit"):
+    if not has_hygiene_log(engine):
         return None
     return AuditLogSavings(engine)
 

@@ -27,7 +27,7 @@ from agent.notify.alert_links import LinkSettings
 from agent.notify.delivery import Delivery
 from agent.notify.group_lock import GroupLocks, StoreInUse, group_locks_for
 from agent.notify.metrics import NotifierMetrics
-from agent.notify.outbox import Outbox, add_missing_columns
+from agent.notify.outbox import TABLES, Outbox, add_missing_columns
 from agent.notify.server import BearerAuth, NotifierServer, auth_from
 from agent.notify.worker import DeliveryWorker
 from agent.signals import stop_on_signals
@@ -114,7 +114,7 @@ def open_notifier_store(url: str) -> Engine:
     """The state store with the notifier's tables. Replicas starting together on
     PostgreSQL create them one after the other (concurrent CREATE TABLEs collide)."""
     if make_url(url).get_backend_name() != "postgresql":
-        engine = open_store(url)
+        engine = open_store(url, tables=[TABLES])
         add_missing_columns(engine)
         return engine
     guard = create_engine(url, poolclass=NullPool)
@@ -122,7 +122,7 @@ def open_notifier_store(url: str) -> Engine:
         with guard.connect() as conn:
             conn.execute(text("SELECT pg_advisory_lock(:k)"), {"k": _SCHEMA_LOCK})
             try:
-                engine = open_store(url)
+                engine = open_store(url, tables=[TABLES])
                 add_missing_columns(engine)
             finally:
                 conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": _SCHEMA_LOCK})

@@ -13,9 +13,10 @@ import sys
 from typing import Any, Final, TextIO
 
 from agent.config import StewardConfig
+from agent.controller.hygiene.context import JobUnavailable
 from agent.controller.hygiene.crashpoints import Checkpoint, no_checkpoint
 from agent.controller.hygiene.engine import NothingToRestore, RestoreBusy, RestoreFailed
-from agent.controller.hygiene.jobs import JobUnavailable, UnknownJob, check_name
+from agent.controller.hygiene.jobs import UnknownJob, check_name
 from agent.controller.hygiene.output import ProgressBar, render_json, render_table
 from agent.controller.hygiene.runner import HygieneRuntime
 

@@ -48,7 +48,7 @@ from agent.controller.hygiene.buckets.policy import (
     unmarked_tags,
 )
 from agent.controller.hygiene.buckets.s3 import Activity, Bucket, S3Buckets, S3Error
-from agent.controller.hygiene.jobs import JobContext, JobUnavailable, NoReferences
+from agent.controller.hygiene.context import JobContext, JobUnavailable, NoReferences
 from agent.controller.hygiene.model import (
     Candidate,
     Observed,

@@ -21,6 +21,7 @@ from typing import Any, Final
 from agent.clients.kubernetes.api import timestamp
 from agent.clients.prometheus import PrometheusClient
 from agent.config import IdleGpusConfig
+from agent.controller.hygiene.context import JobContext, JobUnavailable
 from agent.controller.hygiene.idle_gpus.evidence import (
     Allocation,
     Evidence,
@@ -36,7 +37,6 @@ from agent.controller.hygiene.idle_gpus.workloads import (
     Replaced,
     meta,
 )
-from agent.controller.hygiene.jobs import JobContext, JobUnavailable
 from agent.controller.hygiene.model import (
     Candidate,
     Observed,
@@ -45,6 +45,7 @@ from agent.controller.hygiene.model import (
     Scan,
     ScanFailed,
     Skipped,
+    Unit,
 )
 from agent.controller.hygiene.progress import NoProgress, Progress
 from agent.durations import parse_duration
@@ -58,7 +59,7 @@ _CONFLICT_RETRIES: Final = 4
 
 class IdleGpusJob:
     name = JOB_NAME
-    unit = "gpus"
+    unit: Unit = "gpus"
 
     def __init__(self, settings: IdleGpusConfig, *, prometheus: PrometheusClient,
                  workloads: KubeWorkloads, clock: Callable[[], float] = time.time,

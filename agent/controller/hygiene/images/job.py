@@ -17,6 +17,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from agent.config import RegistryConfig, StewardConfig
+from agent.controller.hygiene.context import JobContext, JobUnavailable, NoReferences
 from agent.controller.hygiene.images.ecr import EcrRegistry, parse_registry_url
 from agent.controller.hygiene.images.oci import OciRegistry, credentials_from
 from agent.controller.hygiene.images.policy import (
@@ -31,7 +32,6 @@ from agent.controller.hygiene.images.registry import (
     Manifest,
     RegistryError,
 )
-from agent.controller.hygiene.jobs import JobContext, JobUnavailable, NoReferences
 from agent.controller.hygiene.model import (
     Candidate,
     Observed,
