@@ -71,8 +71,16 @@ def _cmd_controller(args: argparse.Namespace, config: StewardConfig) -> int:
     from agent.clients.kubernetes.api import KubeConfigError
     from agent.controller.app import run_controller
 
+    def schedule_report(scheduler: object) -> object:
+        # pandas and matplotlib load when the leader schedules the report, not at start.
+        from agent.finops.report import schedule_finops_report
+
+        return schedule_finops_report(scheduler, config)
+
     try:
-        return _with_state(args, config, lambda: run_controller(config))
+        # The CLI composes: the weekly FinOps report rides on the controller's scheduler.
+        return _with_state(args, config, lambda: run_controller(
+            config, scheduled=[schedule_report]))
     except KubeConfigError as exc:
         raise UsageError(str(exc)) from exc
 

@@ -12,20 +12,27 @@ import threading
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from agent.sim.kube_api.resources import _RESOURCES, _THREAD_PREFIX, JsonObj
 from agent.sim.kube_api.validation import _format_time
 
-if TYPE_CHECKING:
-    from agent.sim.kube_api.server import KubeApiServer
+
+class _Api(Protocol):
+    """What the HTTP plumbing needs of the server (``server.KubeApiServer``)."""
+
+    _stopping: threading.Event
+
+    def _track_connection(self, conn: socket.socket, *, add: bool) -> None: ...
+
+    def _serve(self, handler: _Handler) -> None: ...
 
 
 class _HttpServer(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
 
-    def __init__(self, address: tuple[str, int], api: KubeApiServer) -> None:
+    def __init__(self, address: tuple[str, int], api: _Api) -> None:
         self.api = api
         super().__init__(address, _Handler)
 
