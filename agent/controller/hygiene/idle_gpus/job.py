@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterable
 from typing import Any, Final
 
 from agent.clients.kubernetes.api import timestamp
+from agent.clients.kubernetes.objects import JsonObj, meta
 from agent.clients.prometheus import PrometheusClient
 from agent.config import IdleGpusConfig
 from agent.controller.hygiene.context import JobContext, JobUnavailable
@@ -31,11 +32,9 @@ from agent.controller.hygiene.idle_gpus.policy import IdlePod, WorkloadPolicy
 from agent.controller.hygiene.idle_gpus.workloads import (
     KINDS,
     Conflict,
-    JsonObj,
     KubeWorkloads,
     ObjectRef,
     Replaced,
-    meta,
 )
 from agent.controller.hygiene.model import (
     Candidate,

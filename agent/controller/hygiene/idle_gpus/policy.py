@@ -18,6 +18,7 @@ from typing import Any, Final
 
 from agent.clients.kubernetes.api import timestamp
 from agent.clients.kubernetes.gpus import pod_json_gpus
+from agent.clients.kubernetes.objects import JsonObj, meta
 from agent.config import IdleGpusConfig
 from agent.controller.hygiene.guards import exempt_flag
 from agent.controller.hygiene.idle_gpus.evidence import Allocation
@@ -25,10 +26,8 @@ from agent.controller.hygiene.idle_gpus.workloads import (
     KINDS,
     SCALABLE,
     ClusterSnapshot,
-    JsonObj,
     KubeWorkloads,
     ObjectRef,
-    meta,
 )
 from agent.controller.hygiene.model import Candidate, Scan, Skipped
 from agent.controller.hygiene.progress import Progress

@@ -14,7 +14,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Final
 
-JsonObj = dict[str, Any]
+from agent.clients.kubernetes.objects import JsonObj, controller_ref, meta
+
 # kind -> (apiVersion, client API, snake-case name in the client's method names)
 KINDS: Final[dict[str, tuple[str, str, str]]] = {
     "Pod": ("v1", "core", "pod"),
@@ -45,19 +46,6 @@ class ObjectRef:
 
     def as_tuple(self) -> tuple[str, str, str, str]:
         return (self.api_version, self.kind, self.namespace, self.name)
-
-
-def meta(obj: JsonObj) -> JsonObj:
-    value = obj.get("metadata")
-    return value if isinstance(value, dict) else {}
-
-
-def controller_ref(obj: JsonObj) -> JsonObj | None:
-    """The ownerReference with ``controller: true`` (the object that manages this one)."""
-    for ref in meta(obj).get("ownerReferences") or []:
-        if isinstance(ref, dict) and ref.get("controller"):
-            return ref
-    return None
 
 
 class KubeApiError(Exception):
