@@ -12,6 +12,7 @@ from typing import Any
 from prometheus_client.metrics_core import Metric
 
 from agent.clients.kubernetes.api import paged, timestamp
+from agent.clients.kubernetes.calls import PodListing
 from agent.clients.kubernetes.gpus import pod_gpus
 from agent.exporter.collection import Collector, CollectorFailed, CollectResult
 
@@ -23,7 +24,7 @@ def pending_since(pod: Any) -> float | None:
     return timestamp(pod.metadata.creation_timestamp)
 
 
-def pending_pods_collector(core_api: Any, interval: float) -> Collector:
+def pending_pods_collector(core_api: PodListing, interval: float) -> Collector:
     def collect() -> CollectResult:
         from kubernetes.client.exceptions import ApiException
 

@@ -19,6 +19,7 @@ from typing import Any, Protocol
 from prometheus_client.metrics_core import Metric
 
 from agent.clients.kubernetes.api import timestamp
+from agent.clients.kubernetes.calls import PodListing
 from agent.clients.kubernetes.gpus import pod_gpus
 
 log = logging.getLogger(__name__)
@@ -93,7 +94,7 @@ class PodSource(Protocol):
 class PodCache:
     """List-then-watch of this node's pods on a background thread."""
 
-    def __init__(self, core_api: Any, node_name: str, *, watch_timeout_seconds: int = 300,
+    def __init__(self, core_api: PodListing, node_name: str, *, watch_timeout_seconds: int = 300,
                  request_timeout: float = 30.0,
                  backoff_initial: float = 1.0, backoff_max: float = 60.0,
                  page_size: int = 500,
