@@ -18,12 +18,11 @@ from typing import Any, Protocol
 
 from prometheus_client.metrics_core import Metric
 
-from agent.kube import timestamp
+from agent.clients.kubernetes.api import timestamp
+from agent.clients.kubernetes.calls import PodListing
+from agent.clients.kubernetes.gpus import pod_gpus
 
 log = logging.getLogger(__name__)
-
-GPU_RESOURCE_PREFIXES = ("nvidia.com/gpu", "nvidia.com/mig-")
-
 
 @dataclass(frozen=True)
 class ContainerInfo:
@@ -47,21 +46,6 @@ class PodInfo:
     # "Terminating"): deletion time plus the grace period. The phase stays what it was until
     # the kubelet has stopped the containers.
     deleted_at: float | None = None
-
-
-def _gpu_count(resources: Any) -> int:
-    if resources is None:
-        return 0
-    # Limits are what the device plugin allocates; requests must equal them for GPUs.
-    quantities = resources.limits or resources.requests or {}
-    total = 0
-    for name, quantity in quantities.items():
-        if name.startswith(GPU_RESOURCE_PREFIXES):
-            try:
-                total += int(str(quantity))
-            except ValueError:
-                continue
-    return total
 
 
 def pod_info_from_api(pod: Any) -> PodInfo:
@@ -90,7 +74,7 @@ def pod_info_from_api(pod: Any) -> PodInfo:
         namespace=pod.metadata.namespace,
         name=pod.metadata.name,
         phase=(status.phase if status and status.phase else "Unknown"),
-        gpus_requested=sum(_gpu_count(c.resources) for c in pod.spec.containers or []),
+        gpus_requested=pod_gpus(pod),
         containers=tuple(containers),
         created_at=timestamp(pod.metadata.creation_timestamp),
         deleted_at=timestamp(pod.metadata.deletion_timestamp),
@@ -110,7 +94,7 @@ class PodSource(Protocol):
 class PodCache:
     """List-then-watch of this node's pods on a background thread."""
 
-    def __init__(self, core_api: Any, node_name: str, *, watch_timeout_seconds: int = 300,
+    def __init__(self, core_api: PodListing, node_name: str, *, watch_timeout_seconds: int = 300,
                  request_timeout: float = 30.0,
                  backoff_initial: float = 1.0, backoff_max: float = 60.0,
                  page_size: int = 500,

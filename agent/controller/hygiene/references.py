@@ -310,7 +310,7 @@ class ClusterReferences:
         from kubernetes.client.exceptions import ApiException
         from urllib3.exceptions import HTTPError
 
-        from agent.kube import served_resources
+        from agent.clients.kubernetes.api import served_resources
 
         # Discovery, not the lists, tells "Argo is not installed" (nothing to reference)
         # from "Argo is installed but not granted" (its templates cannot be read: the
