@@ -1,4 +1,5 @@
-"""The node's pod cache against the Kubernetes API stand-in, through the official client."""
+"""The node's pod cache against the Kubernetes API stand-in, through the node's own thin
+client (``agent.clients.kubernetes.rest``) configured from a kubeconfig as in production."""
 
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ import pytest
 from kubernetes import client
 
 from agent.clients.kubernetes import objects
+from agent.clients.kubernetes.rest import PodListWatch, load_endpoint
+from agent.config import KubernetesConfig
 from agent.node.pods import PodCache, build_pod_families
 from agent.sim.kube_api import KubeApiServer
 from tests.support.net import metric_value, wait_until
@@ -35,14 +38,17 @@ def kube() -> Iterator[KubeApiServer]:
         yield server
 
 
+def pod_api(kube: KubeApiServer, tmp_path: Path) -> PodListWatch:
+    config = KubernetesConfig(kubeconfig=kube.kubeconfig(tmp_path / "node.kubeconfig"))
+    return PodListWatch(load_endpoint(config, environ={}))
+
+
 @pytest.fixture
-def cache(kube: KubeApiServer) -> Iterator[PodCache]:
-    api = kube.api_client()
-    pod_cache = PodCache(client.CoreV1Api(api), "n1", watch_timeout_seconds=5,
+def cache(kube: KubeApiServer, tmp_path: Path) -> Iterator[PodCache]:
+    pod_cache = PodCache(pod_api(kube, tmp_path), "n1", watch_timeout_seconds=5,
                          request_timeout=2, backoff_initial=0.05, backoff_max=0.2)
     yield pod_cache
     pod_cache.stop()
-    api.close()
 
 
 def names(cache: PodCache) -> list[str]:
@@ -124,11 +130,10 @@ def test_api_errors_back_off_keep_last_pods_and_recover(kube: KubeApiServer,
 
 
 def test_timeout_is_reported(kube: KubeApiServer, cache: PodCache) -> None:
-    # The client's urllib3 retries a timed-out read; every attempt must time out.
-    kube.inject_fault(path_regex=r"^/api/v1/pods$", delay=3.0, times=4)
+    # The thin client does not retry: the first timed-out read (2 s) reaches the cache.
+    kube.inject_fault(path_regex=r"^/api/v1/pods$", delay=3.0, times=1)
     cache.start()
-    # 4 attempts of 2 s each before the error reaches the cache
-    wait_until(lambda: cache.failures >= 1, timeout=20, what="timeout noticed")
+    wait_until(lambda: cache.failures >= 1, timeout=10, what="timeout noticed")
     assert "Read timed out" in str(cache.last_failure)
     wait_until(lambda: cache.health() is None, timeout=10, what="recovery after the delay")
 
@@ -166,13 +171,12 @@ def test_node_agent_with_a_cluster_reads_pods_from_the_api(kube: KubeApiServer,
         node.stop()
 
 
-def test_a_resumed_watch_is_healthy_before_any_event_or_bookmark() -> None:
+def test_a_resumed_watch_is_healthy_before_any_event_or_bookmark(tmp_path: Path) -> None:
     """After a reconnect without a relist, a real server may send nothing for minutes (no
     pod changes, bookmarks about a minute apart): the watch it accepted is healthy."""
     with KubeApiServer(bookmark_interval=600, namespaces=("default", "ml")) as quiet:
         quiet.create(pod("a", "n1"))
-        api = quiet.api_client()
-        cache = PodCache(client.CoreV1Api(api), "n1", watch_timeout_seconds=30,
+        cache = PodCache(pod_api(quiet, tmp_path), "n1", watch_timeout_seconds=30,
                          request_timeout=2, backoff_initial=0.05, backoff_max=0.2)
         try:
             cache.start()
@@ -185,7 +189,6 @@ def test_a_resumed_watch_is_healthy_before_any_event_or_bookmark() -> None:
             assert cache.relists == 1  # resumed from its resourceVersion, no new list
         finally:
             cache.stop()
-            api.close()
 
 
 def test_terminating_pods_carry_their_deletion_timestamp(kube: KubeApiServer,
