@@ -316,11 +316,15 @@ class PodListWatch:
         if token:
             headers["Authorization"] = f"Bearer {token}"
         try:
-            connection.request("GET", f"/api/v1/pods?{urlencode(query)}", headers=headers)
-            response = connection.getresponse()
-        except TimeoutError:
-            connection.close()
-            raise TimeoutError(f"{what}: Read timed out ({timeout:g} s)") from None
+            try:
+                connection.connect()
+            except TimeoutError:
+                raise TimeoutError(f"{what}: connect timed out ({timeout:g} s)") from None
+            try:
+                connection.request("GET", f"/api/v1/pods?{urlencode(query)}", headers=headers)
+                response = connection.getresponse()
+            except TimeoutError:
+                raise TimeoutError(f"{what}: Read timed out ({timeout:g} s)") from None
         except BaseException:
             connection.close()
             raise
