@@ -121,10 +121,15 @@ def test_api_errors_back_off_keep_last_pods_and_recover(kube: KubeApiServer,
     kube.create(pod("a", "n1"))
     cache.start()
     wait_until(lambda: names(cache) == ["a"], timeout=5, what="list")
-    kube.inject_fault(path_regex=r"^/api/v1/pods$", status=500, times=3)
+    # Until cleared: with a few faults only, the retries (backoff from 50 ms) could all
+    # pass between two looks at health().
+    kube.inject_fault(path_regex=r"^/api/v1/pods$", status=500, times=None)
     kube.drop_watches()
     wait_until(lambda: "500" in str(cache.health()), timeout=5, what="the 500 noticed")
     assert names(cache) == ["a"]  # stale but kept, and reported as such
+    wait_until(lambda: cache.failures >= 3, timeout=5, what="retries")
+    assert "500" in str(cache.health())
+    kube.clear_faults()
     wait_until(lambda: cache.health() is None, timeout=10, what="recovery")
     assert names(cache) == ["a"]
 
