@@ -22,6 +22,7 @@ from agent.controller.hygiene.runner import HygieneRuntime
 from agent.controller.hygiene.scheduler import LeaderScheduler
 from agent.controller.hygiene.store import HygieneStore
 from agent.controller.leader import LeaderElector
+from agent.controller.owners import namespace_teams_collector, node_remediation_collector
 from agent.controller.pending import pending_pods_collector
 from agent.controller.pipelines import pipelines_collector
 from agent.exporter.collection import CollectionLoops, Collector, CollectResult
@@ -144,6 +145,12 @@ def build_controller(config: StewardConfig, *, api_client: Any) -> Controller:
             pending_pods_collector(client.CoreV1Api(api_client), interval),
             # On the leader only: N replicas exporting it would multiply every sum().
             prices_collector(config.finops.prices, interval),
+            # Whose workload a GPU fault hit, and whether its node is already quarantined.
+            namespace_teams_collector(client.CoreV1Api(api_client), interval,
+                                      static=config.finops.namespace_teams,
+                                      label=config.finops.team_label),
+            node_remediation_collector(client.CoreV1Api(api_client), interval,
+                                       taint_keys=ctl.remediation_taint_keys),
         ], on_publish=publish)
 
     # Opened at start, not at the first job: a store that lost its state stops the start

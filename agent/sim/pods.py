@@ -9,14 +9,17 @@ benchmarks. They feed the same collectors the real sources do.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from agent.node.device_health import HEALTHY, UNHEALTHY, DeviceHealth
 from agent.node.podresources.client import ContainerDevices
 from agent.node.pods import ContainerInfo, PodInfo
 from agent.sim.nvml import SimulatedNvml
+from agent.sim.world import WORKLOAD_KINDS
 
 GPU_RESOURCE = "nvidia.com/gpu"
 _NAMESPACE_UUID = uuid.UUID("5f1b7a0e-3c4d-4e5f-8a9b-0c1d2e3f4a5b")
@@ -65,6 +68,10 @@ class SimulatedPods:
                  churn_seconds: float | None = None,
                  clock: Callable[[], float] = time.time) -> None:
         self._hostname = hostname
+        self._nvml = nvml
+        # pod uid -> (GPU index, device ID, container): the device health the simulated
+        # device plugin reports in pod status (Unhealthy once the GPU is lost).
+        self._held: dict[str, tuple[int, str, str]] = {}
         self._extra = extra_pods
         self._churn = churn_seconds
         self._clock = clock
@@ -91,6 +98,7 @@ class SimulatedPods:
                     f"{work.name}-{index}-{replica}"
                 pod = self._add_pod(work, name)
                 device_id = gpu_uuid if work.replicas == 1 else f"{gpu_uuid}::{replica}"
+                self._held[pod.uid] = (index, device_id, work.container)
                 self._devices.append(ContainerDevices(pod.namespace, pod.name, work.container,
                                                       GPU_RESOURCE, (device_id,)))
                 self._pid_to_uid[nvml.process_pid(index, replica)] = pod.uid
@@ -101,13 +109,16 @@ class SimulatedPods:
 
     def _pod_info(self, work: Workload, name: str, *, phase: str = "Running") -> PodInfo:
         terminated_at = None if work.terminated_ago is None else self._start - work.terminated_ago
+        # Named as agent.sim.world creates their owners in the API stand-in.
+        kind = WORKLOAD_KINDS.get(work.name, ("Deployment", "", {}))[0]
         return PodInfo(
             uid=_uid(self._hostname, work.namespace, name), namespace=work.namespace,
             name=name, phase=phase, gpus_requested=1, created_at=self._start - 3600,
             containers=(ContainerInfo(
                 name=work.container, restarts=work.restarts, waiting_reason=work.waiting_reason,
                 last_terminated_reason=work.terminated_reason,
-                last_terminated_at=terminated_at),))
+                last_terminated_at=terminated_at),),
+            workload_kind=kind, workload=f"{work.name}-{self._hostname}")
 
     def _add_pod(self, work: Workload, name: str) -> PodInfo:
         pod = self._pod_info(work, name)
@@ -127,7 +138,16 @@ class SimulatedPods:
 
     # -- PodSource --
     def pods(self) -> list[PodInfo]:
-        return [*self._pods, *self._filler()]
+        return [*(self._with_health(p) for p in self._pods), *self._filler()]
+
+    def _with_health(self, pod: PodInfo) -> PodInfo:
+        held = self._held.get(pod.uid)
+        if held is None:
+            return pod
+        index, device_id, container = held
+        health = UNHEALTHY if self._nvml.is_lost(index) else HEALTHY
+        return dataclasses.replace(pod, device_health=(
+            DeviceHealth(container, GPU_RESOURCE, device_id, health),))
 
     def health(self) -> str | None:
         return None
