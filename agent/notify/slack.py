@@ -134,6 +134,11 @@ class SlackSink:
     def __init__(self, client: WebClient) -> None:
         self._client = client
 
+    @property
+    def api_url(self) -> str:
+        """Slack's API base URL: a permalink on its host is Slack's own (a stand-in's too)."""
+        return str(self._client.base_url)
+
     @classmethod
     def create(cls, *, token: str, api_url: str, timeout: float = 10.0) -> SlackSink:
         return cls(WebClient(token=token, base_url=api_url, timeout=int(max(1, timeout)),
@@ -166,6 +171,13 @@ class SlackSink:
             channel=channel_id, ts=ts, text=message.text, blocks=message.blocks,
             parse="none", link_names=False,
         ), write=True)
+
+    def permalink(self, channel_id: str, ts: str) -> str | None:
+        """The message's permalink (chat.getPermalink), to link it from another message."""
+        response = self._call("chat.getPermalink", lambda: self._client.chat_getPermalink(
+            channel=channel_id, message_ts=ts), write=False)
+        link = response.get("permalink")
+        return str(link) if link else None
 
     def resolve_channel(self, channel: str) -> str | None:
         """The id of a channel configured by name (conversations.list; needs channels:read)."""

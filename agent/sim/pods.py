@@ -50,6 +50,11 @@ WORKLOADS: dict[str, Workload] = {
                                    restarts=1, terminated_reason="OOMKilled",
                                    terminated_ago=90.0),
 }
+# A GPU time-sliced by two teams' workloads (one replica each): one owner notice per team.
+SHARED_WORKLOADS: dict[str, tuple[Workload, ...]] = {
+    "lost_shared": (Workload("inference", "embed-batch", "worker"),
+                    Workload("data-science", "feature-backfill", "worker")),
+}
 MIG_WORKLOADS = (
     Workload("inference", "embedder", "server"),
     Workload("data-science", "jupyter-bob", "notebook"),
@@ -92,20 +97,29 @@ class SimulatedPods:
                         (mig_uuid,)))
                     self._pid_to_uid[nvml.process_pid(index, slot)] = pod.uid
                 continue
+            if scenario in SHARED_WORKLOADS:
+                for replica, work in enumerate(SHARED_WORKLOADS[scenario]):
+                    self._allocate(work, f"{work.name}-{index}", index,
+                                   f"{gpu_uuid}::{replica}", nvml.process_pid(index, replica))
+                continue
             work = WORKLOADS.get(scenario, Workload("default", scenario.replace("_", "-"), "main"))
             for replica in range(work.replicas):
                 name = f"{work.name}-{index}" if work.replicas == 1 else \
                     f"{work.name}-{index}-{replica}"
-                pod = self._add_pod(work, name)
                 device_id = gpu_uuid if work.replicas == 1 else f"{gpu_uuid}::{replica}"
-                self._held[pod.uid] = (index, device_id, work.container)
-                self._devices.append(ContainerDevices(pod.namespace, pod.name, work.container,
-                                                      GPU_RESOURCE, (device_id,)))
-                self._pid_to_uid[nvml.process_pid(index, replica)] = pod.uid
+                self._allocate(work, name, index, device_id, nvml.process_pid(index, replica))
         # Scheduled but stuck: the image cannot be pulled, so no GPU was handed out yet.
         pending = Workload("ml-research", "train-gpt-pending", "trainer",
                            waiting_reason="ImagePullBackOff")
         self._pods.append(self._pod_info(pending, "train-gpt-pending", phase="Pending"))
+
+    def _allocate(self, work: Workload, name: str, index: int, device_id: str,
+                  pid: int) -> None:
+        pod = self._add_pod(work, name)
+        self._held[pod.uid] = (index, device_id, work.container)
+        self._devices.append(ContainerDevices(pod.namespace, pod.name, work.container,
+                                              GPU_RESOURCE, (device_id,)))
+        self._pid_to_uid[pid] = pod.uid
 
     def _pod_info(self, work: Workload, name: str, *, phase: str = "Running") -> PodInfo:
         terminated_at = None if work.terminated_ago is None else self._start - work.terminated_ago
