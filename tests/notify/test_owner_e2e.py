@@ -1,6 +1,6 @@
 """End to end, owner notices: ``steward node --gpu-backend sim`` and ``steward controller``
-(against the Kubernetes API stand-in) -> Prometheus evaluating the catalog's rules (the demo's windows) ->
-Alertmanager -> the notifier -> the Slack stub.
+(against the Kubernetes API stand-in) -> Prometheus evaluating the catalog's rules (with the
+demo's windows) -> Alertmanager -> the notifier -> the Slack stub.
 
 The simulated node's GPUs fall off the bus with XID 79 at 25 s: GPU 0 under a research
 training Job, GPU 1 time-sliced by two teams' workloads (platform, data), GPU 2 with no
@@ -17,8 +17,6 @@ import json
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
 
 import pytest
 import yaml
@@ -58,9 +56,9 @@ def loop(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Loop]:
     workdir = tmp_path_factory.mktemp("owners-e2e")
     stub = SlackStub(tokens=(TOKEN,)).start()
     kube = KubeApiServer(namespaces=("default", "steward", *TEAMS)).start()
-    for namespace in TEAMS:  # teams by label, as in a real cluster
+    for namespace, team in TEAMS.items():  # teams by label, as in a real cluster
         kube.apply({"apiVersion": "v1", "kind": "Namespace",
-                    "metadata": {"name": namespace, "labels": {"team": TEAMS[namespace]}}})
+                    "metadata": {"name": namespace, "labels": {"team": team}}})
     kube.apply({"apiVersion": "v1", "kind": "Node", "metadata": {
         "name": HOST, "annotations": {"quarantineHealthEvent": '[{"checkName":"GpuXidError"}]'}},
         "spec": {"unschedulable": True}})
