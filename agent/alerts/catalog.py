@@ -645,8 +645,9 @@ _SELF_ALERTS: Final = (
 CATALOG: Final[tuple[Alert, ...]] = (
     *_GPU_ALERTS, *_WORKLOAD_ALERTS, *_PIPELINE_ALERTS, *_SELF_ALERTS,
 )
-# The ownership joins the alerts above use, evaluated first in the GPU hardware group.
-RECORDING_RULES: Final[tuple[RecordingRule, ...]] = recording_rules(GROUP_GPU_HARDWARE)
+# The ownership joins the alerts above use, each evaluated first in its alerts' group.
+RECORDING_RULES: Final[tuple[RecordingRule, ...]] = recording_rules(
+    gpu_group=GROUP_GPU_HARDWARE, pod_group=GROUP_WORKLOADS)
 
 
 def alerts_by_group(alerts: Sequence[Alert] = CATALOG) -> dict[str, list[Alert]]:

@@ -4,8 +4,8 @@ their team, and to what a remediation tool has done to the node.
 Three series meet here: ``steward_gpu_allocation`` (node agent: GPU -> namespace, pod),
 ``steward_pod_workload_info`` (node agent: pod -> owning workload, from the pods it
 watches) and ``steward_namespace_team_info`` (controller leader: namespace -> team, the
-FinOps report's mapping). Two recording rules, evaluated first in the alert group that uses
-them, make the joins once:
+FinOps report's mapping). Two recording rules, each evaluated first in the alert group that
+uses it, make the joins once:
 
 - ``steward:pod_owners``: one series per pod (``hostname, namespace, pod, workload_kind,
   workload, team``);
@@ -101,10 +101,13 @@ def _gpu_owners_expr() -> str:
     )
 
 
-def recording_rules(group: str) -> tuple[RecordingRule, ...]:
+def recording_rules(*, gpu_group: str, pod_group: str) -> tuple[RecordingRule, ...]:
+    """Each in the group of the alerts that read it: a group's rules run in order at one
+    evaluation time, while two groups run apart (an alert in another group could read the
+    recorded series one evaluation late: a new pod without its owners)."""
     return (
-        RecordingRule(POD_OWNERS, _pod_owners_expr(), group),
-        RecordingRule(GPU_OWNERS, _gpu_owners_expr(), group),
+        RecordingRule(GPU_OWNERS, _gpu_owners_expr(), gpu_group),
+        RecordingRule(POD_OWNERS, _pod_owners_expr(), pod_group),
     )
 
 
