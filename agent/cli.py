@@ -12,11 +12,15 @@ import logging
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from agent import __version__
 from agent.config import ConfigError, StewardConfig, load_config, with_overrides
 from agent.errors import RuntimeFailure
 from agent.log import configure_logging, register_secret
+
+if TYPE_CHECKING:
+    from agent.exporter.collection import Collector
 
 log = logging.getLogger("agent.cli")
 EXIT_OK, EXIT_RUNTIME, EXIT_USAGE = 0, 1, 2
@@ -59,15 +63,39 @@ def _with_state(args: argparse.Namespace, config: StewardConfig, run: Callable[[
 def _cmd_node(args: argparse.Namespace, config: StewardConfig) -> int:
     from agent.node.app import run_node
 
+    if config.node.gpu_backend == "sim":
+        # The CLI chooses the simulator; the node agent only gets its sources.
+        from agent.sim.node import simulated_sources
+
+        return run_node(config, sources=simulated_sources(config))
     return run_node(config)
 
 
 def _cmd_controller(args: argparse.Namespace, config: StewardConfig) -> int:
+    from agent.clients.kubernetes.api import KubeConfigError
     from agent.controller.app import run_controller
-    from agent.kube import KubeConfigError
+
+    def schedule_report(scheduler: object) -> object:
+        # pandas and matplotlib load when the leader schedules the report, not at start.
+        from agent.finops.report import schedule_finops_report
+
+        return schedule_finops_report(scheduler, config)
+
+    def team_info(api_client: Any, interval: float) -> Collector:
+        # The GPU fault alerts' owners: namespace -> team, the report's own mapping.
+        from kubernetes import client
+
+        from agent.finops.team_info import namespace_teams_collector
+
+        return namespace_teams_collector(client.CoreV1Api(api_client), interval,
+                                         static=config.finops.namespace_teams,
+                                         label=config.finops.team_label)
 
     try:
-        return _with_state(args, config, lambda: run_controller(config))
+        # The CLI composes: the weekly FinOps report rides on the controller's scheduler,
+        # FinOps' namespace -> team series on its leader's collectors.
+        return _with_state(args, config, lambda: run_controller(
+            config, scheduled=[schedule_report], leader_collectors=[team_info]))
     except KubeConfigError as exc:
         raise UsageError(str(exc)) from exc
 

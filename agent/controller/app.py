@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,12 +19,13 @@ from sqlalchemy import Engine
 
 from agent.config import StewardConfig
 from agent.controller.hygiene.runner import HygieneRuntime
-from agent.controller.hygiene.scheduler import LeaderScheduler
+from agent.controller.hygiene.store import TABLES as HYGIENE_TABLES
 from agent.controller.hygiene.store import HygieneStore
 from agent.controller.leader import LeaderElector
-from agent.controller.owners import namespace_teams_collector, node_remediation_collector
+from agent.controller.owners import node_remediation_collector
 from agent.controller.pending import pending_pods_collector
 from agent.controller.pipelines import pipelines_collector
+from agent.controller.scheduler import LeaderScheduler
 from agent.exporter.collection import CollectionLoops, Collector, CollectResult
 from agent.exporter.exposition import Exposition
 from agent.exporter.server import MetricsServer, parse_listen
@@ -32,6 +33,8 @@ from agent.signals import stop_on_signals
 from agent.state import StoreCreatedCollector, open_store, store_identity
 
 log = logging.getLogger(__name__)
+# Another component's cluster collector for the leader: (ApiClient, interval) -> Collector.
+LeaderCollector = Callable[[Any, float], Collector]
 
 
 @dataclass
@@ -110,14 +113,13 @@ def prices_collector(prices: dict[str, float], interval: float) -> Collector:
     return Collector("prices", collect, interval)
 
 
-def _schedule_finops(scheduler: Any, config: StewardConfig) -> Any:
-    # pandas and matplotlib load when the leader schedules the report, not at import.
-    from agent.finops.report import schedule_finops_report
-
-    return schedule_finops_report(scheduler, config)
-
-
-def build_controller(config: StewardConfig, *, api_client: Any) -> Controller:
+def build_controller(config: StewardConfig, *, api_client: Any,
+                     scheduled: Sequence[Callable[[Any], Any]] = (),
+                     leader_collectors: Sequence[LeaderCollector] = ()) -> Controller:
+    """The controller, not started. ``scheduled`` register other components' jobs on the
+    leader's scheduler (the CLI adds the weekly FinOps report); ``leader_collectors`` are
+    other components' cluster collectors, run on the leader only (the CLI adds FinOps'
+    namespace -> team series)."""
     from kubernetes import client
 
     ctl = config.controller
@@ -145,24 +147,22 @@ def build_controller(config: StewardConfig, *, api_client: Any) -> Controller:
             pending_pods_collector(client.CoreV1Api(api_client), interval),
             # On the leader only: N replicas exporting it would multiply every sum().
             prices_collector(config.finops.prices, interval),
-            # Whose workload a GPU fault hit, and whether its node is already quarantined.
-            namespace_teams_collector(client.CoreV1Api(api_client), interval,
-                                      static=config.finops.namespace_teams,
-                                      label=config.finops.team_label),
+            # Whether a failed GPU's node is already quarantined.
             node_remediation_collector(client.CoreV1Api(api_client), interval,
                                        taint_keys=ctl.remediation_taint_keys),
+            *(make(api_client, interval) for make in leader_collectors),
         ], on_publish=publish)
 
     # Opened at start, not at the first job: a store that lost its state stops the start
     # (StateLost), and its creation time is exported from the first scrape.
-    store = open_store(config.state.url)
+    store = open_store(config.state.url, tables=[HYGIENE_TABLES])
     state = StoreCreatedCollector(store_identity(store))
     # Hygiene runs act only while this replica leads: the engine asks before every action.
     hygiene = HygieneRuntime(config, api_client=api_client, store=HygieneStore(store),
                              still_leader=lambda: elector.is_leader)
-    # The weekly FinOps report rides on the same leader-only scheduler as the hygiene jobs.
-    scheduler = LeaderScheduler(hygiene, on_finished=publish,
-                                extra=[lambda aps: _schedule_finops(aps, config)])
+    # Other components' jobs (the weekly FinOps report) ride on the same leader-only
+    # scheduler as the hygiene jobs.
+    scheduler = LeaderScheduler(hygiene, on_finished=publish, extra=scheduled)
     exposition = Exposition(lambda: [*controller.families(), *process.collect(),
                                      *state.collect()])
     server = MetricsServer(parse_listen(ctl.listen), exposition, healthy=base.alive,
@@ -173,12 +173,15 @@ def build_controller(config: StewardConfig, *, api_client: Any) -> Controller:
     return controller
 
 
-def run_controller(config: StewardConfig, *, stop: threading.Event | None = None) -> int:
-    from agent.kube import api_client
+def run_controller(config: StewardConfig, *, stop: threading.Event | None = None,
+                   scheduled: Sequence[Callable[[Any], Any]] = (),
+                   leader_collectors: Sequence[LeaderCollector] = ()) -> int:
+    from agent.clients.kubernetes.api import api_client
 
     stop = stop or threading.Event()
     stop_on_signals(stop)
-    controller = build_controller(config, api_client=api_client(config.kubernetes, "controller"))
+    controller = build_controller(config, api_client=api_client(config.kubernetes, "controller"),
+                                  scheduled=scheduled, leader_collectors=leader_collectors)
     controller.start()
     log.info("controller started", extra={
         "listen": config.controller.listen, "port": controller.port,

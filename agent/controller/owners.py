@@ -1,10 +1,7 @@
-"""What the alert rules need to say whose workload a GPU fault hit, and whether the node is
-already being dealt with; cluster-scope, on the leader only.
+"""What the alert rules need to say whether a failed GPU's node is already being dealt with;
+cluster-scope, on the leader only (the namespace -> team series the same rules read is the
+FinOps mapping's own, agent.finops.team_info, composed onto the leader by the CLI).
 
-- ``steward_namespace_team_info{namespace, team}``: the team of every namespace, by the
-  mapping the FinOps report uses (``finops.namespace_teams`` first, then the namespace's
-  ``finops.team_label``, else ``unassigned``). Teams are namespace label values or config:
-  bounded, never free text.
 - ``steward_node_cordoned{hostname}`` (0 or 1, every node), ``steward_node_quarantined{hostname,
   by}`` (NVIDIA NVSentinel's ``quarantineHealthEvent`` annotation) and
   ``steward_node_remediation_taint{hostname, key, effect}`` (the taints listed in
@@ -19,28 +16,17 @@ labels its GPUs.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any, Final
 
 from prometheus_client.metrics_core import Metric
 
+from agent.clients.kubernetes.api import paged
 from agent.exporter.collection import Collector, CollectorFailed, CollectResult
-from agent.finops.teams import resolve_teams
-from agent.kube import paged
 
 # NVSentinel's fault-quarantine writes this annotation on every node it quarantines (the
 # health events that caused it) and removes it when the node is released.
 NVSENTINEL_QUARANTINE_ANNOTATION: Final = "quarantineHealthEvent"
-
-
-class _Labels:
-    """resolve_teams' source, holding labels already read (a failed read fails the run)."""
-
-    def __init__(self, labels: dict[str, dict[str, str]]) -> None:
-        self._labels = labels
-
-    def namespace_labels(self) -> dict[str, dict[str, str]]:
-        return self._labels
 
 
 def _api_failed(what: str, exc: Exception) -> CollectorFailed:
@@ -49,27 +35,6 @@ def _api_failed(what: str, exc: Exception) -> CollectorFailed:
     if isinstance(exc, ApiException):
         return CollectorFailed(f"api_{exc.status}", f"listing {what}: {exc.reason}")
     return CollectorFailed(type(exc).__name__.lower(), f"listing {what}: {exc}")
-
-
-def namespace_teams_collector(core_api: Any, interval: float, *, static: Mapping[str, str],
-                              label: str) -> Collector:
-    def collect() -> CollectResult:
-        try:
-            labels = {ns.metadata.name: dict(ns.metadata.labels or {})
-                      for ns in paged(core_api.list_namespace)}
-        except Exception as exc:
-            # Every namespace "unassigned" would be a wrong answer; none is an honest one.
-            raise _api_failed("namespaces", exc) from exc
-        mapping = resolve_teams([*labels, *static], static=static, label=label,
-                                source=_Labels(labels))
-        family = Metric("steward_namespace_team_info",
-                        "The namespace's team (finops.namespace_teams, else its "
-                        "finops.team_label label, else unassigned); always 1.", "gauge")
-        for namespace, team in sorted(mapping.teams.items()):
-            family.add_sample(family.name, {"namespace": namespace, "team": team}, 1.0)
-        return CollectResult([family] if family.samples else [])
-
-    return Collector("namespace_teams", collect, interval)
 
 
 def node_remediation_families(nodes: Sequence[Any], taint_keys: Sequence[str]) -> list[Metric]:

@@ -18,14 +18,13 @@ from typing import Any, Protocol
 
 from prometheus_client.metrics_core import Metric
 
-from agent.kube import timestamp
+from agent.clients.kubernetes.api import timestamp
+from agent.clients.kubernetes.calls import PodListing
+from agent.clients.kubernetes.gpus import pod_gpus
 from agent.node.device_health import DeviceHealth, build_device_health_family, device_health
 from agent.node.workloads import BARE_POD, build_workload_family, owning_workload
 
 log = logging.getLogger(__name__)
-
-GPU_RESOURCE_PREFIXES = ("nvidia.com/gpu", "nvidia.com/mig-")
-
 
 @dataclass(frozen=True)
 class ContainerInfo:
@@ -56,21 +55,6 @@ class PodInfo:
     device_health: tuple[DeviceHealth, ...] = ()
 
 
-def _gpu_count(resources: Any) -> int:
-    if resources is None:
-        return 0
-    # Limits are what the device plugin allocates; requests must equal them for GPUs.
-    quantities = resources.limits or resources.requests or {}
-    total = 0
-    for name, quantity in quantities.items():
-        if name.startswith(GPU_RESOURCE_PREFIXES):
-            try:
-                total += int(str(quantity))
-            except ValueError:
-                continue
-    return total
-
-
 def pod_info_from_api(pod: Any) -> PodInfo:
     """A ``kubernetes.client.V1Pod`` reduced to what the metrics need (and memory allows)."""
     status = pod.status
@@ -99,7 +83,7 @@ def pod_info_from_api(pod: Any) -> PodInfo:
         namespace=pod.metadata.namespace,
         name=pod.metadata.name,
         phase=(status.phase if status and status.phase else "Unknown"),
-        gpus_requested=sum(_gpu_count(c.resources) for c in pod.spec.containers or []),
+        gpus_requested=pod_gpus(pod),
         containers=tuple(containers),
         created_at=timestamp(pod.metadata.creation_timestamp),
         deleted_at=timestamp(pod.metadata.deletion_timestamp),
@@ -121,7 +105,7 @@ class PodSource(Protocol):
 class PodCache:
     """List-then-watch of this node's pods on a background thread."""
 
-    def __init__(self, core_api: Any, node_name: str, *, watch_timeout_seconds: int = 300,
+    def __init__(self, core_api: PodListing, node_name: str, *, watch_timeout_seconds: int = 300,
                  request_timeout: float = 30.0,
                  backoff_initial: float = 1.0, backoff_max: float = 60.0,
                  page_size: int = 500,

@@ -27,6 +27,7 @@ from typing import Any, Final, Protocol
 from urllib.parse import quote
 
 from agent.alerts.xid import XID_TABLE, XidAction, XidInfo
+from agent.clients.slack import Message
 from agent.notify.alert_links import LinkSettings, allowed_link, links_for, split_url
 from agent.notify.blocks import (
     MAX_BLOCKS,
@@ -34,7 +35,6 @@ from agent.notify.blocks import (
     MAX_SECTION,
     MAX_TEXT,
     Block,
-    Message,
     escape,
     fit,
     fit_escaped,

@@ -10,6 +10,8 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from agent.config import SIM_SCENARIOS
+
 GIB = 1024**3
 SM_IDLE_HZ = 345e6
 
@@ -238,3 +240,6 @@ SCENARIOS: dict[str, Scenario] = {s.name: s for s in (
     Scenario("mig", mig, mig=True, description="MIG enabled: 3g.40gb, 2g.20gb, 1g.10gb "
                                                      "(the 1g.10gb slice nearly full)"),
 )}
+if set(SCENARIOS) != set(SIM_SCENARIOS):  # config validates names against SIM_SCENARIOS
+    raise ImportError(f"agent.config.SIM_SCENARIOS {sorted(SIM_SCENARIOS)} and the simulated "
+                      f"scenarios {sorted(SCENARIOS)} differ: name each in both")

@@ -7,8 +7,9 @@ from typing import Any
 
 from kubernetes import client
 
-from agent.controller.owners import namespace_teams_collector, node_remediation_collector
+from agent.controller.owners import node_remediation_collector
 from agent.exporter.collection import CollectionLoops
+from agent.finops.team_info import namespace_teams_collector
 from agent.sim.kube_api import KubeApiServer
 from tests.controller.test_cluster_collectors import collect, value
 
