@@ -34,6 +34,16 @@ def _list_failed(exc: Exception) -> CollectorFailed:
     return CollectorFailed(type(exc).__name__.lower(), f"listing namespaces: {exc}")
 
 
+def team_info_family(teams: Mapping[str, str]) -> Metric:
+    """``steward_namespace_team_info`` of a namespace -> team mapping."""
+    family = Metric("steward_namespace_team_info",
+                    "The namespace's team (finops.namespace_teams, else its "
+                    "finops.team_label label, else unassigned); always 1.", "gauge")
+    for namespace, team in sorted(teams.items()):
+        family.add_sample(family.name, {"namespace": namespace, "team": team}, 1.0)
+    return family
+
+
 def namespace_teams_collector(core_api: Any, interval: float, *, static: Mapping[str, str],
                               label: str) -> Collector:
     def collect() -> CollectResult:
@@ -45,11 +55,7 @@ def namespace_teams_collector(core_api: Any, interval: float, *, static: Mapping
             raise _list_failed(exc) from exc
         mapping = resolve_teams([*labels, *static], static=static, label=label,
                                 source=_Labels(labels))
-        family = Metric("steward_namespace_team_info",
-                        "The namespace's team (finops.namespace_teams, else its "
-                        "finops.team_label label, else unassigned); always 1.", "gauge")
-        for namespace, team in sorted(mapping.teams.items()):
-            family.add_sample(family.name, {"namespace": namespace, "team": team}, 1.0)
+        family = team_info_family(mapping.teams)
         return CollectResult([family] if family.samples else [])
 
     return Collector("namespace_teams", collect, interval)
