@@ -1,5 +1,5 @@
-"""What every test folder shares: the Kubernetes API stand-in, and the ``steward``
-subprocesses a test started (``processes``).
+"""What every test folder shares: the Kubernetes API stand-in, the ``steward`` subprocesses a
+test started (``processes``), and the fast lane's guard.
 
 The stand-in (``agent.sim.kube_api``) comes from one factory in three lifetimes:
 ``make_kube`` (until the end of the test), ``make_module_kube`` and ``make_session_kube``;
@@ -7,6 +7,8 @@ each stops every server it started. ``kube`` and ``api_client`` are the stand-in
 take: quick bookmarks and the namespaces of ``kube_namespaces``, which a folder's conftest
 (or a test module) overrides instead of writing its own server fixture. A test that needs
 another stand-in asks the factory: ``make_kube(crds=(), grants=...)``.
+
+The fast lane (``make test-fast``) and its guard: tests/support/fast_lane.py.
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ from kubernetes import client
 from agent.sim.kube_api import KubeApiServer
 from tests.support.kube import QUICK_BOOKMARKS, KubeStandIns
 from tests.support.steward import StewardProcess
+
+pytest_plugins = ("tests.support.fast_lane",)
 
 
 @pytest.fixture
