@@ -17,6 +17,8 @@ from agent.alerts.catalog import CATALOG
 from agent.alerts.render import PROMETHEUS_RULES_FILE, render_prometheus_rule_resource
 from tests.support.binaries import require_binary
 
+pytestmark = pytest.mark.slow  # a promtool run per test
+
 ROOT = Path(__file__).resolve().parents[2]
 ALERTS_DIR = ROOT / "alerts"
 TESTS_DIR = ALERTS_DIR / "tests"
