@@ -21,6 +21,8 @@ from agent.alerts.render import (
 )
 from tests.support.binaries import require_binary
 
+pytestmark = pytest.mark.slow  # a promtool run per test
+
 ROOT = Path(__file__).resolve().parents[2]
 ALERTS_DIR = ROOT / "alerts"
 TESTS_DIR = ALERTS_DIR / "tests"

@@ -197,6 +197,7 @@ def delivered_or_dead(notifier: Notifier, stub: SlackStub, key: str) -> Callable
     return check
 
 
+@pytest.mark.slow
 def test_fuzzed_payloads_are_delivered_or_dead_lettered_and_inert(
         make_notifier: MakeNotifier, stub: SlackStub) -> None:
     notifier = make_notifier(alertmanager={"url": ALERTMANAGER}, notifier={"max_attempts": 2})
