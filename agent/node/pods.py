@@ -13,7 +13,7 @@ import logging
 import random
 import threading
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from prometheus_client.metrics_core import Metric
@@ -23,6 +23,12 @@ from agent.kube import timestamp
 log = logging.getLogger(__name__)
 
 GPU_RESOURCE_PREFIXES = ("nvidia.com/gpu", "nvidia.com/mig-")
+# Annotations kept in the cache, for GPU shares: KAI Scheduler's fraction requests and HAMi's
+# assignment. Every other annotation is dropped (some are large, all are untrusted text).
+SHARE_ANNOTATIONS = frozenset({
+    "gpu-fraction", "gpu-memory", "gpu-fraction-num-devices",
+    "hami.io/vgpu-devices-allocated",
+})
 
 
 @dataclass(frozen=True)
@@ -47,21 +53,38 @@ class PodInfo:
     # "Terminating"): deletion time plus the grace period. The phase stays what it was until
     # the kubelet has stopped the containers.
     deleted_at: float | None = None
+    labels: dict[str, str] = field(default_factory=dict, hash=False)
+    # Only the keys of SHARE_ANNOTATIONS.
+    annotations: dict[str, str] = field(default_factory=dict, hash=False)
+    # nvidia.com/* resource limits summed over containers (HAMi's gpucores, gpumem).
+    gpu_resources: dict[str, int] = field(default_factory=dict, hash=False)
+
+
+def counts_gpus(resource: str) -> bool:
+    """Whether ``resource`` counts GPUs: ``nvidia.com/gpu`` (also renamed, as time-slicing's
+    ``nvidia.com/gpu.shared``) and MIG slices; not HAMi's ``nvidia.com/gpumem`` (MiB) or
+    ``nvidia.com/gpucores`` (percent), which share the prefix."""
+    return (resource == "nvidia.com/gpu" or resource.startswith("nvidia.com/gpu.")
+            or resource.startswith("nvidia.com/mig-"))
+
+
+def _nvidia_quantities(resources: Any) -> dict[str, int]:
+    if resources is None:
+        return {}
+    # Limits are what the device plugin allocates; requests must equal them for GPUs.
+    quantities = resources.limits or resources.requests or {}
+    out: dict[str, int] = {}
+    for name, quantity in quantities.items():
+        if str(name).startswith("nvidia.com/"):
+            try:
+                out[str(name)] = int(str(quantity))
+            except ValueError:
+                continue
+    return out
 
 
 def _gpu_count(resources: Any) -> int:
-    if resources is None:
-        return 0
-    # Limits are what the device plugin allocates; requests must equal them for GPUs.
-    quantities = resources.limits or resources.requests or {}
-    total = 0
-    for name, quantity in quantities.items():
-        if name.startswith(GPU_RESOURCE_PREFIXES):
-            try:
-                total += int(str(quantity))
-            except ValueError:
-                continue
-    return total
+    return sum(n for name, n in _nvidia_quantities(resources).items() if counts_gpus(name))
 
 
 def pod_info_from_api(pod: Any) -> PodInfo:
@@ -94,7 +117,19 @@ def pod_info_from_api(pod: Any) -> PodInfo:
         containers=tuple(containers),
         created_at=timestamp(pod.metadata.creation_timestamp),
         deleted_at=timestamp(pod.metadata.deletion_timestamp),
+        labels=dict(pod.metadata.labels or {}),
+        annotations={k: str(v) for k, v in (pod.metadata.annotations or {}).items()
+                     if k in SHARE_ANNOTATIONS},
+        gpu_resources=_sum_quantities(pod.spec.containers or []),
     )
+
+
+def _sum_quantities(containers: Iterable[Any]) -> dict[str, int]:
+    total: dict[str, int] = {}
+    for container in containers:
+        for name, n in _nvidia_quantities(container.resources).items():
+            total[name] = total.get(name, 0) + n
+    return total
 
 
 class PodSource(Protocol):
