@@ -20,7 +20,7 @@ from slack_sdk.errors import SlackApiError, SlackClientError
 from agent.config import StewardConfig
 from agent.cron import cron_trigger
 from agent.errors import RuntimeFailure, plain_cause
-from agent.finops.aggregate import aggregate_usage, build_tables, price_usage
+from agent.finops.aggregate import aggregate_usage, aggregate_week, build_tables, price_usage
 from agent.finops.document import FinopsReport
 from agent.finops.parquet import ParquetSource, export_parquet
 from agent.finops.period import ReportWeek
@@ -90,9 +90,10 @@ def build_report(config: StewardConfig, week: ReportWeek, *, source: SeriesSourc
         warnings.append(f"{week.name} is not over yet: the hours after "
                         f"{now.astimezone(UTC):%a %H:%M} UTC have no data")
 
-    usage = aggregate_usage(source, week.start, week.end, idle_floor=finops.idle_floor)
+    week_usage = aggregate_week(source, week.start, week.end, idle_floor=finops.idle_floor)
+    usage = week_usage.usage
     gaps = source.gaps(week.start, week.end)
-    priced = price_usage(usage, prices)
+    priced = price_usage(usage, prices, gpus=week_usage.gpus)
     prev_usage = aggregate_usage(source, previous.start, previous.end,
                                  idle_floor=finops.idle_floor)
     prev_gaps = source.gaps(previous.start, previous.end)
@@ -123,7 +124,8 @@ def build_report(config: StewardConfig, week: ReportWeek, *, source: SeriesSourc
     unmeasured = tables.totals["gpu_hours_unmeasured"]
     if unmeasured > 0:
         gaps.append(Gap(kind="utilization_unavailable",
-                        scope="MIG instances and GPUs without utilization samples",
+                        scope="MIG instances, GPUs without utilization samples, and shares "
+                              "whose use could not be attributed",
                         start=week.start, end=week.end, hours=unmeasured))
     allocated = tables.totals["gpu_hours_allocated"]
     mean_price = tables.totals["cost"] / allocated if allocated > 0 else (
