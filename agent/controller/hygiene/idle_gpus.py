@@ -15,7 +15,8 @@ it skips missing samples, so a GPU that fell off the bus looks idle.
 
 Pods younger than window + grace, MIG instances (NVML has no per-instance utilization),
 exempt objects and workloads with a replica that is not idle are skipped, each with the
-guard that held.
+guard that held. On a shared GPU that is busy, a tenant is judged by its own use instead,
+and only notified (:mod:`agent.controller.hygiene.gpu_tenants`).
 
 Per-workload policy (``hygiene.idle_gpus``): notebooks (``notebook_labels`` on the pod or an
 owner) -> ``notebook_action`` on their Deployment/StatefulSet; Deployments, StatefulSets and
@@ -41,6 +42,14 @@ from itertools import pairwise
 from typing import Any, Final
 
 from agent.config import IdleGpusConfig
+from agent.controller.hygiene.gpu_tenants import (
+    RESERVATION_REASON,
+    SHARED_NOTE,
+    TenantEvidence,
+    is_reservation_pod,
+    sample_metrics,
+    share_queries,
+)
 from agent.controller.hygiene.guards import exempt_flag
 from agent.controller.hygiene.model import (
     Candidate,
@@ -200,6 +209,7 @@ class Evidence:
     utilization: dict[tuple[str, str], list[tuple[float, float]]] = field(default_factory=dict)
     # (namespace, pod, hostname, UUID) -> times the allocation was seen
     allocated: dict[tuple[str, str, str, str], list[float]] = field(default_factory=dict)
+    tenants: TenantEvidence = field(default_factory=TenantEvidence)  # shared GPUs
 
 
 @dataclass
@@ -213,6 +223,7 @@ class _IdlePod:
     coverage: list[dict[str, Any]] = field(default_factory=list)
     obj: JsonObj | None = None
     age: float = 0.0
+    own_use: bool = False  # judged by its own use on a busy shared GPU: notify only
 
 
 @dataclass
@@ -288,6 +299,7 @@ class IdleGpusJob:
         if self._settings.power_idle_watts is not None:
             out["peak_power"] = ("max by (hostname, UUID) "
                                  f"(max_over_time(steward_gpu_power_watts[{span}]))")
+        out.update(share_queries(span=span, recent=recent))
         return out
 
     def coverage_queries(self, uuids: Iterable[str]) -> list[str]:
@@ -298,7 +310,8 @@ class IdleGpusJob:
         out = []
         for start in range(0, len(wanted), _UUIDS_PER_QUERY):
             chunk = "|".join(_regex_literal(u) for u in wanted[start:start + _UUIDS_PER_QUERY])
-            for metric in ("steward_gpu_utilization_ratio", "steward_gpu_allocation"):
+            for metric in ("steward_gpu_utilization_ratio", "steward_gpu_allocation",
+                           *sample_metrics()):
                 out.append(f'{metric}{{UUID=~"{chunk}"}}[{span}]')
         return out
 
@@ -318,15 +331,32 @@ class IdleGpusJob:
                        allocation.hostname, allocation.uuid, allocation.mig_instance or "")
                 allocations[key] = allocation  # several scrape jobs: one allocation
         peak = _float_map(answers["peak_utilization"])
+        tenants = TenantEvidence.of(answers)
+        held = {(a.namespace, a.pod, a.hostname, a.uuid) for a in allocations.values()}
+        for sample in answers["shares"]:
+            labels = sample.labels
+            tenant = (labels.get("namespace", ""), labels.get("pod", ""),
+                      labels.get("hostname", ""), labels.get("UUID", ""))
+            if tenant in held or labels.get("GPU_I_ID") or not all(tenant):
+                continue
+            # A KAI fraction holds no device of its own: its share is its allocation.
+            allocations[(*tenant, "", "")] = Allocation(
+                namespace=tenant[0], pod=tenant[1], container="", hostname=tenant[2],
+                uuid=tenant[3], gpu=labels.get("gpu", ""), model=labels.get("modelName", ""),
+                mig_instance=None)
+            held.add(tenant)
         evidence = Evidence(
             at=at,
             allocations=sorted(allocations.values(), key=lambda a: (a.namespace, a.pod, a.gpu)),
             peak=peak, power=_float_map(answers["peak_power"]) if "peak_power" in answers
             else None,
-            up=_float_map(answers["up"], keep=min), lost=_float_map(answers["lost"]))
+            up=_float_map(answers["up"], keep=min), lost=_float_map(answers["lost"]),
+            tenants=tenants)
         floor = self._settings.utilization_floor
         looking_idle = {a.uuid for a in evidence.allocations
-                        if a.mig_instance is None and peak.get(a.gpu_key, math.inf) < floor}
+                        if a.mig_instance is None and (
+                            peak.get(a.gpu_key, math.inf) < floor or tenants.looks_idle(
+                                (a.namespace, a.pod, a.hostname, a.uuid), floor))}
         for expr in self.coverage_queries(looking_idle):
             for series in self._prometheus.samples(expr, at=at):
                 self._collect(series, evidence)
@@ -338,6 +368,14 @@ class IdleGpusJob:
         series (a sample from either covers that moment)."""
         labels = series.labels
         key = (labels.get("hostname", ""), labels.get("UUID", ""))
+        if labels.get("__name__") == "steward_gpu_pod_allocated_ratio" \
+                and not labels.get("GPU_I_ID"):
+            # A share is an allocation too (a KAI fraction has no other).
+            owner = (labels.get("namespace", ""), labels.get("pod", ""), *key)
+            evidence.allocated.setdefault(owner, []).extend(
+                t for t, v in series.points if v > 0)
+        if evidence.tenants.collect(series):
+            return
         if labels.get("__name__") == "steward_gpu_allocation":
             if labels.get("GPU_I_ID"):
                 return
@@ -371,6 +409,13 @@ class IdleGpusJob:
             if key not in evidence.peak:
                 return (f"evidence incomplete: no utilization samples of {where} within "
                         f"{window} plus grace {self._settings.grace}"), 0.0, None, []
+            if evidence.tenants.shared(key) and evidence.peak[key] >= floor:
+                why = self._judge_tenant(allocation, where, evidence)
+                if isinstance(why, str):
+                    return why, peak, None, []
+                peak = max(peak, why["peak_use_of_share"])
+                coverage.append(why)
+                continue
             peak = max(peak, evidence.peak[key])
             if evidence.peak[key] >= floor:
                 return (f"in use: peak utilization {evidence.peak[key]:.1%} of {where} within "
@@ -387,6 +432,27 @@ class IdleGpusJob:
                             f"{self._settings.power_idle_watts:g} W"), peak, None, []
                 power = max(power or 0.0, watts)
         return None, peak, power, coverage
+
+    def _judge_tenant(self, allocation: Allocation, where: str, evidence: Evidence
+                      ) -> str | dict[str, Any]:
+        """A tenant of a busy shared GPU, by its own use (gpu_tenants); the GPU must be up
+        and never lost within the span, as for a whole GPU."""
+        lost = evidence.lost.get(allocation.gpu_key)
+        up = evidence.up.get(allocation.gpu_key)
+        if lost is None or lost > 0 or up is None or up < 1:
+            state = "never reported" if lost is None or up is None else "lost or not up"
+            return f"evidence incomplete: {where} was {state} within the span"
+        limit = f"at most {_span_text(self.max_gap)} allowed at the " \
+                f"{self._settings.scrape_interval} scrape interval"
+        judged = evidence.tenants.judge(
+            (allocation.namespace, allocation.pod, *allocation.gpu_key),
+            floor=self._settings.utilization_floor, where=where, max_gap=self.max_gap,
+            covers=lambda times: Coverage.of(times, end=evidence.at, span=self.span_seconds,
+                                             interval=self._interval),
+            limit=limit)
+        if isinstance(judged, dict):
+            judged = {"hostname": allocation.hostname, "UUID": allocation.uuid, **judged}
+        return judged
 
     def _incomplete(self, allocation: Allocation, where: str, evidence: Evidence
                     ) -> str | dict[str, Any]:
@@ -434,13 +500,19 @@ class IdleGpusJob:
                 sharers[allocation.gpu_key].add((allocation.namespace, allocation.pod))
         idle: dict[tuple[str, str], _IdlePod] = {}
         for (namespace, pod), allocations in sorted(by_pod.items()):
+            if is_reservation_pod(namespace, pod):
+                skipped.append(Skipped(f"{namespace}/{pod}", RESERVATION_REASON))
+                continue
             why, peak, power, coverage = self._judge_gpus(allocations, evidence)
             if why is not None:
                 skipped.append(Skipped(f"{namespace}/{pod}", why))
                 continue
-            gpus = sum(1.0 / max(1, len(sharers[a.gpu_key])) for a in allocations)
-            idle[(namespace, pod)] = _IdlePod(namespace, pod, allocations, peak, power, gpus,
-                                              coverage)
+            # What it would free: its share, where the node agent says (1/holders before).
+            gpus = sum(evidence.tenants.share((namespace, pod, *a.gpu_key))
+                       or 1.0 / max(1, len(sharers[a.gpu_key])) for a in allocations)
+            idle[(namespace, pod)] = _IdlePod(
+                namespace, pod, allocations, peak, power, gpus, coverage,
+                own_use=any(c.get("judged_by") == "own use" for c in coverage))
         if not idle:
             return Scan(candidates=[], skipped=skipped)
         try:
@@ -624,13 +696,14 @@ class IdleGpusJob:
         peak = max(p.peak for p in target.pods)
         powers = [p.power for p in target.pods if p.power is not None]
         coverage = {(c["hostname"], c["UUID"]): c for p in target.pods for c in p.coverage}
+        own_use = any(p.own_use for p in target.pods)
         evidence: dict[str, Any] = {
             "workload": target.workload,
             "pods": [f"{p.namespace}/{p.name}" for p in target.pods],
             "gpus": [{"hostname": a.hostname, "UUID": a.uuid, "gpu": a.gpu,
                       "modelName": a.model, "pod": f"{a.namespace}/{a.pod}",
                       "coverage": {k: v for k, v in coverage.get(a.gpu_key, {}).items()
-                                   if k in ("utilization", "allocation")}}
+                                   if k not in ("hostname", "UUID")}}
                      for p in target.pods for a in p.allocations],
             "peak_utilization": round(peak, 6),
             "utilization_floor": settings.utilization_floor,
@@ -649,9 +722,17 @@ class IdleGpusJob:
         count = f"{gpus:g} GPU" + ("" if gpus == 1 else "s")
         reason = (f"{count} allocated to {what} stayed under {settings.utilization_floor:.0%} "
                   f"utilization for {settings.window} (peak {peak:.2%})")
-        if target.note:
-            reason = f"{reason}; {target.note}"
-        return Candidate(resource=resource, action=target.action, reason=reason,
+        action, note = target.action, target.note
+        if own_use:
+            # Its neighbours keep the GPU busy: never act on attribution alone.
+            evidence["shared"] = True
+            reason = (f"{count} (its share of a shared GPU) held by {what}: its own use stayed "
+                      f"under {settings.utilization_floor:.0%} of its share for "
+                      f"{settings.window} (peak {peak:.2%})")
+            action, note = "notify", "; ".join(n for n in (note, SHARED_NOTE) if n)
+        if note:
+            reason = f"{reason}; {note}"
+        return Candidate(resource=resource, action=action, reason=reason,
                          evidence=evidence, reclaim={"gpus": round(gpus, 3)},
                          owner=self._owner(target, snapshot), kube_object=ref.as_tuple())
 
