@@ -71,7 +71,11 @@ def generate(path: Path, *, days: int, units: int, seed: int = 7) -> int:
     gi = np.concatenate([np.zeros(whole + 2 * shared_gpus, dtype=int),
                          1 + np.arange(mig) % 3])
     profiles = ["", "3g.40gb", "2g.20gb", "2g.20gb"]
-    share = np.where((gpu_of >= whole) & (gi == 0), 0.5, 1.0)
+    # Shares are fractions of the physical GPU: a replica of two is half, a MIG instance
+    # its compute slices (3/7, 2/7, 2/7: 7 of 7 slices).
+    share = np.where((gpu_of >= whole) & (gi == 0), 0.5,
+                     np.array([1.0, 3 / 7, 2 / 7, 2 / 7])[gi])
+    mode_of = np.where(gi > 0, 2, np.where(gpu_of >= whole, 1, 0))
     model_of_gpu = rng.integers(0, len(MODELS), gpus)
     host_of_gpu = np.arange(gpus) // 8
     period = rng.integers(12 * 60, 60 * 60, units)  # minutes a pod lives
@@ -96,7 +100,7 @@ def generate(path: Path, *, days: int, units: int, seed: int = 7) -> int:
     rows = 0
     with pq.ParquetWriter(path, schema, compression="zstd",
                           use_dictionary=["hostname", "uuid", "gpu_i_id", "profile", "model",
-                                          "namespace", "pod", "container"]) as writer:
+                                          "namespace", "pod", "container", "mode"]) as writer:
         for day in range(days):
             t0 = int(START.timestamp()) + day * 86400
             absolute = day * 1440 + minute
@@ -126,7 +130,9 @@ def generate(path: Path, *, days: int, units: int, seed: int = 7) -> int:
                 "model": dictionary(model_of_gpu[gpu_rows], pa.array(model_names)),
                 "namespace": dictionary(ns_of_pod[pod_index], namespaces),
                 "pod": dictionary(pod_index, pods),
-                "container": dictionary(np.zeros(len(minute), dtype=int), pa.array(["main"])),
+                "container": dictionary(np.zeros(len(minute), dtype=int), pa.array([""])),
+                "mode": dictionary(mode_of[unit_rows],
+                                   pa.array(["exclusive", "time_sliced", "mig"])),
                 "share": pa.array(share[unit_rows]),
                 "util_mean": pa.array(mean, from_pandas=True),  # NaN -> null
                 "util_max": pa.array(peak, from_pandas=True),
@@ -219,7 +225,8 @@ def main() -> int:
         child(args.child, args.file, args.days)
         return 0
 
-    path = args.dir / f"steward-finops-bench-{args.days}d-{args.gpus}.parquet"
+    # v2: shares are fractions of the GPU, with a mode column (an older file is not reused).
+    path = args.dir / f"steward-finops-bench-v2-{args.days}d-{args.gpus}.parquet"
     if not path.exists():
         t0 = time.perf_counter()
         partial = path.with_suffix(".partial")

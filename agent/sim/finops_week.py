@@ -48,11 +48,8 @@ import pandas as pd
 
 from agent.finops.parquet import write_series
 from agent.finops.series import SERIES_COLUMNS, UNALLOCATED_MODE, Gap
-from agent.node.attribution import DeviceIndex
-from agent.node.nvml import NvmlGpuSource
-from agent.node.shares import compute_shares
 from agent.sim.nvml import SimulatedNvml
-from agent.sim.pods import SimulatedPods
+from agent.sim.pods import SimulatedPods, simulated_shares
 
 HOURS = 168
 BURST = range(24, 96)  # Tuesday 00:00 to Friday 00:00 of the report week
@@ -176,17 +173,9 @@ def holders(hostname: str, scenarios: list[str], *, seed: int = 0,
     """Who holds what share of which GPU (unit) on a simulated node, as its node agent
     would export it, and one unallocated holder per physical GPU."""
     lib = SimulatedNvml(scenarios, hostname=hostname, seed=seed, model_name=model)
-    pods = SimulatedPods(lib, hostname)
-    source = NvmlGpuSource(lib=lib, simulated=True)
-    try:
-        readings = source.read()
-    finally:
-        source.close()
-    result = compute_shares(pods.list_devices(), pods.allocatable_devices(), readings,
-                            pods.pods(), DeviceIndex(readings))
     scenario_of = {uuid: scenario for uuid, scenario, _ in lib.gpus()}
     found: list[Holder] = []
-    for share in result.shares:
+    for share in simulated_shares(lib, SimulatedPods(lib, hostname)):
         ident = share.identity
         workload = share.pod.rsplit("-", 1)[0]
         pattern = TENANT_PATTERNS.get(workload) or PATTERNS[scenario_of[ident.uuid]]

@@ -16,8 +16,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal
 
+from agent.node.attribution import DeviceIndex
+from agent.node.nvml import NvmlGpuSource
 from agent.node.podresources.client import ContainerDevices
 from agent.node.pods import ContainerInfo, PodInfo
+from agent.node.shares import PodShare, compute_shares
 from agent.sim.nvml import SimulatedNvml
 
 GPU_RESOURCE = "nvidia.com/gpu"
@@ -240,3 +243,14 @@ class SimulatedPods:
     # -- cgroup lookup --
     def pod_uid_for_pid(self, pid: int) -> str | None:
         return self._pid_to_uid.get(pid)
+
+
+def simulated_shares(nvml: SimulatedNvml, pods: SimulatedPods) -> list[PodShare]:
+    """What the node agent would export as each pod's share of the simulated GPUs."""
+    source = NvmlGpuSource(lib=nvml, simulated=True)
+    try:
+        readings = source.read()
+    finally:
+        source.close()
+    return compute_shares(pods.list_devices(), pods.allocatable_devices(), readings,
+                          pods.pods(), DeviceIndex(readings)).shares

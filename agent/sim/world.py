@@ -11,6 +11,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from agent.node.pods import PodInfo
+from agent.node.shares import is_reservation_pod
 
 JsonObj = dict[str, Any]
 ACCOUNT, REGION = "123456789012", "us-east-1"  # moto's defaults
@@ -84,6 +85,14 @@ WORKLOAD_KINDS: dict[str, tuple[str, str, dict[str, str]]] = {
     "embedder": ("Deployment", f"{ECR_HOST}/inference/embedder:1.9.0", {}),
     "reranker": ("Deployment", f"{ECR_HOST}/inference/reranker:1.9.0", {}),
     "chat-api": ("Deployment", f"{ECR_HOST}/inference/chat-api:4.2.0", {}),
+    # tenants of shared GPUs (time-slicing, KAI fractions, HAMi)
+    "llm-serve": ("Deployment", f"{ECR_HOST}/inference/llm-server:3.0.2", {}),
+    "embed-api": ("Deployment", f"{ECR_HOST}/inference/embedder:1.9.0", {}),
+    "jupyter-carol": ("StatefulSet", f"{ECR_HOST}/ds/notebook:2026.11", NOTEBOOK),
+    "eval-nightly": ("Job", f"{ECR_HOST}/ml/evaluator:1.2.0", {}),
+    "tune-lora": ("Job", f"{ECR_HOST}/ml/trainer:2.4.1", {}),
+    "jupyter-dave": ("StatefulSet", f"{ECR_HOST}/ds/notebook:2026.11", NOTEBOOK),
+    "rerank-hami": ("Deployment", f"{ECR_HOST}/inference/reranker:1.9.0", {}),
 }
 
 
@@ -96,28 +105,39 @@ def load_pods(create: Callable[[JsonObj], JsonObj], pods: list[PodInfo], hostnam
               now: datetime | None = None) -> int:
     """Create the API objects behind a simulated node's pods through ``create`` (which
     returns the stored object): each pod with its owner chain, created three hours ago
-    (older than any idle window), bound to ``hostname``. Returns how many pods."""
+    (older than any idle window), bound to ``hostname``; KAI Scheduler's reservation pods
+    bare, as KAI creates them. Pods that hold a GPU share without requesting a GPU (KAI
+    fractions) carry their labels and annotations. Returns how many pods."""
     now = now or datetime.now(UTC)
     created = now - timedelta(hours=3)
     owners: dict[tuple[str, str], JsonObj] = {}
     count = 0
     for pod in pods:
-        if pod.phase != "Running" or not pod.gpus_requested:
+        if pod.phase != "Running" or not (pod.gpus_requested or pod.annotations):
             continue
-        workload = _workload_name(pod.name)
-        kind, image, labels = WORKLOAD_KINDS.get(
-            workload, ("Deployment", f"{ECR_HOST}/misc/{workload}:latest", {}))
-        key = (pod.namespace, workload)
-        if key not in owners:
-            owners[key] = _owner_chain(create, kind, pod.namespace, f"{workload}-{hostname}",
-                                       image, created=created, labels=labels)
         container = pod.containers[0].name if pod.containers else "main"
-        create({"apiVersion": "v1", "kind": "Pod",
-                "metadata": _meta("Pod", pod.namespace, pod.name, created=created,
-                                  labels=labels, owner=owners[key]),
+        limits = {k: str(v) for k, v in pod.gpu_resources.items()}
+        metadata: JsonObj
+        if is_reservation_pod(pod.namespace, pod.name):
+            image = "ghcr.io/kai-scheduler/kai-scheduler/resource-reservation:v0.9.0"
+            metadata = _meta("Pod", pod.namespace, pod.name, created=created,
+                             labels=pod.labels)
+        else:
+            workload = _workload_name(pod.name)
+            kind, image, labels = WORKLOAD_KINDS.get(
+                workload, ("Deployment", f"{ECR_HOST}/misc/{workload}:latest", {}))
+            key = (pod.namespace, workload)
+            if key not in owners:
+                owners[key] = _owner_chain(create, kind, pod.namespace,
+                                           f"{workload}-{hostname}", image, created=created,
+                                           labels=labels)
+            metadata = _meta("Pod", pod.namespace, pod.name, created=created,
+                             labels={**labels, **pod.labels}, owner=owners[key])
+        if pod.annotations:
+            metadata["annotations"] = dict(pod.annotations)
+        create({"apiVersion": "v1", "kind": "Pod", "metadata": metadata,
                 "spec": {"nodeName": hostname, "containers": [{
-                    "name": container, "image": image,
-                    "resources": {"limits": {"nvidia.com/gpu": str(pod.gpus_requested)}}}]},
+                    "name": container, "image": image, "resources": {"limits": limits}}]},
                 "status": {"phase": "Running", "startTime": _iso(created)}})
         count += 1
     return count
