@@ -37,10 +37,11 @@ SCENARIO_TEXT: Final[dict[str, str]] = {
     "thermal_throttling": "91 °C, thermal clock events; two time-sliced inference "
                           "replicas, one OOM-killed",
     "mig": "MIG mode, three slices (the 1g.10gb one 97% full)",
-    "time_sliced": "time-sliced by four tenants (a quarter each): 45%, 20%, idle, 5%",
-    "kai_fraction": "KAI Scheduler fractions: 0.5 at 30%, a quarter (gpu-memory) idle, "
-                    "a quarter free",
-    "hami": "HAMi: one pod with 30% of the cores, at 25%; the rest free",
+    "time_sliced": "time-sliced by four tenants, a quarter each (an LLM server at 45% of the "
+                   "GPU, an API at 20%, a notebook idle, an evaluation at 5%)",
+    "kai_fraction": "KAI Scheduler fractions behind a reservation pod: a LoRA job with 0.5 "
+                    "at 30%, a notebook with a quarter (gpu-memory) idle, a quarter free",
+    "hami": "HAMi: a reranker with 30% of the cores and 24 GiB, at 25%; the rest free",
 }
 
 

@@ -393,6 +393,17 @@ class NvmlGpuSource:
                 used[int(p.pid)] = max(used.get(int(p.pid), 0), int(p.usedGpuMemory or 0))
         return tuple(ProcessMemory(pid=pid, used_bytes=b) for pid, b in used.items()), bool(mps)
 
+    def _samples_since(self, h: Any, since: int) -> Any:
+        lib = self._lib
+        try:
+            return lib.nvmlDeviceGetProcessUtilization(h, since)
+        except lib.NVMLError as exc:
+            if exc.value != lib.NVML_ERROR_INSUFFICIENT_SIZE:
+                raise
+            # pynvml sizes its array by a first call: a process that began to be sampled
+            # between its two calls makes the second one too small. Ask once more.
+            return lib.nvmlDeviceGetProcessUtilization(h, since)
+
     def _process_utilization(self, errors: list[str], h: Any,
                              uuid: str) -> tuple[ProcessUtilization, ...] | None:
         """Each process's mean SM use over the samples NVML took since the previous call.
@@ -403,7 +414,7 @@ class NvmlGpuSource:
         """
         lib = self._lib
         try:
-            samples = lib.nvmlDeviceGetProcessUtilization(h, self._last_sample.get(uuid, 0))
+            samples = self._samples_since(h, self._last_sample.get(uuid, 0))
         except lib.NVMLError as exc:
             if exc.value == lib.NVML_ERROR_GPU_IS_LOST:
                 raise _GpuLost from exc

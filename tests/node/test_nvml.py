@@ -66,6 +66,9 @@ class FakeNvml:
         self.event_wait_error: int | None = None
         self._lock = threading.Lock()
         self.sample_requests: list[int] = []  # the lastSeenTimeStamp of each call
+        # Samples that appear between pynvml's size query and its second call (a process
+        # that began to run meanwhile), one list per size query.
+        self.samples_between_calls: list[list[tuple[int, int, int]]] = []
         for gpu in gpus:
             gpu.struct = pynvml.struct_c_nvmlDevice_t()
             gpu.mig_structs = [pynvml.struct_c_nvmlDevice_t() for _ in gpu.mig]
@@ -88,6 +91,8 @@ class FakeNvml:
             return int(exc.value)
         if array is None:
             self.sample_requests.append(int(last_seen.value))
+        elif self.samples_between_calls:
+            gpu.samples.extend(self.samples_between_calls.pop(0))
         newer = [s for s in gpu.samples if s[1] > last_seen.value]
         count = count_ref._obj
         if not newer:

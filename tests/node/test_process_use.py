@@ -63,6 +63,23 @@ def test_samples_become_each_processes_mean_since_the_last_call(
     assert source.last_errors == []
 
 
+def test_a_process_that_starts_between_pynvmls_two_calls_is_read_again(
+        fake: FakeNvml, source: NvmlGpuSource) -> None:
+    gpu = fake.gpus[0]
+    gpu.samples = [(101, T0 + 1, 40)]
+    # pynvml sized its array for one sample; by its second call there are two, and the
+    # driver answers INSUFFICIENT_SIZE: asked again, both are read.
+    fake.samples_between_calls = [[(202, T0 + 2, 10)]]
+    assert source.read()[0].process_utilization == (ProcessUtilization(101, 0.4, 1),
+                                                    ProcessUtilization(202, 0.1, 1))
+    assert fake.sample_requests == [0, 0] and source.last_errors == []
+    # Still racing on the second try: unknown this round (counted), never a partial answer.
+    gpu.samples.append((101, T0 + 3, 40))
+    fake.samples_between_calls = [[(303, T0 + 4, 5)], [(404, T0 + 5, 5)]]
+    assert source.read()[0].process_utilization is None
+    assert source.last_errors == ["insufficient_size"]
+
+
 def test_no_sample_is_not_found_and_means_nothing_ran(fake: FakeNvml,
                                                       source: NvmlGpuSource) -> None:
     assert source.read()[0].process_utilization == ()
