@@ -78,6 +78,8 @@ class TenantEvidence:
     use: dict[Key, list[tuple[float, float]]] = field(default_factory=dict)
     ratio_times: dict[Key, list[float]] = field(default_factory=dict)
     unattributed: dict[GpuKey, dict[float, float]] = field(default_factory=dict)
+    _holders: dict[GpuKey, list[tuple[str, str, float, str]]] | None = field(
+        default=None, repr=False)
 
     @classmethod
     def of(cls, answers: Mapping[str, list[Sample]]) -> TenantEvidence:
@@ -95,10 +97,13 @@ class TenantEvidence:
         return evidence
 
     def holders(self) -> dict[GpuKey, list[tuple[str, str, float, str]]]:
-        out: dict[GpuKey, list[tuple[str, str, float, str]]] = defaultdict(list)
-        for (namespace, pod, hostname, uuid), (ratio, mode) in self.shares.items():
-            out[(hostname, uuid)].append((namespace, pod, ratio, mode))
-        return out
+        """(namespace, pod, share, mode) per GPU; built once (shares are read once)."""
+        if self._holders is None:
+            out: dict[GpuKey, list[tuple[str, str, float, str]]] = defaultdict(list)
+            for (namespace, pod, hostname, uuid), (ratio, mode) in self.shares.items():
+                out[(hostname, uuid)].append((namespace, pod, ratio, mode))
+            self._holders = dict(out)
+        return self._holders
 
     def shared(self, gpu: GpuKey) -> bool:
         held = self.holders().get(gpu, [])
