@@ -16,6 +16,8 @@ demo:
 lint: deps
 	$(VENV)/ruff check agent tests bench dashboards
 	$(VENV)/mypy agent
+	# The layers and component contracts in pyproject.toml (docs/architecture.md).
+	$(VENV)/lint-imports --no-logo
 	# Generated files are committed; CI fails when they are stale.
 	$(VENV)/steward build --check
 	scripts/gen-podresources.sh --check

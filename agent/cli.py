@@ -59,15 +59,28 @@ def _with_state(args: argparse.Namespace, config: StewardConfig, run: Callable[[
 def _cmd_node(args: argparse.Namespace, config: StewardConfig) -> int:
     from agent.node.app import run_node
 
+    if config.node.gpu_backend == "sim":
+        # The CLI chooses the simulator; the node agent only gets its sources.
+        from agent.sim.node import simulated_sources
+
+        return run_node(config, sources=simulated_sources(config))
     return run_node(config)
 
 
 def _cmd_controller(args: argparse.Namespace, config: StewardConfig) -> int:
+    from agent.clients.kubernetes.api import KubeConfigError
     from agent.controller.app import run_controller
-    from agent.kube import KubeConfigError
+
+    def schedule_report(scheduler: object) -> object:
+        # pandas and matplotlib load when the leader schedules the report, not at start.
+        from agent.finops.report import schedule_finops_report
+
+        return schedule_finops_report(scheduler, config)
 
     try:
-        return _with_state(args, config, lambda: run_controller(config))
+        # The CLI composes: the weekly FinOps report rides on the controller's scheduler.
+        return _with_state(args, config, lambda: run_controller(
+            config, scheduled=[schedule_report]))
     except KubeConfigError as exc:
         raise UsageError(str(exc)) from exc
 

@@ -74,6 +74,13 @@ def _check_listen(value: str) -> str:
 ListenAddress = Annotated[str, AfterValidator(_check_listen)]
 
 
+# The simulated GPU scenarios; agent/sim/scenarios.py implements exactly these (it refuses
+# to load otherwise), and config validation needs no import of the simulator.
+SIM_SCENARIOS: Final = ("training", "idle_allocated", "idle_free", "bursty", "lost",
+                        "xid_storm", "ecc_errors", "thermal_throttling", "mig",
+                        "time_sliced", "kai_fraction", "hami")
+
+
 class SimConfig(Section):
     """The simulated GPUs of ``--gpu-backend sim``: one scenario name per GPU."""
 
@@ -98,12 +105,10 @@ class SimConfig(Section):
     @field_validator("gpus")
     @classmethod
     def _known_scenarios(cls, value: list[str]) -> list[str]:
-        from agent.sim.scenarios import SCENARIOS
-
-        unknown = [name for name in value if name not in SCENARIOS]
+        unknown = [name for name in value if name not in SIM_SCENARIOS]
         if unknown:
             raise ValueError(
-                f"unknown scenario {unknown[0]!r}; known: {', '.join(sorted(SCENARIOS))}"
+                f"unknown scenario {unknown[0]!r}; known: {', '.join(sorted(SIM_SCENARIOS))}"
             )
         if not value:
             raise ValueError("needs at least one GPU")

@@ -102,12 +102,13 @@ def _simulated_families() -> dict[str, list[Metric]]:
     from agent.node.gpu_metrics import build_xid_families
     from agent.node.pods import PodInfo, build_pod_families
     from agent.notify.metrics import NotifierMetrics
+    from agent.sim.node import simulated_sources
     from agent.state import StoreCreatedCollector, StoreIdentity
 
     config = load_config(None, environ={"STEWARD_NODE__GPU_BACKEND": "sim",
                                         "STEWARD_NODE__LISTEN": "127.0.0.1:0",
                                         "STEWARD_NODE__NODE_NAME": "docs"})
-    node = build_node_agent(config)
+    node = build_node_agent(config, sources=simulated_sources(config))
     try:
         node.loops.run_all_once()
         readings = node.sources.gpus.read()

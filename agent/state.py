@@ -1,8 +1,9 @@
-"""The state store: one SQLAlchemy engine over ``state.url``, the metadata of its tables, and
-the store's identity, which makes losing the store loud.
+"""The state store: one SQLAlchemy engine over ``state.url``, and the store's identity, which
+makes losing the store loud.
 
-Components declare their tables on :data:`metadata` in their own modules (the notifier's
-outbox, the hygiene audit log) and call :func:`open_store` once. SQLite is the default;
+Components declare their tables on a ``MetaData`` of their own, in their own modules (the
+notifier's outbox, the hygiene audit log), and hand it to :func:`open_store`: what a store
+holds is what its opener names, never what happened to be imported first. SQLite is the default;
 any SQLAlchemy URL works (PostgreSQL for an HA controller or notifier).
 
 Identity: a store records, when it is created, one row (a random id and its creation time)
@@ -34,7 +35,7 @@ import threading
 import time
 import uuid
 import weakref
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -62,10 +63,10 @@ from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError, S
 
 log = logging.getLogger(__name__)
 
-metadata = MetaData()
+_identity = MetaData()
 
 identity_table = Table(
-    "steward_store", metadata,
+    "steward_store", _identity,
     # One row: two replicas creating the store at once cannot both write an identity.
     Column("id", Integer, CheckConstraint("id = 1"), primary_key=True),
     Column("store_id", String(32), nullable=False),
@@ -487,13 +488,14 @@ def _ensure_identity(engine: Engine, *, existed: bool, display: str,
     return identity
 
 
-def _create_tables(engine: Engine, *, attempts: int = 3) -> None:
+def _create_tables(engine: Engine, tables: Sequence[MetaData], *, attempts: int = 3) -> None:
     # create_all checks, then creates: two replicas starting on a new store race between
     # the two, and the loser's CREATE fails on a table the winner just made. Checking
     # again sees it.
     for attempt in range(attempts):
         try:
-            metadata.create_all(engine)
+            for declared in tables:
+                declared.create_all(engine)
             return
         except (OperationalError, ProgrammingError, IntegrityError):
             if attempt == attempts - 1:
@@ -501,11 +503,12 @@ def _create_tables(engine: Engine, *, attempts: int = 3) -> None:
             time.sleep(0.05 * (attempt + 1))
 
 
-def open_store(url: str, *, create: bool = True,
+def open_store(url: str, *, tables: Iterable[MetaData] = (), create: bool = True,
                clock: Callable[[], float] = time.time) -> Engine:
     """An engine for ``url``. With ``create`` (components that write), the store is first
     checked like :func:`check_store` does (:class:`StateLost` when it lost its state), the
-    declared tables that do not exist yet are created, and the identity is recorded.
+    tables declared on ``tables`` (and the identity's) that do not exist yet are created,
+    and the identity is recorded.
     Raises :class:`StateStoreError` with one line naming the store when it cannot be used.
     """
     files = _sqlite_files(url)
@@ -523,10 +526,12 @@ def open_store(url: str, *, create: bool = True,
             _engines.add(engine)
     if not create:
         return engine
+    declared = [_identity, *tables]
     try:
         if files is None:
-            existed = bool(set(inspect(engine).get_table_names()) & set(metadata.tables))
-        _create_tables(engine)
+            names = {name for one in declared for name in one.tables}
+            existed = bool(set(inspect(engine).get_table_names()) & names)
+        _create_tables(engine, declared)
         identity = _ensure_identity(engine, existed=existed, display=display, clock=clock)
     except SQLAlchemyError as exc:
         engine.dispose()

@@ -14,8 +14,9 @@ Deployment, 20 namespaces.
 Reported, each the median of ``--runs``:
 
 - reference: the job's own PromQL queries (``IdleGpusJob.queries()``, then the raw samples
-  of the GPUs that look idle, ``coverage_queries``), sent bare with ``requests`` at the same
-  evaluation time: the cost of the evidence itself;
+  of the GPUs that look idle, ``coverage_queries``), sent bare through the same Prometheus
+  client (``agent.clients.prometheus``, answers not interpreted) at the same evaluation
+  time: the cost of the evidence itself;
 - plan: a full dry run of the engine (``HygieneEngine.run(apply=False)``): the same queries,
   the join and policy, the Kubernetes lookups of the idle pods, the plan recorded in SQLite;
 - the ratio plan / reference, and the split of the plan's time: PromQL, Kubernetes, rest;
@@ -36,12 +37,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-import requests
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from agent.clients.prometheus import PrometheusClient  # noqa: E402
 from agent.config import StewardConfig  # noqa: E402
 from agent.controller.hygiene.runner import HygieneRuntime  # noqa: E402
 from tests.support.net import free_port, http_ok, wait_until  # noqa: E402
@@ -207,7 +208,7 @@ def main() -> None:
             "state": {"url": f"sqlite:///{workdir / 'state.db'}"},
             "hygiene": {"idle_gpus": {"power_idle_watts": 100, "scrape_interval": f"{STEP}s"}},
         })
-        from agent.kube import api_client
+        from agent.clients.kubernetes.api import api_client
 
         runtime = HygieneRuntime(config, api_client=api_client(config.kubernetes),
                                  clock=lambda: float(end))
@@ -216,20 +217,18 @@ def main() -> None:
         idle_uuids = [f"GPU-{i:08d}-0000-4000-8000-000000000000" for i in range(gpus)
                       if gpu_kind(i) == "idle"]
         queries = [*job.queries().values(), *job.coverage_queries(idle_uuids)]
-        session = requests.Session()
+        client = PrometheusClient(url, timeout=60)
 
         def bare() -> float:
+            """The same queries through the same client, answers not interpreted."""
             t0 = time.perf_counter()
             for expr in queries:
-                response = session.post(f"{url}/api/v1/query",
-                                        data={"query": expr, "time": str(end)}, timeout=60)
-                response.raise_for_status()
-                response.json()
+                client.query(expr, at=float(end))
             return time.perf_counter() - t0
 
         # Wiring the job's clients up to time: what each part of one plan costs.
         spent = {"promql": 0.0, "kubernetes": 0.0}
-        evidence, decide_workloads = job.evidence, job._decide_workloads
+        evidence, decide_workloads = job.evidence, job.decide_workloads
 
         def timed_evidence(at: float) -> Any:
             t0 = time.perf_counter()
@@ -245,8 +244,8 @@ def main() -> None:
             finally:
                 spent["kubernetes"] += time.perf_counter() - t0
 
-        job.evidence, job._decide_workloads = timed_evidence, timed_workloads
-        from agent.controller.hygiene.workloads import KubeWorkloads
+        job.evidence, job.decide_workloads = timed_evidence, timed_workloads
+        from agent.controller.hygiene.idle_gpus.workloads import KubeWorkloads
 
         workloads = KubeWorkloads(api_client(config.kubernetes))
         namespaces = sorted({pod_of(i, args.gpus_per_node)[0] for i in range(gpus)

@@ -21,6 +21,7 @@ from agent.alerts.xid import (
     embedded_xid_table,
     render_xid_table_markdown,
 )
+from agent.durations import is_duration
 from agent.links import DASHBOARD_UIDS
 
 MAX_RULES_PER_GROUP: Final = 20
@@ -29,7 +30,6 @@ RUNBOOK_SECTIONS: Final = ("Meaning", "Impact", "Diagnosis", "Mitigation", "Esca
 XID_TABLE_RUNBOOK: Final = "GpuXidCritical"
 
 _CAMEL_CASE = re.compile(r"^(?:[A-Z][a-z0-9]+)+$")
-_DURATION = re.compile(r"^(?:[0-9]+(?:ms|s|m|h|d|w|y))+$")
 _LABEL_NAME = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
 _RESERVED_LABELS: Final = frozenset({"alertname", "severity"})
 _FRONT_MATTER = re.compile(r"\A---\n(?P<body>.*?)\n---\s*\n", re.DOTALL)
@@ -66,7 +66,7 @@ def _lint_rule(alert: Alert) -> list[str]:
         problems.append(f"severity {alert.severity!r} is not one of {', '.join(SEVERITIES)}")
     if not alert.expr.strip():
         problems.append("expr is empty")
-    if not _DURATION.match(alert.for_duration):
+    if not is_duration(alert.for_duration):
         problems.append(f"for {alert.for_duration!r} is not a Prometheus duration")
     problems.extend(_lint_summary(alert.summary))
     if not alert.description.strip():

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,11 +19,12 @@ from sqlalchemy import Engine
 
 from agent.config import StewardConfig
 from agent.controller.hygiene.runner import HygieneRuntime
-from agent.controller.hygiene.scheduler import LeaderScheduler
+from agent.controller.hygiene.store import TABLES as HYGIENE_TABLES
 from agent.controller.hygiene.store import HygieneStore
 from agent.controller.leader import LeaderElector
 from agent.controller.pending import pending_pods_collector
 from agent.controller.pipelines import pipelines_collector
+from agent.controller.scheduler import LeaderScheduler
 from agent.exporter.collection import CollectionLoops, Collector, CollectResult
 from agent.exporter.exposition import Exposition
 from agent.exporter.server import MetricsServer, parse_listen
@@ -109,14 +110,10 @@ def prices_collector(prices: dict[str, float], interval: float) -> Collector:
     return Collector("prices", collect, interval)
 
 
-def _schedule_finops(scheduler: Any, config: StewardConfig) -> Any:
-    # pandas and matplotlib load when the leader schedules the report, not at import.
-    from agent.finops.report import schedule_finops_report
-
-    return schedule_finops_report(scheduler, config)
-
-
-def build_controller(config: StewardConfig, *, api_client: Any) -> Controller:
+def build_controller(config: StewardConfig, *, api_client: Any,
+                     scheduled: Sequence[Callable[[Any], Any]] = ()) -> Controller:
+    """The controller, not started. ``scheduled`` register other components' jobs on the
+    leader's scheduler (the CLI adds the weekly FinOps report)."""
     from kubernetes import client
 
     ctl = config.controller
@@ -148,14 +145,14 @@ def build_controller(config: StewardConfig, *, api_client: Any) -> Controller:
 
     # Opened at start, not at the first job: a store that lost its state stops the start
     # (StateLost), and its creation time is exported from the first scrape.
-    store = open_store(config.state.url)
+    store = open_store(config.state.url, tables=[HYGIENE_TABLES])
     state = StoreCreatedCollector(store_identity(store))
     # Hygiene runs act only while this replica leads: the engine asks before every action.
     hygiene = HygieneRuntime(config, api_client=api_client, store=HygieneStore(store),
                              still_leader=lambda: elector.is_leader)
-    # The weekly FinOps report rides on the same leader-only scheduler as the hygiene jobs.
-    scheduler = LeaderScheduler(hygiene, on_finished=publish,
-                                extra=[lambda aps: _schedule_finops(aps, config)])
+    # Other components' jobs (the weekly FinOps report) ride on the same leader-only
+    # scheduler as the hygiene jobs.
+    scheduler = LeaderScheduler(hygiene, on_finished=publish, extra=scheduled)
     exposition = Exposition(lambda: [*controller.families(), *process.collect(),
                                      *state.collect()])
     server = MetricsServer(parse_listen(ctl.listen), exposition, healthy=base.alive,
@@ -166,12 +163,14 @@ def build_controller(config: StewardConfig, *, api_client: Any) -> Controller:
     return controller
 
 
-def run_controller(config: StewardConfig, *, stop: threading.Event | None = None) -> int:
-    from agent.kube import api_client
+def run_controller(config: StewardConfig, *, stop: threading.Event | None = None,
+                   scheduled: Sequence[Callable[[Any], Any]] = ()) -> int:
+    from agent.clients.kubernetes.api import api_client
 
     stop = stop or threading.Event()
     stop_on_signals(stop)
-    controller = build_controller(config, api_client=api_client(config.kubernetes, "controller"))
+    controller = build_controller(config, api_client=api_client(config.kubernetes, "controller"),
+                                  scheduled=scheduled)
     controller.start()
     log.info("controller started", extra={
         "listen": config.controller.listen, "port": controller.port,

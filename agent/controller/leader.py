@@ -16,13 +16,14 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
-from agent.kube import micro_time
+from agent.clients.kubernetes.api import micro_time
+from agent.clients.kubernetes.calls import LeaseCalls
 
 log = logging.getLogger(__name__)
 
 
 class LeaderElector:
-    def __init__(self, coordination_api: Any, *, name: str, namespace: str, identity: str,
+    def __init__(self, coordination_api: LeaseCalls, *, name: str, namespace: str, identity: str,
                  lease_duration: float = 15.0, renew_deadline: float = 10.0,
                  retry_period: float = 2.0,
                  on_started_leading: Callable[[], None] = lambda: None,

@@ -11,18 +11,10 @@ from typing import Any
 
 from prometheus_client.metrics_core import Metric
 
+from agent.clients.kubernetes.api import paged, timestamp
+from agent.clients.kubernetes.calls import PodListing
+from agent.clients.kubernetes.gpus import pod_gpus
 from agent.exporter.collection import Collector, CollectorFailed, CollectResult
-from agent.kube import paged, timestamp
-from agent.node.pods import GPU_RESOURCE_PREFIXES
-
-
-def _requests_gpu(pod: Any) -> bool:
-    for container in pod.spec.containers or []:
-        resources = container.resources
-        quantities = (resources.limits or resources.requests or {}) if resources else {}
-        if any(name.startswith(GPU_RESOURCE_PREFIXES) for name in quantities):
-            return True
-    return False
 
 
 def pending_since(pod: Any) -> float | None:
@@ -32,7 +24,7 @@ def pending_since(pod: Any) -> float | None:
     return timestamp(pod.metadata.creation_timestamp)
 
 
-def pending_pods_collector(core_api: Any, interval: float) -> Collector:
+def pending_pods_collector(core_api: PodListing, interval: float) -> Collector:
     def collect() -> CollectResult:
         from kubernetes.client.exceptions import ApiException
 
@@ -47,7 +39,7 @@ def pending_pods_collector(core_api: Any, interval: float) -> Collector:
                 from exc
         for pod in sorted(pods, key=lambda p: (p.metadata.namespace, p.metadata.name)):
             since = pending_since(pod)
-            if since is None or pod.spec.node_name or not _requests_gpu(pod):
+            if since is None or pod.spec.node_name or not pod_gpus(pod):
                 continue
             family.add_sample(family.name, {"namespace": pod.metadata.namespace,
                                             "pod": pod.metadata.name}, since)

@@ -21,8 +21,9 @@ from typing import Any
 
 from prometheus_client.metrics_core import Metric
 
+from agent.clients.kubernetes.api import paged, served_resources, timestamp
+from agent.clients.kubernetes.calls import CustomObjectListing, JobListing
 from agent.exporter.collection import Collector, CollectorFailed, CollectResult
-from agent.kube import paged, served_resources, timestamp
 
 log = logging.getLogger(__name__)
 PIPELINE_LABEL = "steward.io/pipeline"
@@ -151,7 +152,7 @@ class _Argo:
     Discovery is asked again every ``rediscover_seconds`` while Argo is absent, so that
     installing it later needs no restart."""
 
-    def __init__(self, custom_api: Any, *, rediscover_seconds: float,
+    def __init__(self, custom_api: CustomObjectListing, *, rediscover_seconds: float,
                  monotonic: Callable[[], float]) -> None:
         self._custom = custom_api
         self._rediscover = rediscover_seconds
@@ -194,7 +195,8 @@ class _Argo:
             raise
 
 
-def pipelines_collector(batch_api: Any, custom_api: Any, interval: float, *,
+def pipelines_collector(batch_api: JobListing, custom_api: CustomObjectListing,
+                        interval: float, *,
                         rediscover_seconds: float = 600.0,
                         monotonic: Callable[[], float] = time.monotonic) -> Collector:
     tracker = PipelineTracker()

@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, Final
 
+from agent.durations import parse_duration
 from agent.links import DASHBOARD_UIDS
 
 PANELS_NEEDING_UNIT: Final = frozenset(
@@ -31,9 +32,6 @@ _VARIABLE: Final = re.compile(
     r"\$(\w+)|\[\[(\w+?)(?::(\w+))?\]\]|\$\{(\w+)(?:\.[^:}]+)?(?::([^}]+))?\}")
 _RATE_CALL: Final = re.compile(r"(?<![\w:])(rate|irate|increase)\s*\(")
 _RANGE_SELECTOR: Final = re.compile(r"\[([^\[\]]*)\]")
-_DURATION_PART: Final = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d|w|y)")
-_DURATION_SECONDS: Final = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400,
-                            "w": 604800, "y": 31536000}
 # Grafana's regex format escapes these characters with a backslash.
 _REGEX_SPECIAL: Final = re.compile(r"[\\^$*+?.()|\[\]{}/]")
 _LABEL_VALUES: Final = re.compile(r"^\s*label_values\((.*),\s*(\w+)\s*\)\s*$", re.DOTALL)
@@ -149,13 +147,6 @@ def _variables(model: dict[str, Any]) -> list[dict[str, Any]]:
 # --- variable substitution ---------------------------------------------------------------
 
 
-def _duration_seconds(text: str) -> float:
-    parts = _DURATION_PART.findall(text)
-    if not parts or "".join(n + u for n, u in parts) != text.strip():
-        raise ValueError(f"not a Prometheus duration: {text!r}")
-    return sum(float(number) * _DURATION_SECONDS[unit] for number, unit in parts)
-
-
 def _number(value: float) -> str:
     return str(int(value)) if value == int(value) else repr(value)
 
@@ -184,10 +175,10 @@ def substitute_variables(expr: str, values: dict[str, str], *, rate_interval: st
         "__rate_interval": rate_interval,
         "__interval": interval,
         "__range": range_,
-        "__rate_interval_ms": _number(_duration_seconds(rate_interval) * 1000),
-        "__interval_ms": _number(_duration_seconds(interval) * 1000),
-        "__range_s": _number(_duration_seconds(range_)),
-        "__range_ms": _number(_duration_seconds(range_) * 1000),
+        "__rate_interval_ms": _number(parse_duration(rate_interval) * 1000),
+        "__interval_ms": _number(parse_duration(interval) * 1000),
+        "__range_s": _number(parse_duration(range_)),
+        "__range_ms": _number(parse_duration(range_) * 1000),
     }
 
     def replace(match: re.Match[str]) -> str:

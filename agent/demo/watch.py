@@ -4,12 +4,11 @@ and thread replies as what they are)."""
 
 from __future__ import annotations
 
-import json
-import urllib.request
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from agent.clients.prometheus import PrometheusClient, PrometheusError
 from agent.demo.slack_view import header_text, render_message, render_reply, render_update
 
 # Labels every alert line shows first, in this order; any other label is shown after them
@@ -36,9 +35,8 @@ def alert_line(labels: Mapping[str, str], *, verb: str = "ALERT") -> str:
 def firing_alerts(url: str) -> list[dict[str, str]] | None:
     """Labels of every firing alert; None when Prometheus did not answer."""
     try:
-        with urllib.request.urlopen(f"{url}/api/v1/alerts", timeout=2) as response:
-            alerts = json.load(response)["data"]["alerts"]
-    except (OSError, ValueError, KeyError):
+        alerts = PrometheusClient(url, timeout=2).alerts()
+    except PrometheusError:
         return None
     return [dict(a["labels"]) for a in alerts if a.get("state") == "firing"]
 

@@ -1,4 +1,5 @@
-"""PromQL for the report and the Prometheus source: chunked range queries over the HTTP API.
+"""PromQL for the report and the Prometheus source: chunked range queries through the one
+Prometheus client (``agent.clients.prometheus``).
 
 Prometheus reduces raw samples to one value per pod and GPU (or per GPU) per step, so what
 comes back grows with GPUs x hours whatever the scrape interval, and the same queries run
@@ -15,16 +16,14 @@ against Thanos or Mimir through the same API. Within a step:
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Iterator, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import numpy as np
 import pandas as pd
-import requests
 
-from agent.errors import plain_cause
+from agent.clients.prometheus import MAX_POINTS, PrometheusClient
 from agent.finops.series import (
     LABEL_COLUMNS,
     SERIES_COLUMNS,
@@ -33,12 +32,8 @@ from agent.finops.series import (
     merge_step_gaps,
 )
 
-log = logging.getLogger("agent.finops.queries")
-
 NODE_JOB = "steward-node"
 DEFAULT_CHUNK = timedelta(days=1)
-# Prometheus refuses range queries of more than 11,000 points per series.
-MAX_POINTS = 11_000
 _UNIT = "hostname, UUID, GPU_I_ID"
 _TENANT = "hostname, UUID, GPU_I_ID, namespace, pod"
 _HOLDER = "hostname, UUID, GPU_I_ID, GPU_I_PROFILE, modelName, namespace, pod, mode"
@@ -53,10 +48,6 @@ _TENANT_LABELS: Mapping[str, str] = {"hostname": "hostname", "uuid": "UUID",
                                      "pod": "pod"}
 _GPU_LABELS: Mapping[str, str] = {"hostname": "hostname", "uuid": "UUID", "model": "modelName"}
 _KEYS = ["ts", "hostname", "uuid", "gpu_i_id", "namespace", "pod"]
-
-
-class PrometheusError(Exception):
-    """Prometheus could not be reached or refused a query (runtime failure, exit code 1)."""
 
 
 def allocation_share_query(*, selector: str, window: str) -> str:
@@ -93,48 +84,6 @@ def utilization_query(function: str, *, selector: str, window: str) -> str:
 def scrape_health_query(*, selector: str, window: str) -> str:
     """Per node agent target: the share of its scrapes in the step that succeeded."""
     return f"min by (instance) (avg_over_time(up{{{selector}}}[{window}]))"
-
-
-class PrometheusClient:
-    """The Prometheus HTTP API (``/api/v1/query_range``) over ``requests``."""
-
-    def __init__(self, url: str, *, timeout: float = 30.0,
-                 session: requests.Session | None = None) -> None:
-        self.url = url.rstrip("/")
-        self.timeout = timeout
-        self._session = session or requests.Session()
-
-    def query_range(self, query: str, *, start: float, end: float,
-                    step: int) -> list[dict[str, Any]]:
-        """A range query; returns the ``matrix`` result. POST: the queries are long."""
-        if (end - start) / step + 1 > MAX_POINTS:
-            raise ValueError(f"range query of {(end - start) / step + 1:.0f} points per series "
-                             f"exceeds Prometheus' limit of {MAX_POINTS}")
-        endpoint = f"{self.url}/api/v1/query_range"
-        data = {"query": query, "start": f"{start:.3f}", "end": f"{end:.3f}",
-                "step": str(step), "timeout": f"{self.timeout:g}s"}
-        try:
-            response = self._session.post(endpoint, data=data, timeout=self.timeout + 5)
-        except requests.RequestException as exc:
-            raise PrometheusError(
-                f"cannot reach Prometheus at {self.url}: {plain_cause(exc)}") from exc
-        try:
-            body = response.json()
-        except ValueError:
-            raise PrometheusError(
-                f"Prometheus at {self.url} answered HTTP {response.status_code} without JSON: "
-                f"{response.text[:200]!r}") from None
-        if response.status_code != 200 or body.get("status") != "success":
-            raise PrometheusError(
-                f"Prometheus at {self.url} refused a query: HTTP {response.status_code} "
-                f"{body.get('errorType', '')}: {body.get('error', '')}")
-        for warning in body.get("warnings") or []:
-            # Thanos and Mimir answer partial data with a warning; the numbers may be low.
-            log.warning("Prometheus warning: %s", warning, extra={"query": query[:120]})
-        result: list[dict[str, Any]] = body["data"]["result"]
-        if body["data"].get("resultType") != "matrix":
-            raise PrometheusError(f"expected a matrix, got {body['data'].get('resultType')}")
-        return result
 
 
 def matrix_frame(result: Sequence[Mapping[str, Any]], labels: Mapping[str, str], value: str,

@@ -14,22 +14,22 @@ from datetime import UTC, datetime, tzinfo
 from pathlib import Path
 from typing import Any
 
-from slack_sdk import WebClient
-from slack_sdk.errors import SlackApiError, SlackClientError
-
+from agent.clients.prometheus import PrometheusClient, PrometheusError
+from agent.clients.slack import SlackCallFailed, SlackSink
+from agent.clients.slack_params import SlackSettings
 from agent.config import StewardConfig
 from agent.cron import cron_trigger
-from agent.errors import RuntimeFailure, plain_cause
+from agent.errors import RuntimeFailure
 from agent.finops.aggregate import aggregate_usage, aggregate_week, build_tables, price_usage
 from agent.finops.document import FinopsReport
 from agent.finops.parquet import ParquetSource, export_parquet
 from agent.finops.period import ReportWeek
 from agent.finops.pricing import PriceTable
-from agent.finops.queries import PrometheusClient, PrometheusError, PrometheusSource
+from agent.finops.queries import PrometheusSource
 from agent.finops.render import write_report
 from agent.finops.savings import AuditLogSavings, SavingsSource, compute_savings
 from agent.finops.series import FinopsInputError, Gap, SeriesSource, parse_step
-from agent.finops.slack import post_report, slack_client
+from agent.finops.slack_post import post_report
 from agent.finops.teams import (
     KubernetesNamespaceLabels,
     NamespaceLabelsSource,
@@ -50,7 +50,7 @@ def default_source(config: StewardConfig, *, parquet: Path | None) -> SeriesSour
 
 
 def default_namespace_labels(config: StewardConfig) -> NamespaceLabelsSource | None:
-    from agent.kube import api_client, cluster_configured
+    from agent.clients.kubernetes.api import api_client, cluster_configured
 
     if not cluster_configured(config.kubernetes):
         return None
@@ -59,9 +59,9 @@ def default_namespace_labels(config: StewardConfig) -> NamespaceLabelsSource | N
 
 def default_savings(config: StewardConfig) -> SavingsSource | None:
     """The hygiene audit log in the state store, when there is one to read."""
-    from sqlalchemy import inspect
     from sqlalchemy.engine import make_url
 
+    from agent.controller.hygiene.store import has_hygiene_log
     from agent.state import open_store
 
     url = make_url(config.state.url)
@@ -69,7 +69,7 @@ def default_savings(config: StewardConfig) -> SavingsSource | None:
             not Path(url.database).exists():
         return None  # no hygiene job ever ran here: "not available", not zero
     engine = open_store(config.state.url, create=False)
-    if not inspect(engine).has_table("hygiene_audit"):
+    if not has_hygiene_log(engine):
         return None
     return AuditLogSavings(engine)
 
@@ -140,31 +140,36 @@ def build_report(config: StewardConfig, week: ReportWeek, *, source: SeriesSourc
         warnings=warnings)
 
 
+# Uploading the HTML report and a chart takes longer than a message.
+SLACK_TIMEOUT_SECONDS = 30.0
+
+
 @dataclass(frozen=True)
 class SlackTarget:
     channel: str
-    client: WebClient
+    sink: SlackSink
 
 
-def _slack_target(config: StewardConfig, client: WebClient | None) -> SlackTarget:
+def _slack_target(config: StewardConfig, sink: SlackSink | None) -> SlackTarget:
     channel = config.finops.slack_channel or config.slack.default_channel
     if not channel:
         raise FinopsInputError("finops.slack_channel: --slack needs a channel; set "
                                "finops.slack_channel or slack.default_channel")
-    if client is None:
-        token = config.slack.resolved_token()
-        if token is None:
+    if sink is None:
+        settings = SlackSettings.from_config(config.slack,
+                                             timeout_seconds=SLACK_TIMEOUT_SECONDS)
+        if settings.token is None:
             raise FinopsInputError("slack.token: --slack needs a Slack bot token "
                                    "($SLACK_BOT_TOKEN or slack.token_file)")
-        client = slack_client(token=token.get_secret_value(), api_url=config.slack.api_url)
-    return SlackTarget(channel=channel, client=client)
+        sink = SlackSink.create(settings)
+    return SlackTarget(channel=channel, sink=sink)
 
 
 def run_finops_report(config: StewardConfig, *, week: str | None, out_dir: Path | None,
                       slack: bool, parquet: Path | None, now: datetime | None = None,
                       namespace_labels: NamespaceLabelsSource | None = None,
                       savings: SavingsSource | None = None,
-                      slack_web_client: WebClient | None = None,
+                      slack_sink: SlackSink | None = None,
                       terminal: bool = True) -> int:
     """The CLI's entry point; returns the exit code.
 
@@ -180,7 +185,7 @@ def run_finops_report(config: StewardConfig, *, week: str | None, out_dir: Path 
             report_week = ReportWeek.parse(week) if week else ReportWeek.last_complete(moment)
         except ValueError as exc:
             raise FinopsInputError(f"--week: {exc}") from None
-        target = _slack_target(config, slack_web_client) if slack else None
+        target = _slack_target(config, slack_sink) if slack else None
         source = default_source(config, parquet=parquet)
         labels = namespace_labels if namespace_labels is not None else \
             default_namespace_labels(config)
@@ -197,7 +202,7 @@ def run_finops_report(config: StewardConfig, *, week: str | None, out_dir: Path 
             "idle_cost": round(report.tables.totals["idle_cost"], 2),
             "gaps": len(report.gaps)})
         if target is not None:
-            post_report(target.client, channel=target.channel, report=report, files=files)
+            post_report(target.sink, channel=target.channel, report=report, files=files)
     except FinopsInputError as exc:
         print(f"steward: {exc}", file=sys.stderr)
         return EXIT_USAGE
@@ -205,9 +210,9 @@ def run_finops_report(config: StewardConfig, *, week: str | None, out_dir: Path 
         return _failed(RuntimeFailure(f"FinOps report: {exc}", "check prometheus.url "
                                       "(STEWARD_PROMETHEUS__URL), or report from an export "
                                       "with --parquet FILE"), terminal=terminal)
-    except (SlackApiError, SlackClientError) as exc:
+    except SlackCallFailed as exc:
         return _failed(RuntimeFailure(
-            f"FinOps report written to {folder} but not posted to Slack: {_slack_cause(exc)}",
+            f"FinOps report written to {folder} but not posted to Slack: {exc}",
             "check slack.api_url, the bot token, and that the bot is in the channel "
             "(finops.slack_channel)"), terminal=terminal)
     except OSError as exc:
@@ -223,12 +228,6 @@ def _failed(failure: RuntimeFailure, *, terminal: bool) -> int:
     else:
         log.error("%s", failure.what, extra={"check": failure.check})
     return EXIT_RUNTIME
-
-
-def _slack_cause(exc: SlackApiError | SlackClientError) -> str:
-    if isinstance(exc, SlackApiError):
-        return f"Slack answered {exc.response.get('error', 'an error')}"
-    return plain_cause(exc)
 
 
 def scheduled_report(config: StewardConfig) -> int:

@@ -19,6 +19,9 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
 
+from sqlalchemy import Engine
+
+from agent.controller.hygiene.store import freed_actions, latest_plans
 from agent.finops.series import iso
 
 GIB = 1 << 30
@@ -171,70 +174,36 @@ def compute_savings(source: SavingsSource | None, start: datetime, end: datetime
     return HygieneSavings(available=True, jobs=jobs, reclaimable=pending)
 
 
-# What frees resources (marks, notices and restores free nothing).
-FREEING_ACTIONS = ("scale_to_zero", "delete", "expire_objects")
-
-
 class AuditLogSavings:
     """The hygiene engine's audit log as a :class:`SavingsSource`: applied actions that
-    completed, with what their mark said they reclaim, and when they were restored."""
+    completed, with what their mark said they reclaim, and when they were restored. Read
+    through the hygiene store's views, never its tables."""
 
-    def __init__(self, engine: Any) -> None:
+    def __init__(self, engine: Engine) -> None:
         self._engine = engine
 
     def actions(self, start: datetime, end: datetime) -> list[SavingAction]:
-        import json
-
-        from sqlalchemy import and_, select
-
-        from agent.controller.hygiene.store import audit, marks, restore_records
-
-        query = (
-            select(audit.c.job, audit.c.action, audit.c.resource, audit.c.finished_at,
-                   marks.c.reclaim, marks.c.evidence, restore_records.c.restored_at)
-            .join(marks, marks.c.mark_id == audit.c.mark_id)
-            .outerjoin(restore_records, restore_records.c.mark_id == audit.c.mark_id)
-            .where(and_(audit.c.mode == "apply", audit.c.status == "done",
-                        audit.c.action.in_(FREEING_ACTIONS),
-                        audit.c.finished_at >= start.timestamp(),
-                        audit.c.finished_at < end.timestamp())))
         found: list[SavingAction] = []
-        with self._engine.connect() as connection:
-            for row in connection.execute(query):
-                reclaim = json.loads(row.reclaim or "{}")
-                evidence = json.loads(row.evidence or "{}")
-                models = {g.get("modelName") for g in evidence.get("gpus", [])
-                          if isinstance(g, dict)}
-                found.append(SavingAction(
-                    job=row.job, action=row.action, resource=row.resource,
-                    at=datetime.fromtimestamp(row.finished_at, start.tzinfo),
-                    gpus=float(reclaim.get("gpus", 0.0)), bytes=int(reclaim.get("bytes", 0)),
-                    gpu_model=models.pop() if len(models) == 1 else None,
-                    until=(datetime.fromtimestamp(row.restored_at, start.tzinfo)
-                           if row.restored_at is not None else None)))
+        for freed in freed_actions(self._engine, start.timestamp(), end.timestamp()):
+            models = {g.get("modelName") for g in freed.evidence.get("gpus", [])
+                      if isinstance(g, dict)}
+            found.append(SavingAction(
+                job=freed.job, action=freed.action, resource=freed.resource,
+                at=datetime.fromtimestamp(freed.finished_at, start.tzinfo),
+                gpus=float(freed.reclaim.get("gpus", 0.0)),
+                bytes=int(freed.reclaim.get("bytes", 0)),
+                gpu_model=models.pop() if len(models) == 1 else None,
+                until=(datetime.fromtimestamp(freed.restored_at, start.tzinfo)
+                       if freed.restored_at is not None else None)))
         return found
 
     def latest_plans(self, until: datetime) -> list[PlanFound]:
-        import json
-
-        from sqlalchemy import func, select
-
-        from agent.controller.hygiene.store import runs
-
-        latest = (select(runs.c.job, func.max(runs.c.finished_at).label("at"))
-                  .where(runs.c.result == "succeeded", runs.c.plan.is_not(None),
-                         runs.c.finished_at < until.timestamp())
-                  .group_by(runs.c.job).subquery())
-        query = select(runs.c.job, runs.c.mode, runs.c.finished_at, runs.c.plan).join(
-            latest, (latest.c.job == runs.c.job) & (latest.c.at == runs.c.finished_at))
-        found: dict[str, PlanFound] = {}
-        with self._engine.connect() as connection:
-            for row in connection.execute(query):
-                plan = json.loads(row.plan)
-                reclaim = plan.get("reclaimable") or {}
-                found[row.job] = PlanFound(
-                    job=row.job, mode=row.mode,
-                    at=datetime.fromtimestamp(round(row.finished_at), until.tzinfo),
-                    candidates=len(plan.get("candidates") or []),
-                    gpus=float(reclaim.get("gpus", 0.0)), bytes=int(reclaim.get("bytes", 0)))
-        return list(found.values())
+        found = []
+        for latest in latest_plans(self._engine, until.timestamp()):
+            reclaim = latest.plan.get("reclaimable") or {}
+            found.append(PlanFound(
+                job=latest.job, mode=latest.mode,
+                at=datetime.fromtimestamp(round(latest.finished_at), until.tzinfo),
+                candidates=len(latest.plan.get("candidates") or []),
+                gpus=float(reclaim.get("gpus", 0.0)), bytes=int(reclaim.get("bytes", 0))))
+        return found

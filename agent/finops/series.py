@@ -22,13 +22,14 @@ GPU or MIG instance, or of what nobody held of one physical GPU:
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal, Protocol
 
 import pandas as pd
+
+from agent.durations import parse_duration
 
 LABEL_COLUMNS = ("hostname", "uuid", "gpu_i_id", "profile", "model", "namespace", "pod",
                  "container", "mode")
@@ -39,8 +40,6 @@ UNALLOCATED_MODE = ""  # the mode of a GPU's unallocated row (namespace and pod 
 MODES = ("exclusive", "mig", "time_sliced", "fraction", "mps")
 SHARED_MODES = frozenset({"mig", "time_sliced", "fraction", "mps"})
 GapKind = Literal["no_data", "node_agent_down", "utilization_unavailable"]
-_DURATION_RE = re.compile(r"(\d+)([smhd])")
-_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
 class FinopsInputError(Exception):
@@ -49,12 +48,13 @@ class FinopsInputError(Exception):
 
 def parse_step(text: str) -> int:
     """``1h``, ``15m``, ``1h30m`` -> seconds. The step must divide a day (chunks are days)."""
-    compact = text.strip()
-    parts = _DURATION_RE.findall(compact)
-    if not parts or "".join(n + u for n, u in parts) != compact:
-        raise FinopsInputError(f"finops.step: {text!r} is not a duration like 1h or 15m")
-    seconds = sum(int(n) * _UNIT_SECONDS[u] for n, u in parts)
-    if seconds < 60 or 86400 % seconds:
+    try:
+        exact = parse_duration(text)
+    except ValueError:
+        raise FinopsInputError(f"finops.step: {text!r} is not a duration like 1h or 15m") \
+            from None
+    seconds = int(exact)
+    if seconds != exact or seconds < 60 or 86400 % seconds:
         raise FinopsInputError(
             f"finops.step: {text!r} must be at least 1m and divide 24h evenly (1h, 30m, 5m)")
     return seconds

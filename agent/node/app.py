@@ -7,14 +7,15 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
+from typing import Any
 
 from prometheus_client.process_collector import ProcessCollector
 
+from agent.clients.kubernetes.api import api_client, cluster_configured
 from agent.config import StewardConfig
 from agent.exporter.collection import CollectionLoops, Collector, CollectorFailed, CollectResult
 from agent.exporter.exposition import Exposition
 from agent.exporter.server import MetricsServer, parse_listen
-from agent.kube import api_client, cluster_configured
 from agent.node.attribution import DeviceSource, LatestReadings, attribution_collector
 from agent.node.cgroup import pod_uid_for_pid
 from agent.node.gpu_metrics import GpuInventory, build_gpu_families, build_xid_families
@@ -81,29 +82,16 @@ class NodeSources:
     starters: list[Callable[[], None]]
 
 
-def make_sources(config: StewardConfig) -> NodeSources:
+def make_sources(config: StewardConfig, *, gpu_lib: Any = None) -> NodeSources:
+    """The real sources: NVML, the kubelet's PodResources API, the pod watch when a cluster
+    is configured. ``gpu_lib`` replaces the NVML library (``--gpu-backend sim``: the CLI
+    chooses the simulated GPUs and injects them; this module never imports them)."""
     node = config.node
-    if node.gpu_backend == "sim" and not cluster_configured(config.kubernetes):
-        from agent.sim.nvml import SimulatedNvml
-        from agent.sim.pods import SimulatedPods
-
-        lib = SimulatedNvml(node.sim.gpus, hostname=node.node_name, seed=node.sim.seed,
-                            model_name=node.sim.model_name,
-                            lost_after_seconds=node.sim.lost_after_seconds,
-                            ecc_after_seconds=node.sim.ecc_after_seconds)
-        sim_pods = SimulatedPods(lib, node.node_name, extra_pods=node.sim.extra_pods,
-                                 churn_seconds=node.sim.pod_churn_seconds)
-        gpus = NvmlGpuSource(lib=lib, retry_seconds=node.nvml_retry_seconds, simulated=True)
-        return NodeSources(gpus, sim_pods, sim_pods.pod_uid_for_pid, sim_pods,
-                           closers=[gpus.close], starters=[])
-    if node.gpu_backend == "sim":
-        from agent.sim.nvml import SimulatedNvml
-
-        gpus = NvmlGpuSource(lib=SimulatedNvml(
-            node.sim.gpus, hostname=node.node_name, seed=node.sim.seed,
-            model_name=node.sim.model_name, lost_after_seconds=node.sim.lost_after_seconds,
-            ecc_after_seconds=node.sim.ecc_after_seconds),
-            retry_seconds=node.nvml_retry_seconds, simulated=True)
+    if node.gpu_backend == "sim" and gpu_lib is None:
+        raise ValueError("node.gpu_backend sim: the simulated GPUs are injected by the caller "
+                         "(agent.sim.node.simulated_sources)")
+    if gpu_lib is not None:
+        gpus = NvmlGpuSource(lib=gpu_lib, retry_seconds=node.nvml_retry_seconds, simulated=True)
     else:
         gpus = NvmlGpuSource(retry_seconds=node.nvml_retry_seconds)
     devices = PodResourcesClient(str(node.pod_resources_socket),
@@ -172,11 +160,12 @@ def build_node_agent(config: StewardConfig, *, sources: NodeSources | None = Non
     return NodeAgent(loops=loops, exposition=exposition, server=server, sources=sources)
 
 
-def run_node(config: StewardConfig, *, stop: threading.Event | None = None,
+def run_node(config: StewardConfig, *, sources: NodeSources | None = None,
+             stop: threading.Event | None = None,
              on_started: Callable[[NodeAgent], None] | None = None) -> int:
     stop = stop or threading.Event()
     stop_on_signals(stop)
-    agent = build_node_agent(config)
+    agent = build_node_agent(config, sources=sources)
     agent.start()
     log.info("node agent started", extra={
         "listen": config.node.listen, "port": agent.port, "node": config.node.node_name,

@@ -18,11 +18,12 @@ from typing import Any, Protocol
 
 from prometheus_client.metrics_core import Metric
 
-from agent.kube import timestamp
+from agent.clients.kubernetes.api import timestamp
+from agent.clients.kubernetes.calls import PodListing
+from agent.clients.kubernetes.gpus import pod_gpus
 
 log = logging.getLogger(__name__)
 
-GPU_RESOURCE_PREFIXES = ("nvidia.com/gpu", "nvidia.com/mig-")
 # Annotations kept in the cache, for GPU shares: KAI Scheduler's fraction requests and HAMi's
 # assignment. Every other annotation is dropped (some are large, all are untrusted text).
 SHARE_ANNOTATIONS = frozenset({
@@ -60,14 +61,6 @@ class PodInfo:
     gpu_resources: dict[str, int] = field(default_factory=dict, hash=False)
 
 
-def counts_gpus(resource: str) -> bool:
-    """Whether ``resource`` counts GPUs: ``nvidia.com/gpu`` (also renamed, as time-slicing's
-    ``nvidia.com/gpu.shared``) and MIG slices; not HAMi's ``nvidia.com/gpumem`` (MiB) or
-    ``nvidia.com/gpucores`` (percent), which share the prefix."""
-    return (resource == "nvidia.com/gpu" or resource.startswith("nvidia.com/gpu.")
-            or resource.startswith("nvidia.com/mig-"))
-
-
 def _nvidia_quantities(resources: Any) -> dict[str, int]:
     if resources is None:
         return {}
@@ -81,10 +74,6 @@ def _nvidia_quantities(resources: Any) -> dict[str, int]:
             except ValueError:
                 continue
     return out
-
-
-def _gpu_count(resources: Any) -> int:
-    return sum(n for name, n in _nvidia_quantities(resources).items() if counts_gpus(name))
 
 
 def pod_info_from_api(pod: Any) -> PodInfo:
@@ -113,7 +102,7 @@ def pod_info_from_api(pod: Any) -> PodInfo:
         namespace=pod.metadata.namespace,
         name=pod.metadata.name,
         phase=(status.phase if status and status.phase else "Unknown"),
-        gpus_requested=sum(_gpu_count(c.resources) for c in pod.spec.containers or []),
+        gpus_requested=pod_gpus(pod),
         containers=tuple(containers),
         created_at=timestamp(pod.metadata.creation_timestamp),
         deleted_at=timestamp(pod.metadata.deletion_timestamp),
@@ -145,7 +134,7 @@ class PodSource(Protocol):
 class PodCache:
     """List-then-watch of this node's pods on a background thread."""
 
-    def __init__(self, core_api: Any, node_name: str, *, watch_timeout_seconds: int = 300,
+    def __init__(self, core_api: PodListing, node_name: str, *, watch_timeout_seconds: int = 300,
                  request_timeout: float = 30.0,
                  backoff_initial: float = 1.0, backoff_max: float = 60.0,
                  page_size: int = 500,

@@ -37,6 +37,7 @@ from typing import Final, Literal, Protocol
 
 from prometheus_client.metrics_core import Metric
 
+from agent.clients.kubernetes.gpus import is_reservation_pod
 from agent.mig import gpu_fraction
 from agent.node.gpu_metrics import gpu_labels
 from agent.node.podresources.client import ContainerDevices
@@ -51,8 +52,6 @@ MODES: Final[tuple[Mode, ...]] = ("exclusive", "mig", "time_sliced", "fraction",
 KAI_FRACTION: Final = "gpu-fraction"
 KAI_MEMORY: Final = "gpu-memory"
 KAI_GROUP: Final = "runai-gpu-group"  # a multi-device fraction: runai-gpu-group/<group>
-KAI_RESERVATION_NAMESPACES: Final = frozenset({"kai-resource-reservation", "runai-reservation"})
-KAI_RESERVATION_PREFIX: Final = "gpu-reservation"
 HAMI_ALLOCATED: Final = "hami.io/vgpu-devices-allocated"
 MIB: Final = 1 << 20
 _DONE_PHASES: Final = frozenset({"Succeeded", "Failed"})
@@ -79,11 +78,6 @@ class PodShare:
 class ShareResult:
     shares: list[PodShare]
     errors: list[str]  # bounded reasons, one per problem (the collector's error counter)
-
-
-def is_reservation_pod(namespace: str, name: str) -> bool:
-    """KAI Scheduler's reservation pod: it holds a whole GPU for fractional pods."""
-    return namespace in KAI_RESERVATION_NAMESPACES and name.startswith(KAI_RESERVATION_PREFIX)
 
 
 def kai_groups(labels: dict[str, str]) -> list[str]:

@@ -18,6 +18,8 @@ from datetime import timedelta
 from sqlalchemy import Engine, create_engine, make_url, text
 from sqlalchemy.pool import NullPool
 
+from agent.clients.slack import SlackSink
+from agent.clients.slack_params import SlackSettings
 from agent.config import StewardConfig
 from agent.exporter.server import parse_listen
 from agent.log import register_secret
@@ -25,10 +27,8 @@ from agent.notify.alert_links import LinkSettings
 from agent.notify.delivery import Delivery
 from agent.notify.group_lock import GroupLocks, StoreInUse, group_locks_for
 from agent.notify.metrics import NotifierMetrics
-from agent.notify.outbox import Outbox, add_missing_columns
-from agent.notify.routing import Route, Router
+from agent.notify.outbox import TABLES, Outbox, add_missing_columns
 from agent.notify.server import BearerAuth, NotifierServer, auth_from
-from agent.notify.slack import SlackSink
 from agent.notify.worker import DeliveryWorker
 from agent.signals import stop_on_signals
 from agent.state import StoreCreatedCollector, open_store, store_identity
@@ -114,7 +114,7 @@ def open_notifier_store(url: str) -> Engine:
     """The state store with the notifier's tables. Replicas starting together on
     PostgreSQL create them one after the other (concurrent CREATE TABLEs collide)."""
     if make_url(url).get_backend_name() != "postgresql":
-        engine = open_store(url)
+        engine = open_store(url, tables=[TABLES])
         add_missing_columns(engine)
         return engine
     guard = create_engine(url, poolclass=NullPool)
@@ -122,7 +122,7 @@ def open_notifier_store(url: str) -> Engine:
         with guard.connect() as conn:
             conn.execute(text("SELECT pg_advisory_lock(:k)"), {"k": _SCHEMA_LOCK})
             try:
-                engine = open_store(url)
+                engine = open_store(url, tables=[TABLES])
                 add_missing_columns(engine)
             finally:
                 conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": _SCHEMA_LOCK})
@@ -143,12 +143,12 @@ def build_notifier(config: StewardConfig, *, sink: SlackSink | None = None,
     notifier.allow_unauthenticated; StoreInUse when another notifier holds its SQLite store.
     """
     env = dict(os.environ if environ is None else environ)
+    slack = SlackSettings.from_config(config.slack)
     if sink is None:
-        token = config.slack.resolved_token()
-        if token is None:
+        if slack.token is None:
             raise ValueError("slack.token is not set")
-        register_secret(token.get_secret_value())
-        sink = SlackSink.create(token=token.get_secret_value(), api_url=config.slack.api_url)
+        register_secret(slack.token)
+        sink = SlackSink.create(slack)
     if auth is None:
         auth = auth_from(config.notifier.auth_token_file, env)
     if auth is None and not config.notifier.allow_unauthenticated:
@@ -169,8 +169,7 @@ def build_notifier(config: StewardConfig, *, sink: SlackSink | None = None,
 
     metrics = NotifierMetrics(stats, clock=clock)
     metrics.registry.register(StoreCreatedCollector(store_identity(engine)))
-    router = Router([Route(r.match, r.channel) for r in config.slack.routes],
-                    default_channel=config.slack.default_channel)
+    router = slack.router()
     links = LinkSettings(
         runbook_base_url=config.runbooks.base_url, grafana_url=config.grafana.url,
         alertmanager_url=config.alertmanager.url,

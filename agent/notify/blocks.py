@@ -14,10 +14,11 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Final
 
+from agent.clients.slack import Message
 from agent.notify.alert_links import (
     AlertLinks,
     LinkSettings,
@@ -51,14 +52,6 @@ _ZWSP: Final = "\u200b"
 _BROADCAST: Final = re.compile(r"@(?=(?:channel|here|everyone)\b)", re.IGNORECASE)
 
 Block = dict[str, Any]
-
-
-@dataclass(frozen=True)
-class Message:
-    """What chat.postMessage / chat.update send: fallback ``text`` plus ``blocks``."""
-
-    text: str
-    blocks: list[Block] = field(default_factory=list)
 
 
 @dataclass(frozen=True)

@@ -21,11 +21,21 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Final
 
+from agent.clients.slack import (
+    RENDER_ERRORS,
+    ROOT_GONE_ERRORS,
+    Message,
+    Posted,
+    SlackRateLimited,
+    SlackRejected,
+    SlackSink,
+    SlackUnavailable,
+)
+from agent.clients.slack_params import NoChannel, Router
 from agent.notify.alert_links import LinkSettings
 from agent.notify.blocks import (
     MAX_TEXT,
     GroupView,
-    Message,
     fit,
     fit_escaped,
     render_changes,
@@ -41,16 +51,6 @@ from agent.notify.outbox import (
     Outcome,
     Pending,
     lenient_fields,
-)
-from agent.notify.routing import NoChannel, Router
-from agent.notify.slack import (
-    RENDER_ERRORS,
-    ROOT_GONE_ERRORS,
-    Posted,
-    SlackRateLimited,
-    SlackRejected,
-    SlackSink,
-    SlackUnavailable,
 )
 from agent.notify.webhook import Notification
 

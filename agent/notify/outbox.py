@@ -34,6 +34,7 @@ from sqlalchemy import (
     Float,
     Index,
     Integer,
+    MetaData,
     String,
     Table,
     Text,
@@ -49,12 +50,14 @@ from sqlalchemy import (
 
 from agent.notify.incident import Alerts, dump_alerts, load_alerts
 from agent.notify.webhook import Notification
-from agent.state import metadata
 
 log = logging.getLogger(__name__)
 
+# The notifier's tables, handed to open_store by the notifier (agent.notify.app).
+TABLES = MetaData()
+
 notifications = Table(
-    "notifier_notifications", metadata,
+    "notifier_notifications", TABLES,
     Column("id", Integer, primary_key=True),
     Column("group_id", String(32), nullable=False),
     Column("received_at", Float, nullable=False),
@@ -70,7 +73,7 @@ notifications = Table(
 )
 
 groups = Table(
-    "notifier_groups", metadata,
+    "notifier_groups", TABLES,
     Column("group_id", String(32), primary_key=True),
     Column("group_key", Text, nullable=False),
     Column("lane", String(255), nullable=True),  # the channel as configured (name or id)
@@ -90,7 +93,7 @@ groups = Table(
 )
 
 channels = Table(
-    "notifier_channels", metadata,
+    "notifier_channels", TABLES,
     Column("name", String(255), primary_key=True),
     Column("channel_id", String(64), nullable=False),
 )
@@ -98,7 +101,7 @@ channels = Table(
 FallbackState = Literal["pending", "sent", "suppressed", "failed"]
 
 dead_letters = Table(
-    "notifier_dead_letters", metadata,
+    "notifier_dead_letters", TABLES,
     Column("id", Integer, primary_key=True),
     Column("group_id", String(32), nullable=False),
     Column("group_key", Text, nullable=False),

@@ -34,11 +34,11 @@ from typing import Final
 from sqlalchemy.exc import DisconnectionError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
+from agent.clients.slack import CHANNEL_ERRORS, SlackRateLimited, SlackRejected, SlackUnavailable
 from agent.notify.delivery import KEEP_QUEUED, UNROUTABLE_LANE, Delivery, StepResult
 from agent.notify.group_lock import GroupLocks, ProcessGroupLocks
 from agent.notify.metrics import NotifierMetrics
 from agent.notify.outbox import Outbox, OutboxUnavailable
-from agent.notify.slack import CHANNEL_ERRORS, SlackRateLimited, SlackRejected, SlackUnavailable
 from agent.notify.webhook import Notification
 
 log = logging.getLogger(__name__)

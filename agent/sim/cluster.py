@@ -8,6 +8,8 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from agent.clients.kubernetes import objects
+
 JsonObj = dict[str, Any]
 NAMESPACES = ("ml-research", "data-science", "inference", "batch")
 
@@ -65,15 +67,13 @@ def workflow(name: str, *, template: str, phase: str, started: datetime,
 
 
 def pending_gpu_pod(name: str, *, since: datetime, namespace: str = "ml-research") -> JsonObj:
-    return {"apiVersion": "v1", "kind": "Pod",
-            "metadata": {"name": name, "namespace": namespace,
-                         "creationTimestamp": _iso(since - timedelta(seconds=5))},
-            "spec": {"containers": [{"name": "trainer", "image": "registry.local/ml/train:2.0",
-                                     "resources": {"limits": {"nvidia.com/gpu": "8"}}}]},
-            "status": {"phase": "Pending", "conditions": [{
-                "type": "PodScheduled", "status": "False", "reason": "Unschedulable",
-                "message": "0/2 nodes are available: 2 Insufficient nvidia.com/gpu.",
-                "lastTransitionTime": _iso(since)}]}}
+    return objects.pod(
+        name, namespace, created=since - timedelta(seconds=5),
+        containers=[objects.container("registry.local/ml/train:2.0", name="trainer", gpus=8)],
+        status={"phase": "Pending", "conditions": [{
+            "type": "PodScheduled", "status": "False", "reason": "Unschedulable",
+            "message": "0/2 nodes are available: 2 Insufficient nvidia.com/gpu.",
+            "lastTransitionTime": _iso(since)}]})
 
 
 def cluster_objects(now: datetime | None = None) -> list[JsonObj]:
@@ -84,8 +84,7 @@ def cluster_objects(now: datetime | None = None) -> list[JsonObj]:
         return now - timedelta(hours=n)
 
     return [
-        *({"apiVersion": "v1", "kind": "Namespace",
-           "metadata": {"name": ns, "labels": {"team": ns.split("-")[0]}}} for ns in NAMESPACES),
+        *(objects.namespace(ns, labels={"team": ns.split("-")[0]}) for ns in NAMESPACES),
         # healthy: ran an hour ago
         cronjob("feature-refresh", schedule="0 * * * *", last_success=hours(1)),
         job("feature-refresh-28000", cron="feature-refresh", result="succeeded",

@@ -10,6 +10,8 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from agent.config import SIM_SCENARIOS
+
 GIB = 1024**3
 SM_IDLE_HZ = 345e6
 
@@ -282,3 +284,6 @@ SCENARIOS: dict[str, Scenario] = {s.name: s for s in (
     Scenario("hami", hami, description="HAMi: one pod with 30% of the cores and 24 GiB, "
                                        "at 25%"),
 )}
+if set(SCENARIOS) != set(SIM_SCENARIOS):  # config validates names against SIM_SCENARIOS
+    raise ImportError(f"agent.config.SIM_SCENARIOS {sorted(SIM_SCENARIOS)} and the simulated "
+                      f"scenarios {sorted(SCENARIOS)} differ: name each in both")

@@ -10,40 +10,19 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from agent.clients.kubernetes import objects
+from agent.clients.kubernetes.gpus import is_reservation_pod
+from agent.clients.kubernetes.objects import JsonObj
 from agent.node.pods import PodInfo
-from agent.node.shares import is_reservation_pod
 
-JsonObj = dict[str, Any]
 ACCOUNT, REGION = "123456789012", "us-east-1"  # moto's defaults
 ECR_HOST = f"{ACCOUNT}.dkr.ecr.{REGION}.amazonaws.com"
 NOTEBOOK = {"app.kubernetes.io/component": "notebook"}
 
 
-def _iso(when: datetime) -> str:
-    return when.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
 def _uid(*parts: str) -> str:
     digest = hashlib.sha256("/".join(parts).encode()).hexdigest()
     return f"{digest[:8]}-{digest[8:12]}-{digest[12:16]}-{digest[16:20]}-{digest[20:32]}"
-
-
-def _meta(kind: str, namespace: str, name: str, *, created: datetime,
-          labels: dict[str, str] | None = None, owner: JsonObj | None = None) -> JsonObj:
-    meta: JsonObj = {"name": name, "namespace": namespace, "labels": dict(labels or {}),
-                     "uid": _uid(kind, namespace, name), "creationTimestamp": _iso(created)}
-    if owner is not None:
-        meta["ownerReferences"] = [{
-            "apiVersion": owner["apiVersion"], "kind": owner["kind"],
-            "name": owner["metadata"]["name"], "uid": owner["metadata"]["uid"],
-            "controller": True, "blockOwnerDeletion": True}]
-    return meta
-
-
-def _template(app: str, image: str, labels: dict[str, str]) -> JsonObj:
-    return {"metadata": {"labels": {"app": app, **labels}},
-            "spec": {"containers": [{"name": "main", "image": image,
-                                     "resources": {"limits": {"nvidia.com/gpu": "1"}}}]}}
 
 
 def _owner_chain(create: Callable[[JsonObj], JsonObj], kind: str, namespace: str, name: str,
@@ -52,25 +31,22 @@ def _owner_chain(create: Callable[[JsonObj], JsonObj], kind: str, namespace: str
 
     Owner references carry the UID the API server gave the owner, so each object is created
     before the one that points at it."""
-    api = "batch/v1" if kind == "Job" else "apps/v1"
-    spec: JsonObj = {"template": _template(name, image, labels)}
-    if kind != "Job":
-        spec.update(replicas=1, selector={"matchLabels": {"app": name}})
-    if kind == "StatefulSet":
-        spec["serviceName"] = name
-    if kind == "Job":
-        spec["template"]["spec"]["restartPolicy"] = "Never"
-    owner = create({"apiVersion": api, "kind": kind,
-                    "metadata": _meta(kind, namespace, name, created=created, labels=labels),
-                    "spec": spec, "status": {"replicas": 1} if kind != "Job" else {"active": 1}})
+    containers = [objects.container(image, gpus=1)]
+    obj = objects.workload(kind, name, namespace, labels=labels, template_labels=labels,
+                           containers=containers, created=created,
+                           uid=_uid(kind, namespace, name))
+    obj["status"] = {"replicas": 1} if kind != "Job" else {"active": 1}
+    owner = create(obj)
     if kind != "Deployment":
         return owner
-    return create({"apiVersion": "apps/v1", "kind": "ReplicaSet",
-                   "metadata": _meta("ReplicaSet", namespace, f"{name}-5d8c7b", created=created,
-                                     labels=labels, owner=owner),
-                   "spec": {"replicas": 1, "selector": {"matchLabels": {"app": name}},
-                            "template": _template(name, image, labels)},
-                   "status": {"replicas": 1}})
+    replicaset = objects.workload(
+        "ReplicaSet", f"{name}-5d8c7b", namespace, labels=labels, template_labels=labels,
+        containers=containers, owner=owner, created=created,
+        uid=_uid("ReplicaSet", namespace, f"{name}-5d8c7b"))
+    replicaset["spec"]["selector"] = {"matchLabels": {"app": name}}
+    replicaset["spec"]["template"]["metadata"]["labels"] = {"app": name, **labels}
+    replicaset["status"] = {"replicas": 1}
+    return create(replicaset)
 
 
 # workload name prefix (as the simulated pods are named) -> kind, image, labels
@@ -115,13 +91,11 @@ def load_pods(create: Callable[[JsonObj], JsonObj], pods: list[PodInfo], hostnam
     for pod in pods:
         if pod.phase != "Running" or not (pod.gpus_requested or pod.annotations):
             continue
-        container = pod.containers[0].name if pod.containers else "main"
-        limits = {k: str(v) for k, v in pod.gpu_resources.items()}
-        metadata: JsonObj
+        owner: JsonObj | None = None
         if is_reservation_pod(pod.namespace, pod.name):
+            # bare, as KAI Scheduler creates them
             image = "ghcr.io/kai-scheduler/kai-scheduler/resource-reservation:v0.9.0"
-            metadata = _meta("Pod", pod.namespace, pod.name, created=created,
-                             labels=pod.labels)
+            labels = dict(pod.labels)
         else:
             workload = _workload_name(pod.name)
             kind, image, labels = WORKLOAD_KINDS.get(
@@ -131,14 +105,17 @@ def load_pods(create: Callable[[JsonObj], JsonObj], pods: list[PodInfo], hostnam
                 owners[key] = _owner_chain(create, kind, pod.namespace,
                                            f"{workload}-{hostname}", image, created=created,
                                            labels=labels)
-            metadata = _meta("Pod", pod.namespace, pod.name, created=created,
-                             labels={**labels, **pod.labels}, owner=owners[key])
-        if pod.annotations:
-            metadata["annotations"] = dict(pod.annotations)
-        create({"apiVersion": "v1", "kind": "Pod", "metadata": metadata,
-                "spec": {"nodeName": hostname, "containers": [{
-                    "name": container, "image": image, "resources": {"limits": limits}}]},
-                "status": {"phase": "Running", "startTime": _iso(created)}})
+            owner = owners[key]
+            labels = {**labels, **pod.labels}
+        body = objects.container(image, name=pod.containers[0].name if pod.containers
+                                 else "main")
+        if pod.gpu_resources:  # whole GPUs, and HAMi's amounts of one
+            body["resources"] = {"limits": {k: str(v) for k, v in pod.gpu_resources.items()}}
+        create(objects.pod(
+            pod.name, pod.namespace, node=hostname, containers=[body], labels=labels,
+            annotations=pod.annotations, owner=owner, created=created,
+            uid=_uid("Pod", pod.namespace, pod.name),
+            status={"phase": "Running", "startTime": objects.iso_time(created)}))
         count += 1
     return count
 

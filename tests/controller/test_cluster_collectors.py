@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 from kubernetes import client
 
+from agent.clients.kubernetes import objects
 from agent.controller.pending import pending_pods_collector
 from agent.controller.pipelines import pipelines_collector
 from agent.exporter.collection import CollectionLoops
@@ -203,18 +204,15 @@ def test_api_error_fails_the_collector(kube: KubeApiServer, api_client: client.A
 
 def pod(name: str, *, gpu: bool, node: str | None = None,
         unschedulable_since: float | None = None) -> dict[str, Any]:
-    resources = {"limits": {"nvidia.com/gpu": "1"}} if gpu else {}
     status: dict[str, Any] = {"phase": "Pending"}
     if unschedulable_since is not None:
         status["conditions"] = [{"type": "PodScheduled", "status": "False",
                                  "reason": "Unschedulable",
                                  "lastTransitionTime": iso(unschedulable_since)}]
-    spec: dict[str, Any] = {"containers": [{"name": "m", "image": "i", "resources": resources}]}
-    if node:
-        spec["nodeName"] = node
-    return {"apiVersion": "v1", "kind": "Pod",
-            "metadata": {"name": name, "namespace": "ml", "creationTimestamp": iso(-50)},
-            "spec": spec, "status": status}
+    obj = objects.pod(name, "ml", node=node, status=status,
+                      containers=[objects.container("i", name="m", gpus=1 if gpu else 0)])
+    obj["metadata"]["creationTimestamp"] = iso(-50)
+    return obj
 
 
 def test_pending_gpu_pods(kube: KubeApiServer, api_client: client.ApiClient) -> None:

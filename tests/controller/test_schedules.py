@@ -10,7 +10,7 @@ from kubernetes import client
 
 from agent.config import load_config
 from agent.controller.app import build_controller
-from agent.finops.report import JOB_ID
+from agent.finops.report import JOB_ID, schedule_finops_report
 from agent.localnet import wait_until
 
 
@@ -19,7 +19,8 @@ def test_leader_schedules_hygiene_and_the_weekly_report(api_client: client.ApiCl
     config = load_config(None, environ={"STEWARD_CONTROLLER__LISTEN": "127.0.0.1:0",
                                         "STEWARD_STATE__URL": f"sqlite:///{tmp_path / 's.db'}",
                                         "STEWARD_FINOPS__SCHEDULE": "0 8 * * 1"})
-    controller = build_controller(config, api_client=api_client)
+    controller = build_controller(config, api_client=api_client, scheduled=[
+        lambda aps: schedule_finops_report(aps, config)])  # as the CLI composes it
     assert controller.scheduler is not None
     assert controller.scheduler.scheduler is None  # a follower schedules nothing
     controller.started_leading()

@@ -13,8 +13,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import requests
 
+from agent.clients.prometheus import PrometheusClient
 from agent.dashboards.lint import (
     default_variable_values,
     iter_panels,
@@ -612,12 +612,7 @@ def prometheus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 
 def _query(url: str, expr: str) -> list[Any]:
-    response = requests.post(f"{url}/api/v1/query", data={"query": expr}, timeout=10)
-    body = response.json()
-    if body.get("status") != "success":
-        raise AssertionError(f"{expr}\n-> {body.get('errorType')}: {body.get('error')}")
-    result: list[Any] = body["data"]["result"]
-    return result
+    return PrometheusClient(url, timeout=10).query(expr)
 
 
 def _substituted(model: dict[str, Any], expr: str) -> str:

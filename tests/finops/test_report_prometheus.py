@@ -15,11 +15,12 @@ from typing import Any
 
 import pytest
 
+from agent.clients.prometheus import PrometheusClient
 from agent.config import StewardConfig
 from agent.finops.aggregate import aggregate_usage
 from agent.finops.parquet import ParquetSource, export_parquet
 from agent.finops.period import ReportWeek
-from agent.finops.queries import PrometheusClient, PrometheusSource
+from agent.finops.queries import PrometheusSource
 from agent.finops.report import run_finops_export, run_finops_report
 from agent.finops.savings import GIB, PlanFound, SavingAction
 from tests.finops.conftest import FleetPrometheus, fleet_config

@@ -14,6 +14,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from agent.clients.prometheus import MAX_POINTS, PrometheusClient
 from agent.finops import teams as teams_module
 from agent.finops.aggregate import (
     STEP_SUMS,
@@ -25,7 +26,7 @@ from agent.finops.aggregate import (
 )
 from agent.finops.period import ReportWeek
 from agent.finops.pricing import MissingPriceError, PriceTable, gpu_fraction
-from agent.finops.queries import MAX_POINTS, PrometheusClient, chunks, matrix_frame
+from agent.finops.queries import chunks, matrix_frame
 from agent.finops.savings import GIB, PlanFound, SavingAction, compute_savings
 from agent.finops.series import FinopsInputError, Gap, merge_step_gaps, parse_step
 from agent.finops.shares import cents_that_add_up

@@ -20,6 +20,7 @@ from agent.controller.hygiene.model import (
     ScanFailed,
     Skipped,
 )
+from agent.controller.hygiene.store import TABLES as HYGIENE_TABLES
 from agent.controller.hygiene.store import HygieneStore
 from agent.state import open_store
 from tests.hygiene.conftest import RecordingNotifier
@@ -167,6 +168,7 @@ class Killed(BaseException):
 def make_rig(tmp_path: Path, things: dict[str, Thing], **settings: Any) -> Rig:
     base = {"mark_hours": 1.0, "max_actions": 10, "max_percent": 100.0, **settings}
     return Rig(job=FakeJob(dict(things)),
-               store=HygieneStore(open_store(f"sqlite:///{tmp_path / 'state.db'}")),
+               store=HygieneStore(open_store(f"sqlite:///{tmp_path / 'state.db'}",
+                                                tables=[HYGIENE_TABLES])),
                metrics=HygieneMetrics(), notifier=RecordingNotifier(), clock=Clock(),
                settings=HygieneJobConfig(**base))

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from agent.controller.hygiene.idle_gpus import GAP_TOLERANCE, Coverage, _regex_literal
+from agent.controller.hygiene.idle_gpus.evidence import GAP_TOLERANCE, Coverage, _regex_literal
 
 END, SPAN, STEP = 10_000.0, 600.0, 30.0
 ALL = [END - SPAN + STEP * i for i in range(1, 21)]  # 20 samples, the last at END

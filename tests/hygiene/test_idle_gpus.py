@@ -12,9 +12,9 @@ from typing import Any
 import pytest
 
 from agent.controller.hygiene.commands import restore_hygiene, run_hygiene
-from agent.controller.hygiene.idle_gpus import RESTORED_FROM
+from agent.controller.hygiene.idle_gpus.job import RESTORED_FROM
+from agent.controller.hygiene.idle_gpus.workloads import KubeWorkloads
 from agent.controller.hygiene.metrics import HygieneMetrics
-from agent.controller.hygiene.workloads import KubeWorkloads
 from agent.sim.kube_api import KubeApiServer
 from tests.hygiene import world
 from tests.hygiene.conftest import Fleet, RecordingNotifier, hygiene_config, make_runtime
@@ -384,8 +384,9 @@ def test_prometheus_down_fails_safe(kube: KubeApiServer, tmp_path: Path) -> None
     code = run_hygiene(config, "idle-gpus", apply=True, output="json", stdout=out, stderr=err,
                        api_client=kube.api_client())
     assert code == 1
-    assert "scan failed, acted on nothing: Prometheus at http://127.0.0.1:" in err.getvalue()
-    assert "is unreachable" in err.getvalue()
+    assert "scan failed, acted on nothing: cannot reach Prometheus at http://127.0.0.1:" \
+        in err.getvalue()
+    assert "connection refused" in err.getvalue()
     assert out.getvalue() == ""
     assert writes(kube) == []
 

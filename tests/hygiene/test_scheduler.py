@@ -14,8 +14,8 @@ from agent.config import StewardConfig
 from agent.controller.app import build_controller
 from agent.controller.hygiene.engine import RunOutcome
 from agent.controller.hygiene.runner import HygieneRuntime
-from agent.controller.hygiene.scheduler import LeaderScheduler
 from agent.controller.hygiene.store import HygieneStore
+from agent.controller.scheduler import LeaderScheduler
 from agent.cron import cron_trigger
 from agent.sim.kube_api import KubeApiServer
 from tests.support.net import wait_until

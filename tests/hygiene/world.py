@@ -9,91 +9,67 @@ from __future__ import annotations
 
 import time
 from datetime import UTC, datetime
-from typing import Any
 
+from agent.clients.kubernetes import objects
+from agent.clients.kubernetes.objects import JsonObj
 from agent.sim.kube_api import KubeApiServer
 
-JsonObj = dict[str, Any]
 OLD = 3 * 3600.0  # seconds: older than any window the tests use
 NOTEBOOK = {"app.kubernetes.io/component": "notebook"}
 
 
+def created(ago: float) -> datetime:
+    return datetime.fromtimestamp(time.time() - ago, UTC)
+
+
 def iso(ago: float) -> str:
-    return datetime.fromtimestamp(time.time() - ago, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return objects.iso_time(created(ago))
 
 
-def _owner_ref(owner: JsonObj) -> JsonObj:
-    return {"apiVersion": owner["apiVersion"], "kind": owner["kind"],
-            "name": owner["metadata"]["name"], "uid": owner["metadata"]["uid"],
-            "controller": True, "blockOwnerDeletion": True}
-
-
-def _meta(ns: str, name: str, *, labels: dict[str, str] | None, owner: JsonObj | None,
-          ago: float, annotations: dict[str, str] | None = None) -> JsonObj:
-    meta: JsonObj = {"name": name, "namespace": ns, "labels": dict(labels or {}),
-                     "creationTimestamp": iso(ago)}
-    if annotations:
-        meta["annotations"] = dict(annotations)
-    if owner is not None:
-        meta["ownerReferences"] = [_owner_ref(owner)]
-    return meta
-
-
-def _template(labels: dict[str, str]) -> JsonObj:
-    return {"metadata": {"labels": labels},
-            "spec": {"containers": [{"name": "main", "image": "pytorch:2"}]}}
+def _containers() -> list[JsonObj]:
+    return [objects.container("pytorch:2")]
 
 
 def deployment(kube: KubeApiServer, ns: str, name: str, *, replicas: int = 1,
                labels: dict[str, str] | None = None, ago: float = OLD) -> JsonObj:
-    selector = {"app": name}
-    return kube.create({
-        "apiVersion": "apps/v1", "kind": "Deployment",
-        "metadata": _meta(ns, name, labels={**selector, **(labels or {})}, owner=None, ago=ago),
-        "spec": {"replicas": replicas, "selector": {"matchLabels": selector},
-                 "template": _template(selector)},
-        "status": {"replicas": replicas}})
+    obj = objects.workload("Deployment", name, ns, replicas=replicas,
+                           labels={"app": name, **(labels or {})}, containers=_containers(),
+                           created=created(ago))
+    obj["status"] = {"replicas": replicas}
+    return kube.create(obj)
 
 
 def replicaset(kube: KubeApiServer, owner: JsonObj, *, suffix: str = "5d8c7b") -> JsonObj:
     ns, name = owner["metadata"]["namespace"], owner["metadata"]["name"]
-    selector = {"app": name}
-    return kube.create({
-        "apiVersion": "apps/v1", "kind": "ReplicaSet",
-        "metadata": _meta(ns, f"{name}-{suffix}", labels=selector, owner=owner, ago=OLD),
-        "spec": {"replicas": owner["spec"]["replicas"], "selector": {"matchLabels": selector},
-                 "template": _template(selector)}})
+    obj = objects.workload("ReplicaSet", f"{name}-{suffix}", ns,
+                           replicas=owner["spec"]["replicas"], labels={"app": name},
+                           containers=_containers(), owner=owner, created=created(OLD))
+    # The ReplicaSet's pods carry the Deployment's selector, not its own name.
+    obj["spec"]["selector"] = {"matchLabels": {"app": name}}
+    obj["spec"]["template"]["metadata"]["labels"] = {"app": name}
+    return kube.create(obj)
 
 
 def statefulset(kube: KubeApiServer, ns: str, name: str, *, replicas: int = 1,
                 labels: dict[str, str] | None = None) -> JsonObj:
-    selector = {"app": name}
-    return kube.create({
-        "apiVersion": "apps/v1", "kind": "StatefulSet",
-        "metadata": _meta(ns, name, labels={**selector, **(labels or {})}, owner=None, ago=OLD),
-        "spec": {"replicas": replicas, "selector": {"matchLabels": selector},
-                 "serviceName": name, "template": _template({**selector, **(labels or {})})}})
+    return kube.create(objects.workload(
+        "StatefulSet", name, ns, replicas=replicas, labels={"app": name, **(labels or {})},
+        template_labels=labels, containers=_containers(), created=created(OLD)))
 
 
 def job(kube: KubeApiServer, ns: str, name: str) -> JsonObj:
-    return kube.create({
-        "apiVersion": "batch/v1", "kind": "Job",
-        "metadata": _meta(ns, name, labels={}, owner=None, ago=OLD),
-        "spec": {"template": {"spec": {"restartPolicy": "Never", "containers": [
-            {"name": "main", "image": "pytorch:2"}]}}}})
+    obj = objects.workload("Job", name, ns, containers=_containers(), created=created(OLD))
+    obj["spec"]["template"]["metadata"] = {}
+    return kube.create(obj)
 
 
 def pod(kube: KubeApiServer, ns: str, name: str, *, owner: JsonObj | None = None,
         labels: dict[str, str] | None = None, ago: float = OLD, gpus: int = 1,
         phase: str = "Running", annotations: dict[str, str] | None = None) -> JsonObj:
-    resources = {"limits": {"nvidia.com/gpu": str(gpus)}} if gpus else {}
-    return kube.create({
-        "apiVersion": "v1", "kind": "Pod",
-        "metadata": _meta(ns, name, labels=labels, owner=owner, ago=ago,
-                          annotations=annotations),
-        "spec": {"nodeName": "gpu-node-b", "containers": [
-            {"name": "main", "image": "pytorch:2", "resources": resources}]},
-        "status": {"phase": phase}})
+    return kube.create(objects.pod(
+        name, ns, containers=[objects.container("pytorch:2", gpus=gpus)], node="gpu-node-b",
+        labels=labels, annotations=annotations, owner=owner, created=created(ago),
+        status={"phase": phase}))
 
 
 def trainer_dev(kube: KubeApiServer, *, replicas: int = 2,

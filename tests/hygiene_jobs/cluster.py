@@ -4,14 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
+from agent.clients.kubernetes import objects
+
 JsonObj = dict[str, Any]
 
 
 def container(image: str, *, env: dict[str, str] | None = None, name: str = "main") -> JsonObj:
-    body: JsonObj = {"name": name, "image": image}
-    if env:
-        body["env"] = [{"name": k, "value": v} for k, v in env.items()]
-    return body
+    return objects.container(image, name=name, env=env)
 
 
 def pod_spec(image: str, *, env: dict[str, str] | None = None,
@@ -34,19 +33,11 @@ def pod(name: str, image: str, *, namespace: str = "ml", image_id: str | None = 
     return obj
 
 
-def _template(image: str, env: dict[str, str] | None, app: str) -> JsonObj:
-    return {"metadata": {"labels": {"app": app}}, "spec": pod_spec(image, env=env)}
-
-
 def workload(kind: str, name: str, image: str, *, namespace: str = "ml",
              env: dict[str, str] | None = None) -> JsonObj:
     """A Deployment, StatefulSet, DaemonSet or ReplicaSet running ``image``."""
-    spec: JsonObj = {"selector": {"matchLabels": {"app": name}},
-                     "template": _template(image, env, name)}
-    if kind == "StatefulSet":
-        spec["serviceName"] = name
-    return {"apiVersion": "apps/v1", "kind": kind,
-            "metadata": {"name": name, "namespace": namespace}, "spec": spec}
+    return objects.workload(kind, name, namespace, replicas=None,
+                            containers=pod_spec(image, env=env)["containers"])
 
 
 def job(name: str, image: str, *, namespace: str = "ml") -> JsonObj:

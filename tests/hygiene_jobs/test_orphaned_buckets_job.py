@@ -21,9 +21,9 @@ from agent.controller.hygiene.buckets.policy import (
     expiry_rules,
 )
 from agent.controller.hygiene.buckets.s3 import S3Buckets, S3Error
+from agent.controller.hygiene.context import JobContext, JobUnavailable
 from agent.controller.hygiene.model import ScanFailed
 from agent.controller.hygiene.references import ClusterReferences
-from agent.controller.hygiene.registry import JobContext, JobUnavailable
 from agent.sim.kube_api import KubeApiServer
 from agent.sim.moto import Moto, count_calls
 from tests.hygiene_jobs import cluster

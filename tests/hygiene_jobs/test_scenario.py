@@ -28,6 +28,7 @@ from agent.controller.hygiene.metrics import HygieneMetrics
 from agent.controller.hygiene.model import HygieneJob
 from agent.controller.hygiene.notify import OwnerNotice
 from agent.controller.hygiene.references import ClusterReferences
+from agent.controller.hygiene.store import TABLES as HYGIENE_TABLES
 from agent.controller.hygiene.store import HygieneStore
 from agent.sim.kube_api import KubeApiServer
 from agent.sim.moto import ACCOUNT, ECR_HOST, Moto
@@ -62,7 +63,8 @@ def engine_for(job: HygieneJob, settings: Any, key: str, *, tmp_path: Path, cloc
                notices: Notices) -> HygieneEngine:
     metrics = HygieneMetrics()
     return HygieneEngine(
-        job, settings, store=HygieneStore(open_store(f"sqlite:///{tmp_path / 'state.db'}")),
+        job, settings, store=HygieneStore(open_store(f"sqlite:///{tmp_path / 'state.db'}",
+                                                tables=[HYGIENE_TABLES])),
         metrics=metrics, audit=AuditTrail(metrics, events=None), notifier=notices,
         kill_switch=KillSwitch(configured=False, configmap=None, namespace="steward",
                                api_client=None),

@@ -9,6 +9,7 @@ import pytest
 from kubernetes import client
 
 from agent.config import StewardConfig
+from agent.controller.hygiene.context import JobContext, JobUnavailable
 from agent.controller.hygiene.images.ecr import EcrRegistry
 from agent.controller.hygiene.images.job import (
     StaleImagesJob,
@@ -20,7 +21,6 @@ from agent.controller.hygiene.images.oci import OciRegistry
 from agent.controller.hygiene.images.policy import ImagePolicy
 from agent.controller.hygiene.model import ScanFailed
 from agent.controller.hygiene.references import ClusterReferences
-from agent.controller.hygiene.registry import JobContext, JobUnavailable
 from agent.sim.kube_api import KubeApiServer
 from agent.sim.moto import ACCOUNT, ECR_HOST, Moto
 from tests.hygiene_jobs import cluster

@@ -17,7 +17,7 @@ import urllib3
 from kubernetes import client, config, watch
 from kubernetes.client.rest import ApiException
 
-from agent.kube import api_error_text, micro_time
+from agent.clients.kubernetes.api import api_error_text, micro_time
 from agent.sim.kube_api import KubeApiServer, standin_threads
 from tests.support.net import wait_until
 
@@ -1027,8 +1027,8 @@ def test_job_status_conditions_as_a_real_server_checks_them(kube: KubeApiServer,
 
 
 def test_an_api_error_reads_in_one_line(core: client.CoreV1Api) -> None:
-    """``agent.kube.api_error_text``: the status, its reason and the server's message, where
-    the client's own text spans lines (headers, raw body)."""
+    """``agent.clients.kubernetes.api.api_error_text``: the status, its reason and the
+    server's message, where the client's own text spans lines (headers, raw body)."""
     core.create_namespaced_pod("default", pod("twice"))
     with pytest.raises(ApiException) as err:
         core.create_namespaced_pod("default", pod("twice"))

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 from kubernetes import client
 
+from agent.clients.kubernetes import objects
 from agent.node.pods import PodCache, build_pod_families
 from agent.sim.kube_api import KubeApiServer
 from tests.support.net import metric_value, wait_until
@@ -24,12 +25,8 @@ def pod(name: str, node: str, *, namespace: str = "ml", gpus: int = 1,
         "lastState": {"terminated": {"reason": terminated, "exitCode": 137,
                                      "finishedAt": "2026-11-22T09:59:00Z"}} if terminated else {},
     }]}
-    return {"apiVersion": "v1", "kind": "Pod",
-            "metadata": {"name": name, "namespace": namespace},
-            "spec": {"nodeName": node, "containers": [{
-                "name": "main", "image": "img",
-                "resources": {"limits": {"nvidia.com/gpu": str(gpus)}} if gpus else {}}]},
-            "status": status}
+    return objects.pod(name, namespace, node=node,
+                       containers=[objects.container("img", gpus=gpus)], status=status)
 
 
 @pytest.fixture
@@ -210,7 +207,7 @@ def test_terminating_pods_carry_their_deletion_timestamp(kube: KubeApiServer,
     assert sample.labels == {"namespace": "ml", "pod": "draining", "hostname": "n1"}
     stored = kube.get("v1", "Pod", "ml", "draining")
     assert stored is not None
-    from agent.kube import timestamp
+    from agent.clients.kubernetes.api import timestamp
 
     assert sample.value == timestamp(stored["metadata"]["deletionTimestamp"])
     # The phase is still the kubelet's (Running): the timestamp is what says Terminating.

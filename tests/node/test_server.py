@@ -17,6 +17,7 @@ from agent.config import load_config
 from agent.exporter.collection import Collector, CollectResult
 from agent.exporter.exposition import Exposition
 from agent.node.app import NodeAgent, build_node_agent
+from agent.sim.node import simulated_sources
 from tests.support.net import wait_until
 
 
@@ -49,7 +50,8 @@ def agent(release: threading.Event) -> Iterator[NodeAgent]:
     config = load_config(None, environ={"STEWARD_NODE__GPU_BACKEND": "sim",
                                         "STEWARD_NODE__LISTEN": "127.0.0.1:0",
                                         "STEWARD_NODE__COLLECT_INTERVAL_SECONDS": "0.2"})
-    node_agent = build_node_agent(config, extra_collectors=[Collector("slow", hanging, 0.2)])
+    node_agent = build_node_agent(config, sources=simulated_sources(config),
+                                  extra_collectors=[Collector("slow", hanging, 0.2)])
     node_agent.start()
     yield node_agent
     release.set()

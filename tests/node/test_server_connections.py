@@ -18,6 +18,7 @@ from agent.config import load_config
 from agent.exporter.server import BackgroundServer
 from agent.node.app import NodeAgent, build_node_agent
 from agent.notify.app import Notifier
+from agent.sim.node import simulated_sources
 from agent.sim.slack_stub import SlackStub
 from tests.notify.conftest import notifier_config
 from tests.support.net import wait_until
@@ -30,7 +31,7 @@ def agent() -> Iterator[NodeAgent]:
     config = load_config(None, environ={"STEWARD_NODE__GPU_BACKEND": "sim",
                                         "STEWARD_NODE__LISTEN": "127.0.0.1:0",
                                         "STEWARD_NODE__COLLECT_INTERVAL_SECONDS": "0.2"})
-    node_agent = build_node_agent(config)
+    node_agent = build_node_agent(config, sources=simulated_sources(config))
     node_agent.start()
     yield node_agent
     node_agent.stop()
@@ -124,7 +125,8 @@ def test_listen_backlog_takes_a_burst_of_connects_before_any_accept(
     """The backlog is set before listen(): 400 connects complete while nothing accepts."""
     config = load_config(None, environ={"STEWARD_NODE__GPU_BACKEND": "sim",
                                         "STEWARD_NODE__LISTEN": "127.0.0.1:0"})
-    node_agent = build_node_agent(config)  # bound and listening, never started
+    # Bound and listening, never started.
+    node_agent = build_node_agent(config, sources=simulated_sources(config))
     try:
         started = time.monotonic()
         for _ in range(CONNECTIONS):

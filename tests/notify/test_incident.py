@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
+from agent.clients.slack_params import NoChannel, Route, Router
 from agent.notify.incident import accumulate, all_resolved, dump_alerts, load_alerts, ordered
-from agent.notify.routing import NoChannel, Route, Router
 from agent.notify.webhook import Notification, parse_notification
 from tests.notify.payloads import alert, webhook
 

@@ -16,8 +16,9 @@ import yaml
 from sqlalchemy import create_engine, insert
 
 from agent.cli import main
+from agent.clients.slack import Message
 from agent.notify import delivery as delivery_module
-from agent.notify.blocks import GroupView, Message
+from agent.notify.blocks import GroupView
 from agent.notify.outbox import notifications
 from agent.notify.webhook import group_id
 from agent.sim.slack_stub import SlackStub, StubMessage

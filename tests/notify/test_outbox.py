@@ -13,6 +13,7 @@ from agent.notify.incident import accumulate
 from agent.notify.outbox import (
     DELIVERED_RETENTION_SECONDS,
     RESOLVED_GROUP_RETENTION_SECONDS,
+    TABLES,
     Inflight,
     Outbox,
     OutboxUnavailable,
@@ -33,7 +34,7 @@ class Clock:
 
 @pytest.fixture
 def engine(tmp_path: Path) -> Engine:
-    return open_store(f"sqlite:///{tmp_path / 'outbox.db'}")
+    return open_store(f"sqlite:///{tmp_path / 'outbox.db'}", tables=[TABLES])
 
 
 def note(group: str = "g", *, hostname: str = "n") -> Notification:

@@ -38,10 +38,11 @@ import pytest
 import yaml
 from kubernetes import client
 
+from agent.clients.kubernetes.api import timestamp, user_agent
 from agent.controller.hygiene.audit import COMPONENT
-from agent.controller.hygiene.idle_gpus import RESTORED_FROM
+from agent.controller.hygiene.idle_gpus.job import RESTORED_FROM
+from agent.controller.hygiene.store import TABLES as HYGIENE_TABLES
 from agent.controller.hygiene.store import HygieneStore
-from agent.kube import timestamp, user_agent
 from agent.state import open_store
 from tests.helm.chart import NAMESPACE, RELEASE, Rendered, render
 from tests.hygiene.crashing import ROOT, child_env, killed_while_held
@@ -253,7 +254,7 @@ def stand(real_k8s: RealCluster, tmp_path_factory: pytest.TempPathFactory) -> It
                 configs[f"{flow}-{who}"] = write_config(
                     workdir / f"{flow}-{who}.yaml", rendered, prometheus=prometheus.url,
                     kubeconfig=kubeconfig, state=state, exempt_namespace=bystander)
-            stores[flow] = HygieneStore(open_store(f"sqlite:///{state}"))
+            stores[flow] = HygieneStore(open_store(f"sqlite:///{state}", tables=[HYGIENE_TABLES]))
             cleanup.callback(stores[flow].engine.dispose)
         # Older than the window, by the server's own creationTimestamp (the CLI's clock).
         time.sleep(max(0.0, created + SPAN + 0.5 - time.time()))

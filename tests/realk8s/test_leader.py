@@ -20,7 +20,7 @@ import pytest
 from kubernetes import client
 from kubernetes.client.rest import ApiException
 
-from agent.kube import micro_time, user_agent
+from agent.clients.kubernetes.api import micro_time, user_agent
 from tests.helm.chart import NAMESPACE, RELEASE, render
 from tests.realk8s.cluster import RealCluster, service_account_user
 from tests.realk8s.rbac import apply_chart_rbac

@@ -14,14 +14,14 @@ from pathlib import Path
 import pytest
 from kubernetes import client
 
+from agent.clients.kubernetes.api import user_agent
 from agent.config import StewardConfig
+from agent.controller.hygiene.idle_gpus.workloads import KINDS, KubeWorkloads, ObjectRef, Replaced
 from agent.controller.hygiene.references import ClusterReferences, ReferencesUnavailable
-from agent.controller.hygiene.workloads import KINDS, KubeWorkloads, ObjectRef, Replaced
 from agent.controller.leader import LeaderElector
 from agent.controller.pending import pending_pods_collector
 from agent.controller.pipelines import pipelines_collector
 from agent.finops.teams import KubernetesNamespaceLabels
-from agent.kube import user_agent
 from agent.node.pods import PodCache
 from tests.helm.chart import NAMESPACE, RELEASE, Rendered, render
 from tests.realk8s import workloads as w

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from kubernetes import client
 
-from agent.kube import timestamp, user_agent
+from agent.clients.kubernetes.api import timestamp, user_agent
 from tests.helm.chart import NAMESPACE, RELEASE, render
 from tests.realk8s import workloads as w
 from tests.realk8s.cluster import RealCluster, TcpProxy, service_account_user

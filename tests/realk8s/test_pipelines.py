@@ -11,10 +11,10 @@ from typing import Any
 import pytest
 from kubernetes import client
 
+from agent.clients.kubernetes.api import user_agent
 from agent.controller.pending import pending_pods_collector
 from agent.controller.pipelines import pipelines_collector
 from agent.exporter.collection import CollectionLoops
-from agent.kube import user_agent
 from tests.helm.chart import NAMESPACE, RELEASE, render
 from tests.realk8s import workloads as w
 from tests.realk8s.cluster import RealCluster, service_account_user

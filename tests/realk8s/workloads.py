@@ -9,28 +9,20 @@ from typing import Any
 from kubernetes import client
 from kubernetes.client.rest import ApiException
 
+from agent.clients.kubernetes import objects
+
 JsonObj = dict[str, Any]
-GPU = "nvidia.com/gpu"
 
 
 def container(image: str = "registry.example/app:1", *, env: dict[str, str] | None = None,
               gpus: int = 0, name: str = "main") -> JsonObj:
-    body: JsonObj = {"name": name, "image": image}
-    if env:
-        body["env"] = [{"name": k, "value": v} for k, v in env.items()]
-    if gpus:
-        body["resources"] = {"limits": {GPU: str(gpus)}, "requests": {GPU: str(gpus)}}
-    return body
+    return objects.container(image, name=name, gpus=gpus, env=env, with_requests=True)
 
 
 def pod(name: str, namespace: str, *, node: str | None = None, gpus: int = 0,
         image: str = "registry.example/app:1", labels: dict[str, str] | None = None) -> JsonObj:
-    spec: JsonObj = {"containers": [container(image, gpus=gpus)], "restartPolicy": "Always"}
-    if node:
-        spec["nodeName"] = node
-    return {"apiVersion": "v1", "kind": "Pod",
-            "metadata": {"name": name, "namespace": namespace, "labels": labels or {}},
-            "spec": spec}
+    return objects.pod(name, namespace, containers=[container(image, gpus=gpus)], node=node,
+                       labels=labels, restart_policy="Always")
 
 
 def _template(app: str, image: str, env: dict[str, str] | None = None,
@@ -41,10 +33,10 @@ def _template(app: str, image: str, env: dict[str, str] | None = None,
 
 def deployment(name: str, namespace: str, *, image: str = "registry.example/app:1",
                replicas: int = 1, env: dict[str, str] | None = None) -> JsonObj:
-    return {"apiVersion": "apps/v1", "kind": "Deployment",
-            "metadata": {"name": name, "namespace": namespace},
-            "spec": {"replicas": replicas, "selector": {"matchLabels": {"app": name}},
-                     "template": _template(name, image, env)}}
+    obj = objects.workload("Deployment", name, namespace, replicas=replicas,
+                           containers=[container(image, env=env)])
+    obj["spec"]["template"]["spec"]["restartPolicy"] = "Always"
+    return obj
 
 
 def statefulset(name: str, namespace: str) -> JsonObj:

@@ -51,3 +51,11 @@ def test_lost_scenario_falls_off_the_bus_on_time() -> None:
     assert not lost.state(19.9, CTX).lost
     assert lost.state(20.0, CTX).lost
     assert [s.xid for s in lost.xids(CTX)] == [79]
+
+
+def test_config_names_exactly_the_simulated_scenarios() -> None:
+    """Config validates scenario names without importing the simulator: the two lists agree."""
+    from agent.config import SIM_SCENARIOS
+    from agent.sim.scenarios import SCENARIOS
+
+    assert sorted(SIM_SCENARIOS) == sorted(SCENARIOS)

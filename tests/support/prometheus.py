@@ -1,18 +1,16 @@
-"""A real Prometheus (Debian package) started by a test, and a small PromQL client for it."""
+"""A real Prometheus (Debian package) started by a test, queried through the one client."""
 
 from __future__ import annotations
 
-import json
 import subprocess
 import tempfile
-import urllib.parse
-import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from agent.clients.prometheus import PrometheusClient
 from agent.demo.servers import ScrapeJob, prometheus_config
 from agent.localnet import stop_process
 from tests.support.binaries import require_binary
@@ -27,12 +25,12 @@ class Prometheus:
     log_path: Path
     rule_files: list[Path] = field(default_factory=list)
 
+    @property
+    def client(self) -> PrometheusClient:
+        return PrometheusClient(self.url, timeout=10)
+
     def query(self, expr: str, *, at: float | None = None) -> list[dict[str, Any]]:
-        params = {"query": expr}
-        if at is not None:
-            params["time"] = str(at)
-        data = self._get("/api/v1/query", params)
-        return list(data["result"])
+        return self.client.query(expr, at=at)
 
     def scalar_values(self, expr: str) -> dict[tuple[tuple[str, str], ...], float]:
         """Instant vector -> {sorted label items (without __name__): value}."""
@@ -43,23 +41,11 @@ class Prometheus:
         return out
 
     def alerts(self) -> list[dict[str, Any]]:
-        return list(self._get("/api/v1/alerts", {})["alerts"])
+        return self.client.alerts()
 
     def targets_up(self) -> bool:
-        data = self._get("/api/v1/targets", {})
-        active = data["activeTargets"]
+        active = self.client.targets()
         return bool(active) and all(t["health"] == "up" for t in active)
-
-    def _get(self, path: str, params: dict[str, str]) -> Any:
-        url = f"{self.url}{path}?{urllib.parse.urlencode(params)}"
-        try:
-            with urllib.request.urlopen(url, timeout=10) as response:
-                body = json.load(response)
-        except urllib.error.HTTPError as exc:
-            raise AssertionError(f"{path} {params}: HTTP {exc.code}: {exc.read()!r}") from exc
-        if body.get("status") != "success":
-            raise AssertionError(f"{path} {params}: {body}")
-        return body["data"]
 
     def wait_for(self, expr: str, *, timeout: float = 20.0) -> list[dict[str, Any]]:
         """Poll until ``expr`` returns a non-empty result (new targets take ~5 s to appear)."""

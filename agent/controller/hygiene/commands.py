@@ -13,10 +13,11 @@ import sys
 from typing import Any, Final, TextIO
 
 from agent.config import StewardConfig
+from agent.controller.hygiene.context import JobUnavailable
 from agent.controller.hygiene.crashpoints import Checkpoint, no_checkpoint
 from agent.controller.hygiene.engine import NothingToRestore, RestoreBusy, RestoreFailed
+from agent.controller.hygiene.jobs import UnknownJob, check_name
 from agent.controller.hygiene.output import ProgressBar, render_json, render_table
-from agent.controller.hygiene.registry import JobUnavailable, UnknownJob, check_name
 from agent.controller.hygiene.runner import HygieneRuntime
 
 EXIT_OK: Final = 0
@@ -30,7 +31,7 @@ class _Usage(Exception):
 
 
 def _cluster(config: StewardConfig) -> Any | None:
-    from agent.kube import KubeConfigError, api_client, cluster_configured
+    from agent.clients.kubernetes.api import KubeConfigError, api_client, cluster_configured
 
     if not cluster_configured(config.kubernetes):
         return None

@@ -1,7 +1,7 @@
 """Telling a resource's owner what hygiene is about to do, did, or undid.
 
-:class:`OwnerNotifier` is the seam: a log-only default, and Slack through the notifier's
-Slack sink (``agent.notify.slack``) with the channel chosen by ``slack.routes`` on the labels
+:class:`OwnerNotifier` is the seam: a log-only default, and Slack through the one Slack sink
+(``agent.clients.slack``) with the channel chosen by ``slack.routes`` on the labels
 ``hygiene_job``, ``namespace`` and ``owner``. A failed notification raises
 :class:`NotifyFailed`; the engine then keeps the mark's deadline from running.
 """
@@ -14,6 +14,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
+from agent.clients.slack import Message, SlackCallFailed, SlackSink
+from agent.clients.slack_params import NoChannel, Router, SlackSettings
 from agent.config import StewardConfig
 from agent.controller.hygiene.plan import iso_time
 
@@ -79,17 +81,13 @@ def _message_text(notice: OwnerNotice) -> str:
 
 
 class SlackNotifier:
-    """Posts one message per notice through the notifier's Slack sink."""
+    """Posts one message per notice through the Slack sink."""
 
-    def __init__(self, sink: Any, router: Any) -> None:
+    def __init__(self, sink: SlackSink, router: Router) -> None:
         self._sink = sink
         self._router = router
 
     def notify(self, notice: OwnerNotice) -> None:
-        from agent.notify.blocks import Message
-        from agent.notify.routing import NoChannel
-        from agent.notify.slack import SlackCallFailed
-
         try:
             channel = self._router.channel_for([dict(notice.labels)])
         except NoChannel as exc:
@@ -104,14 +102,7 @@ class SlackNotifier:
 
 def notifier_from_config(config: StewardConfig) -> OwnerNotifier:
     """Slack when a token and a channel are configured, else the log-only notifier."""
-    slack = config.slack
-    token = slack.resolved_token()
-    if token is None or not (slack.default_channel or slack.routes):
+    slack = SlackSettings.from_config(config.slack)
+    if slack.token is None or not (slack.default_channel or slack.routes):
         return LogNotifier()
-    from agent.notify.routing import Route, Router
-    from agent.notify.slack import SlackSink
-
-    sink = SlackSink.create(token=token.get_secret_value(), api_url=slack.api_url)
-    router = Router([Route(r.match, r.channel) for r in slack.routes],
-                    default_channel=slack.default_channel)
-    return SlackNotifier(sink, router)
+    return SlackNotifier(SlackSink.create(slack), slack.router())

@@ -11,19 +11,19 @@ from typing import Any
 
 from agent.config import StewardConfig
 from agent.controller.hygiene.audit import AuditTrail, EventRecorder
+from agent.controller.hygiene.context import JobContext
 from agent.controller.hygiene.crashpoints import Checkpoint, no_checkpoint
 from agent.controller.hygiene.engine import HygieneEngine, RestoreOutcome, RunOutcome
 from agent.controller.hygiene.guards import KillSwitch
-from agent.controller.hygiene.metrics import HygieneMetrics
-from agent.controller.hygiene.notify import OwnerNotifier, notifier_from_config
-from agent.controller.hygiene.progress import NoProgress, Progress
-from agent.controller.hygiene.registry import (
-    JobContext,
+from agent.controller.hygiene.jobs import (
     build_job,
     config_key,
     settings_of,
 )
-from agent.controller.hygiene.store import HygieneStore
+from agent.controller.hygiene.metrics import HygieneMetrics
+from agent.controller.hygiene.notify import OwnerNotifier, notifier_from_config
+from agent.controller.hygiene.progress import NoProgress, Progress
+from agent.controller.hygiene.store import TABLES, HygieneStore
 
 
 class HygieneRuntime:
@@ -55,7 +55,7 @@ class HygieneRuntime:
             if self._store is None:
                 from agent.state import open_store
 
-                self._store = HygieneStore(open_store(self._config.state.url))
+                self._store = HygieneStore(open_store(self._config.state.url, tables=[TABLES]))
             return self._store
 
     def notifier(self) -> OwnerNotifier:

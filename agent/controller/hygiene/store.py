@@ -1,6 +1,10 @@
 """The hygiene tables in the state store: runs and their plans, marks, restore records, and
 the audit log whose unique idempotency keys make every step happen at most once.
 
+The tables are declared on :data:`TABLES`, which whoever opens the store for hygiene hands
+to ``open_store``. Other components read hygiene's history only through the views at the
+end (:func:`freed_actions`, :func:`latest_plans`), never through the tables.
+
 A key names a step of one mark (``job|resource|mark_id|step``), never a run, so a run that
 was killed and started again finds the steps its predecessor already took. Each step that
 changes the world is committed together with the state it leads to: an action's claim
@@ -22,12 +26,15 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    MetaData,
     String,
     Table,
     Text,
     and_,
     delete,
+    func,
     insert,
+    inspect,
     select,
     text,
     update,
@@ -35,12 +42,13 @@ from sqlalchemy import (
 from sqlalchemy.exc import IntegrityError
 
 from agent.controller.hygiene.model import Candidate, Unit
-from agent.state import metadata
 
+# The hygiene tables, handed to open_store by the controller and the hygiene commands.
+TABLES = MetaData()
 _RESOURCE = 1024  # an image reference with registry, repository and digest fits
 
 runs = Table(
-    "hygiene_runs", metadata,
+    "hygiene_runs", TABLES,
     Column("run_id", String(32), primary_key=True),
     Column("job", String(64), nullable=False),
     Column("mode", String(16), nullable=False),
@@ -53,7 +61,7 @@ runs = Table(
 )
 
 marks = Table(
-    "hygiene_marks", metadata,
+    "hygiene_marks", TABLES,
     Column("mark_id", String(32), primary_key=True),
     Column("job", String(64), nullable=False),
     Column("resource", String(_RESOURCE), nullable=False),
@@ -77,7 +85,7 @@ marks = Table(
 )
 
 restore_records = Table(
-    "hygiene_restore_records", metadata,
+    "hygiene_restore_records", TABLES,
     Column("mark_id", String(32), ForeignKey("hygiene_marks.mark_id"), primary_key=True),
     Column("job", String(64), nullable=False),
     Column("resource", String(_RESOURCE), nullable=False),
@@ -91,7 +99,7 @@ restore_records = Table(
 # it. A row older than the restore's time limit belongs to a restore that died; it is taken
 # over.
 restore_claims = Table(
-    "hygiene_restore_claims", metadata,
+    "hygiene_restore_claims", TABLES,
     Column("mark_id", String(32), ForeignKey("hygiene_restore_records.mark_id"),
            primary_key=True),
     Column("claim_id", String(32), nullable=False),
@@ -99,7 +107,7 @@ restore_claims = Table(
 )
 
 audit = Table(
-    "hygiene_audit", metadata,
+    "hygiene_audit", TABLES,
     Column("id", Integer, primary_key=True),
     Column("key", String(_RESOURCE + 128), nullable=False, unique=True),
     Column("job", String(64), nullable=False),
@@ -506,3 +514,73 @@ class HygieneStore:
             query = query.where(audit.c.job == job)
         with self._engine.connect() as conn:
             return [dict(r._mapping) for r in conn.execute(query).all()]
+
+
+# -- views for other components (the FinOps report's savings) --------------------------
+
+# What frees resources (marks, notices and restores free nothing).
+FREEING_ACTIONS: Final = ("scale_to_zero", "delete", "expire_objects")
+
+
+@dataclass(frozen=True)
+class FreedAction:
+    """An applied action that freed something, with what its mark said it reclaims."""
+
+    job: str
+    action: str
+    resource: str
+    finished_at: float
+    reclaim: Mapping[str, Any]
+    evidence: Mapping[str, Any]
+    restored_at: float | None  # undone by ``steward hygiene restore`` at this time
+
+
+@dataclass(frozen=True)
+class LatestPlan:
+    """A job's most recent successful run with a plan."""
+
+    job: str
+    mode: str
+    finished_at: float
+    plan: Mapping[str, Any]
+
+
+def has_hygiene_log(engine: Engine) -> bool:
+    """Whether any hygiene job ever wrote to this store."""
+    return bool(inspect(engine).has_table(audit.name))
+
+
+def freed_actions(engine: Engine, start: float, end: float) -> list[FreedAction]:
+    """Applied freeing actions that completed with ``start <= finished_at < end``."""
+    query = (
+        select(audit.c.job, audit.c.action, audit.c.resource, audit.c.finished_at,
+               marks.c.reclaim, marks.c.evidence, restore_records.c.restored_at)
+        .join(marks, marks.c.mark_id == audit.c.mark_id)
+        .outerjoin(restore_records, restore_records.c.mark_id == audit.c.mark_id)
+        .where(and_(audit.c.mode == "apply", audit.c.status == "done",
+                    audit.c.action.in_(FREEING_ACTIONS),
+                    audit.c.finished_at >= start, audit.c.finished_at < end)))
+    with engine.connect() as connection:
+        return [FreedAction(job=row.job, action=row.action, resource=row.resource,
+                            finished_at=float(row.finished_at),
+                            reclaim=json.loads(row.reclaim or "{}"),
+                            evidence=json.loads(row.evidence or "{}"),
+                            restored_at=row.restored_at)
+                for row in connection.execute(query)]
+
+
+def latest_plans(engine: Engine, until: float) -> list[LatestPlan]:
+    """Each job's most recent successful run with a plan that finished before ``until``."""
+    latest = (select(runs.c.job, func.max(runs.c.finished_at).label("at"))
+              .where(runs.c.result == "succeeded", runs.c.plan.is_not(None),
+                     runs.c.finished_at < until)
+              .group_by(runs.c.job).subquery())
+    query = select(runs.c.job, runs.c.mode, runs.c.finished_at, runs.c.plan).join(
+        latest, (latest.c.job == runs.c.job) & (latest.c.at == runs.c.finished_at))
+    found: dict[str, LatestPlan] = {}
+    with engine.connect() as connection:
+        for row in connection.execute(query):
+            found[row.job] = LatestPlan(job=row.job, mode=row.mode,
+                                        finished_at=float(row.finished_at),
+                                        plan=json.loads(row.plan))
+    return list(found.values())

@@ -15,6 +15,7 @@ from typing import Final, Literal, Protocol
 
 import grpc
 
+from agent.clients.kubernetes.gpus import GPU_RESOURCE_PREFIXES
 from agent.node.podresources import api_pb2, api_pb2_grpc
 
 DEFAULT_SOCKET_PATH: Final = "/var/lib/kubelet/pod-resources/kubelet.sock"
@@ -63,7 +64,7 @@ class PodResourcesClient:
         *,
         timeout: float = 5.0,
         max_message_bytes: int = 64 * 1024 * 1024,
-        resource_prefixes: tuple[str, ...] = ("nvidia.com/",),
+        resource_prefixes: tuple[str, ...] = GPU_RESOURCE_PREFIXES,
     ) -> None:
         if timeout <= 0:
             raise ValueError(f"timeout must be positive, got {timeout}")

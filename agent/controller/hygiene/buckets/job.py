@@ -48,6 +48,7 @@ from agent.controller.hygiene.buckets.policy import (
     unmarked_tags,
 )
 from agent.controller.hygiene.buckets.s3 import Activity, Bucket, S3Buckets, S3Error
+from agent.controller.hygiene.context import JobContext, JobUnavailable, NoReferences
 from agent.controller.hygiene.model import (
     Candidate,
     Observed,
@@ -61,7 +62,6 @@ from agent.controller.hygiene.references import (
     BucketReferenceSource,
     ReferencesUnavailable,
 )
-from agent.controller.hygiene.registry import JobContext, JobUnavailable, NoReferences
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -119,8 +119,8 @@ class OrphanedBucketsJob:
         from botocore.config import Config
 
         if references is None:
+            from agent.clients.kubernetes.api import api_client
             from agent.controller.hygiene.references import ClusterReferences
-            from agent.kube import api_client
 
             references = ClusterReferences(
                 api_client(config.kubernetes, "hygiene"),

@@ -17,6 +17,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from agent.config import RegistryConfig, StewardConfig
+from agent.controller.hygiene.context import JobContext, JobUnavailable, NoReferences
 from agent.controller.hygiene.images.ecr import EcrRegistry, parse_registry_url
 from agent.controller.hygiene.images.oci import OciRegistry, credentials_from
 from agent.controller.hygiene.images.policy import (
@@ -44,7 +45,6 @@ from agent.controller.hygiene.references import (
     ImageReferenceSource,
     ReferencesUnavailable,
 )
-from agent.controller.hygiene.registry import JobContext, JobUnavailable, NoReferences
 
 OWNER_TAGS = ("owner", "team")
 
@@ -110,8 +110,8 @@ class StaleImagesJob:
                     environ: Mapping[str, str] | None = None) -> StaleImagesJob:
         """Registries from ``registries``, references from the configured cluster."""
         if references is None:
+            from agent.clients.kubernetes.api import api_client
             from agent.controller.hygiene.references import ClusterReferences
-            from agent.kube import api_client
 
             references = ClusterReferences(api_client(config.kubernetes, "hygiene"))
         registries = [registry_from_config(entry, config, boto_session=boto_session,

@@ -1,19 +1,17 @@
-"""Posting the weekly report to Slack: a summary message, then the HTML report and a chart
-uploaded into its thread with ``files_upload_v2``.
+"""The weekly report's Slack post: a summary message, then the HTML report and a chart
+uploaded into its thread, through the one Slack sink (``agent.clients.slack``).
 
 ``chat.postMessage`` accepts a channel name; ``files.completeUploadExternal`` needs the
-channel ID, which the message's answer carries.
+channel ID, which the message's answer carries. A weekly report may wait: a 429 is waited
+out (Retry-After) before each call is given up on.
 """
 
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from pathlib import Path
 
-from slack_sdk import WebClient
-from slack_sdk.http_retry.builtin_handlers import RateLimitErrorRetryHandler
-
+from agent.clients.slack import Message, SlackSink, Upload, wait_out_rate_limits
 from agent.finops.document import FinopsReport
 from agent.finops.render import (
     ReportFiles,
@@ -26,15 +24,8 @@ from agent.finops.render import (
     utilization_text,
 )
 
-log = logging.getLogger("agent.finops.slack")
+log = logging.getLogger("agent.finops.slack_post")
 TOP_TEAMS = 3
-
-
-def slack_client(*, token: str, api_url: str) -> WebClient:
-    client = WebClient(token=token, base_url=api_url.rstrip("/") + "/")
-    # Slack answers bursts with 429 + Retry-After; wait rather than lose the weekly report.
-    client.retry_handlers.append(RateLimitErrorRetryHandler(max_retry_count=3))
-    return client
 
 
 def summary_text(report: FinopsReport) -> str:
@@ -83,23 +74,20 @@ class SlackPost:
     file_ids: tuple[str, ...]
 
 
-def post_report(client: WebClient, *, channel: str, report: FinopsReport,
+def post_report(sink: SlackSink, *, channel: str, report: FinopsReport,
                 files: ReportFiles, chart: str = "cost-by-team") -> SlackPost:
     """Summary message, then the HTML report and one chart in its thread."""
-    text = summary_text(report)
-    message = client.chat_postMessage(channel=channel, text=text, mrkdwn=True,
-                                      unfurl_links=False)
-    channel_id = str(message["channel"])
-    ts = str(message["ts"])
-    uploads: list[tuple[Path, str]] = [
-        (files.html, f"GPU cost report {report.week.name} (open in a browser)"),
-        (files.charts[chart], f"GPU cost by team, {report.week.name}"),
+    posted = wait_out_rate_limits(
+        lambda: sink.post(channel, Message(text=summary_text(report))))
+    uploads = [
+        Upload(files.html, f"{report.week.name}-{files.html.name}",
+               f"GPU cost report {report.week.name} (open in a browser)"),
+        Upload(files.charts[chart], f"{report.week.name}-{files.charts[chart].name}",
+               f"GPU cost by team, {report.week.name}"),
     ]
-    completion = client.files_upload_v2(
-        channel=channel_id, thread_ts=ts,
-        file_uploads=[{"file": str(path), "filename": f"{report.week.name}-{path.name}",
-                       "title": title} for path, title in uploads])
-    ids = tuple(str(f.get("id")) for f in completion.get("files") or [])
-    log.info("FinOps report posted to Slack",
-             extra={"channel": channel_id, "ts": ts, "files": len(ids), "week": report.week.name})
-    return SlackPost(channel_id=channel_id, ts=ts, file_ids=ids)
+    ids = wait_out_rate_limits(
+        lambda: sink.upload(posted.channel_id, uploads, thread_ts=posted.ts))
+    log.info("FinOps report posted to Slack", extra={
+        "channel": posted.channel_id, "ts": posted.ts, "files": len(ids),
+        "week": report.week.name})
+    return SlackPost(channel_id=posted.channel_id, ts=posted.ts, file_ids=tuple(ids))

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
 
@@ -21,7 +22,27 @@ _MICRO_TIME = "%Y-%m-%dT%H:%M:%S.%fZ"
 
 
 class KubeConfigError(Exception):
-    """No usable cluster configuration: names where Steward looked."""
+    """No usable cluster configuration: names where Steward looked (a usage error, exit 2)."""
+
+
+class KubeApiError(Exception):
+    """The one error type of a call the API server refused or failed, in one line
+    (``api_error_text``); ``status`` is the HTTP status when the server answered."""
+
+    def __init__(self, what: str, exc: BaseException) -> None:
+        super().__init__(f"{what}: {api_error_text(exc)}")
+        self.status: int | None = getattr(exc, "status", None)
+
+
+@contextmanager
+def refusals(what: str) -> Iterator[None]:
+    """An ``ApiException`` raised inside, as a one-line :class:`KubeApiError`."""
+    from kubernetes.client.exceptions import ApiException
+
+    try:
+        yield
+    except ApiException as exc:
+        raise KubeApiError(what, exc) from exc
 
 
 def cluster_configured(config: KubernetesConfig, *,

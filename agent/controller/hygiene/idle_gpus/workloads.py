@@ -8,13 +8,14 @@ a millisecond per pod to build, which a cluster-wide scan would pay thousands of
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Final
 
-JsonObj = dict[str, Any]
+from agent.clients.kubernetes.api import KubeApiError, refusals
+from agent.clients.kubernetes.objects import JsonObj, controller_ref, meta
+
 # kind -> (apiVersion, client API, snake-case name in the client's method names)
 KINDS: Final[dict[str, tuple[str, str, str]]] = {
     "Pod": ("v1", "core", "pod"),
@@ -47,29 +48,6 @@ class ObjectRef:
         return (self.api_version, self.kind, self.namespace, self.name)
 
 
-def meta(obj: JsonObj) -> JsonObj:
-    value = obj.get("metadata")
-    return value if isinstance(value, dict) else {}
-
-
-def controller_ref(obj: JsonObj) -> JsonObj | None:
-    """The ownerReference with ``controller: true`` (the object that manages this one)."""
-    for ref in meta(obj).get("ownerReferences") or []:
-        if isinstance(ref, dict) and ref.get("controller"):
-            return ref
-    return None
-
-
-class KubeApiError(Exception):
-    """A call the API server refused or failed, in one line (``api_error_text``)."""
-
-    def __init__(self, what: str, exc: BaseException) -> None:
-        from agent.kube import api_error_text
-
-        super().__init__(f"{what}: {api_error_text(exc)}")
-        self.status: int | None = getattr(exc, "status", None)
-
-
 class Conflict(KubeApiError):
     """409 on a write carrying a resourceVersion: re-read and try again."""
 
@@ -78,16 +56,6 @@ class Replaced(KubeApiError):
     """409 on a delete carrying a uid precondition: the object of that name is another one
     now (deleted and created again since it was read). Nothing was deleted."""
 
-
-@contextmanager
-def _refusals(what: str) -> Iterator[None]:
-    """An ``ApiException`` raised inside, as a one-line ``KubeApiError``."""
-    from kubernetes.client.exceptions import ApiException
-
-    try:
-        yield
-    except ApiException as exc:
-        raise KubeApiError(what, exc) from exc
 
 
 class KubeWorkloads:
@@ -124,7 +92,7 @@ class KubeWorkloads:
         token: str | None = None
         call = self._call(kind, "list")
         while True:
-            with _refusals(f"list {kind} in {namespace}"):
+            with refusals(f"list {kind} in {namespace}"):
                 page = self._json(call(namespace, limit=500, _continue=token,
                                        _preload_content=False, _request_timeout=_TIMEOUT))
             for item in page.get("items") or []:
@@ -164,7 +132,7 @@ class KubeWorkloads:
     # -- writes --------------------------------------------------------------------------
 
     def read_scale(self, ref: ObjectRef) -> tuple[int, str]:
-        with _refusals(f"get {ref.kind} {ref.namespace}/{ref.name}/scale"):
+        with refusals(f"get {ref.kind} {ref.namespace}/{ref.name}/scale"):
             scale = self._json(self._call(ref.kind, "read", "_scale")(
                 ref.name, ref.namespace, _preload_content=False, _request_timeout=_TIMEOUT))
         return int((scale.get("spec") or {}).get("replicas") or 0), \

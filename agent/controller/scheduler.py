@@ -9,7 +9,6 @@ through ``extra`` (the weekly FinOps report).
 
 from __future__ import annotations
 
-import importlib.util
 import logging
 import threading
 from collections.abc import Callable, Sequence
@@ -18,7 +17,8 @@ from typing import Any, Final
 
 from prometheus_client.metrics_core import Metric
 
-from agent.controller.hygiene.registry import JOBS, JobUnavailable, settings_of
+from agent.controller.hygiene.context import JobUnavailable
+from agent.controller.hygiene.jobs import JOBS, settings_of
 from agent.controller.hygiene.runner import HygieneRuntime
 from agent.cron import cron_trigger
 
@@ -50,21 +50,8 @@ class LeaderScheduler:
         return self._runtime.metrics.families()
 
     def scheduled_jobs(self) -> list[str]:
-        """The hygiene jobs this controller schedules: enabled and built into it."""
-        names = []
-        for name, (module, _) in JOBS.items():
-            if not settings_of(self._runtime.config, name).enabled:
-                continue
-            try:
-                found = importlib.util.find_spec(f"agent.controller.hygiene.{module}")
-            except ModuleNotFoundError:  # its package is missing
-                found = None
-            if found is None:
-                log.warning("hygiene job not in this build; not scheduled",
-                            extra={"hygiene_job": name})
-                continue
-            names.append(name)
-        return names
+        """The hygiene jobs this controller schedules: the enabled ones."""
+        return [name for name in JOBS if settings_of(self._runtime.config, name).enabled]
 
     def run_job(self, name: str) -> None:
         """One scheduled run: dry-run unless ``controller.apply`` and the job's ``apply``."""

@@ -1,8 +1,13 @@
-"""The Slack sink: chat.postMessage / chat.update through slack-sdk, failures sorted by remedy.
+"""The Slack sink: chat.postMessage / chat.update / file uploads through slack-sdk, failures
+sorted by remedy. Its typed settings are in ``slack_params``. Used by the notifier, the
+hygiene owner notices and the FinOps report.
 
-slack-sdk's own retry handlers are turned off: a handler that sleeps for Retry-After would
-hold a delivery thread and, through it, other channels. Instead every failure becomes one
-of three exceptions and the worker decides when to try again:
+One retry policy: the sink never sleeps. slack-sdk's own retry handlers are turned off: a
+handler that sleeps for Retry-After would hold a notifier delivery thread and, through it,
+other channels. Every failure becomes one of three exceptions (one base type,
+:class:`SlackCallFailed`) and the caller decides when to try again: the notifier's worker
+schedules the retry; a one-shot command with nothing else to do (the weekly report) waits
+the Retry-After out with :func:`wait_out_rate_limits`.
 
 - :class:`SlackRateLimited`: 429 or ``ratelimited``; wait ``retry_after`` on that channel.
 - :class:`SlackUnavailable`: network error, timeout, 5xx, Slack's ``internal_error``; back
@@ -16,16 +21,19 @@ from __future__ import annotations
 
 import http.client
 import logging
+import random
 import re
-from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any, Final
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final, TypeVar
 
 from slack_sdk import WebClient
 from slack_sdk.errors import SlackApiError, SlackRequestError
 from slack_sdk.web import SlackResponse
 
-from agent.notify.blocks import Message
+from agent.clients.slack_params import SlackSettings
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +67,7 @@ CHANNEL_ERRORS: Final = frozenset({
 _CHANNEL_ID: Final = re.compile(r"^[CGD][A-Z0-9]{6,}$")
 _DEFAULT_RETRY_AFTER: Final = 1.0
 _LOOKUP_PAGES: Final = 10
+_T = TypeVar("_T")
 
 
 class SlackCallFailed(Exception):
@@ -88,6 +97,23 @@ class SlackRejected(SlackCallFailed):
     @property
     def sink_wide(self) -> bool:
         return self.error in SINK_ERRORS
+
+
+@dataclass(frozen=True)
+class Message:
+    """What chat.postMessage / chat.update send: fallback ``text`` plus ``blocks``."""
+
+    text: str
+    blocks: list[dict[str, Any]] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Upload:
+    """A file to upload into a thread: where it is, its name in Slack, its title."""
+
+    path: Path
+    filename: str
+    title: str
 
 
 @dataclass(frozen=True)
@@ -135,9 +161,11 @@ class SlackSink:
         self._client = client
 
     @classmethod
-    def create(cls, *, token: str, api_url: str, timeout: float = 10.0) -> SlackSink:
-        return cls(WebClient(token=token, base_url=api_url, timeout=int(max(1, timeout)),
-                             retry_handlers=[]))
+    def create(cls, settings: SlackSettings) -> SlackSink:
+        if settings.token is None:
+            raise ValueError("slack.token is not set")
+        return cls(WebClient(token=settings.token, base_url=settings.api_url.rstrip("/") + "/",
+                             timeout=int(max(1, settings.timeout_seconds)), retry_handlers=[]))
 
     def _call(self, method: str, call: Callable[[], SlackResponse], *, write: bool
               ) -> SlackResponse:
@@ -166,6 +194,15 @@ class SlackSink:
             channel=channel_id, ts=ts, text=message.text, blocks=message.blocks,
             parse="none", link_names=False,
         ), write=True)
+
+    def upload(self, channel_id: str, files: Sequence[Upload], *, thread_ts: str) -> list[str]:
+        """Upload ``files`` into a thread (files_upload_v2: get URLs, upload, complete);
+        returns the file ids. ``channel_id`` must be an id: the completion refuses names."""
+        response = self._call("files.completeUploadExternal", lambda: self._client.files_upload_v2(
+            channel=channel_id, thread_ts=thread_ts,
+            file_uploads=[{"file": str(f.path), "filename": f.filename, "title": f.title}
+                          for f in files]), write=True)
+        return [str(f.get("id")) for f in response.get("files") or []]
 
     def resolve_channel(self, channel: str) -> str | None:
         """The id of a channel configured by name (conversations.list; needs channels:read)."""
@@ -220,3 +257,18 @@ class SlackSink:
             if not cursor:
                 return None
         return None
+
+
+def wait_out_rate_limits(call: Callable[[], _T], *, attempts: int = 4,
+                         sleep: Callable[[float], None] | None = None) -> _T:
+    """``call()``, waiting out a 429's Retry-After (plus up to a second of jitter) up to
+    ``attempts`` tries in all. For callers that may block (a one-shot command), never for a
+    delivery thread."""
+    for attempt in range(attempts):
+        try:
+            return call()
+        except SlackRateLimited as exc:
+            if attempt == attempts - 1:
+                raise
+            (sleep or time.sleep)(exc.retry_after + random.random())
+    raise AssertionError("unreachable")

@@ -24,8 +24,8 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final, Protocol
 
-from agent.controller.hygiene.promql import Sample, Series
-from agent.node.shares import is_reservation_pod
+from agent.clients.kubernetes.gpus import is_reservation_pod
+from agent.clients.prometheus import Sample, Series
 
 __all__ = ["SHARED_NOTE", "TenantEvidence", "is_reservation_pod"]
 
