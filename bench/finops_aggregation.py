@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -37,6 +36,8 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from bench.memory import peak_rss_bytes  # noqa: E402 - after the path above
 
 IDLE_FLOOR = 0.01
 STEP = 60
@@ -197,8 +198,8 @@ def run_duckdb(path: Path, days: int) -> dict[str, Any]:
 
 def child(side: str, path: Path, days: int) -> None:
     result = run_ours(path, days) if side == "ours" else run_duckdb(path, days)
-    # ru_maxrss is the process's peak resident set (VmHWM), in KiB on Linux.
-    result["peak_rss_bytes"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    # The child's own peak (bench/memory.py: ru_maxrss would inherit the parent's).
+    result["peak_rss_bytes"] = peak_rss_bytes()
     print(json.dumps(result, default=str))
 
 
