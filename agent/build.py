@@ -1,6 +1,7 @@
 """``steward build``: regenerate every committed artefact from its single source.
 
-Alert rules (three formats) from the alert catalog, dashboards JSON from
+Alert rules (three formats) from the alert catalog, the FinOps report's hourly recording
+rules from its own queries, dashboards JSON from
 ``dashboards/*.dashboard.py``, and the XID table embedded in the GpuXidCritical runbook;
 then lint the catalog against the runbooks. Idempotent: files are rewritten only when their
 content changes, and ``--check`` writes nothing and lists what is stale (CI).
@@ -15,6 +16,7 @@ from agent.alerts.lint import lint_catalog
 from agent.alerts.render import render_alert_files
 from agent.alerts.xid import with_xid_table
 from agent.dashboards.render import render_dashboards
+from agent.finops.recording import RULES_FILE, render_recording_rules
 
 
 class BuildError(Exception):
@@ -39,6 +41,7 @@ def build(root: Path, *, runbook_base_url: str, check: bool = False) -> BuildRes
     outputs: dict[Path, str] = {}
     for name, text in render_alert_files(runbook_base_url=runbook_base_url).items():
         outputs[root / "alerts" / name] = text
+    outputs[root / "alerts" / RULES_FILE] = render_recording_rules()
     try:
         dashboards = render_dashboards(root / "dashboards", runbook_base_url=runbook_base_url)
     except Exception as exc:  # a dashboard source is user-editable Python

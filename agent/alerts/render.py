@@ -107,9 +107,14 @@ _RulesDumper.add_representer(str, _represent_str)
 
 
 def _dump_yaml(document: dict[str, Any]) -> str:
+    return dump_rules_yaml(document, source="agent/alerts/catalog.py")
+
+
+def dump_rules_yaml(document: dict[str, Any], *, source: str) -> str:
+    """A generated rules file: the header naming its ``source``, PromQL as literal blocks."""
     body = yaml.dump(document, Dumper=_RulesDumper, sort_keys=False, allow_unicode=True,
                      default_flow_style=False, width=4096)
-    return _GENERATED_HEADER + body
+    return _GENERATED_HEADER.replace("agent/alerts/catalog.py", source) + body
 
 
 def render_prometheus_rules(*, alerts: Sequence[Alert] = CATALOG,

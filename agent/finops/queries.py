@@ -17,6 +17,7 @@ against Thanos or Mimir through the same API. Within a step:
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -117,22 +118,54 @@ def chunks(start: datetime, end: datetime, *, step: int,
         yield lo, min(lo + size, last)
 
 
+@dataclass(frozen=True)
+class RecordedSeries:
+    """Names of the hourly recording rules (``agent.finops.recording``) that record the
+    four reductions below, each over one hour, for the default selector."""
+
+    share: str
+    unallocated: str
+    use_mean: str
+    use_peak: str
+    step_seconds: int = 3600
+
+
 class PrometheusSource:
-    """The hourly series from Prometheus (or Thanos, Mimir): one batch per chunk (a day)."""
+    """The hourly series from Prometheus (or Thanos, Mimir): one batch per chunk (a day).
+
+    With ``recorded``, a chunk every step of which the recording rules cover is read from
+    the recorded series instead of reduced from raw samples (``agent.finops.recording``)."""
 
     def __init__(self, client: PrometheusClient, *, step_seconds: int,
-                 selector: str = f'job="{NODE_JOB}"', chunk: timedelta = DEFAULT_CHUNK) -> None:
+                 selector: str = f'job="{NODE_JOB}"', chunk: timedelta = DEFAULT_CHUNK,
+                 recorded: RecordedSeries | None = None) -> None:
         self.client = client
         self._step = step_seconds
         self.selector = selector
         self.chunk = chunk
+        self._recorded = recorded if recorded is not None \
+            and recorded.step_seconds == step_seconds else None
+        self.chunks_read = {"recorded": 0, "raw": 0}
 
     @property
     def step_seconds(self) -> int:
         return self._step
 
     def describe(self) -> str:
-        return f"Prometheus {self.client.url} ({{{self.selector}}}, step {self._step}s)"
+        text = f"Prometheus {self.client.url} ({{{self.selector}}}, step {self._step}s)"
+        if self.chunks_read["recorded"]:
+            total = sum(self.chunks_read.values())
+            text += (f", hourly recording rules for {self.chunks_read['recorded']} of "
+                     f"{total} chunks")
+        return text
+
+    def _recorded_covers(self, lo: int, hi: int) -> bool:
+        """Whether every step of ``(lo, hi]`` has a recorded hour (one cheap query)."""
+        if self._recorded is None:
+            return False
+        probe = f"count({_last(self._recorded.unallocated, self._step)})"
+        result = self._range(probe, lo, hi)
+        return bool(result) and len(result[0]["values"]) == (hi - lo) // self._step
 
     def _range(self, query: str, lo: int, hi: int) -> list[dict[str, Any]]:
         # A point at t covers (t - step, t]: the first point of the chunk is lo + step.
@@ -147,7 +180,15 @@ class PrometheusSource:
         free_q = unallocated_query(selector=self.selector, window=window)
         mean_q = utilization_query("avg", selector=self.selector, window=window)
         peak_q = utilization_query("max", selector=self.selector, window=window)
+        raw = (share_q, free_q, mean_q, peak_q)
+        recorded = raw if self._recorded is None else tuple(
+            _last(name, self._step) for name in (
+                self._recorded.share, self._recorded.unallocated, self._recorded.use_mean,
+                self._recorded.use_peak))
         for lo, hi in chunks(start, end, step=self._step, chunk=self.chunk):
+            use_recorded = self._recorded_covers(lo, hi)
+            self.chunks_read["recorded" if use_recorded else "raw"] += 1
+            share_q, free_q, mean_q, peak_q = recorded if use_recorded else raw
             shares = matrix_frame(self._range(share_q, lo, hi), HOLDER_LABELS, "share",
                                   shift=self._step)
             free = matrix_frame(self._range(free_q, lo, hi), _GPU_LABELS, "share",
@@ -181,6 +222,12 @@ class PrometheusSource:
             gaps.extend(merge_step_gaps(steps, kind="node_agent_down", scope=instance,
                                         step_seconds=self._step, missing=missing))
         return gaps
+
+
+def _last(name: str, step: int) -> str:
+    """The recorded hour that answers for the step ending at the query time: evaluations
+    run at a fixed offset within the hour, the newest one at or before the step's end."""
+    return f"last_over_time({name}[{step}s])"
 
 
 def join_utilization(shares: pd.DataFrame, mean: pd.DataFrame, peak: pd.DataFrame, *,

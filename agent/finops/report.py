@@ -26,6 +26,7 @@ from agent.finops.parquet import ParquetSource, export_parquet
 from agent.finops.period import ReportWeek
 from agent.finops.pricing import PriceTable
 from agent.finops.queries import PrometheusSource
+from agent.finops.recording import RECORDED
 from agent.finops.render import write_report
 from agent.finops.savings import AuditLogSavings, SavingsSource, compute_savings
 from agent.finops.series import FinopsInputError, Gap, SeriesSource, parse_step
@@ -46,7 +47,8 @@ def default_source(config: StewardConfig, *, parquet: Path | None) -> SeriesSour
         return ParquetSource(parquet)
     step = parse_step(config.finops.step)
     client = PrometheusClient(config.prometheus.url, timeout=config.prometheus.timeout_seconds)
-    return PrometheusSource(client, step_seconds=step)
+    # The recording rules are written for the default selector, which this source uses.
+    return PrometheusSource(client, step_seconds=step, recorded=RECORDED)
 
 
 def default_namespace_labels(config: StewardConfig) -> NamespaceLabelsSource | None:

@@ -21,6 +21,7 @@ cost; the report's add up to the GPU's cost exactly.
 from __future__ import annotations
 
 import json
+import subprocess
 from collections.abc import Iterator
 from decimal import ROUND_HALF_UP, Decimal
 from pathlib import Path
@@ -29,8 +30,10 @@ from typing import Any
 import pytest
 
 from agent.config import StewardConfig
+from agent.finops.recording import RULES_FILE
 from agent.finops.report import run_finops_report
 from tests.finops.fleet import NOW, T0, WEEK
+from tests.support.binaries import require_binary
 from tests.support.prometheus import BackfillSeries, Prometheus, openmetrics, start_prometheus
 
 pytestmark = pytest.mark.integration
@@ -84,6 +87,11 @@ def prometheus() -> Iterator[Prometheus]:
 
 @pytest.fixture(scope="module")
 def summary(prometheus: Prometheus, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    return _report(prometheus, tmp_path_factory)
+
+
+def _report(prometheus: Prometheus, tmp_path_factory: pytest.TempPathFactory
+            ) -> dict[str, Any]:
     out = tmp_path_factory.mktemp("shared") / WEEK
     config = StewardConfig.model_validate({
         "prometheus": {"url": prometheus.url, "timeout_seconds": 10},
@@ -158,3 +166,29 @@ def test_the_report_shows_the_shared_gpu(summary: dict[str, Any]) -> None:
         in markdown
     csv_text = (folder / "shared_gpus.csv").read_text(encoding="utf-8")
     assert csv_text.count("\n") == 1 + 5
+
+
+RULES = Path(__file__).resolve().parents[2] / "alerts" / RULES_FILE
+
+
+def test_the_hourly_recording_rules_give_the_same_report(
+        prometheus: Prometheus, summary: dict[str, Any],
+        tmp_path_factory: pytest.TempPathFactory) -> None:
+    """The shipped rules, backfilled over the week by promtool from the raw samples: the
+    report reads the recorded hours and bills the same cents. The day the agent was down
+    has steps with no recorded hour (no GPU reported): that day is reduced from raw samples,
+    as is the empty week before."""
+    blocks = tmp_path_factory.mktemp("rule-blocks")
+    subprocess.run([require_binary("promtool"), "tsdb", "create-blocks-from", "rules",
+                    f"--start={T0}", f"--end={T0 + 168 * 3600 + 60}", f"--url={prometheus.url}",
+                    f"--output-dir={blocks}", "--quiet", str(RULES)],
+                   check=True, capture_output=True)
+    recorded = start_prometheus([], backfill=openmetrics(week_series()), blocks=blocks)
+    try:
+        again = _report(recorded, tmp_path_factory)
+    finally:
+        recorded.stop()
+    markdown = (Path(again["_folder"]) / "report.md").read_text(encoding="utf-8")
+    assert "hourly recording rules for 6 of 14 chunks" in markdown
+    for key in ("shared_gpus", "teams", "totals"):
+        assert again[key] == summary[key], key
