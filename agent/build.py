@@ -16,7 +16,7 @@ from agent.alerts.lint import lint_catalog
 from agent.alerts.render import render_alert_files
 from agent.alerts.xid import with_xid_table
 from agent.dashboards.render import render_dashboards
-from agent.finops.recording import RULES_FILE, render_recording_rules
+from agent.finops.recording import RULES_FILE, recording_rule_groups, render_recording_rules
 
 
 class BuildError(Exception):
@@ -39,7 +39,8 @@ def build(root: Path, *, runbook_base_url: str, check: bool = False) -> BuildRes
             raise BuildError(f"{root} has no {needed}/ folder: run steward build from the "
                              "repository root or pass --root")
     outputs: dict[Path, str] = {}
-    for name, text in render_alert_files(runbook_base_url=runbook_base_url).items():
+    for name, text in render_alert_files(runbook_base_url=runbook_base_url,
+                                         recording_groups=recording_rule_groups()).items():
         outputs[root / "alerts" / name] = text
     outputs[root / "alerts" / RULES_FILE] = render_recording_rules()
     try:
