@@ -1,8 +1,8 @@
 """``steward build``: regenerate every committed artefact from its single source.
 
-Alert rules (three formats) from the alert catalog, dashboards JSON from
-``dashboards/*.dashboard.py``, the XID table embedded in the GpuXidCritical runbook and the
-runbook index (``runbooks/index.json``);
+Alert rules (three formats) from the alert catalog, the FinOps report's hourly recording
+rules from its own queries, dashboards JSON from ``dashboards/*.dashboard.py``, the XID
+table embedded in the GpuXidCritical runbook and the runbook index (``runbooks/index.json``);
 then lint the catalog against the runbooks. Idempotent: files are rewritten only when their
 content changes, and ``--check`` writes nothing and lists what is stale (CI).
 """
@@ -17,6 +17,7 @@ from agent.alerts.render import render_alert_files
 from agent.alerts.runbook_index import INDEX_FILE, render_runbook_index
 from agent.alerts.xid import with_xid_table
 from agent.dashboards.render import render_dashboards
+from agent.finops.recording import RULES_FILE, recording_rule_groups, render_recording_rules
 
 
 class BuildError(Exception):
@@ -39,8 +40,10 @@ def build(root: Path, *, runbook_base_url: str, check: bool = False) -> BuildRes
             raise BuildError(f"{root} has no {needed}/ folder: run steward build from the "
                              "repository root or pass --root")
     outputs: dict[Path, str] = {}
-    for name, text in render_alert_files(runbook_base_url=runbook_base_url).items():
+    for name, text in render_alert_files(runbook_base_url=runbook_base_url,
+                                         recording_groups=recording_rule_groups()).items():
         outputs[root / "alerts" / name] = text
+    outputs[root / "alerts" / RULES_FILE] = render_recording_rules()
     try:
         dashboards = render_dashboards(root / "dashboards", runbook_base_url=runbook_base_url)
     except Exception as exc:  # a dashboard source is user-editable Python

@@ -78,7 +78,8 @@ ListenAddress = Annotated[str, AfterValidator(_check_listen)]
 # to load otherwise), and config validation needs no import of the simulator.
 SIM_SCENARIOS: Final = ("training", "idle_allocated", "idle_free", "bursty", "lost",
                         "xid_storm", "ecc_errors", "thermal_throttling", "mig",
-                        "lost_shared", "lost_free")
+                        "lost_shared", "lost_free",
+                        "time_sliced", "kai_fraction", "hami")
 
 
 class SimConfig(Section):

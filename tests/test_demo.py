@@ -248,6 +248,35 @@ def test_the_report_of_a_week_that_varies(demo: DemoRun) -> None:
     assert "8 Grafana dashboards" in demo.text
 
 
+def test_shared_gpus_tenants_on_the_dashboard_and_in_the_report(demo: DemoRun) -> None:
+    # The namespace dashboard's tenant table, queried live: the four tenants of the
+    # time-sliced GPU, the KAI fractions (not their reservation pod) and the HAMi pod.
+    rows = {r["pod"]: r for r in demo.summary()["shared_gpu_tenants"]}
+    quarters = {"llm-serve-2", "embed-api-2", "jupyter-carol-2", "eval-nightly-2"}
+    assert quarters | {"tune-lora-5", "jupyter-dave-5", "rerank-hami-7"} <= set(rows)
+    assert not any(pod.startswith("gpu-reservation") for pod in rows)
+    for pod in quarters:
+        assert (rows[pod]["mode"], rows[pod]["Share of the GPU"]) == ("time_sliced", 0.25)
+    assert rows["llm-serve-2"]["Own use of the GPU"] == pytest.approx(0.45)
+    assert rows["jupyter-carol-2"]["Own use of the GPU"] == 0.0
+    assert (rows["tune-lora-5"]["mode"], rows["tune-lora-5"]["Share of the GPU"]) == (
+        "fraction", 0.5)
+    assert rows["jupyter-dave-5"]["Share of the GPU"] == 0.25  # gpu-memory: 20480 MiB
+    assert rows["rerank-hami-7"]["Share of the GPU"] == pytest.approx(0.3)
+    assert "Tenants of shared GPUs\" (live, from Prometheus)" in demo.text
+    # The report charges them, and its shared GPUs add up to the GPU's cost.
+    report = Path(demo.summary()["report"])
+    summary = json.loads((report.parent / "summary.json").read_text(encoding="utf-8"))
+    assert len(summary["shared_gpus"]) == 5
+    for gpu in summary["shared_gpus"]:
+        assert round(sum(t["cost"] for t in gpu["tenants"]), 2) == gpu["cost"]
+    assert "shared GPU gpu-node-2" in demo.text and "GPU capacity" in demo.text
+    # An idle tenant of a busy shared GPU is planned for a notice, never a scale-down.
+    plan = json.loads((demo.workdir / "plan-idle-gpus.json").read_text(encoding="utf-8"))
+    carol = next(c for c in plan["candidates"] if "jupyter-carol" in c["resource"])
+    assert carol["action"] == "notify" and "judged by its own use" in carol["reason"]
+
+
 def test_the_simulated_backend_never_claims_a_driver(demo: DemoRun) -> None:
     for log in demo.workdir.glob("node-*.log"):
         text = log.read_text(encoding="utf-8")

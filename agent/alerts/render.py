@@ -127,9 +127,14 @@ _RulesDumper.add_representer(str, _represent_str)
 
 
 def _dump_yaml(document: dict[str, Any]) -> str:
+    return dump_rules_yaml(document, source="agent/alerts/catalog.py")
+
+
+def dump_rules_yaml(document: dict[str, Any], *, source: str) -> str:
+    """A generated rules file: the header naming its ``source``, PromQL as literal blocks."""
     body = yaml.dump(document, Dumper=_RulesDumper, sort_keys=False, allow_unicode=True,
                      default_flow_style=False, width=4096)
-    return _GENERATED_HEADER + body
+    return _GENERATED_HEADER.replace("agent/alerts/catalog.py", source) + body
 
 
 def render_prometheus_rules(*, alerts: Sequence[Alert] = CATALOG,
@@ -139,8 +144,12 @@ def render_prometheus_rules(*, alerts: Sequence[Alert] = CATALOG,
 
 
 def render_prometheus_rule_resource(*, alerts: Sequence[Alert] = CATALOG,
-                                    runbook_base_url: str = DEFAULT_RUNBOOK_BASE_URL) -> str:
-    groups = prometheus_rule_groups(alerts=alerts, runbook_base_url=runbook_base_url)
+                                    runbook_base_url: str = DEFAULT_RUNBOOK_BASE_URL,
+                                    recording_groups: Sequence[dict[str, Any]] = ()) -> str:
+    """The alert groups, then ``recording_groups`` (the FinOps report's hourly rules, which
+    the chart ships in the same resource)."""
+    groups = [*prometheus_rule_groups(alerts=alerts, runbook_base_url=runbook_base_url),
+              *recording_groups]
     return _dump_yaml({
         "apiVersion": "monitoring.coreos.com/v1",
         "kind": "PrometheusRule",
@@ -234,13 +243,15 @@ def render_grafana_alerts(*, alerts: Sequence[Alert] = CATALOG,
 
 def render_alert_files(*, runbook_base_url: str = DEFAULT_RUNBOOK_BASE_URL,
                        grafana_datasource_uid: str = DEFAULT_GRAFANA_DATASOURCE_UID,
-                       alerts: Sequence[Alert] = CATALOG) -> dict[str, str]:
+                       alerts: Sequence[Alert] = CATALOG,
+                       recording_groups: Sequence[dict[str, Any]] = ()) -> dict[str, str]:
     """File name under `alerts/` -> content, for `steward build` to write."""
     return {
         PROMETHEUS_RULES_FILE: render_prometheus_rules(
             alerts=alerts, runbook_base_url=runbook_base_url),
         PROMETHEUS_RULE_RESOURCE_FILE: render_prometheus_rule_resource(
-            alerts=alerts, runbook_base_url=runbook_base_url),
+            alerts=alerts, runbook_base_url=runbook_base_url,
+            recording_groups=recording_groups),
         GRAFANA_ALERTS_FILE: render_grafana_alerts(
             alerts=alerts, runbook_base_url=runbook_base_url,
             datasource_uid=grafana_datasource_uid),

@@ -87,6 +87,7 @@ class DemoResult:
     plans: dict[str, dict[str, Any]] = field(default_factory=dict)
     report: Path | None = None
     watched_seconds: float = 0.0
+    shared_tenants: list[dict[str, Any]] = field(default_factory=list)
 
 
 class Demo:
@@ -144,7 +145,7 @@ class Demo:
     def _describe(self) -> None:
         from agent.sim.cluster import cluster_objects
         from agent.sim.nvml import SimulatedNvml
-        from agent.sim.pods import SimulatedPods
+        from agent.sim.pods import SimulatedPods, simulated_shares
 
         self.step("The simulated cluster")
         for hostname, scenarios in NODES:
@@ -154,12 +155,21 @@ class Demo:
             for entry in pods.list_devices():
                 device = entry.device_ids[0].split("::")[0]
                 holders.setdefault(device, []).append(f"{entry.namespace}/{entry.pod}")
+            # Shared GPUs by each tenant's share, as the node agent exports it (a KAI
+            # GPU's device is held by its reservation pod, not by its tenants).
+            tenants: dict[str, list[str]] = {}
+            for share in simulated_shares(nvml, pods):
+                if share.mode in ("time_sliced", "fraction", "mps"):
+                    tenants.setdefault(share.identity.uuid, []).append(
+                        f"{share.namespace}/{share.pod} {share.ratio:.0%}")
             self.say(f"   {hostname}: {len(scenarios)} x {MODEL}")
             for index, (uuid, scenario, _) in enumerate(nvml.gpus()):
                 if scenario == "mig":
                     slices = [f"{nvml.mig_profile(index, slot)} {holders.get(mig, ['free'])[0]}"
                               for slot, mig in enumerate(nvml.mig_uuids(index))]
                     held = "; ".join(slices)
+                elif uuid in tenants:
+                    held = ", ".join(tenants[uuid])
                 else:
                     held = ", ".join(holders.get(uuid, ["not allocated"]))
                 self.say(f"      GPU {index}  {SCENARIO_TEXT.get(scenario, scenario)}: {held}")
@@ -414,6 +424,7 @@ class Demo:
         dashboards = sorted((ROOT / "dashboards").glob("*.json"))
         self.say(f"   {len(dashboards)} Grafana dashboards in {ROOT / 'dashboards'}: "
                  + ", ".join(d.stem for d in dashboards))
+        self._shared_gpus()
         self.say("   (import them into Grafana, or install the Helm chart with "
                  "dashboards.enabled=true)")
         self._summary()
@@ -553,7 +564,8 @@ class Demo:
         folder = self.result.workdir / "finops" / week.name
         self.say(f"   from a simulated week ({week.name}, {parquet.name}): weekdays busier "
                  "than the weekend, a training burst Tuesday to Thursday, a notebook left "
-                 "idle, a GPU lost on Thursday, a node agent down two hours")
+                 "idle, a GPU lost on Thursday, a node agent down two hours; a GPU "
+                 "time-sliced by four tenants, KAI and HAMi fractions")
         result = self._steward("report", "finops", "--config", str(self.controller_config),
                                "--parquet", str(parquet), "--week", week.name, "--out",
                                str(folder), "--log-level", "error")
@@ -565,6 +577,22 @@ class Demo:
         for line in report_lines(summary):
             self.say(f"   {line}")
         self.say(f"   report: {self.result.report}  (and report.md, CSVs, summary.json)")
+
+    def _shared_gpus(self) -> None:
+        """The namespace dashboard's tenants of shared GPUs, from the live Prometheus."""
+        from agent.demo.tenants import TABLE, tenant_lines, tenant_rows
+
+        if self.prometheus_url is None:
+            return
+        try:
+            rows = tenant_rows(self.prometheus_url, ROOT / "dashboards" / "namespace-usage.json")
+        except OSError as exc:
+            self.skip("the shared GPUs' tenants on the dashboard", f"Prometheus: {exc}")
+            return
+        self.result.shared_tenants = rows
+        self.say(f"   namespace-usage, \"{TABLE}\" (live, from Prometheus):")
+        for line in tenant_lines(rows):
+            self.say(f"      {line}")
 
     # -- the end ---------------------------------------------------------------------------
 
@@ -614,6 +642,7 @@ class Demo:
                           "reclaimable": v.get("reclaimable", {})}
                       for k, v in self.result.plans.items()},
             "report": str(self.result.report) if self.result.report else None,
+            "shared_gpu_tenants": self.result.shared_tenants,
             "watched_seconds": round(self.result.watched_seconds, 1),
             "wall_seconds": round(self.elapsed(), 1),
             "first_alert_seconds": round(min(self.result.alert_seconds), 1)
@@ -655,6 +684,16 @@ def report_lines(summary: dict[str, Any]) -> list[str]:
                      f"{team['gpu_hours_idle']:>9,.1f} "
                      f"{team.get('gpu_hours_unmeasured', 0.0):>8,.1f} {share:>6} "
                      f"${team['cost']:>10,.2f} ${team['idle_cost']:>9,.2f}")
+    if "gpu_hours_capacity" in totals:
+        lines.append(f"GPU capacity {totals['gpu_hours_capacity']:,.1f} GPU-h "
+                     f"(${totals['capacity_cost']:,.2f}) = allocated ${totals['cost']:,.2f} + "
+                     f"unallocated ${totals['unallocated_cost']:,.2f} "
+                     f"({totals['gpu_hours_unallocated']:,.1f} GPU-h nobody held)")
+    for gpu in summary.get("shared_gpus", []):
+        charged = " + ".join(f"{t['tenant']} {t['share']:.0%} ${t['cost']:,.2f}"
+                             for t in gpu["tenants"])
+        lines.append(f"shared GPU {gpu['hostname']} {gpu['uuid'][:12]}: {gpu['gpu_hours']:,.1f}"
+                     f" GPU-h = ${gpu['cost']:,.2f} = {charged}")
     savings = summary.get("hygiene_savings", {})
     if savings.get("available"):
         lines.append(f"hygiene savings: ${savings['gpu_cost']:,.2f} realised this week "

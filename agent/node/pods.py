@@ -13,7 +13,7 @@ import logging
 import random
 import threading
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from prometheus_client.metrics_core import Metric
@@ -25,6 +25,14 @@ from agent.node.device_health import DeviceHealth, build_device_health_family, d
 from agent.node.workloads import BARE_POD, build_workload_family, owning_workload
 
 log = logging.getLogger(__name__)
+
+# Annotations kept in the cache, for GPU shares: KAI Scheduler's fraction requests and HAMi's
+# assignment. Every other annotation is dropped (some are large, all are untrusted text).
+SHARE_ANNOTATIONS = frozenset({
+    "gpu-fraction", "gpu-memory", "gpu-fraction-num-devices",
+    "hami.io/vgpu-devices-allocated",
+})
+
 
 @dataclass(frozen=True)
 class ContainerInfo:
@@ -53,6 +61,26 @@ class PodInfo:
     workload_kind: str = BARE_POD
     workload: str = ""
     device_health: tuple[DeviceHealth, ...] = ()
+    labels: dict[str, str] = field(default_factory=dict, hash=False)
+    # Only the keys of SHARE_ANNOTATIONS.
+    annotations: dict[str, str] = field(default_factory=dict, hash=False)
+    # nvidia.com/* resource limits summed over containers (HAMi's gpucores, gpumem).
+    gpu_resources: dict[str, int] = field(default_factory=dict, hash=False)
+
+
+def _nvidia_quantities(resources: Any) -> dict[str, int]:
+    if resources is None:
+        return {}
+    # Limits are what the device plugin allocates; requests must equal them for GPUs.
+    quantities = resources.limits or resources.requests or {}
+    out: dict[str, int] = {}
+    for name, quantity in quantities.items():
+        if str(name).startswith("nvidia.com/"):
+            try:
+                out[str(name)] = int(str(quantity))
+            except ValueError:
+                continue
+    return out
 
 
 def pod_info_from_api(pod: Any) -> PodInfo:
@@ -89,7 +117,19 @@ def pod_info_from_api(pod: Any) -> PodInfo:
         deleted_at=timestamp(pod.metadata.deletion_timestamp),
         workload_kind=owner.kind, workload=owner.name,
         device_health=device_health(status.container_statuses if status else None),
+        labels=dict(pod.metadata.labels or {}),
+        annotations={k: str(v) for k, v in (pod.metadata.annotations or {}).items()
+                     if k in SHARE_ANNOTATIONS},
+        gpu_resources=_sum_quantities(pod.spec.containers or []),
     )
+
+
+def _sum_quantities(containers: Iterable[Any]) -> dict[str, int]:
+    total: dict[str, int] = {}
+    for container in containers:
+        for name, n in _nvidia_quantities(container.resources).items():
+            total[name] = total.get(name, 0) + n
+    return total
 
 
 class PodSource(Protocol):

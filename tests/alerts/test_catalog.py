@@ -35,6 +35,8 @@ from agent.alerts.xid import (
     render_xid_table_markdown,
     sync_xid_table,
 )
+from agent.finops.recording import GROUP as RECORDING_GROUP
+from agent.finops.recording import RULES_FILE, recording_rule_groups, recording_rules
 from agent.links import DEFAULT_RUNBOOK_BASE_URL
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -302,9 +304,18 @@ def test_sync_xid_table_refuses_a_runbook_without_markers(tmp_path: Path) -> Non
 
 
 def test_committed_alert_files_are_current() -> None:
-    for name, content in render_alert_files().items():
+    for name, content in render_alert_files(recording_groups=recording_rule_groups()).items():
         committed = (ALERTS_DIR / name).read_text(encoding="utf-8")
         assert committed == content, f"alerts/{name} is stale: run `steward build`"
+
+
+def test_the_prometheusrule_ships_the_finops_recording_rules_too() -> None:
+    resource = yaml.safe_load((ALERTS_DIR / PROMETHEUS_RULE_RESOURCE_FILE).read_text())
+    [group] = [g for g in resource["spec"]["groups"] if g["name"] == RECORDING_GROUP]
+    assert group["interval"] == "1h"
+    assert [r["record"] for r in group["rules"]] == list(recording_rules())
+    rules_file = yaml.safe_load((ALERTS_DIR / RULES_FILE).read_text())
+    assert rules_file["groups"] == [group]
 
 
 def test_rendering_is_deterministic() -> None:
