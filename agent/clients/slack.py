@@ -160,6 +160,11 @@ class SlackSink:
     def __init__(self, client: WebClient) -> None:
         self._client = client
 
+    @property
+    def api_url(self) -> str:
+        """Slack's API base URL: a permalink on its host is Slack's own (a stand-in's too)."""
+        return str(self._client.base_url)
+
     @classmethod
     def create(cls, settings: SlackSettings) -> SlackSink:
         if settings.token is None:
@@ -194,6 +199,13 @@ class SlackSink:
             channel=channel_id, ts=ts, text=message.text, blocks=message.blocks,
             parse="none", link_names=False,
         ), write=True)
+
+    def permalink(self, channel_id: str, ts: str) -> str | None:
+        """The message's permalink (chat.getPermalink), to link it from another message."""
+        response = self._call("chat.getPermalink", lambda: self._client.chat_getPermalink(
+            channel=channel_id, message_ts=ts), write=False)
+        link = response.get("permalink")
+        return str(link) if link else None
 
     def upload(self, channel_id: str, files: Sequence[Upload], *, thread_ts: str) -> list[str]:
         """Upload ``files`` into a thread (files_upload_v2: get URLs, upload, complete);

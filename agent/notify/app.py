@@ -28,6 +28,7 @@ from agent.notify.delivery import Delivery
 from agent.notify.group_lock import GroupLocks, StoreInUse, group_locks_for
 from agent.notify.metrics import NotifierMetrics
 from agent.notify.outbox import TABLES, Outbox, add_missing_columns
+from agent.notify.owners import OwnerNotices
 from agent.notify.server import BearerAuth, NotifierServer, auth_from
 from agent.notify.worker import DeliveryWorker
 from agent.signals import stop_on_signals
@@ -176,7 +177,8 @@ def build_notifier(config: StewardConfig, *, sink: SlackSink | None = None,
         dashboard_window=timedelta(minutes=config.notifier.dashboard_window_minutes))
     delivery = Delivery(outbox, sink, router, links, clock=clock, on_write=metrics.slack_ok,
                         stale_window=timedelta(
-                            seconds=config.notifier.stale_firing_window_seconds))
+                            seconds=config.notifier.stale_firing_window_seconds),
+                        owners=OwnerNotices(config.slack.team_channels))
     worker = DeliveryWorker(delivery, outbox, metrics,
                             pacing_seconds=config.notifier.channel_pacing_seconds,
                             retry_base_seconds=retry_base_seconds,

@@ -279,8 +279,10 @@ def _title(view: GroupView) -> tuple[str, str]:
     return f"{_EMOJI.get(_worst_severity(firing), '⚪')} FIRING:{len(firing)}", names_text
 
 
-def render_group(view: GroupView, settings: LinkSettings) -> Message:
-    """The root message: summary, every alert with its buttons, summarised past the limits."""
+def render_group(view: GroupView, settings: LinkSettings, *,
+                 extra: Sequence[Block] = ()) -> Message:
+    """The root message: summary, every alert with its buttons, summarised past the limits.
+    ``extra`` (the owner notices it led to) goes before the footer."""
     alerts = ordered(view.alerts)
     status, names = _title(view)
     place = " · ".join(where(view.group_labels))
@@ -324,6 +326,8 @@ def render_group(view: GroupView, settings: LinkSettings) -> Message:
             if len(line) > MAX_SECTION:
                 line = "Runbooks: " + ", ".join(escape(fit(n, 80)) for n in runbooks)
             blocks.append(_section(fit(line, MAX_SECTION)))
+    blocks = blocks[:MAX_BLOCKS - 1 - len(extra)]
+    blocks.extend(extra)
     blocks.append(_footer(view, settings))
     text = f"{status} {names}" + (f" — {place}" if place else "") + f" ({counts})"
     return Message(text=fit_escaped(text, MAX_TEXT), blocks=blocks[:MAX_BLOCKS])
