@@ -84,9 +84,8 @@ def gpu_pod(name: str, *, owner: dict[str, Any] | None = None,
 
 
 @pytest.fixture
-def kube() -> Iterator[KubeApiServer]:
-    with KubeApiServer(bookmark_interval=0.2, namespaces=("default", "ml")) as server:
-        yield server
+def kube_namespaces() -> tuple[str, ...]:
+    return ("default", "ml")
 
 
 @pytest.fixture
