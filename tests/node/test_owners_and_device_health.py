@@ -4,11 +4,9 @@ client from the API stand-in, and exported."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from kubernetes import client
 
 from agent.node.device_health import DeviceHealth, device_health
 from agent.node.pods import PodCache, build_pod_families
@@ -81,22 +79,6 @@ def gpu_pod(name: str, *, owner: dict[str, Any] | None = None,
                 "resources": {"limits": {"nvidia.com/gpu": "2"},
                               "requests": {"nvidia.com/gpu": "2"}}}]},
             "status": status}
-
-
-@pytest.fixture
-def kube() -> Iterator[KubeApiServer]:
-    with KubeApiServer(bookmark_interval=0.2, namespaces=("default", "ml")) as server:
-        yield server
-
-
-@pytest.fixture
-def cache(kube: KubeApiServer) -> Iterator[PodCache]:
-    api = kube.api_client()
-    pod_cache = PodCache(client.CoreV1Api(api), "n1", watch_timeout_seconds=5,
-                         request_timeout=2, backoff_initial=0.05, backoff_max=0.2)
-    yield pod_cache
-    pod_cache.stop()
-    api.close()
 
 
 def samples(cache: PodCache, name: str) -> dict[tuple[tuple[str, str], ...], float]:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -28,21 +27,6 @@ def pod(name: str, node: str, *, namespace: str = "ml", gpus: int = 1,
     }]}
     return objects.pod(name, namespace, node=node,
                        containers=[objects.container("img", gpus=gpus)], status=status)
-
-
-@pytest.fixture
-def kube_namespaces() -> tuple[str, ...]:
-    return ("default", "ml")
-
-
-@pytest.fixture
-def cache(kube: KubeApiServer) -> Iterator[PodCache]:
-    api = kube.api_client()
-    pod_cache = PodCache(client.CoreV1Api(api), "n1", watch_timeout_seconds=5,
-                         request_timeout=2, backoff_initial=0.05, backoff_max=0.2)
-    yield pod_cache
-    pod_cache.stop()
-    api.close()
 
 
 def names(cache: PodCache) -> list[str]:

@@ -28,6 +28,7 @@ from agent.sim.kube_api import KubeApiServer
 from agent.sim.slack_stub import SlackStub, StubMessage
 from tests.notify.conftest import RUNBOOKS, TOKEN, notifier_config
 from tests.support.alertmanager import Alertmanager, start_alertmanager, webhook_receiver
+from tests.support.kube import KubeStandIns
 from tests.support.net import free_port
 from tests.support.prometheus import Prometheus, ScrapeJob, start_prometheus
 from tests.support.steward import StewardProcess, start_node, start_steward
@@ -52,10 +53,11 @@ class Loop:
 
 
 @pytest.fixture(scope="module")
-def loop(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Loop]:
+def loop(tmp_path_factory: pytest.TempPathFactory,
+         make_module_kube: KubeStandIns) -> Iterator[Loop]:
     workdir = tmp_path_factory.mktemp("owners-e2e")
     stub = SlackStub(tokens=(TOKEN,)).start()
-    kube = KubeApiServer(namespaces=("default", "steward", *TEAMS)).start()
+    kube = make_module_kube(namespaces=("default", "steward", *TEAMS))
     for namespace, team in TEAMS.items():  # teams by label, as in a real cluster
         kube.apply({"apiVersion": "v1", "kind": "Namespace",
                     "metadata": {"name": namespace, "labels": {"team": team}}})
@@ -108,7 +110,6 @@ def loop(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Loop]:
     controller.stop()
     alertmanager.stop()
     notifier.stop()
-    kube.stop()
     stub.stop()
 
 

@@ -11,7 +11,6 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -290,14 +289,6 @@ def start_process(workdir: Path, stub: SlackStub, started: list[StewardProcess]
     wait_until(lambda: process.poll() is None and http_ok(f"{notifier.url}/readyz"),
                timeout=30, what="notifier ready")
     return notifier
-
-
-@pytest.fixture
-def processes() -> Iterator[list[StewardProcess]]:
-    started: list[StewardProcess] = []
-    yield started
-    for process in started:
-        process.stop()
 
 
 @pytest.mark.integration
