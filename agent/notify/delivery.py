@@ -35,6 +35,7 @@ from agent.clients.slack_params import NoChannel, Router
 from agent.notify.alert_links import LinkSettings
 from agent.notify.blocks import (
     MAX_TEXT,
+    AlertActions,
     GroupView,
     fit,
     fit_escaped,
@@ -84,7 +85,8 @@ class Delivery:
     def __init__(self, outbox: Outbox, sink: SlackSink, router: Router, links: LinkSettings,
                  *, clock: Callable[[], float] = time.time,
                  on_write: Callable[[], None] | None = None,
-                 stale_window: timedelta = timedelta(minutes=5)) -> None:
+                 stale_window: timedelta = timedelta(minutes=5),
+                 actions_for: Callable[[str], AlertActions | None] | None = None) -> None:
         self._outbox = outbox
         self._sink = sink
         self._router = router
@@ -92,6 +94,7 @@ class Delivery:
         self._clock = clock
         self._on_write = on_write or (lambda: None)
         self._stale_window = stale_window
+        self._actions_for = actions_for or (lambda _group_id: None)
 
     def lane_for(self, group_id: str) -> str:
         """The channel a group's next step will write to (pacing is per channel)."""
@@ -173,7 +176,8 @@ class Delivery:
             outcome = Outcome(ids, alerts, resolved, rendered_upto=last.id, lane=channel)
             op = Inflight(op_id=f"steward-{group_id[:16]}-{last.id}-root", kind="root",
                           since=self._clock(), channel=channel, thread_ts=None, outcome=outcome)
-            posted = self._post(group_id, group_key, op, render_group(view, self._links))
+            root = render_group(view, self._links, self._actions_for(group_id))
+            posted = self._post(group_id, group_key, op, root)
             self._outbox.commit(group_id, group_key,
                                 replace(outcome, channel_id=posted.channel_id, ts=posted.ts))
             log.info("posted alert group", extra={
@@ -183,9 +187,10 @@ class Delivery:
 
         assert state is not None and state.ts is not None and state.channel_id is not None
         if state.rendered_upto < last.id:
+            root = render_group(view, self._links, self._actions_for(group_id))
             try:
                 self._write(lambda m: self._sink.update(state.channel_id or "", state.ts or "",
-                                                        m), render_group(view, self._links))
+                                                        m), root)
             except SlackRejected as exc:
                 return self._root_gone(group_id, state, exc, pending[0].id)
             self._outbox.set_rendered(group_id, last.id)
@@ -198,7 +203,8 @@ class Delivery:
         op = Inflight(op_id=f"steward-{group_id[:16]}-{last.id}-reply", kind="reply",
                       since=self._clock(), channel=state.channel_id, thread_ts=state.ts,
                       outcome=outcome)
-        message = render_changes(changes, self._links)
+        message = render_changes(changes, self._links, self._root_link(state)
+                                 if any(c.kind == "resolved" for c in changes) else None)
         try:
             self._post(group_id, group_key, op, message)
         except SlackRejected as exc:
@@ -207,6 +213,15 @@ class Delivery:
         log.info("replied in alert group thread", extra={
             "group_id": group_id, "changes": len(changes), "resolved": resolved})
         return StepResult(wrote=True, lane=state.lane, next_id=after)
+
+    def _root_link(self, state: GroupState) -> str | None:
+        """The root's permalink for a resolve reply; None (no link) when Slack will not say."""
+        try:
+            return self._sink.permalink(state.channel_id or "", state.ts or "")
+        except (SlackRejected, SlackUnavailable, SlackRateLimited) as exc:
+            log.info("no permalink for the root message", extra={
+                "group_id": state.group_id, "error": str(exc)})
+            return None
 
     def _fresh(self, state: GroupState | None, pending: Sequence[Pending]) -> list[Pending]:
         """``pending`` without what the group has already seen superseded."""
