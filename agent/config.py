@@ -231,7 +231,11 @@ class NotifierActionsConfig(Section):
     # Slack user group (its id, S...; needs the usergroups:read scope).
     admin_users: list[str] = Field(default_factory=list)
     admin_group: str | None = None
-    # Longest snooze of a hygiene deadline a click may ask for (the Snooze button is 24 h).
+    # Buttons on hygiene owner notices (Keep 7 days / Snooze 24 h / Exempt): the notifier
+    # writes the owner's choice into the hygiene tables, so it must share state.url with
+    # the controller (PostgreSQL). Read by both: the controller adds the buttons.
+    hygiene_buttons: bool = False
+    # Longest a hygiene deadline may be snoozed to, from the click (Snooze adds 24 h).
     snooze_max_hours: float = Field(default=72.0, gt=0, le=24 * 14)
     # "Acknowledge until Monday" ends at this hour (UTC) of the next Monday.
     monday_hour_utc: int = Field(default=9, ge=0, le=23)

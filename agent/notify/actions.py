@@ -247,6 +247,27 @@ class Done:
     tell_user: str | None = None
 
 
+def reply_once(sink: SlackSink, store: ActionStore, action: StoredAction, *, channel_id: str,
+               thread_ts: str, text: str) -> None:
+    """The thread's line about a click, posted once: written ahead in the click's stage and,
+    after a crash, found by its metadata before it is posted again."""
+    if action.stage.get("replied"):
+        return
+    op_id = f"steward-action-{action.id}"
+    found = None
+    if action.stage.get("replying"):
+        found = sink.find_posted(channel_id, op_id, oldest=action.received_at - 120.0,
+                                 thread_ts=thread_ts)
+    else:
+        store.set_stage(action, replying=True)
+    if found is None:
+        sink.post(channel_id, Message(text=fit(text, 3000), blocks=[
+            {"type": "section", "text": {"type": "mrkdwn", "text": fit(text, 3000),
+                                         "verbatim": True}}]),
+            thread_ts=thread_ts, op_id=op_id)
+    store.set_stage(action, replied=True)
+
+
 class Retry(Exception):
     """Not the click's fault (a server down, a group busy): try again soon."""
 

@@ -26,6 +26,7 @@ from agent.notify.alert_links import LinkSettings
 from agent.notify.blocks import AlertActions
 from agent.notify.graphs import GraphPoster, catalog_expressions
 from agent.notify.group_lock import GroupLocks
+from agent.notify.hygiene_choices import HYGIENE, Admins, HygieneChoices
 from agent.notify.outbox import Outbox
 from agent.notify.signing import signing_secret_from
 from agent.notify.silences import ACK, UNACK, Acknowledger, ForgottenSilences, SilenceBook
@@ -75,6 +76,11 @@ def build_interactivity(config: StewardConfig, *, outbox: Outbox, engine: Engine
                                        alertmanager=alertmanager, sink=sink, channel=channel,
                                        cron=settings.forgotten_silences_schedule, clock=clock)
             periodic.append(Periodic("forgotten-silences", DIGEST_CHECK_SECONDS, digest.run))
+    if settings.hygiene_buttons and secret is not None:
+        admins = Admins(sink, users=frozenset(settings.admin_users), group=settings.admin_group)
+        handlers[HYGIENE] = HygieneChoices(engine=engine, sink=sink, admins=admins,
+                                           snooze_cap_seconds=settings.snooze_max_hours * 3600,
+                                           clock=clock)
     if settings.graphs:
         poster = GraphPoster(outbox=outbox, engine=engine, sink=sink,
                              prometheus=PrometheusClient(config.prometheus.url,

@@ -42,7 +42,7 @@ from sqlalchemy import (
 from agent.clients.alertmanager import AlertmanagerClient
 from agent.clients.slack import RENDER_ERRORS, Message, SlackCallFailed, SlackRejected, SlackSink
 from agent.cron import cron_trigger
-from agent.notify.actions import ActionStore, Done, Retry, StoredAction
+from agent.notify.actions import ActionStore, Done, Retry, StoredAction, reply_once
 from agent.notify.alert_links import LinkSettings
 from agent.notify.blocks import (
     Block,
@@ -66,7 +66,6 @@ ACK: Final = "ack"
 UNACK: Final = "unack"
 DURATIONS: Final = {"1h": "1 h", "4h": "4 h", "monday": "until Monday"}
 _USER_ID: Final = re.compile(r"^[UW][A-Z0-9]{2,20}$")
-_CLOCK_SKEW_SECONDS: Final = 120.0
 
 silences = Table(
     "notifier_silences", TABLES,
@@ -298,23 +297,8 @@ class Acknowledger:
 
     def _reply(self, action: StoredAction, store: ActionStore, group: CurrentGroup,
                text: str) -> None:
-        """The thread's line about this click, once (found by its metadata after a crash)."""
-        if action.stage.get("replied"):
-            return
-        op_id = f"steward-action-{action.id}"
-        found = None
-        if action.stage.get("replying"):
-            found = self._sink.find_posted(
-                group.channel_id, op_id, oldest=action.received_at - _CLOCK_SKEW_SECONDS,
-                thread_ts=group.ts)
-        else:
-            store.set_stage(action, replying=True)
-        if found is None:
-            self._sink.post(group.channel_id, Message(text=fit(text, 3000), blocks=[
-                {"type": "section", "text": {"type": "mrkdwn", "text": fit(text, 3000),
-                                             "verbatim": True}}]),
-                thread_ts=group.ts, op_id=op_id)
-        store.set_stage(action, replied=True)
+        reply_once(self._sink, store, action, channel_id=group.channel_id,
+                   thread_ts=group.ts, text=text)
 
     def _target(self, action: StoredAction) -> tuple[CurrentGroup, AlertState] | Done:
         click = action.click
