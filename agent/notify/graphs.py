@@ -125,11 +125,16 @@ def render_png(alert: AlertState, series: Sequence[Series], path: Path, *,
         place = " · ".join(where(alert.labels))
         axes.set_title(f"{alert.alertname}" + (f" — {place}" if place else ""), fontsize=10,
                        loc="left")
-        axes.set_xlim(_num(end - window), _num(end))
+        # The last hour, or less when the series are younger (a new node): the line, not
+        # an empty hour, is what on-call looks at.
+        first = min((t for one in series for t, _ in one.points[:1]), default=end - window)
+        start = max(end - window, min(first, alert.starts_at.timestamp()) - 60.0)
+        axes.set_xlim(_num(start), _num(end))
         axes.axvline(_num(alert.starts_at.timestamp()), color="#d33", linestyle="--",
                      linewidth=1)
         axes.xaxis.set_major_formatter(
-            mdates.DateFormatter("%H:%M", tz=UTC))  # type: ignore[no-untyped-call]
+            mdates.DateFormatter("%H:%M" if end - start > 600 else "%H:%M:%S",
+                                 tz=UTC))  # type: ignore[no-untyped-call]
         axes.set_xlabel("UTC", fontsize=8)
         axes.grid(alpha=0.3)
         axes.tick_params(labelsize=8)
