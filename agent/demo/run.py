@@ -592,7 +592,9 @@ class Demo:
                     value = element.get("value") if isinstance(element, dict) else None
                     if value and '"d":"4h"' in value:
                         found.append((root, value))
-        found.sort(key=lambda item: not any(r.files for r in self.slack_stub.replies(item[0])))
+        # A GPU's temperature makes the clearest graph; then any alert with a graph.
+        found.sort(key=lambda item: ("Temperature" not in header_text(item[0]),
+                                     not any(r.files for r in self.slack_stub.replies(item[0]))))
         return found[0] if found else None
 
     def _wait(self, condition: Callable[[], bool], seconds: float) -> bool:

@@ -55,6 +55,9 @@ MAX_VALUE: Final = 2000  # Slack's limit on a button's value
 # retried this long, then given up with a message to whoever clicked.
 GIVE_UP_SECONDS: Final = 3600.0
 _RETRY_MAX_SECONDS: Final = 60.0
+# How long a replica holds a click it is carrying out (Alertmanager and Slack calls are
+# bounded well below this).
+CLAIM_LEASE_SECONDS: Final = 120.0
 # Clicks are kept this long (who did what), then pruned; the signatures in them are the
 # replay guard and only need the 5 minutes Slack's timestamps are accepted for.
 RETENTION_SECONDS: Final = 30 * 24 * 3600.0
@@ -200,6 +203,31 @@ class ActionStore:
                              stage=json.loads(r.stage or "{}"), attempts=int(r.attempts),
                              received_at=float(r.received_at))
                 for r in rows if r.retry_at is None or r.retry_at <= now]
+
+    def claim(self, action: StoredAction, *, lease: float = CLAIM_LEASE_SECONDS) -> bool:
+        """Take the click for this replica for ``lease`` seconds (several notifiers may share
+        a PostgreSQL store); False when another took it first. A replica that dies holding
+        it leaves it to the others when the lease runs out."""
+        now = self._clock()
+
+        def run(conn: Connection) -> int:
+            return int(conn.execute(
+                update(slack_actions)
+                .where(slack_actions.c.id == action.id, slack_actions.c.state == "pending",
+                       (slack_actions.c.retry_at.is_(None))
+                       | (slack_actions.c.retry_at <= now))
+                .values(retry_at=now + lease)).rowcount)
+
+        return bool(self._outbox.transact(run))
+
+    def release_claims(self) -> None:
+        """At start on SQLite (one notifier per store): claims left by a notifier that was
+        killed are this notifier's own; take the clicks up at once, not after the lease."""
+        if self._outbox.dialect != "sqlite":
+            return
+        self._outbox.transact(lambda conn: conn.execute(
+            update(slack_actions).where(slack_actions.c.state == "pending")
+            .values(retry_at=None)))
 
     def set_stage(self, action: StoredAction, **values: Any) -> None:
         action.stage.update(values)
@@ -349,6 +377,7 @@ class ActionWorker:
     _thread: threading.Thread | None = None
 
     def start(self) -> None:
+        self.store.release_claims()
         self._thread = threading.Thread(target=self._loop, name="slack-actions", daemon=True)
         self._thread.start()
 
@@ -375,7 +404,8 @@ class ActionWorker:
         for action in self.store.due():
             if self._stop.is_set():
                 return
-            self.carry_out(action)
+            if self.store.claim(action):
+                self.carry_out(action)
         now = self.monotonic()
         for task in self.periodic:
             if now >= task.next_at:

@@ -36,6 +36,7 @@ log = logging.getLogger(__name__)
 WINDOW_SECONDS: Final = 3600.0
 STEP_SECONDS: Final = 15
 MAX_SERIES: Final = 10
+YOUNG_SECONDS: Final = 600.0
 _COMPARISONS: Final = (">=", "<=", "==", "!=", ">", "<")
 _OPEN: Final = "([{"
 _CLOSE: Final = ")]}"
@@ -92,9 +93,22 @@ def matches(series: Mapping[str, str], alert: Mapping[str, str]) -> bool:
 
 def alert_series(prometheus: PrometheusClient, expr: str, labels: Mapping[str, str], *,
                  end: float, window: float = WINDOW_SECONDS) -> list[Series]:
-    """The alert's own series of ``expr`` (its comparison dropped) over ``window``."""
-    result = prometheus.query_range(graph_expression(expr), start=end - window, end=end,
-                                    step=STEP_SECONDS)
+    """The alert's own series of ``expr`` (its comparison dropped) over ``window``; series
+    younger than 10 minutes are asked again at a finer step (a new node, a new pod)."""
+    query = graph_expression(expr)
+    found = _matching(prometheus.query_range(query, start=end - window, end=end,
+                                             step=STEP_SECONDS), labels)
+    first = min((s.points[0][0] for s in found if s.points), default=None)
+    if first is not None and end - first < YOUNG_SECONDS:
+        start = max(end - window, first - STEP_SECONDS)
+        step = max(1, int((end - start) / 120))
+        if step < STEP_SECONDS:
+            found = _matching(prometheus.query_range(query, start=start, end=end, step=step),
+                              labels)
+    return found[:MAX_SERIES]
+
+
+def _matching(result: list[dict[str, Any]], labels: Mapping[str, str]) -> list[Series]:
     found = []
     for item in result:
         metric = {str(k): str(v) for k, v in (item.get("metric") or {}).items()}
@@ -102,7 +116,7 @@ def alert_series(prometheus: PrometheusClient, expr: str, labels: Mapping[str, s
             continue
         points = [(float(t), float(v)) for t, v in item.get("values") or []]
         found.append(Series(labels=metric, points=points))
-    return found[:MAX_SERIES]
+    return found
 
 
 def render_png(alert: AlertState, series: Sequence[Series], path: Path, *,
@@ -121,14 +135,17 @@ def render_png(alert: AlertState, series: Sequence[Series], path: Path, *,
             xs = [_num(t) for t, _ in one.points]
             ys = [v for _, v in one.points]
             label = ", ".join(f"{k}={one.labels.get(k, '')}" for k in varying[:3]) or None
-            axes.plot(xs, ys, linewidth=1.6, label=label)
+            axes.plot(xs, ys, linewidth=1.6, label=label,
+                      marker="o" if len(xs) <= 30 else None, markersize=3)
         place = " · ".join(where(alert.labels))
-        axes.set_title(f"{alert.alertname}" + (f" — {place}" if place else ""), fontsize=10,
+        title = f"{alert.alertname}" + (f" — {place}" if place else "")
+        axes.set_title(title if len(title) <= 85 else title[:84] + "…", fontsize=10,
                        loc="left")
         # The last hour, or less when the series are younger (a new node): the line, not
         # an empty hour, is what on-call looks at.
         first = min((t for one in series for t, _ in one.points[:1]), default=end - window)
-        start = max(end - window, min(first, alert.starts_at.timestamp()) - 60.0)
+        earliest = min(first, alert.starts_at.timestamp())
+        start = max(end - window, earliest - min(60.0, 0.1 * (end - earliest)))
         axes.set_xlim(_num(start), _num(end))
         axes.axvline(_num(alert.starts_at.timestamp()), color="#d33", linestyle="--",
                      linewidth=1)

@@ -447,32 +447,41 @@ class ForgottenSilences:
                                .where(schedule.c.name == self.NAME)).first()
         return None if row is None else float(row[0])
 
-    def _set_last(self, at: float, *, new: bool) -> None:
-        def run(conn: Connection) -> None:
+    def _set_last(self, at: float, *, new: bool, was: float | None = None) -> bool:
+        """Record a run; with ``was``, only if no other replica recorded one since (the
+        claim that makes one digest per schedule across replicas)."""
+        def run(conn: Connection) -> int:
             if new:
                 conn.execute(insert(schedule).values(name=self.NAME, last_at=at))
-            else:
-                conn.execute(update(schedule).where(schedule.c.name == self.NAME)
-                             .values(last_at=at))
-        self._outbox.transact(run)
+                return 1
+            query = update(schedule).where(schedule.c.name == self.NAME)
+            if was is not None:
+                query = query.where(schedule.c.last_at == was)
+            return int(conn.execute(query.values(last_at=at)).rowcount)
+        return bool(self._outbox.transact(run))
 
-    def due(self) -> bool:
+    def due(self) -> float | None:
+        """The last run's time when the next digest is due, else None."""
         now = self._clock()
         last = self._last()
         if last is None:
             self._set_last(now, new=True)  # the first digest is the next scheduled one
-            return False
+            return None
         upcoming = self._trigger.get_next_fire_time(None, datetime.fromtimestamp(last, UTC))
-        return upcoming is not None and upcoming.timestamp() <= now
+        return last if upcoming is not None and upcoming.timestamp() <= now else None
 
     def run(self) -> None:
-        if not self.due():
+        last = self.due()
+        if last is None:
             return
         found = self.forgotten()
+        # Claimed before the post, so that replicas sharing the store send it once; a
+        # notifier killed in between skips that week's digest (the silences stay listed
+        # in Alertmanager, and next week's digest names them).
+        if not self._set_last(self._clock(), new=False, was=last):
+            return
         if found:
             self._sink.post(self._channel, render_digest(found, self._am.url))
-        # After the post: a crash in between sends the digest twice, never not at all.
-        self._set_last(self._clock(), new=False)
         log.info("forgotten-silences digest", extra={"silences": len(found)})
 
 
