@@ -526,7 +526,10 @@ class Demo:
             self.skip("Acknowledge", "no firing alert with an Acknowledge button in Slack")
             return
         root, value = target
-        graphed = self._wait(lambda: any(r.files for r in stub.replies(root)), 20)
+        graphed = any(r.files for r in stub.replies(root))
+        if not graphed:
+            self.event(f"waiting for the graph of \"{header_text(root)}\" (at most 15 s)")
+            graphed = self._wait(lambda: any(r.files for r in stub.replies(root)), 15)
         alertname = json.loads(value).get("f", "")
         self.event(f"{DEMO_USER[1]} clicks \"Ack 4h\" on \"{header_text(root)}\"")
         status = clicker.click(value, channel=root.channel, ts=root.ts)
