@@ -251,3 +251,27 @@ def test_ack_until_monday() -> None:
     monday_late = datetime(2026, 12, 7, 10, 0, tzinfo=UTC)
     assert ack_until("monday", monday_late) == datetime(2026, 12, 14, 9, 0, tzinfo=UTC)
     assert ack_until("1h", thursday) == thursday + timedelta(hours=1)
+
+
+def test_only_the_clicked_alert_is_silenced(world: World) -> None:
+    now = datetime.now(UTC)
+    other = {**LABELS, "gpu": "4"}
+    world.alertmanager.post_alerts([
+        {"labels": labels, "startsAt": now.isoformat(),
+         "endsAt": (now + timedelta(hours=1)).isoformat()} for labels in (LABELS, other)])
+    world.stub.wait_for(lambda: any(len([v for v in button_values(m).values()
+                                         if v.get("d") == "1h"]) == 2
+                                    for m in world.stub.messages()), timeout=15)
+    root = next(m for m in world.stub.messages() if len(
+        [v for v in button_values(m).values() if v.get("d") == "1h"]) == 2)
+    by_gpu = {a["labels"]["gpu"]: a["fingerprint"] for a in world.am.alerts()}
+    ack = next(v for v in button_values(root).values()
+               if v.get("d") == "1h" and v["f"] == by_gpu["3"])
+    body = click_body(json.dumps(ack), channel=root.channel, ts=root.ts)
+    assert post_click(world.notifier.url, body, signed_headers(body)) == 200
+    wait_until(lambda: bool(ours(world)), timeout=15, what="the silence")
+
+    def states() -> dict[str, str]:
+        return {a["labels"]["gpu"]: a["status"]["state"] for a in world.am.alerts()}
+    wait_until(lambda: states() == {"3": "suppressed", "4": "active"}, timeout=10,
+               what="GPU 3 silenced, GPU 4 not")
