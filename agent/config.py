@@ -77,7 +77,8 @@ ListenAddress = Annotated[str, AfterValidator(_check_listen)]
 # The simulated GPU scenarios; agent/sim/scenarios.py implements exactly these (it refuses
 # to load otherwise), and config validation needs no import of the simulator.
 SIM_SCENARIOS: Final = ("training", "idle_allocated", "idle_free", "bursty", "lost",
-                        "xid_storm", "ecc_errors", "thermal_throttling", "mig")
+                        "xid_storm", "ecc_errors", "thermal_throttling", "mig",
+                        "lost_shared", "lost_free")
 
 
 class SimConfig(Section):
@@ -143,6 +144,13 @@ class ControllerConfig(Section):
     lease_duration_seconds: float = Field(default=15.0, gt=0)
     renew_deadline_seconds: float = Field(default=10.0, gt=0)
     retry_period_seconds: float = Field(default=2.0, gt=0)
+    # Node taints that mean "a remediation tool quarantined this node" (exported by the leader
+    # as steward_node_remediation_taint, shown in GPU fault alerts and owner notices). The
+    # defaults are the keys NVIDIA NVSentinel's fault-quarantine rulesets document; a plain
+    # GPU pool taint (nvidia.com/gpu) is not one. Cordons are always shown.
+    remediation_taint_keys: list[str] = Field(default_factory=lambda: [
+        "nvidia.com/gpu-error", "nvidia.com/gpu-xid-error", "nvidia.com/gpu-nvlink-error",
+        "nvidia.com/syslog-xid-error"])
 
     @model_validator(mode="after")
     def _election_timing(self) -> ControllerConfig:
@@ -286,6 +294,10 @@ class SlackConfig(Section):
     token_file: Path | None = None
     default_channel: str | None = None
     routes: list[SlackRoute] = Field(default_factory=list)
+    # team -> channel: where the owner notice of a GPU fault goes, for the team of the
+    # workload that was on the GPU (the `team` label of the alert: finops.team_label or
+    # finops.namespace_teams, exported by the controller). A team not listed gets none.
+    team_channels: dict[str, str] = Field(default_factory=dict)
     # The Slack app's signing secret (a mounted Secret), else $SLACK_SIGNING_SECRET: turns
     # on the notifier's POST /slack/actions (buttons). Never logged.
     signing_secret_file: Path | None = None

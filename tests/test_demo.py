@@ -174,19 +174,26 @@ def test_each_slack_message_once_and_its_edits_as_edits(demo: DemoRun) -> None:
     messages = summary["slack_messages"]
     new = [line for _, line in demo.lines if re.search(r"\] SLACK \S+: new message", line)]
     assert len(new) == len(messages) > 0
-    assert all("SLACK #gpu-oncall:" in line for line in new)
-    assert {m["channel"] for m in messages} == {"#gpu-oncall"}
+    # On-call's messages in its channel; the owner notices each in its team's channel (the
+    # lost GPU's job: ml-research/train-resnet, team research), linked both ways.
+    notices = [m for m in messages if m["channel"] != "#gpu-oncall"]
+    assert {m["channel"] for m in notices} <= {"#research-gpu-jobs", "#data-gpu-jobs",
+                                               "#platform-gpu-jobs"}
+    assert any(m["channel"] == "#research-gpu-jobs" and "train-resnet" in m["text"]
+               for m in notices), notices
+    assert sum("SLACK #gpu-oncall:" in line for line in new) == len(messages) - len(notices)
     assert not re.search(r"SLACK C[0-9A-F]{8,}", demo.text)  # a name, not a channel id
     updates = [line for _, line in demo.lines if "message updated in place" in line]
     assert len(updates) == sum(m["updates"] for m in messages)
     replies = [line for _, line in demo.lines if "thread reply to" in line]
     assert len(replies) == sum(m["replies"] for m in messages)
-    # One message per Alertmanager group (alertname, hostname), each with its links.
+    # One on-call message per Alertmanager group (alertname, hostname), each with its links.
+    oncall = [m for m in messages if m not in notices]
     groups = {(a["alertname"], a.get("hostname", "")) for a in summary["alerts"]}
-    assert len(messages) == len(groups)
+    assert len(oncall) == len(groups)
     for name in EXPECTED_ALERTS:
-        assert any(name in m["text"] for m in messages), name
-    for message in messages:
+        assert any(name in m["text"] for m in oncall), name
+    for message in oncall:
         urls = message["buttons"]
         assert any(u and "/runbooks/" in u for u in urls), message
         assert any(u and "/d/steward-" in u for u in urls), message
@@ -194,6 +201,11 @@ def test_each_slack_message_once_and_its_edits_as_edits(demo: DemoRun) -> None:
             assert any(u and "#/silences/new" in u for u in urls), message
     page = (demo.workdir / "slack-messages.html").read_text(encoding="utf-8")
     assert "<h2>#gpu-oncall</h2>" in page
+    # The owner notice shown next to the on-call message, which links to it.
+    assert "in #research-gpu-jobs</span>" in page
+    assert "Owners told:" in page
+    assert re.search(r"ml-research/train-resnet\S* \(research, #research-gpu-jobs\)", page), \
+        page[-2000:]
 
 
 def test_no_message_claims_a_window_the_demo_did_not_have(demo: DemoRun) -> None:

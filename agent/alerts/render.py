@@ -24,7 +24,8 @@ from grafanalib.core import (
     Target,
 )
 
-from agent.alerts.catalog import CATALOG, Alert, alerts_by_group
+from agent.alerts.catalog import CATALOG, RECORDING_RULES, Alert, alerts_by_group
+from agent.alerts.owners import NODE_REMEDIATION_ANNOTATION, RecordingRule
 from agent.links import DEFAULT_RUNBOOK_BASE_URL, runbook_url
 
 PROMETHEUS_RULES_FILE: Final = "prometheus-rules.yaml"
@@ -65,6 +66,7 @@ def rule_annotations(alert: Alert, *, runbook_base_url: str) -> dict[str, str]:
         "description": alert.description,
         "runbook_url": runbook_url(alert.name, base_url=runbook_base_url),
         "dashboard_uid": alert.dashboard_uid,
+        **dict(sorted(alert.annotations.items())),
     }
 
 
@@ -74,24 +76,42 @@ def rule_labels(alert: Alert) -> dict[str, str]:
 
 def prometheus_rule_groups(*, alerts: Sequence[Alert] = CATALOG,
                            runbook_base_url: str = DEFAULT_RUNBOOK_BASE_URL,
+                           records: Sequence[RecordingRule] = RECORDING_RULES,
                            ) -> list[dict[str, Any]]:
-    """The `groups` list shared by the rules file and the PrometheusRule resource."""
+    """The `groups` list shared by the rules file and the PrometheusRule resource.
+
+    A group's recording rules come first: rules in a group run in order at one evaluation
+    time, so its alerts read what they recorded in the same evaluation."""
     return [
         {
             "name": group,
             "rules": [
-                {
+                *({"record": record.record, "expr": record.expr}
+                  for record in records if record.group == group),
+                *({
                     "alert": alert.name,
                     "expr": alert.expr,
                     "for": alert.for_duration,
                     "labels": rule_labels(alert),
                     "annotations": rule_annotations(alert, runbook_base_url=runbook_base_url),
-                }
-                for alert in members
+                } for alert in members),
             ],
         }
         for group, members in alerts_by_group(alerts).items()
     ]
+
+
+def inline_records(expr: str, records: Sequence[RecordingRule] = RECORDING_RULES) -> str:
+    """``expr`` with every recording rule's name replaced by its expression, for a rule
+    engine that does not evaluate Steward's recording rules (Grafana-managed alerts). A range
+    over a recorded series becomes a subquery at the rules' evaluation interval."""
+    for record in records:
+        def inline(match: re.Match[str], body: str = record.expr) -> str:
+            window = match.group(1)
+            return f"({body})" + (f"[{window}:{GRAFANA_EVALUATION_INTERVAL}]" if window else "")
+
+        expr = re.sub(rf"{re.escape(record.record)}(?![\\w:])(?:\[(\w+)\])?", inline, expr)
+    return expr
 
 
 class _RulesDumper(yaml.SafeDumper):
@@ -142,15 +162,18 @@ def _grafana_template(template: str) -> str:
 
 
 def _grafana_rule(alert: Alert, *, runbook_base_url: str, datasource_uid: str) -> Any:
+    # Grafana's templates cannot query: the node's remediation state is Prometheus' only.
     annotations = {
         key: _grafana_template(value)
         for key, value in rule_annotations(alert, runbook_base_url=runbook_base_url).items()
+        if key != NODE_REMEDIATION_ANNOTATION
     }
     return AlertRulev9(
         title=alert.name,
         uid=grafana_rule_uid(alert.name),
         triggers=[
-            Target(expr=alert.expr, refId=_QUERY_REF, instant=True, datasource=datasource_uid),
+            Target(expr=inline_records(alert.expr), refId=_QUERY_REF, instant=True,
+                   datasource=datasource_uid),
             AlertExpression(refId=_CONDITION_REF, expression=_FIRES_ON_ANY_SERIES,
                             expressionType=EXP_TYPE_MATH),
         ],

@@ -160,6 +160,11 @@ class SlackSink:
     def __init__(self, client: WebClient) -> None:
         self._client = client
 
+    @property
+    def api_url(self) -> str:
+        """Slack's API base URL: a permalink on its host is Slack's own (a stand-in's too)."""
+        return str(self._client.base_url)
+
     @classmethod
     def create(cls, settings: SlackSettings) -> SlackSink:
         if settings.token is None:
@@ -195,6 +200,13 @@ class SlackSink:
             parse="none", link_names=False,
         ), write=True)
 
+    def permalink(self, channel_id: str, ts: str) -> str | None:
+        """The message's permalink (chat.getPermalink), to link it from another message."""
+        response = self._call("chat.getPermalink", lambda: self._client.chat_getPermalink(
+            channel=channel_id, message_ts=ts), write=False)
+        link = response.get("permalink")
+        return str(link) if link else None
+
     def upload(self, channel_id: str, files: Sequence[Upload], *, thread_ts: str) -> list[str]:
         """Upload ``files`` into a thread (files_upload_v2: get URLs, upload, complete);
         returns the file ids. ``channel_id`` must be an id: the completion refuses names."""
@@ -209,15 +221,6 @@ class SlackSink:
         self._call("chat.postEphemeral", lambda: self._client.chat_postEphemeral(
             channel=channel, user=user, text=message.text, blocks=message.blocks or None,
             parse="none", link_names=False), write=True)
-
-    def permalink(self, channel_id: str, ts: str) -> str:
-        """The message's permanent link (chat.getPermalink)."""
-        response = self._call("chat.getPermalink", lambda: self._client.chat_getPermalink(
-            channel=channel_id, message_ts=ts), write=False)
-        link = response.get("permalink")
-        if not isinstance(link, str) or not link.startswith("https://"):
-            raise SlackRejected("chat.getPermalink", "no_permalink")
-        return link
 
     def usergroup_members(self, usergroup: str) -> frozenset[str]:
         """The user ids in a Slack user group (usergroups.users.list; usergroups:read)."""

@@ -109,6 +109,9 @@ class Demo:
         self.prometheus_url: str | None = None
         self.slack_stub: Any = None
         self.slack_channel = "#gpu-oncall"
+        # Where each team's owner notices go (slack.team_channels): a channel per team in
+        # the stand-in; the demo's one channel in a real workspace (next to on-call's).
+        self.team_channels = {team: f"#{team}-gpu-jobs" for team in sorted(set(TEAMS.values()))}
         self.child_env: dict[str, str] = {}
         self.controller_config = workdir / "controller.yaml"
         self.kube: Any = None
@@ -222,6 +225,7 @@ class Demo:
             self.say(f"   Slack: the messages go to {channel} in your workspace "
                      "(SLACK_BOT_TOKEN); look there")
             self.slack_channel = channel
+            self.team_channels = {team: channel for team in self.team_channels}
             return "https://slack.com/api/", token, channel
         from agent.sim.slack_stub import SlackStub
 
@@ -229,8 +233,10 @@ class Demo:
         self._stack.callback(stub.stop)
         self.slack_stub = stub
         self.say(f"   Slack: a local stand-in of the Slack API records the messages for "
-                 f"{self.slack_channel} (set SLACK_BOT_TOKEN and STEWARD_DEMO_CHANNEL to "
-                 "send them to a real channel)")
+                 f"{self.slack_channel}, and the owner notices for the teams whose jobs were "
+                 f"on a failed GPU in {', '.join(sorted(set(self.team_channels.values())))} "
+                 "(set SLACK_BOT_TOKEN and STEWARD_DEMO_CHANNEL to send them to a real "
+                 "channel)")
         return stub.api_url, "xoxb-steward-demo", self.slack_channel
 
     # -- the processes ---------------------------------------------------------------------
@@ -246,7 +252,8 @@ class Demo:
 
         config: dict[str, Any] = {
             "state": {"url": f"sqlite:///{self.result.workdir / 'steward-state.db'}"},
-            "slack": {"api_url": slack[0], "default_channel": slack[2]},
+            "slack": {"api_url": slack[0], "default_channel": slack[2],
+                      "team_channels": self.team_channels},
             "grafana": {"url": "http://grafana.example"},
             "alertmanager": {"url": self.alertmanager_url or "http://alertmanager.example"},
             "finops": {"prices": {MODEL: PRICE}, "namespace_teams": TEAMS,
@@ -505,7 +512,8 @@ class Demo:
         stub = self.slack_stub
         files = {k: v["data"] for k, v in dict(stub.uploads).items() if v.get("data")}
         return render_html([(m, stub.replies(m)) for m in stub.roots()],
-                           channel=self.slack_channel, click_url=click_url, files=files)
+                           channel=self.slack_channel, click_url=click_url, files=files,
+                           channel_of=stub.channel_name)
 
     # -- acting from Slack -------------------------------------------------------------------
 
@@ -657,15 +665,19 @@ class Demo:
         else:
             self.skip("Hygiene Keep", "the notifier did not carry the click out")
 
-    @staticmethod
-    def _all_shown(alerts: AlertWatch, slack: SlackWatch | None) -> bool:
+    def _all_shown(self, alerts: AlertWatch, slack: SlackWatch | None) -> bool:
         fired = alerts.names()
         if not all(name in fired for name in EXPECTED_ALERTS):
             return False
         if slack is None:
             return True
         texts = [m.text for m in slack.stub.roots()]
-        return all(any(name in text for text in texts) for name in EXPECTED_ALERTS)
+        from agent.sim.pods import WORKLOADS
+
+        # The lost GPU's team is told in its own channel, beside the on-call message.
+        owners = self.team_channels[TEAMS[WORKLOADS["lost"].namespace]]
+        return all(any(name in text for text in texts) for name in EXPECTED_ALERTS) and \
+            bool(slack.stub.roots(owners))
 
     # -- plans and report ------------------------------------------------------------------
 
@@ -750,7 +762,11 @@ class Demo:
         if messages:
             updates = sum(m["updates"] for m in messages)
             replies = sum(m["replies"] for m in messages)
-            self.say(f"   {len(messages)} Slack messages in {self.slack_channel}, edited in "
+            per_channel: dict[str, int] = {}
+            for message in messages:
+                per_channel[message["channel"]] = per_channel.get(message["channel"], 0) + 1
+            where = ", ".join(f"{n} in {channel}" for channel, n in per_channel.items())
+            self.say(f"   {len(messages)} Slack messages ({where}), edited in "
                      f"place {updates} times, {replies} thread replies: "
                      f"{self.result.workdir / 'slack-messages.html'}")
         for job, plan in self.result.plans.items():

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import textwrap
+from collections.abc import Callable
 from typing import Any
 
 WIDTH = 96
@@ -88,10 +89,13 @@ def render_reply(reply: Any, root: Any, *, channel: str) -> str:
 
 
 def render_html(messages: list[tuple[Any, list[Any]]], *, channel: str = "#gpu-oncall",
-                click_url: str | None = None, files: dict[str, bytes] | None = None) -> str:
-    """The messages (with their thread replies) as a page that looks like a Slack channel.
-    ``click_url``: buttons with a value post there (the demo's relay, ``clicks.ChannelPage``);
-    ``files``: uploaded files by id, images shown inline."""
+                click_url: str | None = None, files: dict[str, bytes] | None = None,
+                channel_of: Callable[[str], str] | None = None) -> str:
+    """The messages (with their thread replies) as a page that looks like a Slack channel;
+    with ``channel_of`` (a message's channel id -> its name), a message posted elsewhere (an
+    owner notice in its team's channel) is shown where it was posted. ``click_url``: buttons
+    with a value post there (the demo's relay, ``clicks.ChannelPage``); ``files``: uploaded
+    files by id, images shown inline."""
     import base64
     import html
 
@@ -154,7 +158,11 @@ def render_html(messages: list[tuple[Any, list[Any]]], *, channel: str = "#gpu-o
         times = len(message.updates)
         edited = (f" <span class=ctx>(edited {times} time{'s' if times > 1 else ''})</span>"
                   if times else "")
-        posts.append(f"<div class=msg><b>Steward</b> <span class=ctx>APP</span>{edited}{body}"
+        elsewhere = channel_of(message.channel) if channel_of is not None else channel
+        where = f" <span class=ctx>in {html.escape(elsewhere)}</span>" \
+            if elsewhere != channel else ""
+        posts.append(f"<div class=msg><b>Steward</b> <span class=ctx>APP</span>{where}{edited}"
+                     f"{body}"
                      f"{thread}</div>")
     style = ("body{font:15px/1.45 -apple-system,Segoe UI,Helvetica,Arial,sans-serif;"
              "max-width:820px;margin:16px auto;color:#1d1c1d}.msg{border-bottom:1px solid #ddd;"

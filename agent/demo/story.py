@@ -30,7 +30,8 @@ SCENARIO_TEXT: Final[dict[str, str]] = {
     "idle_allocated": "allocated to a notebook, idle",
     "idle_free": "free, idle",
     "bursty": "inference, 30 s busy every 5 minutes",
-    "lost": f"falls off the bus at {LOST_AFTER_SECONDS:g} s (XID 79)",
+    "lost": f"falls off the bus at {LOST_AFTER_SECONDS:g} s (XID 79); its job's team is "
+            "told in its own channel",
     "xid_storm": "XIDs 13, 31, 43 every few seconds; its pod crash-loops",
     "ecc_errors": f"uncorrectable ECC error at {ECC_AFTER_SECONDS:g} s (XID 48), "
                   "row remap failure",

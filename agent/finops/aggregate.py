@@ -28,13 +28,13 @@ import pandas as pd
 
 from agent.finops.pricing import PriceTable, gpu_fraction
 from agent.finops.series import SeriesSource
+from agent.finops.teams import UNASSIGNED
 
 KEYS = ("namespace", "pod", "model", "profile")
 REDUCE_COLUMNS = ("ts", *KEYS, "share", "util_mean", "util_max")
 STEP_SUMS = ("alloc_h", "used_h", "idle_h", "unmeasured_h")
 METRICS = ("gpu_hours_allocated", "gpu_hours_used", "gpu_hours_idle", "gpu_hours_unmeasured",
            "cost", "idle_cost", "unmeasured_cost")
-UNASSIGNED = "unassigned"
 _SAFE = "[bcdfghjklmnpqrstvwxz2456789]"  # the alphabet of Kubernetes' random name suffixes
 _WORKLOAD_PATTERNS = (
     re.compile(rf"^(?P<name>.+)-{_SAFE}{{6,10}}-{_SAFE}{{5}}$"),  # Deployment's ReplicaSet

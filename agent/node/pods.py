@@ -21,6 +21,8 @@ from prometheus_client.metrics_core import Metric
 from agent.clients.kubernetes.api import timestamp
 from agent.clients.kubernetes.calls import PodListing
 from agent.clients.kubernetes.gpus import pod_gpus
+from agent.node.device_health import DeviceHealth, build_device_health_family, device_health
+from agent.node.workloads import BARE_POD, build_workload_family, owning_workload
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +48,11 @@ class PodInfo:
     # "Terminating"): deletion time plus the grace period. The phase stays what it was until
     # the kubelet has stopped the containers.
     deleted_at: float | None = None
+    # The owning workload (agent.node.workloads) and the devices' health from pod status
+    # (agent.node.device_health): who to tell when a GPU under the pod fails.
+    workload_kind: str = BARE_POD
+    workload: str = ""
+    device_health: tuple[DeviceHealth, ...] = ()
 
 
 def pod_info_from_api(pod: Any) -> PodInfo:
@@ -69,6 +76,8 @@ def pod_info_from_api(pod: Any) -> PodInfo:
             last_terminated_reason=terminated.reason if terminated else None,
             last_terminated_at=timestamp(terminated.finished_at) if terminated else None,
         ))
+    owner = owning_workload(pod.metadata.owner_references, pod.metadata.labels,
+                            pod.metadata.name)
     return PodInfo(
         uid=pod.metadata.uid,
         namespace=pod.metadata.namespace,
@@ -78,6 +87,8 @@ def pod_info_from_api(pod: Any) -> PodInfo:
         containers=tuple(containers),
         created_at=timestamp(pod.metadata.creation_timestamp),
         deleted_at=timestamp(pod.metadata.deletion_timestamp),
+        workload_kind=owner.kind, workload=owner.name,
+        device_health=device_health(status.container_statuses if status else None),
     )
 
 
@@ -268,7 +279,8 @@ def build_pod_families(pods: Iterable[PodInfo], hostname: str) -> list[Metric]:
     deleting = Metric("steward_pod_deletion_timestamp_seconds",
                       "The pod's deletionTimestamp (when its grace period ends): present "
                       "while it is Terminating, whatever its phase.", "gauge")
-    for pod in sorted(pods, key=lambda p: (p.namespace, p.name)):
+    ordered = sorted(pods, key=lambda p: (p.namespace, p.name))
+    for pod in ordered:
         labels = {"namespace": pod.namespace, "pod": pod.name, "hostname": hostname}
         phase.add_sample("steward_pod_phase", {**labels, "phase": pod.phase}, 1.0)
         if pod.deleted_at is not None:
@@ -286,4 +298,7 @@ def build_pod_families(pods: Iterable[PodInfo], hostname: str) -> list[Metric]:
                     "steward_container_last_terminated_timestamp_seconds",
                     {**c_labels, "reason": container.last_terminated_reason},
                     container.last_terminated_at)
-    return [m for m in (phase, deleting, gpus, restarts, waiting, terminated) if m.samples]
+    workloads = build_workload_family(ordered, hostname)
+    health = build_device_health_family(ordered, hostname)
+    return [m for m in (phase, deleting, gpus, restarts, waiting, terminated, workloads, health)
+            if m.samples]

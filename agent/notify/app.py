@@ -31,6 +31,7 @@ from agent.notify.group_lock import GroupLocks, StoreInUse, group_locks_for
 from agent.notify.interactivity import build_interactivity
 from agent.notify.metrics import NotifierMetrics
 from agent.notify.outbox import TABLES, Outbox, add_missing_columns
+from agent.notify.owners import OwnerNotices
 from agent.notify.server import BearerAuth, NotifierServer, auth_from
 from agent.notify.worker import DeliveryWorker
 from agent.signals import stop_on_signals
@@ -194,7 +195,10 @@ def build_notifier(config: StewardConfig, *, sink: SlackSink | None = None,
     delivery = Delivery(outbox, sink, router, links, clock=clock, on_write=metrics.slack_ok,
                         stale_window=timedelta(
                             seconds=config.notifier.stale_firing_window_seconds),
+                        owners=OwnerNotices(config.slack.team_channels),
                         actions_for=interactive.actions_for)
+    if interactive.acknowledger is not None:
+        interactive.acknowledger.render_with(delivery.render_root)
     worker = DeliveryWorker(delivery, outbox, metrics,
                             pacing_seconds=config.notifier.channel_pacing_seconds,
                             retry_base_seconds=retry_base_seconds,

@@ -290,9 +290,11 @@ def _title(view: GroupView) -> tuple[str, str]:
 
 
 def render_group(view: GroupView, settings: LinkSettings,
-                 actions: AlertActions | None = None) -> Message:
+                 actions: AlertActions | None = None, *,
+                 extra: Sequence[Block] = ()) -> Message:
     """The root message: summary, every alert with its buttons, summarised past the limits.
-    ``actions``: the interactive buttons and state of each alert, when they are on."""
+    ``actions``: the interactive buttons and state of each alert, when they are on;
+    ``extra`` (the owner notices it led to) goes before the footer."""
     alerts = ordered(view.alerts)
     status, names = _title(view)
     place = " · ".join(where(view.group_labels))
@@ -320,8 +322,8 @@ def render_group(view: GroupView, settings: LinkSettings,
         if note:
             section = _section(fit(f"{section['text']['text']}\n{note}", MAX_SECTION))
         blocks.append(section)
-        extra = actions.buttons(alert) if actions is not None else []
-        buttons = _link_buttons(links_for(alert, settings), index, extra)
+        interactive = actions.buttons(alert) if actions is not None else []
+        buttons = _link_buttons(links_for(alert, settings), index, interactive)
         if buttons is not None:
             blocks.append(buttons)
     rest = alerts[full:]
@@ -341,6 +343,8 @@ def render_group(view: GroupView, settings: LinkSettings,
             if len(line) > MAX_SECTION:
                 line = "Runbooks: " + ", ".join(escape(fit(n, 80)) for n in runbooks)
             blocks.append(_section(fit(line, MAX_SECTION)))
+    blocks = blocks[:MAX_BLOCKS - 1 - len(extra)]
+    blocks.extend(extra)
     blocks.append(_footer(view, settings))
     text = f"{status} {names}" + (f" — {place}" if place else "") + f" ({counts})"
     return Message(text=fit_escaped(text, MAX_TEXT), blocks=blocks[:MAX_BLOCKS])
@@ -377,13 +381,12 @@ def _change_line(change: Change, settings: LinkSettings) -> str:
 
 
 _PERMALINK: Final = re.compile(
-    r"^https://[a-z0-9-]+\.(?:enterprise\.)?slack(?:-gov)?\.com/archives/[A-Z0-9]+/p[0-9]+"
-    r"(?:\?[A-Za-z0-9_=&.-]*)?$")
+    r"^https?://[A-Za-z0-9.:-]+/archives/[A-Z0-9]+/p[0-9]+(?:\?[A-Za-z0-9_=&.%-]*)?$")
 
 
-def slack_permalink(url: str) -> bool:
-    """A link to a message in a Slack workspace (chat.getPermalink's answer, still checked:
-    it becomes markup)."""
+def permalink_shaped(url: str) -> bool:
+    """A message link in chat.getPermalink's shape, nothing Slack could read as markup (the
+    host is checked by ``owners.slack_permalink`` before it gets here)."""
     return bool(_PERMALINK.match(url))
 
 
@@ -400,7 +403,7 @@ def render_changes(changes: Sequence[Change], settings: LinkSettings,
         counts.append(f"{_RESOLVED} {len(resolved)} resolved")
     summary = " · ".join(counts) or "no change"
     head = f"*{summary}*"
-    if resolved and root_link and slack_permalink(root_link):
+    if resolved and root_link and permalink_shaped(root_link):
         head += "  ·  " + mrkdwn_link(root_link, "alert group")
     blocks: list[Block] = [_section(head)]
     room = MAX_BLOCKS - len(blocks)

@@ -221,6 +221,7 @@ class AckState:
 
 @dataclass(frozen=True)
 class CurrentGroup:
+    group_key: str
     channel_id: str
     ts: str
     alerts: Alerts
@@ -242,6 +243,12 @@ class Acknowledger:
         self._links = links
         self._clock = clock
         self._monday_hour = monday_hour
+        self._render: Callable[[str, GroupView], Message] | None = None
+
+    def render_with(self, render: Callable[[str, GroupView], Message]) -> None:
+        """Render roots as delivery does (``Delivery.render_root``: with the owner notices
+        they link to), so that an acknowledgement never drops what a step showed."""
+        self._render = render
 
     def actions_for(self, group_id: str) -> AckState:
         return AckState(group_id, self._book.active(group_id))
@@ -261,7 +268,8 @@ class Acknowledger:
         view = GroupView(alerts=ordered(alerts.values()),
                          group_labels=latest.group_labels if latest is not None else {},
                          truncated_alerts=latest.truncated_alerts if latest else 0)
-        return CurrentGroup(channel_id=state.channel_id, ts=state.ts, alerts=alerts, view=view)
+        return CurrentGroup(group_key=state.group_key, channel_id=state.channel_id, ts=state.ts,
+                            alerts=alerts, view=view)
 
     def _latest_notification(self, group_id: str) -> Notification | None:
         # Delivered webhooks are kept a day: older groups show without their group labels.
@@ -285,7 +293,8 @@ class Acknowledger:
             group = self.current(group_id)
             if group is None:
                 return
-            message = render_group(group.view, self._links, self.actions_for(group_id))
+            message = self._render(group.group_key, group.view) if self._render is not None \
+                else render_group(group.view, self._links, self.actions_for(group_id))
             try:
                 self._sink.update(group.channel_id, group.ts, message)
             except SlackRejected as exc:
@@ -364,7 +373,8 @@ class Acknowledger:
             try:
                 link = self._sink.permalink(group.channel_id, group.ts)
             except SlackCallFailed:
-                link = f"Slack message {group.channel_id}/{group.ts}"
+                link = None
+            link = link or f"Slack message {group.channel_id}/{group.ts}"
             silence_id = self._am.create_silence(
                 dict(alert.labels),
                 starts_at=datetime.fromtimestamp(float(action.stage["starts_at"]), UTC),

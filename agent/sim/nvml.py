@@ -108,6 +108,12 @@ class SimulatedNvml:
         """(uuid, scenario name, allocated) per GPU: what the simulated kubelet allocates."""
         return [(g.uuid, g.scenario.name, g.scenario.allocated) for g in self._gpus]
 
+    def is_lost(self, index: int) -> bool:
+        """Whether GPU ``index`` has fallen off the bus by now (the simulated device plugin
+        then reports it Unhealthy in its pods' status)."""
+        gpu = self._gpus[index]
+        return gpu.scenario.state(self.elapsed(), gpu.ctx).lost
+
     def mig_uuids(self, index: int) -> list[str]:
         gpu = self._gpus[index]
         return [sim_uuid(f"{gpu.uuid}", i, 0, "MIG") for i in range(len(gpu.mig_handles))]

@@ -9,14 +9,17 @@ benchmarks. They feed the same collectors the real sources do.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from agent.node.device_health import HEALTHY, UNHEALTHY, DeviceHealth
 from agent.node.podresources.client import ContainerDevices
 from agent.node.pods import ContainerInfo, PodInfo
 from agent.sim.nvml import SimulatedNvml
+from agent.sim.world import WORKLOAD_KINDS
 
 GPU_RESOURCE = "nvidia.com/gpu"
 _NAMESPACE_UUID = uuid.UUID("5f1b7a0e-3c4d-4e5f-8a9b-0c1d2e3f4a5b")
@@ -47,6 +50,11 @@ WORKLOADS: dict[str, Workload] = {
                                    restarts=1, terminated_reason="OOMKilled",
                                    terminated_ago=90.0),
 }
+# A GPU time-sliced by two teams' workloads (one replica each): one owner notice per team.
+SHARED_WORKLOADS: dict[str, tuple[Workload, ...]] = {
+    "lost_shared": (Workload("inference", "embed-batch", "worker"),
+                    Workload("data-science", "feature-backfill", "worker")),
+}
 MIG_WORKLOADS = (
     Workload("inference", "embedder", "server"),
     Workload("data-science", "jupyter-bob", "notebook"),
@@ -65,6 +73,10 @@ class SimulatedPods:
                  churn_seconds: float | None = None,
                  clock: Callable[[], float] = time.time) -> None:
         self._hostname = hostname
+        self._nvml = nvml
+        # pod uid -> (GPU index, device ID, container): the device health the simulated
+        # device plugin reports in pod status (Unhealthy once the GPU is lost).
+        self._held: dict[str, tuple[int, str, str]] = {}
         self._extra = extra_pods
         self._churn = churn_seconds
         self._clock = clock
@@ -85,29 +97,42 @@ class SimulatedPods:
                         (mig_uuid,)))
                     self._pid_to_uid[nvml.process_pid(index, slot)] = pod.uid
                 continue
+            if scenario in SHARED_WORKLOADS:
+                for replica, work in enumerate(SHARED_WORKLOADS[scenario]):
+                    self._allocate(work, f"{work.name}-{index}", index,
+                                   f"{gpu_uuid}::{replica}", nvml.process_pid(index, replica))
+                continue
             work = WORKLOADS.get(scenario, Workload("default", scenario.replace("_", "-"), "main"))
             for replica in range(work.replicas):
                 name = f"{work.name}-{index}" if work.replicas == 1 else \
                     f"{work.name}-{index}-{replica}"
-                pod = self._add_pod(work, name)
                 device_id = gpu_uuid if work.replicas == 1 else f"{gpu_uuid}::{replica}"
-                self._devices.append(ContainerDevices(pod.namespace, pod.name, work.container,
-                                                      GPU_RESOURCE, (device_id,)))
-                self._pid_to_uid[nvml.process_pid(index, replica)] = pod.uid
+                self._allocate(work, name, index, device_id, nvml.process_pid(index, replica))
         # Scheduled but stuck: the image cannot be pulled, so no GPU was handed out yet.
         pending = Workload("ml-research", "train-gpt-pending", "trainer",
                            waiting_reason="ImagePullBackOff")
         self._pods.append(self._pod_info(pending, "train-gpt-pending", phase="Pending"))
 
+    def _allocate(self, work: Workload, name: str, index: int, device_id: str,
+                  pid: int) -> None:
+        pod = self._add_pod(work, name)
+        self._held[pod.uid] = (index, device_id, work.container)
+        self._devices.append(ContainerDevices(pod.namespace, pod.name, work.container,
+                                              GPU_RESOURCE, (device_id,)))
+        self._pid_to_uid[pid] = pod.uid
+
     def _pod_info(self, work: Workload, name: str, *, phase: str = "Running") -> PodInfo:
         terminated_at = None if work.terminated_ago is None else self._start - work.terminated_ago
+        # Named as agent.sim.world creates their owners in the API stand-in.
+        kind = WORKLOAD_KINDS.get(work.name, ("Deployment", "", {}))[0]
         return PodInfo(
             uid=_uid(self._hostname, work.namespace, name), namespace=work.namespace,
             name=name, phase=phase, gpus_requested=1, created_at=self._start - 3600,
             containers=(ContainerInfo(
                 name=work.container, restarts=work.restarts, waiting_reason=work.waiting_reason,
                 last_terminated_reason=work.terminated_reason,
-                last_terminated_at=terminated_at),))
+                last_terminated_at=terminated_at),),
+            workload_kind=kind, workload=f"{work.name}-{self._hostname}")
 
     def _add_pod(self, work: Workload, name: str) -> PodInfo:
         pod = self._pod_info(work, name)
@@ -127,7 +152,16 @@ class SimulatedPods:
 
     # -- PodSource --
     def pods(self) -> list[PodInfo]:
-        return [*self._pods, *self._filler()]
+        return [*(self._with_health(p) for p in self._pods), *self._filler()]
+
+    def _with_health(self, pod: PodInfo) -> PodInfo:
+        held = self._held.get(pod.uid)
+        if held is None:
+            return pod
+        index, device_id, container = held
+        health = UNHEALTHY if self._nvml.is_lost(index) else HEALTHY
+        return dataclasses.replace(pod, device_health=(
+            DeviceHealth(container, GPU_RESOURCE, device_id, health),))
 
     def health(self) -> str | None:
         return None

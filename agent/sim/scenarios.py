@@ -220,6 +220,14 @@ SCENARIOS: dict[str, Scenario] = {s.name: s for s in (
     Scenario("lost", lost,
              xids=lambda ctx: (XidSchedule(79, period=1e9, start=ctx.lost_after_seconds),),
              description="falls off the bus (XID 79, NVML GPU_IS_LOST)"),
+    # The same fault on a GPU time-sliced by two teams' workloads, and on one nobody had:
+    # an owner notice for each team, none for the GPU without a tenant.
+    Scenario("lost_shared", lost,
+             xids=lambda ctx: (XidSchedule(79, period=1e9, start=ctx.lost_after_seconds),),
+             description="time-sliced by two teams' workloads, falls off the bus (XID 79)"),
+    Scenario("lost_free", lost, allocated=False,
+             xids=lambda ctx: (XidSchedule(79, period=1e9, start=ctx.lost_after_seconds),),
+             description="not allocated, falls off the bus (XID 79)"),
     Scenario("xid_storm", xid_storm,
              xids=lambda ctx: (XidSchedule(13, 5.0), XidSchedule(31, 7.0), XidSchedule(43, 11.0)),
              description="application XIDs 13/31/43 repeating"),

@@ -393,6 +393,25 @@ class SlackStub:
         message.updates.append(dict(args))
         return {"channel": channel_id, "ts": message.ts, "text": text}
 
+    def _m_chat_getPermalink(self, args: JsonObj) -> JsonObj:
+        channel_id = self._existing_channel(_str(args, "channel"))
+        message = self._find(channel_id, _str(args, "message_ts"))
+        if message is None:
+            raise SlackApiProblem("message_not_found")
+        # Slack's shape (https://<workspace>.slack.com/archives/<channel>/p<ts without dot>),
+        # on the stub's own origin: the notifier links it as Slack's.
+        return {"channel": channel_id,
+                "permalink": f"{self.url}/archives/{channel_id}/p{message.ts.replace('.', '')}"}
+
+    def by_permalink(self, url: str) -> StubMessage | None:
+        """The message a permalink (from chat.getPermalink) points at."""
+        parts = urlsplit(url).path.split("/")
+        if len(parts) != 4 or parts[1] != "archives" or not parts[3].startswith("p"):
+            return None
+        digits = parts[3][1:]
+        with self._lock:
+            return self._find(parts[2], f"{digits[:-6]}.{digits[-6:]}")
+
     def _page(self, items: list[StubMessage], args: JsonObj) -> JsonObj:
         limit = int(args.get("limit") or 100)
         start = int(args.get("cursor") or 0)
@@ -439,15 +458,6 @@ class SlackStub:
         self.ephemerals.append({"channel": channel_id, "user": user, "text": text,
                                 "blocks": blocks or []})
         return {"message_ts": self._next_ts()}
-
-    def _m_chat_getPermalink(self, args: JsonObj) -> JsonObj:
-        channel_id = self._existing_channel(_str(args, "channel"))
-        ts = _str(args, "message_ts")
-        if self._find(channel_id, ts) is None:
-            raise SlackApiProblem("message_not_found")
-        return {"channel": channel_id,
-                "permalink": f"https://steward-stub.slack.com/archives/{channel_id}/"
-                             f"p{ts.replace('.', '')}"}
 
     def _m_usergroups_users_list(self, args: JsonObj) -> JsonObj:
         group = self.usergroups.get(_str(args, "usergroup"))

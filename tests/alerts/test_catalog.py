@@ -10,13 +10,19 @@ from pathlib import Path
 import pytest
 import yaml
 
-from agent.alerts.catalog import CATALOG, Alert, alerts_by_group
-from agent.alerts.lint import MAX_RULES_PER_GROUP, RUNBOOK_SECTIONS, lint_catalog
+from agent.alerts.catalog import CATALOG, RECORDING_RULES, Alert, alerts_by_group
+from agent.alerts.lint import (
+    MAX_RULES_PER_GROUP,
+    OWNER_SECTION,
+    RUNBOOK_SECTIONS,
+    lint_catalog,
+)
 from agent.alerts.render import (
     GRAFANA_ALERTS_FILE,
     PROMETHEUS_RULE_RESOURCE_FILE,
     PROMETHEUS_RULES_FILE,
     grafana_rule_uid,
+    inline_records,
     render_alert_files,
 )
 from agent.alerts.xid import (
@@ -66,7 +72,8 @@ def write_good_runbooks(directory: Path, alerts: tuple[Alert, ...] = CATALOG) ->
         table = ""
         if alert.name == "GpuXidCritical":
             table = f"{TABLE_START_MARKER}\n{render_xid_table_markdown()}\n{TABLE_END_MARKER}\n"
-        sections = "".join(f"## {name}\n\nText.\n\n" for name in RUNBOOK_SECTIONS)
+        names = (*RUNBOOK_SECTIONS, *((OWNER_SECTION,) if alert.owners else ()))
+        sections = "".join(f"## {name}\n\nText.\n\n" for name in names)
         (directory / f"{alert.name}.md").write_text(
             f"---\nalert: {alert.name}\nseverity: {alert.severity}\n---\n# {alert.name}\n\n"
             f"{sections}{table}",
@@ -309,7 +316,10 @@ def test_rendering_is_deterministic() -> None:
 
 def test_prometheus_rules_carry_labels_and_annotations() -> None:
     document = yaml.safe_load(render_alert_files()[PROMETHEUS_RULES_FILE])
-    rules = [rule for group in document["groups"] for rule in group["rules"]]
+    every = [rule for group in document["groups"] for rule in group["rules"]]
+    rules = [rule for rule in every if "alert" in rule]
+    assert [rule["record"] for rule in every if "record" in rule] == [
+        r.record for r in RECORDING_RULES]
     assert [rule["alert"] for rule in rules] == [alert.name for alert in CATALOG]
     for rule, alert in zip(rules, CATALOG, strict=True):
         assert list(rule) == ["alert", "expr", "for", "labels", "annotations"]
@@ -319,6 +329,7 @@ def test_prometheus_rules_carry_labels_and_annotations() -> None:
             "description": alert.description,
             "runbook_url": f"{DEFAULT_RUNBOOK_BASE_URL}/{alert.name}.md",
             "dashboard_uid": alert.dashboard_uid,
+            **alert.annotations,
         }
     notifier = next(rule for rule in rules if rule["alert"] == "StewardNotifierDeliveryFailing")
     assert notifier["labels"] == {"severity": "critical", "routing": "bypass-notifier"}
@@ -360,7 +371,8 @@ def test_committed_grafana_alerts_have_one_rule_per_catalog_rule() -> None:
         assert rule["annotations"]["dashboard_uid"] == alert.dashboard_uid
         query, condition = rule["data"]
         assert query["datasourceUid"] == "prometheus"
-        assert query["model"]["expr"] == alert.expr and query["model"]["instant"] is True
+        assert query["model"]["expr"] == inline_records(alert.expr)
+        assert query["model"]["instant"] is True
         assert condition["model"]["type"] == "math"
         assert rule["condition"] == condition["refId"]
         assert rule["noDataState"] == "OK"

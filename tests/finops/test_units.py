@@ -29,7 +29,7 @@ from agent.finops.queries import chunks, matrix_frame
 from agent.finops.savings import GIB, PlanFound, SavingAction, compute_savings
 from agent.finops.series import FinopsInputError, Gap, merge_step_gaps, parse_step
 from agent.finops.teams import KubernetesNamespaceLabels, resolve_teams
-from agent.sim.kube_api import KubeApiServer
+from tests.support.kube import KubeStandIns
 
 # --- weeks and steps ----------------------------------------------------------------------
 
@@ -290,15 +290,16 @@ def test_unreachable_api_leaves_the_static_map_and_warns() -> None:
     assert mapping.warnings and "ConnectionError" in mapping.warnings[0]
 
 
-def test_namespace_labels_through_the_api_with_paging(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_namespace_labels_through_the_api_with_paging(monkeypatch: pytest.MonkeyPatch,
+                                                     make_kube: KubeStandIns) -> None:
     monkeypatch.setattr(teams_module, "_PAGE", 2)
-    with KubeApiServer(namespaces=()) as kube:
-        for index in range(5):
-            kube.create({"apiVersion": "v1", "kind": "Namespace", "metadata": {
-                "name": f"ns{index}", "labels": {"team": f"t{index % 2}"}}})
-        source = KubernetesNamespaceLabels(kube.api_client)
-        labels = source.namespace_labels()
-        lists = kube.request_log(method="GET", path_regex=r"^/api/v1/namespaces$")
+    kube = make_kube(namespaces=())
+    for index in range(5):
+        kube.create({"apiVersion": "v1", "kind": "Namespace", "metadata": {
+            "name": f"ns{index}", "labels": {"team": f"t{index % 2}"}}})
+    source = KubernetesNamespaceLabels(kube.api_client)
+    labels = source.namespace_labels()
+    lists = kube.request_log(method="GET", path_regex=r"^/api/v1/namespaces$")
     assert labels == {f"ns{i}": {"team": f"t{i % 2}", "kubernetes.io/metadata.name": f"ns{i}"}
                       for i in range(5)}
     assert len(lists) == 3  # 2 + 2 + 1

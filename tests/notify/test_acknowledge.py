@@ -118,7 +118,7 @@ def test_acknowledge_then_unacknowledge(world: World) -> None:
     assert all(not regex and equal for _, _, regex, equal in silence.matchers)
     assert len(silence.matchers) == len(LABELS)
     assert silence.created_by == "alice (Slack U0ALICE)"
-    assert f"https://steward-stub.slack.com/archives/{root.channel}/p" in silence.comment
+    assert f"{world.stub.url}/archives/{root.channel}/p" in silence.comment
     assert timedelta(hours=3, minutes=59) < silence.ends_at - silence.starts_at \
         <= timedelta(hours=4, seconds=1)
     # The alert stops notifying: Alertmanager holds it as suppressed by our silence.

@@ -20,7 +20,6 @@ from tests.support.net import free_port, wait_until
 from tests.support.steward import StewardProcess
 
 pytestmark = pytest.mark.integration
-processes = test_crash.processes  # the fixture: notifiers stopped after the test
 
 
 def start_notifier(workdir: Path, stub: SlackStub, am_api: str,

@@ -8,7 +8,6 @@ import signal
 import subprocess
 import sys
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,14 +22,6 @@ from tests.support.steward import StewardProcess
 
 pytestmark = pytest.mark.integration
 AM_TOKEN = "alertmanager-to-notifier"
-
-
-@pytest.fixture
-def processes() -> Iterator[list[StewardProcess]]:
-    started: list[StewardProcess] = []
-    yield started
-    for process in started:
-        process.stop()
 
 
 def start_notifier(workdir: Path, stub: SlackStub, started: list[StewardProcess],
