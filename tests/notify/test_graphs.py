@@ -51,6 +51,7 @@ def temperature_alert() -> dict[str, str]:
     return {"alertname": "GpuTemperatureHigh", "severity": "warning", **GPU0}
 
 
+@pytest.mark.integration
 def test_the_alerts_own_series(prometheus: Prometheus) -> None:
     from agent.notify.graphs import catalog_expressions
 
@@ -62,6 +63,7 @@ def test_the_alerts_own_series(prometheus: Prometheus) -> None:
     assert max(v for _, v in series[0].points) > 80  # GPU 1's 40 °C is not in it
 
 
+@pytest.mark.integration
 def test_graph_uploaded_once_into_the_thread(prometheus: Prometheus, stub: SlackStub,
                                              make_notifier: MakeNotifier) -> None:
     notifier = make_notifier(prometheus={"url": prometheus.url})
