@@ -216,6 +216,18 @@ class SlackSink:
                           for f in files]), write=True)
         return [str(f.get("id")) for f in response.get("files") or []]
 
+    def post_ephemeral(self, channel: str, user: str, message: Message) -> None:
+        """A message only ``user`` sees (a refused click); not kept in the channel."""
+        self._call("chat.postEphemeral", lambda: self._client.chat_postEphemeral(
+            channel=channel, user=user, text=message.text, blocks=message.blocks or None,
+            parse="none", link_names=False), write=True)
+
+    def usergroup_members(self, usergroup: str) -> frozenset[str]:
+        """The user ids in a Slack user group (usergroups.users.list; usergroups:read)."""
+        response = self._call("usergroups.users.list", lambda: self._client.usergroups_users_list(
+            usergroup=usergroup), write=False)
+        return frozenset(str(u) for u in response.get("users") or [])
+
     def resolve_channel(self, channel: str) -> str | None:
         """The id of a channel configured by name (conversations.list; needs channels:read)."""
         if looks_like_channel_id(channel):

@@ -37,7 +37,7 @@ from agent.demo.servers import (
     start_alertmanager,
     start_prometheus,
 )
-from agent.demo.slack_view import render_html
+from agent.demo.slack_view import header_text, plain_text, render_html
 from agent.demo.story import (
     ECC_AFTER_SECONDS,
     EXPECTED_ALERTS,
@@ -67,6 +67,8 @@ DEFAULT_DURATION = 150.0
 # as edits and thread replies (XID 31 joining its group, GpuXidCritical resolving).
 SETTLE_SECONDS = 15.0
 HEARTBEAT_SECONDS = 8.0  # a line at least this often: the demo is never silent for long
+# The notifier's buttons in the demo: the hygiene ones too (the controller shares its store).
+DEMO_ACTIONS = {"hygiene_buttons": True, "admin_users": ["U0DEMOADMIN"]}
 
 
 @dataclass
@@ -86,6 +88,7 @@ class DemoResult:
     slack_messages: list[dict[str, Any]] = field(default_factory=list)
     plans: dict[str, dict[str, Any]] = field(default_factory=dict)
     report: Path | None = None
+    screenshot: Path | None = None  # the acknowledged alert's thread, with its graph
     watched_seconds: float = 0.0
     shared_tenants: list[dict[str, Any]] = field(default_factory=list)
 
@@ -114,6 +117,8 @@ class Demo:
         self.controller_config = workdir / "controller.yaml"
         self.kube: Any = None
         self.aws_url: str | None = None
+        self.notifier_url = ""
+        self.signing_secret = ""
         self.last_event = self.started
 
     # -- output ------------------------------------------------------------------------
@@ -338,6 +343,11 @@ class Demo:
         token_file = self.result.workdir / "notifier-token"
         token_file.write_text(secrets.token_urlsafe(32), encoding="utf-8")
         token_file.chmod(0o600)
+        # The Slack app's signing secret: the demo signs its simulated clicks with it.
+        self.signing_secret = secrets.token_hex(16)
+        signing_file = self.result.workdir / "slack-signing-secret"
+        signing_file.write_text(self.signing_secret, encoding="utf-8")
+        signing_file.chmod(0o600)
         if alertmanager_bin is not None and prometheus_bin is not None:
             am = start_alertmanager(self.children, alertmanager_bin,
                                     f"http://127.0.0.1:{notifier_port}/alertmanager",
@@ -373,12 +383,16 @@ class Demo:
             child.url = f"http://127.0.0.1:{port}"
             starting.append((child, f"{child.url}/readyz"))
         base = self._base_config(prometheus=None, aws=aws, slack=slack)
+        notifier_config = {
+            **base, "slack": {**base["slack"], "signing_secret_file": str(signing_file)},
+            "notifier": {"auth_token_file": str(token_file), "actions": DEMO_ACTIONS}}
+        if self.prometheus_url:
+            notifier_config["prometheus"] = {"url": self.prometheus_url}  # graphs
         notifier = self.children.steward(
-            "notifier", ["notifier", "--config", str(self._config("notifier", {
-                **base, "notifier": {"auth_token_file": str(token_file)}})),
+            "notifier", ["notifier", "--config", str(self._config("notifier", notifier_config)),
                          "--listen", f"127.0.0.1:{notifier_port}"],
             env={**env, "SLACK_BOT_TOKEN": slack[1]})
-        notifier.url = f"http://127.0.0.1:{notifier_port}"
+        notifier.url = self.notifier_url = f"http://127.0.0.1:{notifier_port}"
         starting.append((notifier, f"{notifier.url}/readyz"))
         self.controller_config = self._config("controller", {
             **self._base_config(prometheus=self.prometheus_url, aws=aws, slack=slack),
@@ -416,8 +430,14 @@ class Demo:
             self._watch(nodes_ready=nodes_ready, controller_ready=ready_at["controller"])
         if self.stop.is_set():
             return 130
+        if self.slack_stub is not None and self.alertmanager_url and not self.stop.is_set():
+            self.step("On-call acts from Slack (simulated clicks, signed as Slack signs them)")
+            self._acknowledge()
         self.step("Hygiene plans (dry-run: nothing is touched)")
         self._plans()
+        if self.slack_stub is not None and self.result.plans.get("idle-gpus"):
+            self._keep_from_slack()
+        self._write_slack_page()
         self.step("Weekly FinOps report")
         self._report()
         self.step("Dashboards")
@@ -487,15 +507,174 @@ class Demo:
             self.say(f"   DID NOT FIRE within {opts.duration:g} s: {', '.join(missing)} "
                      "(a slow machine: run steward demo --duration 300)")
         if self.slack_stub is not None:
-            page = self.result.workdir / "slack-messages.html"
-            page.write_text(render_html([(m, self.slack_stub.replies(m))
-                                         for m in self.slack_stub.roots()],
-                                        channel=self.slack_channel,
-                                        channel_of=self.slack_stub.channel_name),
-                            encoding="utf-8")
+            page = self._write_slack_page()
+            # What the watch showed, line by line (the clicks that follow add their own).
             self.result.slack_messages = SlackWatch(self.slack_stub, self.event).summary()
             if self.alertmanager_url:
                 self.say(f"   the Slack messages as the channel shows them: {page}")
+
+    def _write_slack_page(self) -> Path:
+        page = self.result.workdir / "slack-messages.html"
+        if self.slack_stub is not None:
+            page.write_text(self._channel_html(None), encoding="utf-8")
+        return page
+
+    def _channel_html(self, click_url: str | None) -> str:
+        stub = self.slack_stub
+        files = {k: v["data"] for k, v in dict(stub.uploads).items() if v.get("data")}
+        return render_html([(m, stub.replies(m)) for m in stub.roots()],
+                           channel=self.slack_channel, click_url=click_url, files=files,
+                           channel_of=stub.channel_name)
+
+    # -- acting from Slack -------------------------------------------------------------------
+
+    def _acknowledge(self) -> None:
+        """Click Acknowledge (4 h) on a firing alert, as on-call would in Slack: the
+        notifier creates the Alertmanager silence and says so in the thread."""
+        from agent.clients.alertmanager import AlertmanagerClient, AlertmanagerError
+        from agent.demo.clicks import DEMO_USER, ChannelPage, SlackClicker
+
+        stub = self.slack_stub
+        clicker = SlackClicker(self.notifier_url, self.signing_secret)
+        page = ChannelPage(self._channel_html, clicker).start()
+        self._stack.callback(page.stop)
+        self.say(f"   the channel, live, with working buttons: {page.url} (until the demo "
+                 "ends)")
+        target = self._ack_target()
+        if target is None:
+            self.skip("Acknowledge", "no firing alert with an Acknowledge button in Slack")
+            return
+        root, value = target
+        graphed = any(r.files for r in stub.replies(root))
+        if not graphed:
+            self.event(f"waiting for the graph of \"{header_text(root)}\" (at most 15 s)")
+            graphed = self._wait(lambda: any(r.files for r in stub.replies(root)), 15)
+        alertname = json.loads(value).get("f", "")
+        self.event(f"{DEMO_USER[1]} clicks \"Ack 4h\" on \"{header_text(root)}\"")
+        status = clicker.click(value, channel=root.channel, ts=root.ts)
+        if status != 200 or not self._wait(lambda: any(
+                "acknowledged by" in r.text for r in stub.replies(root)), 20):
+            self.skip("Acknowledge", f"the notifier did not carry the click out (HTTP {status}; "
+                                     "see notifier.log)")
+            return
+        try:
+            silences = [s for s in AlertmanagerClient(self.alertmanager_url or "").silences()
+                        if "steward-action-" in s.comment and s.state == "active"]
+        except AlertmanagerError as exc:
+            silences = []
+            self.event(f"cannot list Alertmanager's silences: {exc}")
+        for silence in silences:
+            matchers = ", ".join(f'{k}="{v}"' for k, v in sorted(silence.exact_labels().items()))
+            self.event(f"Alertmanager silence {silence.id} until "
+                       f"{silence.ends_at:%H:%M} UTC, createdBy \"{silence.created_by}\", "
+                       f"exact matchers: {matchers}")
+        self.event("thread: " + plain_text(next(r.text for r in stub.replies(root)
+                                                if "acknowledged by" in r.text)))
+        # The acknowledged alert alone, its thread and graph: what docs/images shows.
+        self._wait(lambda: "unack" in json.dumps(current(stub, root).blocks), 10)
+        files = {k: v["data"] for k, v in dict(stub.uploads).items() if v.get("data")}
+        single = self.result.workdir / "slack-acknowledged.html"
+        single.write_text(render_html([(current(stub, root), stub.replies(root))],
+                                      channel=self.slack_channel, files=files),
+                          encoding="utf-8")
+        self.event(f"the acknowledged alert's thread: {single}")
+        self.result.screenshot = self._screenshot(single)
+        self.event("graph in the thread: " + ("yes" if graphed else
+                                               f"not yet (fingerprint {alertname[:8]})"))
+
+    def _screenshot(self, page: Path) -> Path | None:
+        """A PNG of ``page`` through a headless Chromium, when one is installed."""
+        import shutil
+
+        browser = next((b for b in ("chromium", "chromium-browser", "google-chrome")
+                        if shutil.which(b)), None)
+        if browser is None:
+            self.skip("Screenshot", "no Chromium on PATH (apt-get install -y chromium)")
+            return None
+        out = page.with_suffix(".png")
+        with tempfile.TemporaryDirectory(prefix="steward-chromium-") as profile, \
+                contextlib.suppress(subprocess.TimeoutExpired):
+            subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu",
+                            "--disable-background-networking", "--disable-component-update",
+                            "--no-first-run", f"--user-data-dir={profile}",
+                            f"--screenshot={out}", "--window-size=900,1300", page.as_uri()],
+                           capture_output=True, timeout=90, check=False)
+        if not out.exists():
+            self.skip("Screenshot", f"{browser} made no screenshot")
+            return None
+        self.event(f"screenshot of the acknowledged alert's thread: {out}")
+        return out
+
+    def _ack_target(self) -> tuple[Any, str] | None:
+        """The root and the "Ack 4h" value of its first firing alert, graphed ones first."""
+        found = []
+        for root in self.slack_stub.roots():
+            for block in root.blocks:
+                for element in block.get("elements") or []:
+                    value = element.get("value") if isinstance(element, dict) else None
+                    if value and '"d":"4h"' in value:
+                        found.append((root, value))
+        # A GPU's temperature makes the clearest graph; then any alert with a graph.
+        found.sort(key=lambda item: ("Temperature" not in header_text(item[0]),
+                                     not any(r.files for r in self.slack_stub.replies(item[0]))))
+        return found[0] if found else None
+
+    def _wait(self, condition: Callable[[], bool], seconds: float) -> bool:
+        deadline = time.monotonic() + seconds
+        while not condition():
+            if time.monotonic() > deadline or self.stop.wait(0.5):
+                return False
+        return True
+
+    def _keep_from_slack(self) -> None:
+        """An owner's Keep on a hygiene notice. The demo's controller is dry-run and marks
+        nothing, so the demo marks the plan's first idle-GPU candidate itself and posts the
+        notice an apply-mode run would post (with its buttons); the click is real."""
+        from agent.clients.slack import SlackSink
+        from agent.clients.slack_params import SlackSettings
+        from agent.config import load_config
+        from agent.controller.hygiene.notify import OwnerNotice, SlackNotifier
+        from agent.controller.hygiene.store import TABLES as HYGIENE_TABLES
+        from agent.controller.hygiene.store import HygieneStore, Mark
+        from agent.demo.clicks import SlackClicker
+        from agent.state import open_store
+
+        candidates = self.result.plans["idle-gpus"].get("candidates") or []
+        if not candidates:
+            return
+        candidate = candidates[0]
+        resource = str(candidate.get("resource"))
+        config = load_config(self.controller_config, environ={})
+        store = HygieneStore(open_store(config.state.url, tables=[HYGIENE_TABLES]))
+        now = time.time()
+        mark = Mark(mark_id=secrets.token_hex(16), job="idle-gpus", resource=resource,
+                    action=str(candidate.get("action", "scale_to_zero")),
+                    reason=str(candidate.get("reason", "idle")), evidence={}, reclaim={},
+                    owner=None, kube_object=None, run_id="demo", marked_at=now,
+                    deadline=now + 3600)
+        if not store.create_mark(mark, mode="apply"):
+            return
+        store.set_notified(mark.mark_id, now, deadline=mark.deadline)
+        settings = SlackSettings.from_config(config.slack.model_copy(
+            update={"token": config.slack.token or _secret(self.child_env["SLACK_BOT_TOKEN"])}))
+        SlackNotifier(SlackSink.create(settings), settings.router(), buttons=True).notify(
+            OwnerNotice(kind="marked", job="idle-gpus", resource=resource, action=mark.action,
+                        reason=mark.reason, deadline=mark.deadline, mark_id=mark.mark_id,
+                        labels={"hygiene_job": "idle-gpus"}))
+        notice = self.slack_stub.messages()[-1]
+        value = json.dumps({"a": "hygiene", "c": "keep", "m": mark.mark_id},
+                           separators=(",", ":"))
+        self.event(f"hygiene owner notice for {resource} (what an apply run posts); the owner "
+                   "clicks \"Keep 7 days\"")
+        SlackClicker(self.notifier_url, self.signing_secret).click(
+            value, channel=notice.channel, ts=notice.ts, user=("U0TEAMOWNER", "ml-owner"))
+        if self._wait(lambda: bool(self.slack_stub.replies(notice)), 20):
+            self.event("thread: " + plain_text(self.slack_stub.replies(notice)[0].text))
+            kept = [e for e in store.audit_entries("idle-gpus") if e["action"] == "owner_keep"]
+            if kept:
+                self.event(f"hygiene audit: owner_keep {resource} {kept[0]['detail']}")
+        else:
+            self.skip("Hygiene Keep", "the notifier did not carry the click out")
 
     def _all_shown(self, alerts: AlertWatch, slack: SlackWatch | None) -> bool:
         fired = alerts.names()
@@ -643,6 +822,7 @@ class Demo:
                       for k, v in self.result.plans.items()},
             "report": str(self.result.report) if self.result.report else None,
             "shared_gpu_tenants": self.result.shared_tenants,
+            "screenshot": str(self.result.screenshot) if self.result.screenshot else None,
             "watched_seconds": round(self.result.watched_seconds, 1),
             "wall_seconds": round(self.elapsed(), 1),
             "first_alert_seconds": round(min(self.result.alert_seconds), 1)
@@ -654,6 +834,9 @@ class Demo:
                  if self.result.alert_seconds else "no alert fired")
         verdict = "done" if code == 0 else ("stopped" if code == 130 else "failed")
         self.say(f"\nSteward demo {verdict} in {self.elapsed():.0f} s; {first}.")
+        if self.result.screenshot is not None:
+            self.say(f"Screenshot of an acknowledged alert thread with its graph: "
+                     f"{self.result.screenshot}")
 
 
 def _amount(unit: str, value: float) -> str:
@@ -715,6 +898,17 @@ def _reclaim_text(item: dict[str, Any]) -> str:
         parts.append(f"{_amount('bytes', item['bytes'])} "
                      f"(${item['storage_cost_per_month']:,.2f} a month)")
     return ", ".join(parts) or "nothing"
+
+
+def current(stub: Any, message: Any) -> Any:
+    """The stub's message as it is now (its blocks after every chat.update)."""
+    return next((m for m in stub.messages() if m.ts == message.ts), message)
+
+
+def _secret(value: str) -> Any:
+    from pydantic import SecretStr
+
+    return SecretStr(value)
 
 
 def run_demo(options: DemoOptions, *, out: TextIO = sys.stdout) -> int:

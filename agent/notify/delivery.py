@@ -35,6 +35,7 @@ from agent.clients.slack_params import NoChannel, Router
 from agent.notify.alert_links import LinkSettings
 from agent.notify.blocks import (
     MAX_TEXT,
+    AlertActions,
     GroupView,
     fit,
     fit_escaped,
@@ -60,8 +61,10 @@ from agent.notify.owners import (
     oncall_groups,
     owner_of,
     render_notice,
+    slack_permalink,
 )
 from agent.notify.webhook import Notification
+from agent.notify.webhook import group_id as group_id_of
 
 log = logging.getLogger(__name__)
 
@@ -94,7 +97,8 @@ class Delivery:
                  *, clock: Callable[[], float] = time.time,
                  on_write: Callable[[], None] | None = None,
                  stale_window: timedelta = timedelta(minutes=5),
-                 owners: OwnerNotices | None = None) -> None:
+                 owners: OwnerNotices | None = None,
+                 actions_for: Callable[[str], AlertActions | None] | None = None) -> None:
         self._outbox = outbox
         self._sink = sink
         self._router = router
@@ -102,6 +106,7 @@ class Delivery:
         self._clock = clock
         self._on_write = on_write or (lambda: None)
         self._stale_window = stale_window
+        self._actions_for = actions_for or (lambda _group_id: None)
         self._owners = owners or OwnerNotices({})
         self._notice_links = NoticeLinks(self._owners, outbox, sink, api_url=sink.api_url)
 
@@ -246,7 +251,8 @@ class Delivery:
         op = Inflight(op_id=f"steward-{group_id[:16]}-{last.id}-reply", kind="reply",
                       since=self._clock(), channel=state.channel_id, thread_ts=state.ts,
                       outcome=outcome)
-        message = render_changes(changes, self._links)
+        message = render_changes(changes, self._links, self._root_link(state)
+                                 if any(c.kind == "resolved" for c in changes) else None)
         try:
             self._post(group_id, group_key, op, message)
         except SlackRejected as exc:
@@ -256,7 +262,21 @@ class Delivery:
             "group_id": group_id, "changes": len(changes), "resolved": resolved})
         return StepResult(wrote=True, lane=state.lane, next_id=after)
 
+    def _root_link(self, state: GroupState) -> str | None:
+        """The root's permalink for a resolve reply; None (no link) when Slack will not say."""
+        try:
+            return slack_permalink(self._sink.permalink(state.channel_id or "", state.ts or ""),
+                                   api_url=self._sink.api_url)
+        except (SlackRejected, SlackUnavailable, SlackRateLimited) as exc:
+            log.info("no permalink for the root message", extra={
+                "group_id": state.group_id, "error": str(exc)})
+            return None
+
     # --- owner notices ----------------------------------------------------------------------
+
+    def render_root(self, group_key: str, view: GroupView) -> Message:
+        """The root as a step renders it now (the Acknowledge buttons re-render with it)."""
+        return self._render(group_key, view)
 
     def _render(self, group_key: str, view: GroupView) -> Message:
         """The root of an alert group (with the owner notices it led to), or of an owner
@@ -268,9 +288,10 @@ class Delivery:
                                  oncall=self._notice_links.oncall_of(view.alerts))
         notices = notices_section(self._notice_links.notices_of(view.alerts)) \
             if self._owners.enabled else None
+        actions = self._actions_for(group_id_of(group_key))
         if notices is None:
-            return render_group(view, self._links)
-        return render_group(view, self._links, extra=[notices])
+            return render_group(view, self._links, actions)
+        return render_group(view, self._links, actions, extra=[notices])
 
     def _derive(self, group_id: str, group_key: str, previous: Alerts,
                 current: Alerts) -> list[Notification]:

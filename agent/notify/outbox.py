@@ -499,6 +499,11 @@ class Outbox:
         except TimeoutError as exc:
             raise OutboxUnavailable("timed out persisting the webhook") from exc
 
+    def transact(self, run: Callable[[Connection], Any]) -> Any:
+        """``run(conn)`` in a committed transaction through the writer (the notifier's other
+        tables: Slack clicks, silences, graphs); its result once committed."""
+        return self._write(run)
+
     def _write(self, run: Callable[[Connection], Any]) -> Any:
         """``run(conn)`` inside a committed transaction; its result once committed.
 

@@ -135,6 +135,9 @@ class SlackApiProblem(Exception):
         self.error = error
 
 
+MAX_BUTTON_VALUE = 2000
+
+
 def check_blocks(blocks: Any) -> None:
     """Raise ``invalid_blocks`` where Slack would."""
     if blocks is None:
@@ -166,7 +169,8 @@ def check_blocks(blocks: Any) -> None:
             for element in elements:
                 label = (element.get("text") or {}).get("text", "")
                 url = element.get("url", "")
-                if not 1 <= len(label) <= MAX_BUTTON_TEXT or len(url) > MAX_URL:
+                if not 1 <= len(label) <= MAX_BUTTON_TEXT or len(url) > MAX_URL \
+                        or len(element.get("value", "")) > MAX_BUTTON_VALUE:
                     raise SlackApiProblem("invalid_blocks")
         elif kind == "context":
             elements = block.get("elements") or []
@@ -188,6 +192,8 @@ class SlackStub:
         self._file_ids = itertools.count(1)
         self.uploads: dict[str, JsonObj] = {}
         self.webhooks: list[tuple[str, JsonObj]] = []
+        self.ephemerals: list[JsonObj] = []  # chat.postEphemeral: (channel, user, text)
+        self.usergroups: dict[str, set[str]] = {}  # usergroups.users.list: id -> user ids
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler_class())
         self._server.daemon_threads = True
         self._thread: threading.Thread | None = None
@@ -237,6 +243,7 @@ class SlackStub:
             self._faults.clear()
             self.uploads.clear()
             self.webhooks.clear()
+            self.ephemerals.clear()
 
     # --- faults ---------------------------------------------------------------------------
 
@@ -437,6 +444,26 @@ class SlackStub:
         return {"channels": [{"id": cid, "name": name, "is_channel": True}
                              for cid, name in sorted(self._channels.items())],
                 "response_metadata": {"next_cursor": ""}}
+
+    def _m_chat_postEphemeral(self, args: JsonObj) -> JsonObj:
+        channel_id = self._existing_channel(_str(args, "channel"))
+        user = _str(args, "user")
+        if not user:
+            raise SlackApiProblem("user_not_in_channel")
+        text = _str(args, "text")
+        blocks = _json_arg(args, "blocks")
+        if not text and not blocks:
+            raise SlackApiProblem("no_text")
+        check_blocks(blocks)
+        self.ephemerals.append({"channel": channel_id, "user": user, "text": text,
+                                "blocks": blocks or []})
+        return {"message_ts": self._next_ts()}
+
+    def _m_usergroups_users_list(self, args: JsonObj) -> JsonObj:
+        group = self.usergroups.get(_str(args, "usergroup"))
+        if group is None:
+            raise SlackApiProblem("no_such_subteam")
+        return {"users": sorted(group)}
 
     def _m_files_getUploadURLExternal(self, args: JsonObj) -> JsonObj:
         filename = _str(args, "filename")
