@@ -1,6 +1,6 @@
 # The README's two commands are `make demo` and `make test`.
 VENV := .venv/bin
-.PHONY: demo deps install lint build pytest test bench clean
+.PHONY: demo deps install lint build pytest test test-fast bench clean
 
 install:
 	scripts/install.sh --extras demo
@@ -31,6 +31,13 @@ pytest: deps
 
 # Everything CI checks: lint, types, tests.
 test: lint pytest
+
+# The fast lane, for the edit-test loop (after `make deps` once): no real server, no helm or
+# promtool runs. A test that starts a server (Prometheus, Alertmanager, the registry, moto,
+# PostgreSQL, kube-apiserver, a `steward` server) fails here unless it is marked
+# integration: tests/support/fast_lane.py. `make test` runs everything.
+test-fast:
+	STEWARD_TEST_LANE=fast scripts/run-tests.sh -q -m "not integration and not slow"
 
 bench: deps
 	$(VENV)/python bench/scrape_cost.py

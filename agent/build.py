@@ -1,7 +1,8 @@
 """``steward build``: regenerate every committed artefact from its single source.
 
-Alert rules (three formats) from the alert catalog, dashboards JSON from
-``dashboards/*.dashboard.py``, and the XID table embedded in the GpuXidCritical runbook;
+Alert rules (three formats) from the alert catalog, the FinOps report's hourly recording
+rules from its own queries, dashboards JSON from ``dashboards/*.dashboard.py``, the XID
+table embedded in the GpuXidCritical runbook and the runbook index (``runbooks/index.json``);
 then lint the catalog against the runbooks. Idempotent: files are rewritten only when their
 content changes, and ``--check`` writes nothing and lists what is stale (CI).
 """
@@ -13,8 +14,10 @@ from pathlib import Path
 
 from agent.alerts.lint import lint_catalog
 from agent.alerts.render import render_alert_files
+from agent.alerts.runbook_index import INDEX_FILE, render_runbook_index
 from agent.alerts.xid import with_xid_table
 from agent.dashboards.render import render_dashboards
+from agent.finops.recording import RULES_FILE, recording_rule_groups, render_recording_rules
 
 
 class BuildError(Exception):
@@ -37,8 +40,10 @@ def build(root: Path, *, runbook_base_url: str, check: bool = False) -> BuildRes
             raise BuildError(f"{root} has no {needed}/ folder: run steward build from the "
                              "repository root or pass --root")
     outputs: dict[Path, str] = {}
-    for name, text in render_alert_files(runbook_base_url=runbook_base_url).items():
+    for name, text in render_alert_files(runbook_base_url=runbook_base_url,
+                                         recording_groups=recording_rule_groups()).items():
         outputs[root / "alerts" / name] = text
+    outputs[root / "alerts" / RULES_FILE] = render_recording_rules()
     try:
         dashboards = render_dashboards(root / "dashboards", runbook_base_url=runbook_base_url)
     except Exception as exc:  # a dashboard source is user-editable Python
@@ -56,6 +61,9 @@ def build(root: Path, *, runbook_base_url: str, check: bool = False) -> BuildRes
                                                   where=str(xid_runbook))
         except ValueError as exc:
             raise BuildError(str(exc)) from exc
+
+    # From the runbooks as they are (the XID table aside, which does not change sections).
+    outputs[root / "runbooks" / INDEX_FILE] = render_runbook_index(root / "runbooks")
 
     result = BuildResult()
     for path, text in sorted(outputs.items()):

@@ -12,11 +12,15 @@ import logging
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from agent import __version__
 from agent.config import ConfigError, StewardConfig, load_config, with_overrides
 from agent.errors import RuntimeFailure
 from agent.log import configure_logging, register_secret
+
+if TYPE_CHECKING:
+    from agent.exporter.collection import Collector
 
 log = logging.getLogger("agent.cli")
 EXIT_OK, EXIT_RUNTIME, EXIT_USAGE = 0, 1, 2
@@ -81,10 +85,21 @@ def _cmd_controller(args: argparse.Namespace, config: StewardConfig) -> int:
 
         return schedule_finops_report(scheduler, config)
 
+    def team_info(api_client: Any, interval: float) -> Collector:
+        # The GPU fault alerts' owners: namespace -> team, the report's own mapping.
+        from kubernetes import client
+
+        from agent.finops.team_info import namespace_teams_collector
+
+        return namespace_teams_collector(client.CoreV1Api(api_client), interval,
+                                         static=config.finops.namespace_teams,
+                                         label=config.finops.team_label)
+
     try:
-        # The CLI composes: the weekly FinOps report rides on the controller's scheduler.
+        # The CLI composes: the weekly FinOps report rides on the controller's scheduler,
+        # FinOps' namespace -> team series on its leader's collectors.
         return _with_state(args, config, lambda: run_controller(
-            config, scheduled=[schedule_report]))
+            config, scheduled=[schedule_report], leader_collectors=[team_info]))
     except KubeConfigError as exc:
         raise UsageError(str(exc)) from exc
 

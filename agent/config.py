@@ -77,7 +77,9 @@ ListenAddress = Annotated[str, AfterValidator(_check_listen)]
 # The simulated GPU scenarios; agent/sim/scenarios.py implements exactly these (it refuses
 # to load otherwise), and config validation needs no import of the simulator.
 SIM_SCENARIOS: Final = ("training", "idle_allocated", "idle_free", "bursty", "lost",
-                        "xid_storm", "ecc_errors", "thermal_throttling", "mig")
+                        "xid_storm", "ecc_errors", "thermal_throttling", "mig",
+                        "lost_shared", "lost_free",
+                        "time_sliced", "kai_fraction", "hami")
 
 
 class SimConfig(Section):
@@ -143,6 +145,13 @@ class ControllerConfig(Section):
     lease_duration_seconds: float = Field(default=15.0, gt=0)
     renew_deadline_seconds: float = Field(default=10.0, gt=0)
     retry_period_seconds: float = Field(default=2.0, gt=0)
+    # Node taints that mean "a remediation tool quarantined this node" (exported by the leader
+    # as steward_node_remediation_taint, shown in GPU fault alerts and owner notices). The
+    # defaults are the keys NVIDIA NVSentinel's fault-quarantine rulesets document; a plain
+    # GPU pool taint (nvidia.com/gpu) is not one. Cordons are always shown.
+    remediation_taint_keys: list[str] = Field(default_factory=lambda: [
+        "nvidia.com/gpu-error", "nvidia.com/gpu-xid-error", "nvidia.com/gpu-nvlink-error",
+        "nvidia.com/syslog-xid-error"])
 
     @model_validator(mode="after")
     def _election_timing(self) -> ControllerConfig:
@@ -221,6 +230,32 @@ class HygieneConfig(Section):
     orphaned_buckets: OrphanedBucketsConfig = Field(default_factory=OrphanedBucketsConfig)
 
 
+class NotifierActionsConfig(Section):
+    # Slack interactivity (POST /slack/actions): on when a signing secret is configured
+    # (slack.signing_secret_file or $SLACK_SIGNING_SECRET); every request is verified with it.
+    # Who may click: empty means whoever Slack sends a click for (the members of the
+    # channel the message is in); otherwise only these Slack user ids.
+    allowed_users: list[str] = Field(default_factory=list)
+    # Who may exempt a resource from hygiene: these Slack user ids, and the members of this
+    # Slack user group (its id, S...; needs the usergroups:read scope).
+    admin_users: list[str] = Field(default_factory=list)
+    admin_group: str | None = None
+    # Buttons on hygiene owner notices (Keep 7 days / Snooze 24 h / Exempt): the notifier
+    # writes the owner's choice into the hygiene tables, so it must share state.url with
+    # the controller (PostgreSQL). Read by both: the controller adds the buttons.
+    hygiene_buttons: bool = False
+    # Longest a hygiene deadline may be snoozed to, from the click (Snooze adds 24 h).
+    snooze_max_hours: float = Field(default=72.0, gt=0, le=24 * 14)
+    # "Acknowledge until Monday" ends at this hour (UTC) of the next Monday.
+    monday_hour_utc: int = Field(default=9, ge=0, le=23)
+    # A graph of the alert's expression over the last hour in its thread when it fires
+    # (from prometheus.url). At most one per alert per hour.
+    graphs: bool = True
+    # The weekly digest of silences Steward created whose alert has resolved (cron, UTC),
+    # to slack.default_channel. Empty: no digest.
+    forgotten_silences_schedule: str = "0 9 * * 1"
+
+
 class NotifierConfig(Section):
     listen: ListenAddress = "0.0.0.0:9500"
     # Bearer token Alertmanager must send (http_config.authorization in its receiver), or
@@ -245,6 +280,7 @@ class NotifierConfig(Section):
     stale_firing_window_seconds: float = Field(default=300.0, ge=0)
     # Dashboard links cover the alert's start minus/plus this window.
     dashboard_window_minutes: int = Field(default=60, gt=0)
+    actions: NotifierActionsConfig = Field(default_factory=lambda: NotifierActionsConfig())
 
 
 class SlackRoute(Section):
@@ -259,6 +295,13 @@ class SlackConfig(Section):
     token_file: Path | None = None
     default_channel: str | None = None
     routes: list[SlackRoute] = Field(default_factory=list)
+    # team -> channel: where the owner notice of a GPU fault goes, for the team of the
+    # workload that was on the GPU (the `team` label of the alert: finops.team_label or
+    # finops.namespace_teams, exported by the controller). A team not listed gets none.
+    team_channels: dict[str, str] = Field(default_factory=dict)
+    # The Slack app's signing secret (a mounted Secret), else $SLACK_SIGNING_SECRET: turns
+    # on the notifier's POST /slack/actions (buttons). Never logged.
+    signing_secret_file: Path | None = None
 
     def resolved_token(self) -> SecretStr | None:
         """The token from the environment or the mounted file; never logged."""
@@ -322,6 +365,15 @@ class UrlConfig(Section):
     url: str | None = None
 
 
+class AlertmanagerConfig(UrlConfig):
+    # Where the notifier creates and expires silences (API v2), when it differs from the
+    # url that links point people to (an in-cluster Service). Defaults to url.
+    api_url: str | None = None
+
+    def resolved_api_url(self) -> str | None:
+        return self.api_url or self.url
+
+
 class StewardConfig(Section):
     node: NodeConfig = Field(default_factory=NodeConfig)
     controller: ControllerConfig = Field(default_factory=ControllerConfig)
@@ -336,7 +388,7 @@ class StewardConfig(Section):
     state: StateConfig = Field(default_factory=StateConfig)
     runbooks: RunbooksConfig = Field(default_factory=RunbooksConfig)
     grafana: UrlConfig = Field(default_factory=UrlConfig)
-    alertmanager: UrlConfig = Field(default_factory=UrlConfig)
+    alertmanager: AlertmanagerConfig = Field(default_factory=AlertmanagerConfig)
 
 
 def _env_overrides(environ: Mapping[str, str]) -> dict[tuple[str, ...], tuple[str, str]]:

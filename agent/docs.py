@@ -96,8 +96,10 @@ def _simulated_families() -> dict[str, list[Metric]]:
     from agent.config import load_config
     from agent.controller.app import leader_collector, prices_collector
     from agent.controller.hygiene.metrics import HygieneMetrics
+    from agent.controller.owners import node_remediation_families
     from agent.controller.pipelines import PipelineTracker, Run
     from agent.exporter.collection import CollectionLoops
+    from agent.finops.team_info import team_info_family
     from agent.node.app import build_node_agent
     from agent.node.gpu_metrics import build_xid_families
     from agent.node.pods import PodInfo, build_pod_families
@@ -142,10 +144,17 @@ def _simulated_families() -> dict[str, list[Metric]]:
                      "When a GPU pod started waiting to be scheduled.", "gauge")
     pending.add_sample(pending.name, {"namespace": "ns", "pod": "p"}, 0.0)
     store = list(StoreCreatedCollector(StoreIdentity("docs", 0.0)).collect())
+    # A cordoned node quarantined by NVSentinel with a remediation taint: every family.
+    quarantined = types.SimpleNamespace(
+        metadata=types.SimpleNamespace(name="n", annotations={"quarantineHealthEvent": "[]"}),
+        spec=types.SimpleNamespace(unschedulable=True, taints=[
+            types.SimpleNamespace(key="nvidia.com/gpu-xid-error", effect="NoSchedule")]))
+    owners = [team_info_family({"ns": "team"}),
+              *node_remediation_families([quarantined], ["nvidia.com/gpu-xid-error"])]
     return {
         "node agent": node_families,
         "controller (leader only)": [*controller.families(), *tracker.families(), pending,
-                                     *hygiene.families(), *store],
+                                     *owners, *hygiene.families(), *store],
         "notifier": [*notifier.registry.collect(), *store],
     }
 

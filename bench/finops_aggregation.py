@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -37,6 +36,8 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from bench.memory import peak_rss_bytes  # noqa: E402 - after the path above
 
 IDLE_FLOOR = 0.01
 STEP = 60
@@ -71,7 +72,11 @@ def generate(path: Path, *, days: int, units: int, seed: int = 7) -> int:
     gi = np.concatenate([np.zeros(whole + 2 * shared_gpus, dtype=int),
                          1 + np.arange(mig) % 3])
     profiles = ["", "3g.40gb", "2g.20gb", "2g.20gb"]
-    share = np.where((gpu_of >= whole) & (gi == 0), 0.5, 1.0)
+    # Shares are fractions of the physical GPU: a replica of two is half, a MIG instance
+    # its compute slices (3/7, 2/7, 2/7: 7 of 7 slices).
+    share = np.where((gpu_of >= whole) & (gi == 0), 0.5,
+                     np.array([1.0, 3 / 7, 2 / 7, 2 / 7])[gi])
+    mode_of = np.where(gi > 0, 2, np.where(gpu_of >= whole, 1, 0))
     model_of_gpu = rng.integers(0, len(MODELS), gpus)
     host_of_gpu = np.arange(gpus) // 8
     period = rng.integers(12 * 60, 60 * 60, units)  # minutes a pod lives
@@ -96,7 +101,7 @@ def generate(path: Path, *, days: int, units: int, seed: int = 7) -> int:
     rows = 0
     with pq.ParquetWriter(path, schema, compression="zstd",
                           use_dictionary=["hostname", "uuid", "gpu_i_id", "profile", "model",
-                                          "namespace", "pod", "container"]) as writer:
+                                          "namespace", "pod", "container", "mode"]) as writer:
         for day in range(days):
             t0 = int(START.timestamp()) + day * 86400
             absolute = day * 1440 + minute
@@ -126,7 +131,9 @@ def generate(path: Path, *, days: int, units: int, seed: int = 7) -> int:
                 "model": dictionary(model_of_gpu[gpu_rows], pa.array(model_names)),
                 "namespace": dictionary(ns_of_pod[pod_index], namespaces),
                 "pod": dictionary(pod_index, pods),
-                "container": dictionary(np.zeros(len(minute), dtype=int), pa.array(["main"])),
+                "container": dictionary(np.zeros(len(minute), dtype=int), pa.array([""])),
+                "mode": dictionary(mode_of[unit_rows],
+                                   pa.array(["exclusive", "time_sliced", "mig"])),
                 "share": pa.array(share[unit_rows]),
                 "util_mean": pa.array(mean, from_pandas=True),  # NaN -> null
                 "util_max": pa.array(peak, from_pandas=True),
@@ -191,8 +198,8 @@ def run_duckdb(path: Path, days: int) -> dict[str, Any]:
 
 def child(side: str, path: Path, days: int) -> None:
     result = run_ours(path, days) if side == "ours" else run_duckdb(path, days)
-    # ru_maxrss is the process's peak resident set (VmHWM), in KiB on Linux.
-    result["peak_rss_bytes"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    # The child's own peak (bench/memory.py: ru_maxrss would inherit the parent's).
+    result["peak_rss_bytes"] = peak_rss_bytes()
     print(json.dumps(result, default=str))
 
 
@@ -219,7 +226,8 @@ def main() -> int:
         child(args.child, args.file, args.days)
         return 0
 
-    path = args.dir / f"steward-finops-bench-{args.days}d-{args.gpus}.parquet"
+    # v2: shares are fractions of the GPU, with a mode column (an older file is not reused).
+    path = args.dir / f"steward-finops-bench-v2-{args.days}d-{args.gpus}.parquet"
     if not path.exists():
         t0 = time.perf_counter()
         partial = path.with_suffix(".partial")

@@ -52,6 +52,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from agent.localnet import stop_process  # noqa: E402
+from agent.notify.server import NotifierServer  # noqa: E402
 from agent.sim.slack_stub import SlackStub  # noqa: E402
 from tests.support.net import free_port, http_ok, metric_value, wait_until  # noqa: E402
 
@@ -89,9 +90,10 @@ class _BareHandler(BaseHTTPRequestHandler):
 
 class _BareServer(ThreadingHTTPServer):
     daemon_threads = True
-    # The notifier's backlog. A class attribute: listen() runs in __init__, so setting it on
-    # the instance afterwards left the reference with a backlog of 5.
-    request_queue_size = 128
+    # The notifier's own backlog, read from it so the two cannot drift apart. A class
+    # attribute: listen() runs in __init__, so setting it on the instance afterwards left the
+    # reference with a backlog of 5.
+    request_queue_size = NotifierServer.request_queue_size
 
 
 def serve_bare(port: int) -> None:

@@ -16,10 +16,10 @@ from agent.dashboards.panels import (
     Query,
     Section,
     bargauge,
-    gpu_idle,
     gpu_price,
     gpu_share,
-    gpu_utilization,
+    idle_share,
+    pod_use,
     query_variable,
     stat,
     table,
@@ -31,10 +31,10 @@ NS = 'namespace=~"$namespace"'
 SHARE = gpu_share(NS)
 PRICED_SHARE = f"({SHARE} * on (modelName) group_left () {gpu_price()})"
 COST = f"sum by (namespace) ({PRICED_SHARE})"
-IDLE_COST = f"sum by (namespace) ({PRICED_SHARE} * on (hostname, UUID) group_left () {gpu_idle()})"
+IDLE_COST = (f"sum by (namespace) ({idle_share(NS)} * on (modelName) group_left () "
+             f"{gpu_price()})")
 GPU_HOURS = f"sum by (namespace) ({SHARE})"
-USED_GPU_HOURS = (f"sum by (namespace) ({SHARE} * on (hostname, UUID) group_left () "
-                  f"{gpu_utilization()})")
+USED_GPU_HOURS = f"sum by (namespace) ({pod_use(NS)})"
 
 
 def over_range(per_hour: str) -> str:
@@ -42,10 +42,11 @@ def over_range(per_hour: str) -> str:
     return f"sum_over_time(({per_hour})[$__range:$__interval]) * $__interval_ms / 3600000"
 
 
-PRICING = ("Cost = allocated GPU x its model's price per hour (finops.prices, joined on "
-           "modelName); a GPU shared by several pods is split evenly between them.")
-IDLE = (f"Idle: SM utilization, averaged over the rate interval, under "
-        f"{IDLE_UTILIZATION_FLOOR:.0%}.")
+PRICING = ("Cost = each pod's share of a GPU x its model's price per hour (finops.prices, "
+           "joined on modelName); a shared GPU is charged by share (a time-sliced replica, "
+           "a KAI or HAMi fraction, a MIG slice).")
+IDLE = (f"Idle: a pod's own SM use, averaged over the rate interval, under "
+        f"{IDLE_UTILIZATION_FLOOR:.0%} of its share.")
 RANGE = "Summed over the selected time range (a week by default)."
 
 now = Section("Now", [

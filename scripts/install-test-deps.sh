@@ -8,8 +8,10 @@ cd "$(dirname "$0")/.."
 # etcd-server, openssl, curl: the real Kubernetes control plane (scripts/real-k8s.sh).
 # postgresql: the notifier's HA tests share a real PostgreSQL (tests/support/postgres.py
 # runs initdb and pg_ctl itself; the Debian service is never used).
+# victoria-metrics: bench/finops_scale.py runs the weekly report against its Prometheus
+# query API too (the long-term store path).
 APT_PACKAGES=(prometheus prometheus-alertmanager docker-registry chromium etcd-server openssl curl
-              postgresql)
+              postgresql victoria-metrics)
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do
   dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.slow  # `steward build` in a subprocess per test
+
 ROOT = Path(__file__).resolve().parents[1]
 
 

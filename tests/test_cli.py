@@ -84,6 +84,7 @@ def _metrics(url: str) -> str:
         return str(response.read().decode())
 
 
+@pytest.mark.integration  # starts `steward node`
 def test_nvml_missing_still_serves_and_logs_once(tmp_path: Path) -> None:
     """No GPU driver on this machine: the real NVML path must degrade, not crash-loop."""
     node = start_node(
@@ -115,6 +116,7 @@ def _errors(url: str) -> float:
                         error="nvml_unavailable") or 0.0
 
 
+@pytest.mark.integration  # starts `steward node`
 def test_text_log_format(tmp_path: Path) -> None:
     node = start_node(tmp_path, args=("--gpu-backend", "sim", "--log-format", "text"))
     assert node.stop() == 0
@@ -164,7 +166,9 @@ def test_read_only_state_directory_is_one_line_exit_one() -> None:
     import shutil
     import tempfile
 
-    import agent.controller.hygiene.commands  # noqa: F401 - nobody may not read the interpreter here
+    # nobody may not read the interpreter here: what the command imports, imported first
+    import agent.controller.hygiene.commands
+    import agent.state  # noqa: F401
     from agent.cli import main
     from tests.support.privileges import as_unprivileged
 

@@ -174,19 +174,26 @@ def test_each_slack_message_once_and_its_edits_as_edits(demo: DemoRun) -> None:
     messages = summary["slack_messages"]
     new = [line for _, line in demo.lines if re.search(r"\] SLACK \S+: new message", line)]
     assert len(new) == len(messages) > 0
-    assert all("SLACK #gpu-oncall:" in line for line in new)
-    assert {m["channel"] for m in messages} == {"#gpu-oncall"}
+    # On-call's messages in its channel; the owner notices each in its team's channel (the
+    # lost GPU's job: ml-research/train-resnet, team research), linked both ways.
+    notices = [m for m in messages if m["channel"] != "#gpu-oncall"]
+    assert {m["channel"] for m in notices} <= {"#research-gpu-jobs", "#data-gpu-jobs",
+                                               "#platform-gpu-jobs"}
+    assert any(m["channel"] == "#research-gpu-jobs" and "train-resnet" in m["text"]
+               for m in notices), notices
+    assert sum("SLACK #gpu-oncall:" in line for line in new) == len(messages) - len(notices)
     assert not re.search(r"SLACK C[0-9A-F]{8,}", demo.text)  # a name, not a channel id
     updates = [line for _, line in demo.lines if "message updated in place" in line]
     assert len(updates) == sum(m["updates"] for m in messages)
     replies = [line for _, line in demo.lines if "thread reply to" in line]
     assert len(replies) == sum(m["replies"] for m in messages)
-    # One message per Alertmanager group (alertname, hostname), each with its links.
+    # One on-call message per Alertmanager group (alertname, hostname), each with its links.
+    oncall = [m for m in messages if m not in notices]
     groups = {(a["alertname"], a.get("hostname", "")) for a in summary["alerts"]}
-    assert len(messages) == len(groups)
+    assert len(oncall) == len(groups)
     for name in EXPECTED_ALERTS:
-        assert any(name in m["text"] for m in messages), name
-    for message in messages:
+        assert any(name in m["text"] for m in oncall), name
+    for message in oncall:
         urls = message["buttons"]
         assert any(u and "/runbooks/" in u for u in urls), message
         assert any(u and "/d/steward-" in u for u in urls), message
@@ -194,6 +201,11 @@ def test_each_slack_message_once_and_its_edits_as_edits(demo: DemoRun) -> None:
             assert any(u and "#/silences/new" in u for u in urls), message
     page = (demo.workdir / "slack-messages.html").read_text(encoding="utf-8")
     assert "<h2>#gpu-oncall</h2>" in page
+    # The owner notice shown next to the on-call message, which links to it.
+    assert "in #research-gpu-jobs</span>" in page
+    assert "Owners told:" in page
+    assert re.search(r"ml-research/train-resnet\S* \(research, #research-gpu-jobs\)", page), \
+        page[-2000:]
 
 
 def test_no_message_claims_a_window_the_demo_did_not_have(demo: DemoRun) -> None:
@@ -234,6 +246,35 @@ def test_the_report_of_a_week_that_varies(demo: DemoRun) -> None:
     assert len({row.split(",")[1] for row in daily}) > 2  # not seven identical days
     assert "reclaimable, not acted on" in demo.text
     assert "8 Grafana dashboards" in demo.text
+
+
+def test_shared_gpus_tenants_on_the_dashboard_and_in_the_report(demo: DemoRun) -> None:
+    # The namespace dashboard's tenant table, queried live: the four tenants of the
+    # time-sliced GPU, the KAI fractions (not their reservation pod) and the HAMi pod.
+    rows = {r["pod"]: r for r in demo.summary()["shared_gpu_tenants"]}
+    quarters = {"llm-serve-2", "embed-api-2", "jupyter-carol-2", "eval-nightly-2"}
+    assert quarters | {"tune-lora-5", "jupyter-dave-5", "rerank-hami-7"} <= set(rows)
+    assert not any(pod.startswith("gpu-reservation") for pod in rows)
+    for pod in quarters:
+        assert (rows[pod]["mode"], rows[pod]["Share of the GPU"]) == ("time_sliced", 0.25)
+    assert rows["llm-serve-2"]["Own use of the GPU"] == pytest.approx(0.45)
+    assert rows["jupyter-carol-2"]["Own use of the GPU"] == 0.0
+    assert (rows["tune-lora-5"]["mode"], rows["tune-lora-5"]["Share of the GPU"]) == (
+        "fraction", 0.5)
+    assert rows["jupyter-dave-5"]["Share of the GPU"] == 0.25  # gpu-memory: 20480 MiB
+    assert rows["rerank-hami-7"]["Share of the GPU"] == pytest.approx(0.3)
+    assert "Tenants of shared GPUs\" (live, from Prometheus)" in demo.text
+    # The report charges them, and its shared GPUs add up to the GPU's cost.
+    report = Path(demo.summary()["report"])
+    summary = json.loads((report.parent / "summary.json").read_text(encoding="utf-8"))
+    assert len(summary["shared_gpus"]) == 5
+    for gpu in summary["shared_gpus"]:
+        assert round(sum(t["cost"] for t in gpu["tenants"]), 2) == gpu["cost"]
+    assert "shared GPU gpu-node-2" in demo.text and "GPU capacity" in demo.text
+    # An idle tenant of a busy shared GPU is planned for a notice, never a scale-down.
+    plan = json.loads((demo.workdir / "plan-idle-gpus.json").read_text(encoding="utf-8"))
+    carol = next(c for c in plan["candidates"] if "jupyter-carol" in c["resource"])
+    assert carol["action"] == "notify" and "judged by its own use" in carol["reason"]
 
 
 def test_the_simulated_backend_never_claims_a_driver(demo: DemoRun) -> None:

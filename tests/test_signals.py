@@ -107,12 +107,6 @@ def stub() -> Iterator[SlackStub]:
         yield slack
 
 
-@pytest.fixture
-def kube() -> Iterator[KubeApiServer]:
-    with KubeApiServer(namespaces=("default", "steward")) as api:
-        yield api
-
-
 def command(name: str, workdir: Path, port: int, *, stub: SlackStub,
             kube: KubeApiServer) -> tuple[list[str], dict[str, str]]:
     state = {"url": f"sqlite:///{workdir / 'state.db'}"}

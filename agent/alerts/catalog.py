@@ -10,6 +10,14 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Final
 
+from agent.alerts.owners import (
+    NODE_REMEDIATION_ANNOTATION,
+    NODE_REMEDIATION_TEMPLATE,
+    RecordingRule,
+    recording_rules,
+    with_gpu_owners,
+    with_pod_owners,
+)
 from agent.alerts.xid import XID_TABLE, XidAction, XidInfo, critical_xids, xid_regex
 
 SEVERITIES: Final = ("critical", "warning", "info")
@@ -37,6 +45,11 @@ class Alert:
     description: str
     dashboard_uid: str
     labels: Mapping[str, str] = field(default_factory=dict)
+    # Besides summary, description, runbook_url and dashboard_uid (agent.alerts.render).
+    annotations: Mapping[str, str] = field(default_factory=dict)
+    # Carries the workloads on the failed GPU and their team (agent.alerts.owners): its
+    # runbook has an "If you own the workload" section, and the notifier tells the team.
+    owners: bool = False
 
 
 # What the on-call engineer needs to find a GPU: the node, the index nvidia-smi shows, the
@@ -52,6 +65,15 @@ _GPU_WHERE_PCI: Final = (
 )
 
 _CONTROLLER_SCRAPED: Final = 'up{job="steward-controller"}'
+_GPU_COPY: Final = ("gpu", "pci_bus_id", "modelName")
+# The workload named in a GPU fault's description, when the GPU had a tenant.
+_TENANT: Final = (
+    "{{ with $labels.workload }} It was running {{ $labels.namespace }}/{{ . }} "
+    "({{ $labels.workload_kind }}, pod {{ $labels.pod }}, team {{ $labels.team }})."
+    "{{ else }} No workload was on it.{{ end }}"
+)
+_REMEDIATION: Final = {NODE_REMEDIATION_ANNOTATION: NODE_REMEDIATION_TEMPLATE}
+THERMAL_REASONS: Final = ("sw_thermal", "hw_thermal")
 
 
 def _increased_or_new(selector: str, *, by: str, window: str,
@@ -128,27 +150,34 @@ _GPU_ALERTS: Final = (
         name="GpuLost",
         group=GROUP_GPU_HARDWARE,
         severity="critical",
-        expr=f"max by ({GPU_BY}) (steward_gpu_lost) == 1",
+        expr=with_gpu_owners(f"max by ({GPU_BY}) (steward_gpu_lost) == 1", copy=_GPU_COPY),
         for_duration="1m",
         summary="A GPU fell off the bus or disappeared.",
         description=(
             f"{_GPU_WHERE_PCI} is lost: NVML reports it fell off the bus, or it is no longer "
             "enumerated. Every workload on it has failed. Cordon and drain the node, then "
             "reboot it (NVIDIA's action for XID 79); RMA the GPU if it is lost again."
+            + _TENANT
         ),
         dashboard_uid="steward-gpu-node",
+        annotations=_REMEDIATION,
+        owners=True,
     ),
     Alert(
         name="GpuXidCritical",
         group=GROUP_GPU_HARDWARE,
         severity="critical",
-        expr=_with_action_label(
-            _increased_or_new(
-                f'steward_gpu_xid_errors_total{{xid=~"{_CRITICAL_XID_REGEX}"}}',
-                by=f"{GPU_BY}, xid", window="10m",
-                guard_on="hostname, UUID", guard="steward_gpu_up",
+        expr=with_gpu_owners(
+            _with_action_label(
+                _increased_or_new(
+                    f'steward_gpu_xid_errors_total{{xid=~"{_CRITICAL_XID_REGEX}"}}',
+                    by=f"{GPU_BY}, xid", window="10m",
+                    guard_on="hostname, UUID", guard="steward_gpu_up",
+                ),
+                _CRITICAL_XIDS,
             ),
-            _CRITICAL_XIDS,
+            copy=(*_GPU_COPY, "action"),
+            split=("xid", tuple(str(xid) for xid in critical_xids())),
         ),
         for_duration="1m",
         summary="A GPU reported an XID that needs a GPU reset, a node reboot or an RMA.",
@@ -158,8 +187,11 @@ _GPU_ALERTS: Final = (
             + f") on {_GPU_WHERE_PCI}. NVIDIA's recommended action: "
             + _xid_action_template(_CRITICAL_XIDS)
             + ". The GPU is not usable until then; the runbook's XID table has the details."
+            + _TENANT
         ),
         dashboard_uid="steward-gpu-node",
+        annotations=_REMEDIATION,
+        owners=True,
     ),
     Alert(
         name="GpuXidErrors",
@@ -189,10 +221,11 @@ _GPU_ALERTS: Final = (
         name="GpuEccUncorrectable",
         group=GROUP_GPU_HARDWARE,
         severity="critical",
-        expr=(
+        expr=with_gpu_owners(
             f"sum by ({GPU_BY}) (\n"
             f'  increase(steward_gpu_ecc_errors_total{{type="uncorrected"}}[10m])\n'
-            f") > 0"
+            f") > 0",
+            copy=_GPU_COPY,
         ),
         for_duration="1m",
         summary="A GPU reported uncorrectable ECC memory errors.",
@@ -201,22 +234,30 @@ _GPU_ALERTS: Final = (
             "Jobs on it may have computed on corrupted memory: restart them from a checkpoint. "
             "Check the XIDs (48, 94, 95) and row remapping: a pending remap needs a GPU reset, "
             "a failed one an RMA."
+            + _TENANT
         ),
         dashboard_uid="steward-gpu-node",
+        annotations=_REMEDIATION,
+        owners=True,
     ),
     Alert(
         name="GpuRowRemapFailure",
         group=GROUP_GPU_HARDWARE,
         severity="critical",
-        expr=f'max by ({GPU_BY}) (steward_gpu_remapped_rows{{state="failure"}}) > 0',
+        expr=with_gpu_owners(
+            f'max by ({GPU_BY}) (steward_gpu_remapped_rows{{state="failure"}}) > 0',
+            copy=_GPU_COPY),
         for_duration="5m",
         summary="GPU memory row remapping failed; the GPU needs an RMA.",
         description=(
             f"Row remapping failed on {_GPU_WHERE_PCI}: a failing memory row could not be "
             "replaced by a spare. This meets NVIDIA's RMA criteria: drain the node and RMA "
             "the GPU."
+            + _TENANT
         ),
         dashboard_uid="steward-gpu-node",
+        annotations=_REMEDIATION,
+        owners=True,
     ),
     Alert(
         name="GpuTemperatureHigh",
@@ -236,10 +277,11 @@ _GPU_ALERTS: Final = (
         name="GpuThermalThrottling",
         group=GROUP_GPU_HARDWARE,
         severity="warning",
-        expr=(
+        expr=with_gpu_owners(
             f"max by ({GPU_BY}, reason) (\n"
-            f'  steward_gpu_clock_event_active{{reason=~"sw_thermal|hw_thermal"}}\n'
-            f") == 1"
+            f'  steward_gpu_clock_event_active{{reason=~"{"|".join(THERMAL_REASONS)}"}}\n'
+            f") == 1",
+            copy=_GPU_COPY, split=("reason", THERMAL_REASONS),
         ),
         for_duration="10m",
         summary="A GPU's clocks are thermally throttled.",
@@ -247,8 +289,11 @@ _GPU_ALERTS: Final = (
             f"{_GPU_WHERE} has held its clocks down for a thermal reason "
             "({{ $labels.reason }}) for 10 minutes, so jobs on it run slower. hw_thermal "
             "means the hardware slowdown temperature was reached: check the cooling now."
+            + _TENANT
         ),
         dashboard_uid="steward-gpu-node",
+        annotations=_REMEDIATION,
+        owners=True,
     ),
     Alert(
         name="GpuMemoryNearlyFull",
@@ -358,6 +403,33 @@ _WORKLOAD_ALERTS: Final = (
             "the GPUs it needs."
         ),
         dashboard_uid="steward-pod-health",
+    ),
+    Alert(
+        name="PodDeviceUnhealthy",
+        group=GROUP_WORKLOADS,
+        severity="warning",
+        # Kubernetes' own word on the devices a running pod holds (KEP-4680): the device
+        # plugin marked one Unhealthy. Counted per resource; the pod's owners joined.
+        expr=with_pod_owners(
+            "max by (hostname, namespace, pod, container, resource) (\n"
+            '  steward_pod_device_health{health="Unhealthy"}\n'
+            ") > 0\n"
+            "and on (hostname, namespace, pod)\n"
+            'max by (hostname, namespace, pod) (steward_pod_phase{phase="Running"})'
+        ),
+        for_duration="2m",
+        summary="A running pod holds a device that Kubernetes reports Unhealthy.",
+        description=(
+            "Kubernetes reports {{ $value }} {{ $labels.resource }} device(s) of container "
+            "{{ $labels.container }} in running pod {{ $labels.namespace }}/{{ $labels.pod }} "
+            "on node {{ $labels.hostname }} as Unhealthy (pod status, "
+            "allocatedResourcesStatus). The workload ({{ $labels.workload_kind }} "
+            "{{ $labels.workload }}, team {{ $labels.team }}) is running on a failed device: "
+            "expect it to fail or hang; the GPU alerts of this node say what broke."
+        ),
+        dashboard_uid="steward-pod-health",
+        annotations=_REMEDIATION,
+        owners=True,
     ),
 )
 
@@ -573,6 +645,9 @@ _SELF_ALERTS: Final = (
 CATALOG: Final[tuple[Alert, ...]] = (
     *_GPU_ALERTS, *_WORKLOAD_ALERTS, *_PIPELINE_ALERTS, *_SELF_ALERTS,
 )
+# The ownership joins the alerts above use, each evaluated first in its alerts' group.
+RECORDING_RULES: Final[tuple[RecordingRule, ...]] = recording_rules(
+    gpu_group=GROUP_GPU_HARDWARE, pod_group=GROUP_WORKLOADS)
 
 
 def alerts_by_group(alerts: Sequence[Alert] = CATALOG) -> dict[str, list[Alert]]:

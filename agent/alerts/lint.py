@@ -26,6 +26,8 @@ from agent.links import DASHBOARD_UIDS
 
 MAX_RULES_PER_GROUP: Final = 20
 RUNBOOK_SECTIONS: Final = ("Meaning", "Impact", "Diagnosis", "Mitigation", "Escalation")
+# For the workload's team, linked from the owner notice: alerts that carry owners have it.
+OWNER_SECTION: Final = "If you own the workload"
 # The runbook that must embed the XID table (others may, and are checked when they do).
 XID_TABLE_RUNBOOK: Final = "GpuXidCritical"
 
@@ -101,7 +103,7 @@ def _lint_runbook(alert: Alert, runbooks_dir: Path) -> list[str]:
         return [f"runbook {path} is missing"]
     text = path.read_text(encoding="utf-8")
     problems = _lint_front_matter(alert, path, text)
-    for section in RUNBOOK_SECTIONS:
+    for section in (*RUNBOOK_SECTIONS, *((OWNER_SECTION,) if alert.owners else ())):
         if not re.search(rf"^#{{1,6}}\s+{section}\b", text, re.MULTILINE):
             problems.append(f"runbook {path} has no {section} section")
     embedded = embedded_xid_table(text)

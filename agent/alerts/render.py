@@ -24,7 +24,8 @@ from grafanalib.core import (
     Target,
 )
 
-from agent.alerts.catalog import CATALOG, Alert, alerts_by_group
+from agent.alerts.catalog import CATALOG, RECORDING_RULES, Alert, alerts_by_group
+from agent.alerts.owners import NODE_REMEDIATION_ANNOTATION, RecordingRule
 from agent.links import DEFAULT_RUNBOOK_BASE_URL, runbook_url
 
 PROMETHEUS_RULES_FILE: Final = "prometheus-rules.yaml"
@@ -65,6 +66,7 @@ def rule_annotations(alert: Alert, *, runbook_base_url: str) -> dict[str, str]:
         "description": alert.description,
         "runbook_url": runbook_url(alert.name, base_url=runbook_base_url),
         "dashboard_uid": alert.dashboard_uid,
+        **dict(sorted(alert.annotations.items())),
     }
 
 
@@ -74,24 +76,42 @@ def rule_labels(alert: Alert) -> dict[str, str]:
 
 def prometheus_rule_groups(*, alerts: Sequence[Alert] = CATALOG,
                            runbook_base_url: str = DEFAULT_RUNBOOK_BASE_URL,
+                           records: Sequence[RecordingRule] = RECORDING_RULES,
                            ) -> list[dict[str, Any]]:
-    """The `groups` list shared by the rules file and the PrometheusRule resource."""
+    """The `groups` list shared by the rules file and the PrometheusRule resource.
+
+    A group's recording rules come first: rules in a group run in order at one evaluation
+    time, so its alerts read what they recorded in the same evaluation."""
     return [
         {
             "name": group,
             "rules": [
-                {
+                *({"record": record.record, "expr": record.expr}
+                  for record in records if record.group == group),
+                *({
                     "alert": alert.name,
                     "expr": alert.expr,
                     "for": alert.for_duration,
                     "labels": rule_labels(alert),
                     "annotations": rule_annotations(alert, runbook_base_url=runbook_base_url),
-                }
-                for alert in members
+                } for alert in members),
             ],
         }
         for group, members in alerts_by_group(alerts).items()
     ]
+
+
+def inline_records(expr: str, records: Sequence[RecordingRule] = RECORDING_RULES) -> str:
+    """``expr`` with every recording rule's name replaced by its expression, for a rule
+    engine that does not evaluate Steward's recording rules (Grafana-managed alerts). A range
+    over a recorded series becomes a subquery at the rules' evaluation interval."""
+    for record in records:
+        def inline(match: re.Match[str], body: str = record.expr) -> str:
+            window = match.group(1)
+            return f"({body})" + (f"[{window}:{GRAFANA_EVALUATION_INTERVAL}]" if window else "")
+
+        expr = re.sub(rf"{re.escape(record.record)}(?![\\w:])(?:\[(\w+)\])?", inline, expr)
+    return expr
 
 
 class _RulesDumper(yaml.SafeDumper):
@@ -107,9 +127,14 @@ _RulesDumper.add_representer(str, _represent_str)
 
 
 def _dump_yaml(document: dict[str, Any]) -> str:
+    return dump_rules_yaml(document, source="agent/alerts/catalog.py")
+
+
+def dump_rules_yaml(document: dict[str, Any], *, source: str) -> str:
+    """A generated rules file: the header naming its ``source``, PromQL as literal blocks."""
     body = yaml.dump(document, Dumper=_RulesDumper, sort_keys=False, allow_unicode=True,
                      default_flow_style=False, width=4096)
-    return _GENERATED_HEADER + body
+    return _GENERATED_HEADER.replace("agent/alerts/catalog.py", source) + body
 
 
 def render_prometheus_rules(*, alerts: Sequence[Alert] = CATALOG,
@@ -119,8 +144,12 @@ def render_prometheus_rules(*, alerts: Sequence[Alert] = CATALOG,
 
 
 def render_prometheus_rule_resource(*, alerts: Sequence[Alert] = CATALOG,
-                                    runbook_base_url: str = DEFAULT_RUNBOOK_BASE_URL) -> str:
-    groups = prometheus_rule_groups(alerts=alerts, runbook_base_url=runbook_base_url)
+                                    runbook_base_url: str = DEFAULT_RUNBOOK_BASE_URL,
+                                    recording_groups: Sequence[dict[str, Any]] = ()) -> str:
+    """The alert groups, then ``recording_groups`` (the FinOps report's hourly rules, which
+    the chart ships in the same resource)."""
+    groups = [*prometheus_rule_groups(alerts=alerts, runbook_base_url=runbook_base_url),
+              *recording_groups]
     return _dump_yaml({
         "apiVersion": "monitoring.coreos.com/v1",
         "kind": "PrometheusRule",
@@ -142,15 +171,18 @@ def _grafana_template(template: str) -> str:
 
 
 def _grafana_rule(alert: Alert, *, runbook_base_url: str, datasource_uid: str) -> Any:
+    # Grafana's templates cannot query: the node's remediation state is Prometheus' only.
     annotations = {
         key: _grafana_template(value)
         for key, value in rule_annotations(alert, runbook_base_url=runbook_base_url).items()
+        if key != NODE_REMEDIATION_ANNOTATION
     }
     return AlertRulev9(
         title=alert.name,
         uid=grafana_rule_uid(alert.name),
         triggers=[
-            Target(expr=alert.expr, refId=_QUERY_REF, instant=True, datasource=datasource_uid),
+            Target(expr=inline_records(alert.expr), refId=_QUERY_REF, instant=True,
+                   datasource=datasource_uid),
             AlertExpression(refId=_CONDITION_REF, expression=_FIRES_ON_ANY_SERIES,
                             expressionType=EXP_TYPE_MATH),
         ],
@@ -211,13 +243,15 @@ def render_grafana_alerts(*, alerts: Sequence[Alert] = CATALOG,
 
 def render_alert_files(*, runbook_base_url: str = DEFAULT_RUNBOOK_BASE_URL,
                        grafana_datasource_uid: str = DEFAULT_GRAFANA_DATASOURCE_UID,
-                       alerts: Sequence[Alert] = CATALOG) -> dict[str, str]:
+                       alerts: Sequence[Alert] = CATALOG,
+                       recording_groups: Sequence[dict[str, Any]] = ()) -> dict[str, str]:
     """File name under `alerts/` -> content, for `steward build` to write."""
     return {
         PROMETHEUS_RULES_FILE: render_prometheus_rules(
             alerts=alerts, runbook_base_url=runbook_base_url),
         PROMETHEUS_RULE_RESOURCE_FILE: render_prometheus_rule_resource(
-            alerts=alerts, runbook_base_url=runbook_base_url),
+            alerts=alerts, runbook_base_url=runbook_base_url,
+            recording_groups=recording_groups),
         GRAFANA_ALERTS_FILE: render_grafana_alerts(
             alerts=alerts, runbook_base_url=runbook_base_url,
             datasource_uid=grafana_datasource_uid),

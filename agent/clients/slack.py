@@ -160,6 +160,11 @@ class SlackSink:
     def __init__(self, client: WebClient) -> None:
         self._client = client
 
+    @property
+    def api_url(self) -> str:
+        """Slack's API base URL: a permalink on its host is Slack's own (a stand-in's too)."""
+        return str(self._client.base_url)
+
     @classmethod
     def create(cls, settings: SlackSettings) -> SlackSink:
         if settings.token is None:
@@ -195,6 +200,13 @@ class SlackSink:
             parse="none", link_names=False,
         ), write=True)
 
+    def permalink(self, channel_id: str, ts: str) -> str | None:
+        """The message's permalink (chat.getPermalink), to link it from another message."""
+        response = self._call("chat.getPermalink", lambda: self._client.chat_getPermalink(
+            channel=channel_id, message_ts=ts), write=False)
+        link = response.get("permalink")
+        return str(link) if link else None
+
     def upload(self, channel_id: str, files: Sequence[Upload], *, thread_ts: str) -> list[str]:
         """Upload ``files`` into a thread (files_upload_v2: get URLs, upload, complete);
         returns the file ids. ``channel_id`` must be an id: the completion refuses names."""
@@ -203,6 +215,18 @@ class SlackSink:
             file_uploads=[{"file": str(f.path), "filename": f.filename, "title": f.title}
                           for f in files]), write=True)
         return [str(f.get("id")) for f in response.get("files") or []]
+
+    def post_ephemeral(self, channel: str, user: str, message: Message) -> None:
+        """A message only ``user`` sees (a refused click); not kept in the channel."""
+        self._call("chat.postEphemeral", lambda: self._client.chat_postEphemeral(
+            channel=channel, user=user, text=message.text, blocks=message.blocks or None,
+            parse="none", link_names=False), write=True)
+
+    def usergroup_members(self, usergroup: str) -> frozenset[str]:
+        """The user ids in a Slack user group (usergroups.users.list; usergroups:read)."""
+        response = self._call("usergroups.users.list", lambda: self._client.usergroups_users_list(
+            usergroup=usergroup), write=False)
+        return frozenset(str(u) for u in response.get("users") or [])
 
     def resolve_channel(self, channel: str) -> str | None:
         """The id of a channel configured by name (conversations.list; needs channels:read)."""

@@ -22,6 +22,7 @@ from agent.controller.hygiene.runner import HygieneRuntime
 from agent.controller.hygiene.store import TABLES as HYGIENE_TABLES
 from agent.controller.hygiene.store import HygieneStore
 from agent.controller.leader import LeaderElector
+from agent.controller.owners import node_remediation_collector
 from agent.controller.pending import pending_pods_collector
 from agent.controller.pipelines import pipelines_collector
 from agent.controller.scheduler import LeaderScheduler
@@ -32,6 +33,8 @@ from agent.signals import stop_on_signals
 from agent.state import StoreCreatedCollector, open_store, store_identity
 
 log = logging.getLogger(__name__)
+# Another component's cluster collector for the leader: (ApiClient, interval) -> Collector.
+LeaderCollector = Callable[[Any, float], Collector]
 
 
 @dataclass
@@ -111,9 +114,12 @@ def prices_collector(prices: dict[str, float], interval: float) -> Collector:
 
 
 def build_controller(config: StewardConfig, *, api_client: Any,
-                     scheduled: Sequence[Callable[[Any], Any]] = ()) -> Controller:
+                     scheduled: Sequence[Callable[[Any], Any]] = (),
+                     leader_collectors: Sequence[LeaderCollector] = ()) -> Controller:
     """The controller, not started. ``scheduled`` register other components' jobs on the
-    leader's scheduler (the CLI adds the weekly FinOps report)."""
+    leader's scheduler (the CLI adds the weekly FinOps report); ``leader_collectors`` are
+    other components' cluster collectors, run on the leader only (the CLI adds FinOps'
+    namespace -> team series)."""
     from kubernetes import client
 
     ctl = config.controller
@@ -141,6 +147,10 @@ def build_controller(config: StewardConfig, *, api_client: Any,
             pending_pods_collector(client.CoreV1Api(api_client), interval),
             # On the leader only: N replicas exporting it would multiply every sum().
             prices_collector(config.finops.prices, interval),
+            # Whether a failed GPU's node is already quarantined.
+            node_remediation_collector(client.CoreV1Api(api_client), interval,
+                                       taint_keys=ctl.remediation_taint_keys),
+            *(make(api_client, interval) for make in leader_collectors),
         ], on_publish=publish)
 
     # Opened at start, not at the first job: a store that lost its state stops the start
@@ -164,13 +174,14 @@ def build_controller(config: StewardConfig, *, api_client: Any,
 
 
 def run_controller(config: StewardConfig, *, stop: threading.Event | None = None,
-                   scheduled: Sequence[Callable[[Any], Any]] = ()) -> int:
+                   scheduled: Sequence[Callable[[Any], Any]] = (),
+                   leader_collectors: Sequence[LeaderCollector] = ()) -> int:
     from agent.clients.kubernetes.api import api_client
 
     stop = stop or threading.Event()
     stop_on_signals(stop)
     controller = build_controller(config, api_client=api_client(config.kubernetes, "controller"),
-                                  scheduled=scheduled)
+                                  scheduled=scheduled, leader_collectors=leader_collectors)
     controller.start()
     log.info("controller started", extra={
         "listen": config.controller.listen, "port": controller.port,

@@ -459,20 +459,34 @@ def _selector(matchers: str) -> str:
 
 
 def gpu_share(matchers: str = "") -> str:
-    """Per pod and GPU, the share of that GPU the pod holds (labels: namespace, pod,
-    hostname, UUID, modelName).
-
-    A GPU shared by N pods (time-slicing) counts 1/N to each, so sums over pods never count
-    a GPU twice. ``matchers`` filter the pods (e.g. a namespace); the sharer count is taken
-    over every pod.
+    """Per pod and GPU, the share of that physical GPU the pod holds (labels: namespace, pod,
+    hostname, UUID, modelName), as the node agent computes it
+    (``steward_gpu_pod_allocated_ratio``): 1 for a whole GPU, 1/replicas for a time-sliced
+    replica, the fraction for KAI and HAMi, slices/7 for a MIG instance. Sums over pods
+    never count a GPU twice. ``matchers`` filter the pods (e.g. a namespace).
     """
     return (
-        f"(max by (namespace, pod, hostname, UUID, modelName) "
-        f"(steward_gpu_allocation{_selector(matchers)})"
-        f" / on (hostname, UUID) group_left () "
-        f"count by (hostname, UUID) (max by (namespace, pod, hostname, UUID) "
-        f"(steward_gpu_allocation)))"
+        f"(sum by (namespace, pod, hostname, UUID, modelName) "
+        f"(max by (namespace, pod, hostname, UUID, GPU_I_ID, modelName, mode) "
+        f"(steward_gpu_pod_allocated_ratio{_selector(matchers)})))"
     )
+
+
+def pod_use(matchers: str = "") -> str:
+    """Per pod and GPU, the pod's own SM use of that GPU, 0-1 of the whole GPU (labels:
+    namespace, pod, hostname, UUID), averaged over the rate interval: the GPU's utilization
+    for a pod holding it whole, its processes' samples on a shared GPU; none for MIG."""
+    return ("max by (namespace, pod, hostname, UUID) (avg_over_time("
+            f"steward_gpu_pod_utilization_ratio{_selector(matchers)}[$__rate_interval]))")
+
+
+def idle_share(matchers: str = "") -> str:
+    """Per pod and GPU, the share held idle: the pod's share where its own use stayed under
+    the idle floor of that share (a pod holding half a GPU at 0 % idles half a GPU)."""
+    share = gpu_share(matchers)
+    tenant = "namespace, pod, hostname, UUID"
+    return (f"({share} * on ({tenant}) group_left () "
+            f"({pod_use(matchers)} / on ({tenant}) {share} < bool {IDLE_UTILIZATION_FLOOR}))")
 
 
 def gpu_utilization() -> str:

@@ -37,7 +37,7 @@ from agent.demo.servers import (
     start_alertmanager,
     start_prometheus,
 )
-from agent.demo.slack_view import render_html
+from agent.demo.slack_view import header_text, plain_text, render_html
 from agent.demo.story import (
     ECC_AFTER_SECONDS,
     EXPECTED_ALERTS,
@@ -67,6 +67,8 @@ DEFAULT_DURATION = 150.0
 # as edits and thread replies (XID 31 joining its group, GpuXidCritical resolving).
 SETTLE_SECONDS = 15.0
 HEARTBEAT_SECONDS = 8.0  # a line at least this often: the demo is never silent for long
+# The notifier's buttons in the demo: the hygiene ones too (the controller shares its store).
+DEMO_ACTIONS = {"hygiene_buttons": True, "admin_users": ["U0DEMOADMIN"]}
 
 
 @dataclass
@@ -86,7 +88,9 @@ class DemoResult:
     slack_messages: list[dict[str, Any]] = field(default_factory=list)
     plans: dict[str, dict[str, Any]] = field(default_factory=dict)
     report: Path | None = None
+    screenshot: Path | None = None  # the acknowledged alert's thread, with its graph
     watched_seconds: float = 0.0
+    shared_tenants: list[dict[str, Any]] = field(default_factory=list)
 
 
 class Demo:
@@ -106,10 +110,15 @@ class Demo:
         self.prometheus_url: str | None = None
         self.slack_stub: Any = None
         self.slack_channel = "#gpu-oncall"
+        # Where each team's owner notices go (slack.team_channels): a channel per team in
+        # the stand-in; the demo's one channel in a real workspace (next to on-call's).
+        self.team_channels = {team: f"#{team}-gpu-jobs" for team in sorted(set(TEAMS.values()))}
         self.child_env: dict[str, str] = {}
         self.controller_config = workdir / "controller.yaml"
         self.kube: Any = None
         self.aws_url: str | None = None
+        self.notifier_url = ""
+        self.signing_secret = ""
         self.last_event = self.started
 
     # -- output ------------------------------------------------------------------------
@@ -141,7 +150,7 @@ class Demo:
     def _describe(self) -> None:
         from agent.sim.cluster import cluster_objects
         from agent.sim.nvml import SimulatedNvml
-        from agent.sim.pods import SimulatedPods
+        from agent.sim.pods import SimulatedPods, simulated_shares
 
         self.step("The simulated cluster")
         for hostname, scenarios in NODES:
@@ -151,12 +160,21 @@ class Demo:
             for entry in pods.list_devices():
                 device = entry.device_ids[0].split("::")[0]
                 holders.setdefault(device, []).append(f"{entry.namespace}/{entry.pod}")
+            # Shared GPUs by each tenant's share, as the node agent exports it (a KAI
+            # GPU's device is held by its reservation pod, not by its tenants).
+            tenants: dict[str, list[str]] = {}
+            for share in simulated_shares(nvml, pods):
+                if share.mode in ("time_sliced", "fraction", "mps"):
+                    tenants.setdefault(share.identity.uuid, []).append(
+                        f"{share.namespace}/{share.pod} {share.ratio:.0%}")
             self.say(f"   {hostname}: {len(scenarios)} x {MODEL}")
             for index, (uuid, scenario, _) in enumerate(nvml.gpus()):
                 if scenario == "mig":
                     slices = [f"{nvml.mig_profile(index, slot)} {holders.get(mig, ['free'])[0]}"
                               for slot, mig in enumerate(nvml.mig_uuids(index))]
                     held = "; ".join(slices)
+                elif uuid in tenants:
+                    held = ", ".join(tenants[uuid])
                 else:
                     held = ", ".join(holders.get(uuid, ["not allocated"]))
                 self.say(f"      GPU {index}  {SCENARIO_TEXT.get(scenario, scenario)}: {held}")
@@ -217,6 +235,7 @@ class Demo:
             self.say(f"   Slack: the messages go to {channel} in your workspace "
                      "(SLACK_BOT_TOKEN); look there")
             self.slack_channel = channel
+            self.team_channels = {team: channel for team in self.team_channels}
             return "https://slack.com/api/", token, channel
         from agent.sim.slack_stub import SlackStub
 
@@ -224,8 +243,10 @@ class Demo:
         self._stack.callback(stub.stop)
         self.slack_stub = stub
         self.say(f"   Slack: a local stand-in of the Slack API records the messages for "
-                 f"{self.slack_channel} (set SLACK_BOT_TOKEN and STEWARD_DEMO_CHANNEL to "
-                 "send them to a real channel)")
+                 f"{self.slack_channel}, and the owner notices for the teams whose jobs were "
+                 f"on a failed GPU in {', '.join(sorted(set(self.team_channels.values())))} "
+                 "(set SLACK_BOT_TOKEN and STEWARD_DEMO_CHANNEL to send them to a real "
+                 "channel)")
         return stub.api_url, "xoxb-steward-demo", self.slack_channel
 
     # -- the processes ---------------------------------------------------------------------
@@ -241,7 +262,8 @@ class Demo:
 
         config: dict[str, Any] = {
             "state": {"url": f"sqlite:///{self.result.workdir / 'steward-state.db'}"},
-            "slack": {"api_url": slack[0], "default_channel": slack[2]},
+            "slack": {"api_url": slack[0], "default_channel": slack[2],
+                      "team_channels": self.team_channels},
             "grafana": {"url": "http://grafana.example"},
             "alertmanager": {"url": self.alertmanager_url or "http://alertmanager.example"},
             "finops": {"prices": {MODEL: PRICE}, "namespace_teams": TEAMS,
@@ -321,6 +343,11 @@ class Demo:
         token_file = self.result.workdir / "notifier-token"
         token_file.write_text(secrets.token_urlsafe(32), encoding="utf-8")
         token_file.chmod(0o600)
+        # The Slack app's signing secret: the demo signs its simulated clicks with it.
+        self.signing_secret = secrets.token_hex(16)
+        signing_file = self.result.workdir / "slack-signing-secret"
+        signing_file.write_text(self.signing_secret, encoding="utf-8")
+        signing_file.chmod(0o600)
         if alertmanager_bin is not None and prometheus_bin is not None:
             am = start_alertmanager(self.children, alertmanager_bin,
                                     f"http://127.0.0.1:{notifier_port}/alertmanager",
@@ -356,12 +383,16 @@ class Demo:
             child.url = f"http://127.0.0.1:{port}"
             starting.append((child, f"{child.url}/readyz"))
         base = self._base_config(prometheus=None, aws=aws, slack=slack)
+        notifier_config = {
+            **base, "slack": {**base["slack"], "signing_secret_file": str(signing_file)},
+            "notifier": {"auth_token_file": str(token_file), "actions": DEMO_ACTIONS}}
+        if self.prometheus_url:
+            notifier_config["prometheus"] = {"url": self.prometheus_url}  # graphs
         notifier = self.children.steward(
-            "notifier", ["notifier", "--config", str(self._config("notifier", {
-                **base, "notifier": {"auth_token_file": str(token_file)}})),
+            "notifier", ["notifier", "--config", str(self._config("notifier", notifier_config)),
                          "--listen", f"127.0.0.1:{notifier_port}"],
             env={**env, "SLACK_BOT_TOKEN": slack[1]})
-        notifier.url = f"http://127.0.0.1:{notifier_port}"
+        notifier.url = self.notifier_url = f"http://127.0.0.1:{notifier_port}"
         starting.append((notifier, f"{notifier.url}/readyz"))
         self.controller_config = self._config("controller", {
             **self._base_config(prometheus=self.prometheus_url, aws=aws, slack=slack),
@@ -399,14 +430,21 @@ class Demo:
             self._watch(nodes_ready=nodes_ready, controller_ready=ready_at["controller"])
         if self.stop.is_set():
             return 130
+        if self.slack_stub is not None and self.alertmanager_url and not self.stop.is_set():
+            self.step("On-call acts from Slack (simulated clicks, signed as Slack signs them)")
+            self._acknowledge()
         self.step("Hygiene plans (dry-run: nothing is touched)")
         self._plans()
+        if self.slack_stub is not None and self.result.plans.get("idle-gpus"):
+            self._keep_from_slack()
+        self._write_slack_page()
         self.step("Weekly FinOps report")
         self._report()
         self.step("Dashboards")
         dashboards = sorted((ROOT / "dashboards").glob("*.json"))
         self.say(f"   {len(dashboards)} Grafana dashboards in {ROOT / 'dashboards'}: "
                  + ", ".join(d.stem for d in dashboards))
+        self._shared_gpus()
         self.say("   (import them into Grafana, or install the Helm chart with "
                  "dashboards.enabled=true)")
         self._summary()
@@ -469,23 +507,188 @@ class Demo:
             self.say(f"   DID NOT FIRE within {opts.duration:g} s: {', '.join(missing)} "
                      "(a slow machine: run steward demo --duration 300)")
         if self.slack_stub is not None:
-            page = self.result.workdir / "slack-messages.html"
-            page.write_text(render_html([(m, self.slack_stub.replies(m))
-                                         for m in self.slack_stub.roots()],
-                                        channel=self.slack_channel), encoding="utf-8")
+            page = self._write_slack_page()
+            # What the watch showed, line by line (the clicks that follow add their own).
             self.result.slack_messages = SlackWatch(self.slack_stub, self.event).summary()
             if self.alertmanager_url:
                 self.say(f"   the Slack messages as the channel shows them: {page}")
 
-    @staticmethod
-    def _all_shown(alerts: AlertWatch, slack: SlackWatch | None) -> bool:
+    def _write_slack_page(self) -> Path:
+        page = self.result.workdir / "slack-messages.html"
+        if self.slack_stub is not None:
+            page.write_text(self._channel_html(None), encoding="utf-8")
+        return page
+
+    def _channel_html(self, click_url: str | None) -> str:
+        stub = self.slack_stub
+        files = {k: v["data"] for k, v in dict(stub.uploads).items() if v.get("data")}
+        return render_html([(m, stub.replies(m)) for m in stub.roots()],
+                           channel=self.slack_channel, click_url=click_url, files=files,
+                           channel_of=stub.channel_name)
+
+    # -- acting from Slack -------------------------------------------------------------------
+
+    def _acknowledge(self) -> None:
+        """Click Acknowledge (4 h) on a firing alert, as on-call would in Slack: the
+        notifier creates the Alertmanager silence and says so in the thread."""
+        from agent.clients.alertmanager import AlertmanagerClient, AlertmanagerError
+        from agent.demo.clicks import DEMO_USER, ChannelPage, SlackClicker
+
+        stub = self.slack_stub
+        clicker = SlackClicker(self.notifier_url, self.signing_secret)
+        page = ChannelPage(self._channel_html, clicker).start()
+        self._stack.callback(page.stop)
+        self.say(f"   the channel, live, with working buttons: {page.url} (until the demo "
+                 "ends)")
+        target = self._ack_target()
+        if target is None:
+            self.skip("Acknowledge", "no firing alert with an Acknowledge button in Slack")
+            return
+        root, value = target
+        graphed = any(r.files for r in stub.replies(root))
+        if not graphed:
+            self.event(f"waiting for the graph of \"{header_text(root)}\" (at most 15 s)")
+            graphed = self._wait(lambda: any(r.files for r in stub.replies(root)), 15)
+        alertname = json.loads(value).get("f", "")
+        self.event(f"{DEMO_USER[1]} clicks \"Ack 4h\" on \"{header_text(root)}\"")
+        status = clicker.click(value, channel=root.channel, ts=root.ts)
+        if status != 200 or not self._wait(lambda: any(
+                "acknowledged by" in r.text for r in stub.replies(root)), 20):
+            self.skip("Acknowledge", f"the notifier did not carry the click out (HTTP {status}; "
+                                     "see notifier.log)")
+            return
+        try:
+            silences = [s for s in AlertmanagerClient(self.alertmanager_url or "").silences()
+                        if "steward-action-" in s.comment and s.state == "active"]
+        except AlertmanagerError as exc:
+            silences = []
+            self.event(f"cannot list Alertmanager's silences: {exc}")
+        for silence in silences:
+            matchers = ", ".join(f'{k}="{v}"' for k, v in sorted(silence.exact_labels().items()))
+            self.event(f"Alertmanager silence {silence.id} until "
+                       f"{silence.ends_at:%H:%M} UTC, createdBy \"{silence.created_by}\", "
+                       f"exact matchers: {matchers}")
+        self.event("thread: " + plain_text(next(r.text for r in stub.replies(root)
+                                                if "acknowledged by" in r.text)))
+        # The acknowledged alert alone, its thread and graph: what docs/images shows.
+        self._wait(lambda: "unack" in json.dumps(current(stub, root).blocks), 10)
+        files = {k: v["data"] for k, v in dict(stub.uploads).items() if v.get("data")}
+        single = self.result.workdir / "slack-acknowledged.html"
+        single.write_text(render_html([(current(stub, root), stub.replies(root))],
+                                      channel=self.slack_channel, files=files),
+                          encoding="utf-8")
+        self.event(f"the acknowledged alert's thread: {single}")
+        self.result.screenshot = self._screenshot(single)
+        self.event("graph in the thread: " + ("yes" if graphed else
+                                               f"not yet (fingerprint {alertname[:8]})"))
+
+    def _screenshot(self, page: Path) -> Path | None:
+        """A PNG of ``page`` through a headless Chromium, when one is installed."""
+        import shutil
+
+        browser = next((b for b in ("chromium", "chromium-browser", "google-chrome")
+                        if shutil.which(b)), None)
+        if browser is None:
+            self.skip("Screenshot", "no Chromium on PATH (apt-get install -y chromium)")
+            return None
+        out = page.with_suffix(".png")
+        with tempfile.TemporaryDirectory(prefix="steward-chromium-") as profile, \
+                contextlib.suppress(subprocess.TimeoutExpired):
+            subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu",
+                            "--disable-background-networking", "--disable-component-update",
+                            "--no-first-run", f"--user-data-dir={profile}",
+                            f"--screenshot={out}", "--window-size=900,1300", page.as_uri()],
+                           capture_output=True, timeout=90, check=False)
+        if not out.exists():
+            self.skip("Screenshot", f"{browser} made no screenshot")
+            return None
+        self.event(f"screenshot of the acknowledged alert's thread: {out}")
+        return out
+
+    def _ack_target(self) -> tuple[Any, str] | None:
+        """The root and the "Ack 4h" value of its first firing alert, graphed ones first."""
+        found = []
+        for root in self.slack_stub.roots():
+            for block in root.blocks:
+                for element in block.get("elements") or []:
+                    value = element.get("value") if isinstance(element, dict) else None
+                    if value and '"d":"4h"' in value:
+                        found.append((root, value))
+        # A GPU's temperature makes the clearest graph; then any alert with a graph.
+        found.sort(key=lambda item: ("Temperature" not in header_text(item[0]),
+                                     not any(r.files for r in self.slack_stub.replies(item[0]))))
+        return found[0] if found else None
+
+    def _wait(self, condition: Callable[[], bool], seconds: float) -> bool:
+        deadline = time.monotonic() + seconds
+        while not condition():
+            if time.monotonic() > deadline or self.stop.wait(0.5):
+                return False
+        return True
+
+    def _keep_from_slack(self) -> None:
+        """An owner's Keep on a hygiene notice. The demo's controller is dry-run and marks
+        nothing, so the demo marks the plan's first idle-GPU candidate itself and posts the
+        notice an apply-mode run would post (with its buttons); the click is real."""
+        from agent.clients.slack import SlackSink
+        from agent.clients.slack_params import SlackSettings
+        from agent.config import load_config
+        from agent.controller.hygiene.notify import OwnerNotice, SlackNotifier
+        from agent.controller.hygiene.store import TABLES as HYGIENE_TABLES
+        from agent.controller.hygiene.store import HygieneStore, Mark
+        from agent.demo.clicks import SlackClicker
+        from agent.state import open_store
+
+        candidates = self.result.plans["idle-gpus"].get("candidates") or []
+        if not candidates:
+            return
+        candidate = candidates[0]
+        resource = str(candidate.get("resource"))
+        config = load_config(self.controller_config, environ={})
+        store = HygieneStore(open_store(config.state.url, tables=[HYGIENE_TABLES]))
+        now = time.time()
+        mark = Mark(mark_id=secrets.token_hex(16), job="idle-gpus", resource=resource,
+                    action=str(candidate.get("action", "scale_to_zero")),
+                    reason=str(candidate.get("reason", "idle")), evidence={}, reclaim={},
+                    owner=None, kube_object=None, run_id="demo", marked_at=now,
+                    deadline=now + 3600)
+        if not store.create_mark(mark, mode="apply"):
+            return
+        store.set_notified(mark.mark_id, now, deadline=mark.deadline)
+        settings = SlackSettings.from_config(config.slack.model_copy(
+            update={"token": config.slack.token or _secret(self.child_env["SLACK_BOT_TOKEN"])}))
+        SlackNotifier(SlackSink.create(settings), settings.router(), buttons=True).notify(
+            OwnerNotice(kind="marked", job="idle-gpus", resource=resource, action=mark.action,
+                        reason=mark.reason, deadline=mark.deadline, mark_id=mark.mark_id,
+                        labels={"hygiene_job": "idle-gpus"}))
+        notice = self.slack_stub.messages()[-1]
+        value = json.dumps({"a": "hygiene", "c": "keep", "m": mark.mark_id},
+                           separators=(",", ":"))
+        self.event(f"hygiene owner notice for {resource} (what an apply run posts); the owner "
+                   "clicks \"Keep 7 days\"")
+        SlackClicker(self.notifier_url, self.signing_secret).click(
+            value, channel=notice.channel, ts=notice.ts, user=("U0TEAMOWNER", "ml-owner"))
+        if self._wait(lambda: bool(self.slack_stub.replies(notice)), 20):
+            self.event("thread: " + plain_text(self.slack_stub.replies(notice)[0].text))
+            kept = [e for e in store.audit_entries("idle-gpus") if e["action"] == "owner_keep"]
+            if kept:
+                self.event(f"hygiene audit: owner_keep {resource} {kept[0]['detail']}")
+        else:
+            self.skip("Hygiene Keep", "the notifier did not carry the click out")
+
+    def _all_shown(self, alerts: AlertWatch, slack: SlackWatch | None) -> bool:
         fired = alerts.names()
         if not all(name in fired for name in EXPECTED_ALERTS):
             return False
         if slack is None:
             return True
         texts = [m.text for m in slack.stub.roots()]
-        return all(any(name in text for text in texts) for name in EXPECTED_ALERTS)
+        from agent.sim.pods import WORKLOADS
+
+        # The lost GPU's team is told in its own channel, beside the on-call message.
+        owners = self.team_channels[TEAMS[WORKLOADS["lost"].namespace]]
+        return all(any(name in text for text in texts) for name in EXPECTED_ALERTS) and \
+            bool(slack.stub.roots(owners))
 
     # -- plans and report ------------------------------------------------------------------
 
@@ -540,7 +743,8 @@ class Demo:
         folder = self.result.workdir / "finops" / week.name
         self.say(f"   from a simulated week ({week.name}, {parquet.name}): weekdays busier "
                  "than the weekend, a training burst Tuesday to Thursday, a notebook left "
-                 "idle, a GPU lost on Thursday, a node agent down two hours")
+                 "idle, a GPU lost on Thursday, a node agent down two hours; a GPU "
+                 "time-sliced by four tenants, KAI and HAMi fractions")
         result = self._steward("report", "finops", "--config", str(self.controller_config),
                                "--parquet", str(parquet), "--week", week.name, "--out",
                                str(folder), "--log-level", "error")
@@ -552,6 +756,22 @@ class Demo:
         for line in report_lines(summary):
             self.say(f"   {line}")
         self.say(f"   report: {self.result.report}  (and report.md, CSVs, summary.json)")
+
+    def _shared_gpus(self) -> None:
+        """The namespace dashboard's tenants of shared GPUs, from the live Prometheus."""
+        from agent.demo.tenants import TABLE, tenant_lines, tenant_rows
+
+        if self.prometheus_url is None:
+            return
+        try:
+            rows = tenant_rows(self.prometheus_url, ROOT / "dashboards" / "namespace-usage.json")
+        except OSError as exc:
+            self.skip("the shared GPUs' tenants on the dashboard", f"Prometheus: {exc}")
+            return
+        self.result.shared_tenants = rows
+        self.say(f"   namespace-usage, \"{TABLE}\" (live, from Prometheus):")
+        for line in tenant_lines(rows):
+            self.say(f"      {line}")
 
     # -- the end ---------------------------------------------------------------------------
 
@@ -570,7 +790,11 @@ class Demo:
         if messages:
             updates = sum(m["updates"] for m in messages)
             replies = sum(m["replies"] for m in messages)
-            self.say(f"   {len(messages)} Slack messages in {self.slack_channel}, edited in "
+            per_channel: dict[str, int] = {}
+            for message in messages:
+                per_channel[message["channel"]] = per_channel.get(message["channel"], 0) + 1
+            where = ", ".join(f"{n} in {channel}" for channel, n in per_channel.items())
+            self.say(f"   {len(messages)} Slack messages ({where}), edited in "
                      f"place {updates} times, {replies} thread replies: "
                      f"{self.result.workdir / 'slack-messages.html'}")
         for job, plan in self.result.plans.items():
@@ -597,6 +821,8 @@ class Demo:
                           "reclaimable": v.get("reclaimable", {})}
                       for k, v in self.result.plans.items()},
             "report": str(self.result.report) if self.result.report else None,
+            "shared_gpu_tenants": self.result.shared_tenants,
+            "screenshot": str(self.result.screenshot) if self.result.screenshot else None,
             "watched_seconds": round(self.result.watched_seconds, 1),
             "wall_seconds": round(self.elapsed(), 1),
             "first_alert_seconds": round(min(self.result.alert_seconds), 1)
@@ -608,6 +834,9 @@ class Demo:
                  if self.result.alert_seconds else "no alert fired")
         verdict = "done" if code == 0 else ("stopped" if code == 130 else "failed")
         self.say(f"\nSteward demo {verdict} in {self.elapsed():.0f} s; {first}.")
+        if self.result.screenshot is not None:
+            self.say(f"Screenshot of an acknowledged alert thread with its graph: "
+                     f"{self.result.screenshot}")
 
 
 def _amount(unit: str, value: float) -> str:
@@ -638,6 +867,16 @@ def report_lines(summary: dict[str, Any]) -> list[str]:
                      f"{team['gpu_hours_idle']:>9,.1f} "
                      f"{team.get('gpu_hours_unmeasured', 0.0):>8,.1f} {share:>6} "
                      f"${team['cost']:>10,.2f} ${team['idle_cost']:>9,.2f}")
+    if "gpu_hours_capacity" in totals:
+        lines.append(f"GPU capacity {totals['gpu_hours_capacity']:,.1f} GPU-h "
+                     f"(${totals['capacity_cost']:,.2f}) = allocated ${totals['cost']:,.2f} + "
+                     f"unallocated ${totals['unallocated_cost']:,.2f} "
+                     f"({totals['gpu_hours_unallocated']:,.1f} GPU-h nobody held)")
+    for gpu in summary.get("shared_gpus", []):
+        charged = " + ".join(f"{t['tenant']} {t['share']:.0%} ${t['cost']:,.2f}"
+                             for t in gpu["tenants"])
+        lines.append(f"shared GPU {gpu['hostname']} {gpu['uuid'][:12]}: {gpu['gpu_hours']:,.1f}"
+                     f" GPU-h = ${gpu['cost']:,.2f} = {charged}")
     savings = summary.get("hygiene_savings", {})
     if savings.get("available"):
         lines.append(f"hygiene savings: ${savings['gpu_cost']:,.2f} realised this week "
@@ -659,6 +898,17 @@ def _reclaim_text(item: dict[str, Any]) -> str:
         parts.append(f"{_amount('bytes', item['bytes'])} "
                      f"(${item['storage_cost_per_month']:,.2f} a month)")
     return ", ".join(parts) or "nothing"
+
+
+def current(stub: Any, message: Any) -> Any:
+    """The stub's message as it is now (its blocks after every chat.update)."""
+    return next((m for m in stub.messages() if m.ts == message.ts), message)
+
+
+def _secret(value: str) -> Any:
+    from pydantic import SecretStr
+
+    return SecretStr(value)
 
 
 def run_demo(options: DemoOptions, *, out: TextIO = sys.stdout) -> int:

@@ -15,8 +15,8 @@ from agent.alerts.catalog import CATALOG
 NODES: Final[tuple[tuple[str, list[str]], ...]] = (
     ("gpu-node-1", ["training", "training", "idle_allocated", "lost", "xid_storm",
                     "ecc_errors", "thermal_throttling", "mig"]),
-    ("gpu-node-2", ["training", "training", "training", "bursty", "idle_allocated",
-                    "training", "idle_free", "training"]),
+    ("gpu-node-2", ["training", "training", "time_sliced", "bursty", "idle_allocated",
+                    "kai_fraction", "idle_free", "hami"]),
 )
 # Seconds after a node agent starts. Late enough that Prometheus has scraped the GPUs
 # healthy first: GpuXidCritical tells a new XID from one it saw at start-up only then.
@@ -30,13 +30,19 @@ SCENARIO_TEXT: Final[dict[str, str]] = {
     "idle_allocated": "allocated to a notebook, idle",
     "idle_free": "free, idle",
     "bursty": "inference, 30 s busy every 5 minutes",
-    "lost": f"falls off the bus at {LOST_AFTER_SECONDS:g} s (XID 79)",
+    "lost": f"falls off the bus at {LOST_AFTER_SECONDS:g} s (XID 79); its job's team is "
+            "told in its own channel",
     "xid_storm": "XIDs 13, 31, 43 every few seconds; its pod crash-loops",
     "ecc_errors": f"uncorrectable ECC error at {ECC_AFTER_SECONDS:g} s (XID 48), "
                   "row remap failure",
     "thermal_throttling": "91 °C, thermal clock events; two time-sliced inference "
                           "replicas, one OOM-killed",
     "mig": "MIG mode, three slices (the 1g.10gb one 97% full)",
+    "time_sliced": "time-sliced by four tenants, a quarter each (an LLM server at 45% of the "
+                   "GPU, an API at 20%, a notebook idle, an evaluation at 5%)",
+    "kai_fraction": "KAI Scheduler fractions behind a reservation pod: a LoRA job with 0.5 "
+                    "at 30%, a notebook with a quarter (gpu-memory) idle, a quarter free",
+    "hami": "HAMi: a reranker with 30% of the cores and 24 GiB, at 25%; the rest free",
 }
 
 

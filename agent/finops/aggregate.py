@@ -1,15 +1,20 @@
-"""pandas: the hourly series -> GPU-hours and cost per team, namespace, GPU model, workload, day.
+"""pandas: the hourly series -> GPU-hours and cost per team, namespace, GPU model, workload, day,
+and per shared GPU, tenant by tenant.
 
 Two stages. :func:`reduce_batch` folds each batch of step rows into sums per (day,
 namespace, pod, GPU model, MIG profile) as it arrives, so memory stays bounded by one
-batch whatever the week's size. :func:`build_tables` prices those sums and shapes them.
+batch whatever the week's size (:func:`reduce_gpu_batch` the same per GPU and tenant, for
+the week). :func:`build_tables` prices those sums and shapes them.
 
-Per step row (``share`` of the step a container held a GPU unit, ``step`` in hours):
-allocated = share x step; used = allocated x mean utilization; idle = allocated when the
-GPU's peak utilization in the step stayed under ``finops.idle_floor``; allocated time with
-no utilization (MIG instances, GPUs that did not answer) is ``unmeasured``: neither used
-nor idle. GPU-hours are whole-GPU hours (a ``3g.40gb`` slice hour is 3/7 of one).
-Utilization is used / allocated, unmeasured hours included in the denominator.
+Per step row (``share`` of the physical GPU a pod held over the step, ``step`` in hours):
+allocated = share x step; used = allocated x the pod's mean use of its share; idle =
+allocated when the pod's peak use of its share stayed under ``finops.idle_floor`` (a pod
+holding half a GPU at 0 % is idle for its half); allocated time with no use measured (MIG
+instances, GPUs that did not answer, shares whose use could not be attributed) is
+``unmeasured``: neither used nor idle. GPU-hours are whole-GPU hours (a ``3g.40gb`` slice
+hour is 3/7 of one). Utilization is used / allocated, unmeasured hours included in the
+denominator. The GPUs' unallocated rows (namespace and pod ``""``) are kept apart: what
+nobody held, so that allocated + unallocated is every GPU's hours.
 """
 
 from __future__ import annotations
@@ -26,15 +31,17 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from agent.finops.pricing import PriceTable, gpu_fraction
+from agent.finops.pricing import PriceTable
 from agent.finops.series import SeriesSource
+from agent.finops.shares import shared_gpu_table
+from agent.finops.teams import UNASSIGNED
 
 KEYS = ("namespace", "pod", "model", "profile")
-REDUCE_COLUMNS = ("ts", *KEYS, "share", "util_mean", "util_max")
+GPU_KEYS = ("hostname", "uuid", "model", "namespace", "pod", "mode")
+REDUCE_COLUMNS = ("ts", *dict.fromkeys((*KEYS, *GPU_KEYS)), "share", "util_mean", "util_max")
 STEP_SUMS = ("alloc_h", "used_h", "idle_h", "unmeasured_h")
 METRICS = ("gpu_hours_allocated", "gpu_hours_used", "gpu_hours_idle", "gpu_hours_unmeasured",
            "cost", "idle_cost", "unmeasured_cost")
-UNASSIGNED = "unassigned"
 _SAFE = "[bcdfghjklmnpqrstvwxz2456789]"  # the alphabet of Kubernetes' random name suffixes
 _WORKLOAD_PATTERNS = (
     re.compile(rf"^(?P<name>.+)-{_SAFE}{{6,10}}-{_SAFE}{{5}}$"),  # Deployment's ReplicaSet
@@ -60,8 +67,23 @@ def empty_usage() -> pd.DataFrame:
     return frame
 
 
+def _step_parts(frame: pd.DataFrame, *, idle_floor: float) -> dict[str, np.ndarray]:
+    """Per row: allocated, used, idle and unmeasured GPU-steps (see the module doc)."""
+    share = frame["share"].to_numpy(dtype=np.float64)
+    mean = frame["util_mean"].to_numpy(dtype=np.float64)
+    peak = frame["util_max"].to_numpy(dtype=np.float64)
+    measured = ~np.isnan(mean)
+    return {
+        "alloc_h": share,
+        "used_h": share * np.where(measured, mean, 0.0),
+        # NaN < floor is False: an unmeasured step is never idle.
+        "idle_h": np.where(peak < idle_floor, share, 0.0),
+        "unmeasured_h": np.where(measured, 0.0, share),
+    }
+
+
 def reduce_batch(frame: pd.DataFrame, *, step_seconds: int, idle_floor: float) -> pd.DataFrame:
-    """Step rows -> sums of GPU-unit-hours per (day, namespace, pod, model, profile).
+    """Step rows -> sums of GPU-hours per (day, namespace, pod, model, profile).
 
     Rows arrive series by series, so runs of equal keys are long: numpy folds each run
     first and pandas groups the (far fewer) runs. Any row order gives the same sums.
@@ -79,17 +101,7 @@ def reduce_batch(frame: pd.DataFrame, *, step_seconds: int, idle_floor: float) -
     starts = np.flatnonzero(change)
 
     hours = step_seconds / 3600
-    share = frame["share"].to_numpy(dtype=np.float64)
-    mean = frame["util_mean"].to_numpy(dtype=np.float64)
-    peak = frame["util_max"].to_numpy(dtype=np.float64)
-    measured = ~np.isnan(mean)
-    parts = {
-        "alloc_h": share,
-        "used_h": share * np.where(measured, mean, 0.0),
-        # NaN < floor is False: an unmeasured step is never idle.
-        "idle_h": np.where(peak < idle_floor, share, 0.0),
-        "unmeasured_h": np.where(measured, 0.0, share),
-    }
+    parts = _step_parts(frame, idle_floor=idle_floor)
     runs: dict[str, Any] = {"day": day[starts]}
     for key, (codes, categories) in zip(KEYS, coded, strict=True):
         runs[key] = pd.Categorical.from_codes(codes[starts], categories=categories)
@@ -102,6 +114,20 @@ def reduce_batch(frame: pd.DataFrame, *, step_seconds: int, idle_floor: float) -
             [list(STEP_SUMS)].sum())
 
 
+def reduce_gpu_batch(frame: pd.DataFrame, *, step_seconds: int,
+                     idle_floor: float) -> pd.DataFrame:
+    """Step rows -> sums of GPU-hours per (hostname, uuid, model, namespace, pod, mode)."""
+    if len(frame) == 0:
+        return pd.DataFrame({**{k: pd.Series([], dtype=object) for k in GPU_KEYS},
+                             **{m: pd.Series([], dtype=np.float64) for m in STEP_SUMS}})
+    hours = step_seconds / 3600
+    parts = pd.DataFrame({k: frame[k] for k in GPU_KEYS})
+    for name, values in _step_parts(frame, idle_floor=idle_floor).items():
+        parts[name] = values * hours
+    return parts.groupby(list(GPU_KEYS), observed=True, sort=False,
+                         as_index=False)[list(STEP_SUMS)].sum()
+
+
 def combine_usage(parts: Iterable[pd.DataFrame]) -> pd.DataFrame:
     """Concatenate reduced batches (different categories each) and sum them again."""
     frames = [part for part in parts if len(part)]
@@ -111,16 +137,31 @@ def combine_usage(parts: Iterable[pd.DataFrame]) -> pd.DataFrame:
     return (whole.groupby(["day", *KEYS], sort=True, as_index=False)[list(STEP_SUMS)].sum())
 
 
-def _plain(part: pd.DataFrame) -> pd.DataFrame:
+def _plain(part: pd.DataFrame, keys: tuple[str, ...] = KEYS) -> pd.DataFrame:
     out = part.copy()
-    for key in KEYS:
+    for key in keys:
         out[key] = out[key].astype(str)
     return out
 
 
+@dataclass(frozen=True)
+class WeekUsage:
+    usage: pd.DataFrame  # per day and pod (reduce_batch)
+    gpus: pd.DataFrame | None  # per GPU and tenant over the range (reduce_gpu_batch)
+
+
 def aggregate_usage(source: SeriesSource, start: datetime, end: datetime, *,
                     idle_floor: float, threads: int | None = None) -> pd.DataFrame:
-    """Read ``[start, end)`` from ``source`` batch by batch and reduce it.
+    """Read ``[start, end)`` from ``source`` and reduce it per day and pod."""
+    return aggregate_week(source, start, end, idle_floor=idle_floor, threads=threads,
+                          per_gpu=False).usage
+
+
+def aggregate_week(source: SeriesSource, start: datetime, end: datetime, *,
+                   idle_floor: float, threads: int | None = None,
+                   per_gpu: bool = True) -> WeekUsage:
+    """Read ``[start, end)`` from ``source`` batch by batch and reduce it (per GPU and
+    tenant too with ``per_gpu``).
 
     Batches are reduced on a few threads (numpy releases the GIL), at most two per thread in
     flight, so memory stays bounded however long the range.
@@ -128,58 +169,76 @@ def aggregate_usage(source: SeriesSource, start: datetime, end: datetime, *,
     step = source.step_seconds
     workers = threads or min(8, os.cpu_count() or 1)
     parts: list[pd.DataFrame] = []
+    gpu_parts: list[pd.DataFrame] = []
+
+    def reduce(batch: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame | None]:
+        by_day = reduce_batch(batch, step_seconds=step, idle_floor=idle_floor)
+        by_gpu = reduce_gpu_batch(batch, step_seconds=step, idle_floor=idle_floor) \
+            if per_gpu else None
+        return by_day, by_gpu
+
+    def keep(done: tuple[pd.DataFrame, pd.DataFrame | None]) -> None:
+        parts.append(done[0])
+        if done[1] is not None:
+            gpu_parts.append(done[1])
+
     with ThreadPoolExecutor(workers, thread_name_prefix="finops-reduce") as pool:
-        pending: deque[Future[pd.DataFrame]] = deque()
-        for batch in source.batches(start, end, columns=REDUCE_COLUMNS):
-            pending.append(pool.submit(reduce_batch, batch, step_seconds=step,
-                                       idle_floor=idle_floor))
+        pending: deque[Future[tuple[pd.DataFrame, pd.DataFrame | None]]] = deque()
+        columns = REDUCE_COLUMNS if per_gpu else ("ts", *KEYS, "share", "util_mean",
+                                                  "util_max")
+        for batch in source.batches(start, end, columns=columns):
+            pending.append(pool.submit(reduce, batch))
             if len(pending) >= 2 * workers:
-                parts.append(pending.popleft().result())
-        parts.extend(future.result() for future in pending)
-    return combine_usage(parts)
+                keep(pending.popleft().result())
+        for future in pending:
+            keep(future.result())
+    return WeekUsage(combine_usage(parts), _combine_gpus(gpu_parts) if per_gpu else None)
+
+
+def _combine_gpus(parts: list[pd.DataFrame]) -> pd.DataFrame:
+    frames = [p for p in parts if len(p)]
+    if not frames:
+        return reduce_gpu_batch(pd.DataFrame(), step_seconds=3600, idle_floor=0.0)
+    whole = pd.concat([_plain(p, GPU_KEYS) for p in frames], ignore_index=True)
+    return whole.groupby(list(GPU_KEYS), sort=True, as_index=False)[list(STEP_SUMS)].sum()
 
 
 @dataclass(frozen=True)
 class PricedUsage:
-    rows: pd.DataFrame  # usage + gpu_fraction, price and every column of METRICS
-    unknown_profiles: tuple[str, ...] = ()
+    rows: pd.DataFrame  # usage + price and every column of METRICS
     unpriced_models: tuple[str, ...] = ()  # left out of the cost (``strict=False`` only)
+    gpus: pd.DataFrame | None = None  # per GPU and tenant, priced likewise
 
 
-def price_usage(usage: pd.DataFrame, prices: PriceTable, *, strict: bool = True) -> PricedUsage:
-    """GPU-unit-hours -> whole-GPU hours and USD.
+def price_usage(usage: pd.DataFrame, prices: PriceTable, *, strict: bool = True,
+                gpus: pd.DataFrame | None = None) -> PricedUsage:
+    """GPU-hours -> USD (shares are fractions of the physical GPU already).
 
-    Raises MissingPriceError for a model without a price; with ``strict=False`` (the
-    previous week, whose models may since have left the price table) its cost is 0 and the
-    model is listed in ``unpriced_models``.
+    Raises MissingPriceError for a model without a price (unallocated GPUs included: their
+    hours cost too); with ``strict=False`` (the previous week, whose models may since have
+    left the price table) its cost is 0 and the model is listed in ``unpriced_models``.
     """
-    rows = usage.copy()
-    units = rows[["model", "profile"]].drop_duplicates()
-    fractions: dict[tuple[str, str], float] = {}
-    unknown: list[str] = []
-    for model, profile in units.itertuples(index=False):
-        fraction = gpu_fraction(str(model), str(profile))
-        if fraction is None:
-            # A slice count we cannot read: charge the whole GPU rather than nothing.
-            unknown.append(f"{model} {profile}")
-            fraction = 1.0
-        fractions[(str(model), str(profile))] = fraction
-    rows["gpu_fraction"] = [fractions[(str(m), str(p))]
-                            for m, p in zip(rows["model"], rows["profile"], strict=True)]
-    for metric, step_sum in zip(METRICS[:4], STEP_SUMS, strict=True):
-        rows[metric] = rows[step_sum] * rows["gpu_fraction"]
+    rows = _priced(usage, prices)
     allocated = rows.groupby("model")["gpu_hours_allocated"].sum()
     if strict:
         prices.check({str(model): float(hours) for model, hours in allocated.items()})
     table = prices.usd_per_gpu_hour
     unpriced = tuple(sorted(str(m) for m in allocated.index if str(m) not in table))
+    return PricedUsage(rows=rows, unpriced_models=unpriced,
+                       gpus=_priced(gpus, prices) if gpus is not None else None)
+
+
+def _priced(usage: pd.DataFrame, prices: PriceTable) -> pd.DataFrame:
+    rows = usage.copy()
+    for metric, step_sum in zip(METRICS[:4], STEP_SUMS, strict=True):
+        rows[metric] = rows[step_sum].astype(np.float64)
+    table = prices.usd_per_gpu_hour
     rows["price"] = rows["model"].map(lambda m: float(table.get(str(m), 0.0))) \
         .astype(np.float64)
     rows["cost"] = rows["gpu_hours_allocated"] * rows["price"]
     rows["idle_cost"] = rows["gpu_hours_idle"] * rows["price"]
     rows["unmeasured_cost"] = rows["gpu_hours_unmeasured"] * rows["price"]
-    return PricedUsage(rows=rows, unknown_profiles=tuple(sorted(unknown)),
-                       unpriced_models=unpriced)
+    return rows
 
 
 def workload_of(pod: str) -> str:
@@ -201,6 +260,8 @@ class FinopsTables:
     daily: pd.DataFrame
     previous_totals: dict[str, float] | None = None
     warnings: list[str] = field(default_factory=list)
+    # Per shared GPU and tenant (agent.finops.shares); empty when not computed.
+    shared_gpus: pd.DataFrame = field(default_factory=pd.DataFrame)
 
 
 def _ratios(table: pd.DataFrame) -> pd.DataFrame:
@@ -225,20 +286,39 @@ def _change(current: pd.Series, previous: pd.Series) -> pd.Series:
 
 
 def totals_of(rows: pd.DataFrame) -> dict[str, float]:
-    return {metric: float(rows[metric].sum()) if len(rows) else 0.0 for metric in METRICS}
+    """Totals of the allocated rows, and of the GPUs' unallocated rows beside them:
+    allocated + unallocated = capacity, every GPU's hours (and cost) in the range."""
+    free = unallocated_rows(rows)
+    held = rows[~free]
+    totals = {metric: float(held[metric].sum()) if len(held) else 0.0 for metric in METRICS}
+    unallocated = rows[free]
+    totals["gpu_hours_unallocated"] = float(unallocated["gpu_hours_allocated"].sum())
+    totals["unallocated_cost"] = float(unallocated["cost"].sum())
+    totals["gpu_hours_capacity"] = totals["gpu_hours_allocated"] + totals["gpu_hours_unallocated"]
+    totals["capacity_cost"] = totals["cost"] + totals["unallocated_cost"]
+    return totals
+
+
+def unallocated_rows(rows: pd.DataFrame) -> np.ndarray:
+    """Rows of what nobody held (namespace and pod ``""``)."""
+    if rows.empty:
+        return np.zeros(0, dtype=bool)
+    free = (rows["namespace"].astype(str) == "") & (rows["pod"].astype(str) == "")
+    return np.asarray(free.to_numpy(), dtype=bool)
 
 
 def build_tables(current: PricedUsage, previous: PricedUsage | None, *,
                  teams: Mapping[str, str], top_n: int = 10) -> FinopsTables:
     """Price-weighted tables for the week, with the previous week's cost where known."""
-    rows = current.rows.copy()
+    totals = totals_of(current.rows)
+    rows = current.rows[~unallocated_rows(current.rows)].copy()
     rows["team"] = rows["namespace"].map(lambda ns: teams.get(str(ns), UNASSIGNED))
     rows["workload"] = rows["pod"].map(lambda pod: workload_of(str(pod)))
 
     prev_team_cost: pd.Series = pd.Series(dtype=float)
     prev_ns_cost: pd.Series = pd.Series(dtype=float)
     if previous is not None:
-        prev = previous.rows.copy()
+        prev = previous.rows[~unallocated_rows(previous.rows)].copy()
         prev["team"] = prev["namespace"].map(lambda ns: teams.get(str(ns), UNASSIGNED))
         prev_team_cost = prev.groupby("team")["cost"].sum()
         prev_ns_cost = prev.groupby("namespace")["cost"].sum()
@@ -291,10 +371,10 @@ def build_tables(current: PricedUsage, previous: PricedUsage | None, *,
                              for d in daily["day"]])
     daily = daily.drop(columns=["day"])
 
-    warnings = [f"MIG profile with no slice count, charged as a whole GPU: {p}"
-                for p in current.unknown_profiles]
+    shared = shared_gpu_table(current.gpus, teams=teams) if current.gpus is not None \
+        else pd.DataFrame()
     return FinopsTables(
-        totals=totals_of(rows), teams=team_table, namespaces=ns_table, models=model_table,
+        totals=totals, teams=team_table, namespaces=ns_table, models=model_table,
         top_idle_workloads=workloads, daily=daily,
         previous_totals=totals_of(previous.rows) if previous is not None else None,
-        warnings=warnings)
+        shared_gpus=shared)

@@ -4,6 +4,10 @@ The file holds :data:`~agent.finops.series.SERIES_COLUMNS` (``ts`` as a UTC time
 labels dictionary-encoded, values as doubles; null where utilization is unmeasured) and, in
 its schema metadata, the step, the exported range and the gaps Prometheus had in it. A
 step of the report outside the exported range is a ``no_data`` gap.
+
+Exports written before shares were fractions of the physical GPU have no ``mode`` column:
+their MIG rows held one instance (a unit), converted on read to the instance's part of the
+GPU; they have no unallocated rows, so their GPUs' unallocated hours are not known.
 """
 
 from __future__ import annotations
@@ -27,12 +31,14 @@ from agent import __version__
 from agent.finops.series import (
     LABEL_COLUMNS,
     SERIES_COLUMNS,
+    UNALLOCATED_MODE,
     FinopsInputError,
     Gap,
     SeriesSource,
     iso,
     merge_step_gaps,
 )
+from agent.mig import gpu_fraction
 
 META_STEP = b"steward.finops.step_seconds"
 META_START = b"steward.finops.start"
@@ -119,6 +125,10 @@ class ParquetSource:
                 from None
         metadata = schema.metadata or {}
         missing = [c for c in SERIES_COLUMNS if c not in schema.names]
+        # Before shares were fractions of the GPU (see the module doc).
+        self._legacy = missing == ["mode"]
+        if self._legacy:
+            missing = []
         if missing or META_STEP not in metadata:
             what = f"columns {', '.join(missing)}" if missing else "its step in the metadata"
             raise FinopsInputError(
@@ -143,6 +153,9 @@ class ParquetSource:
         wanted = list(columns or SERIES_COLUMNS)
         if "ts" not in wanted:
             wanted.insert(0, "ts")
+        if self._legacy:
+            wanted = [c for c in wanted if c != "mode"]
+            wanted += [c for c in ("share", "model", "profile") if c not in wanted]
         dictionaries = [c for c in LABEL_COLUMNS if c in wanted]
         lo, hi = int(start.timestamp()), int(end.timestamp())
         metadata = pq.read_metadata(self.path)
@@ -163,7 +176,7 @@ class ParquetSource:
                 table = table.filter(pc.and_(pc.greater_equal(ts, lo), pc.less(ts, hi)))
             # split_blocks: no copy into one 2-D block per dtype.
             frame: pd.DataFrame = table.to_pandas(split_blocks=True)
-            return frame
+            return _from_legacy(frame) if self._legacy else frame
 
         with ThreadPoolExecutor(self._threads, thread_name_prefix="finops-parquet") as pool:
             ahead: deque[Future[pd.DataFrame]] = deque()
@@ -183,6 +196,19 @@ class ParquetSource:
         outside = [ts for ts in range(lo, hi, self._step) if ts < covered_lo or ts >= covered_hi]
         return merge_step_gaps(outside, kind="no_data", scope="fleet",
                                step_seconds=self._step) + inside
+
+
+def _from_legacy(frame: pd.DataFrame) -> pd.DataFrame:
+    """Unit shares -> shares of the physical GPU; an unknown MIG profile counts whole."""
+    units = frame[["model", "profile"]].astype(str).drop_duplicates()
+    fractions = {(m, p): gpu_fraction(m, p) or 1.0 for m, p in units.itertuples(index=False)}
+    factor = [fractions[(str(m), str(p))]
+              for m, p in zip(frame["model"], frame["profile"], strict=True)]
+    frame["share"] = frame["share"].to_numpy(dtype="float64") * factor
+    frame["mode"] = pd.Categorical(
+        ["mig" if p else "exclusive" for p in frame["profile"].astype(str)],
+        categories=["exclusive", "mig", UNALLOCATED_MODE])
+    return frame
 
 
 def _may_overlap(group: pq.RowGroupMetaData, lo: int, hi: int) -> bool:

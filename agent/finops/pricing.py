@@ -1,40 +1,19 @@
-"""What a GPU unit costs: the price table per GPU model, and MIG slices charged by their share.
+"""What a GPU costs: the price table per GPU model.
 
-A MIG instance with profile ``Ng.<mem>`` holds N of the GPU's compute slices: 7 on A100,
-H100, H200 and B200, 4 on A30. It is charged N/slices of its GPU's price. Shared
-(time-sliced) GPUs are divided among their containers before this (see ``queries``).
+Shares arrive as fractions of the physical GPU (``steward_gpu_pod_allocated_ratio``: a
+``3g.40gb`` MIG instance is 3/7 of an H100, a KAI ``gpu-fraction: 0.25`` pod a quarter);
+:func:`gpu_fraction` converts the unit shares of Parquet exports written before that.
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
 from agent.finops.series import FinopsInputError
+from agent.mig import gpu_fraction, mig_slices
 
-_SLICES_RE = re.compile(r"(?:^|\.)(\d+)g\.")
-# GPU models whose MIG layout is not 7 compute slices.
-_SLICES_BY_MODEL = (("A30", 4),)
-DEFAULT_SLICES = 7
-
-
-def mig_slices(model: str) -> int:
-    for marker, slices in _SLICES_BY_MODEL:
-        if marker in model:
-            return slices
-    return DEFAULT_SLICES
-
-
-def gpu_fraction(model: str, profile: str) -> float | None:
-    """Share of the physical GPU one unit is: 1 for a whole GPU, 3/7 for ``3g.40gb`` on an
-    H100; None for a MIG profile that names no slice count (``unknown``)."""
-    if not profile:
-        return 1.0
-    match = _SLICES_RE.search(profile)
-    if match is None:
-        return None
-    return min(int(match.group(1)) / mig_slices(model), 1.0)
+__all__ = ["MissingPriceError", "PriceTable", "gpu_fraction", "mig_slices"]
 
 
 class MissingPriceError(FinopsInputError):

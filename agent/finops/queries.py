@@ -1,20 +1,23 @@
 """PromQL for the report and the Prometheus source: chunked range queries through the one
 Prometheus client (``agent.clients.prometheus``).
 
-Prometheus reduces raw samples to one value per GPU (or container) per step, so what comes
-back grows with GPUs x hours whatever the scrape interval, and the same queries run against
-Thanos or Mimir through the same API. Within a step:
+Prometheus reduces raw samples to one value per pod and GPU (or per GPU) per step, so what
+comes back grows with GPUs x hours whatever the scrape interval, and the same queries run
+against Thanos or Mimir through the same API. Within a step:
 
-- a container's allocation is the share of the GPU unit's scrapes (``steward_gpu_info``)
-  that also carried its ``steward_gpu_allocation``, divided among the containers sharing
-  the unit (at most 1 in all: a step where sharers come and go is split by presence);
-- utilization is the mean and the peak of ``steward_gpu_utilization_ratio`` of the
-  physical GPU; pandas joins it to the containers holding the GPU.
+- a pod's share is the sum of its ``steward_gpu_pod_allocated_ratio`` samples over the
+  number of scrapes of the GPU unit (``steward_gpu_info``): its share, averaged over the
+  step, absent scrapes counting 0 (a pod that arrived mid-step held it for part of it);
+- a GPU's unallocated share is 1 minus its pods' shares, for every step the physical GPU
+  reported: the pods' shares plus it are exactly the GPU's hours;
+- a pod's use of its share is the mean (and the peak) of its
+  ``steward_gpu_pod_utilization_ratio`` over the mean (and the peak) of its share.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -23,6 +26,7 @@ import pandas as pd
 
 from agent.clients.prometheus import MAX_POINTS, PrometheusClient
 from agent.finops.series import (
+    LABEL_COLUMNS,
     SERIES_COLUMNS,
     FinopsInputError,
     Gap,
@@ -32,33 +36,50 @@ from agent.finops.series import (
 NODE_JOB = "steward-node"
 DEFAULT_CHUNK = timedelta(days=1)
 _UNIT = "hostname, UUID, GPU_I_ID"
-_HOLDER = "hostname, UUID, GPU_I_ID, GPU_I_PROFILE, modelName, namespace, pod, container"
+_TENANT = "hostname, UUID, GPU_I_ID, namespace, pod"
+_HOLDER = "hostname, UUID, GPU_I_ID, GPU_I_PROFILE, modelName, namespace, pod, mode"
 # Prometheus label -> series column
 HOLDER_LABELS: Mapping[str, str] = {
     "hostname": "hostname", "uuid": "UUID", "gpu_i_id": "GPU_I_ID",
     "profile": "GPU_I_PROFILE", "model": "modelName", "namespace": "namespace", "pod": "pod",
-    "container": "container",
+    "mode": "mode",
 }
-_GPU_LABELS: Mapping[str, str] = {"hostname": "hostname", "uuid": "UUID"}
+_TENANT_LABELS: Mapping[str, str] = {"hostname": "hostname", "uuid": "UUID",
+                                     "gpu_i_id": "GPU_I_ID", "namespace": "namespace",
+                                     "pod": "pod"}
+_GPU_LABELS: Mapping[str, str] = {"hostname": "hostname", "uuid": "UUID", "model": "modelName"}
+_KEYS = ["ts", "hostname", "uuid", "gpu_i_id", "namespace", "pod"]
 
 
 def allocation_share_query(*, selector: str, window: str) -> str:
-    """Per container and GPU unit: the share of the step it held the unit (see module doc)."""
-    held = (
+    """Per pod and GPU unit: its share of the physical GPU over the step (module doc)."""
+    return (
         f"clamp_max(\n"
-        f"  max by ({_HOLDER}) (count_over_time(steward_gpu_allocation{{{selector}}}[{window}]))\n"
+        f"  max by ({_HOLDER}) (sum_over_time("
+        f"steward_gpu_pod_allocated_ratio{{{selector}}}[{window}]))\n"
         f"  / on ({_UNIT}) group_left ()\n"
         f"  max by ({_UNIT}) (count_over_time(steward_gpu_info{{{selector}}}[{window}])),\n"
         f"  1)"
     )
-    return (f"{held}\n/ on ({_UNIT}) group_left ()\n"
-            f"clamp_min(sum by ({_UNIT}) ({held}), 1)")
+
+
+def unallocated_query(*, selector: str, window: str) -> str:
+    """Per physical GPU that reported in the step: the part of it no pod held."""
+    present = (f"clamp_max(max by (hostname, UUID, modelName) (count_over_time("
+               f"steward_gpu_info{{{selector}, GPU_I_ID=\"\"}}[{window}])), 1)")
+    held = f"sum by (hostname, UUID) ({allocation_share_query(selector=selector, window=window)})"
+    # group_left keeps the GPU's labels (modelName): a plain on() keeps only hostname, UUID.
+    return (f"clamp_min({present}\n- on (hostname, UUID) group_left ()\n{held}, 0)\n"
+            f"or {present}")
 
 
 def utilization_query(function: str, *, selector: str, window: str) -> str:
-    """``avg`` or ``max`` of each physical GPU's utilization over the step."""
-    return (f"max by (hostname, UUID) "
-            f"({function}_over_time(steward_gpu_utilization_ratio{{{selector}}}[{window}]))")
+    """``avg`` or ``max`` of each pod's use of its share over the step (module doc)."""
+    return (f"max by ({_TENANT}) ({function}_over_time("
+            f"steward_gpu_pod_utilization_ratio{{{selector}}}[{window}]))\n"
+            f"/ on ({_TENANT})\n"
+            f"max by ({_TENANT}) ({function}_over_time("
+            f"steward_gpu_pod_allocated_ratio{{{selector}}}[{window}]) > 0)")
 
 
 def scrape_health_query(*, selector: str, window: str) -> str:
@@ -97,22 +118,54 @@ def chunks(start: datetime, end: datetime, *, step: int,
         yield lo, min(lo + size, last)
 
 
+@dataclass(frozen=True)
+class RecordedSeries:
+    """Names of the hourly recording rules (``agent.finops.recording``) that record the
+    four reductions below, each over one hour, for the default selector."""
+
+    share: str
+    unallocated: str
+    use_mean: str
+    use_peak: str
+    step_seconds: int = 3600
+
+
 class PrometheusSource:
-    """The hourly series from Prometheus (or Thanos, Mimir): one batch per chunk (a day)."""
+    """The hourly series from Prometheus (or Thanos, Mimir): one batch per chunk (a day).
+
+    With ``recorded``, a chunk every step of which the recording rules cover is read from
+    the recorded series instead of reduced from raw samples (``agent.finops.recording``)."""
 
     def __init__(self, client: PrometheusClient, *, step_seconds: int,
-                 selector: str = f'job="{NODE_JOB}"', chunk: timedelta = DEFAULT_CHUNK) -> None:
+                 selector: str = f'job="{NODE_JOB}"', chunk: timedelta = DEFAULT_CHUNK,
+                 recorded: RecordedSeries | None = None) -> None:
         self.client = client
         self._step = step_seconds
         self.selector = selector
         self.chunk = chunk
+        self._recorded = recorded if recorded is not None \
+            and recorded.step_seconds == step_seconds else None
+        self.chunks_read = {"recorded": 0, "raw": 0}
 
     @property
     def step_seconds(self) -> int:
         return self._step
 
     def describe(self) -> str:
-        return f"Prometheus {self.client.url} ({{{self.selector}}}, step {self._step}s)"
+        text = f"Prometheus {self.client.url} ({{{self.selector}}}, step {self._step}s)"
+        if self.chunks_read["recorded"]:
+            total = sum(self.chunks_read.values())
+            text += (f", hourly recording rules for {self.chunks_read['recorded']} of "
+                     f"{total} chunks")
+        return text
+
+    def _recorded_covers(self, lo: int, hi: int) -> bool:
+        """Whether every step of ``(lo, hi]`` has a recorded hour (one cheap query)."""
+        if self._recorded is None:
+            return False
+        probe = f"count({_last(self._recorded.unallocated, self._step)})"
+        result = self._range(probe, lo, hi)
+        return bool(result) and len(result[0]["values"]) == (hi - lo) // self._step
 
     def _range(self, query: str, lo: int, hi: int) -> list[dict[str, Any]]:
         # A point at t covers (t - step, t]: the first point of the chunk is lo + step.
@@ -124,18 +177,29 @@ class PrometheusSource:
         _check_aligned(start, end, self._step)
         window = f"{self._step}s"
         share_q = allocation_share_query(selector=self.selector, window=window)
+        free_q = unallocated_query(selector=self.selector, window=window)
         mean_q = utilization_query("avg", selector=self.selector, window=window)
         peak_q = utilization_query("max", selector=self.selector, window=window)
+        raw = (share_q, free_q, mean_q, peak_q)
+        recorded = raw if self._recorded is None else tuple(
+            _last(name, self._step) for name in (
+                self._recorded.share, self._recorded.unallocated, self._recorded.use_mean,
+                self._recorded.use_peak))
         for lo, hi in chunks(start, end, step=self._step, chunk=self.chunk):
+            use_recorded = self._recorded_covers(lo, hi)
+            self.chunks_read["recorded" if use_recorded else "raw"] += 1
+            share_q, free_q, mean_q, peak_q = recorded if use_recorded else raw
             shares = matrix_frame(self._range(share_q, lo, hi), HOLDER_LABELS, "share",
                                   shift=self._step)
-            if shares.empty:
+            free = matrix_frame(self._range(free_q, lo, hi), _GPU_LABELS, "share",
+                                shift=self._step)
+            if shares.empty and free.empty:
                 continue
-            mean = matrix_frame(self._range(mean_q, lo, hi), _GPU_LABELS, "util_mean",
+            mean = matrix_frame(self._range(mean_q, lo, hi), _TENANT_LABELS, "util_mean",
                                 shift=self._step)
-            peak = matrix_frame(self._range(peak_q, lo, hi), _GPU_LABELS, "util_max",
+            peak = matrix_frame(self._range(peak_q, lo, hi), _TENANT_LABELS, "util_max",
                                 shift=self._step)
-            yield join_utilization(shares, mean, peak)
+            yield join_utilization(shares, mean, peak, unallocated=free)
 
     def gaps(self, start: datetime, end: datetime) -> list[Gap]:
         _check_aligned(start, end, self._step)
@@ -160,22 +224,34 @@ class PrometheusSource:
         return gaps
 
 
-def join_utilization(shares: pd.DataFrame, mean: pd.DataFrame,
-                     peak: pd.DataFrame) -> pd.DataFrame:
-    """Container shares + per-GPU utilization -> :data:`SERIES_COLUMNS`, labels categorical.
+def _last(name: str, step: int) -> str:
+    """The recorded hour that answers for the step ending at the query time: evaluations
+    run at a fixed offset within the hour, the newest one at or before the step's end."""
+    return f"last_over_time({name}[{step}s])"
 
-    MIG instances get no utilization: the physical GPU's figure says nothing about one slice.
-    """
-    keys = ["ts", "hostname", "uuid"]
-    util = mean.merge(peak, on=keys, how="outer")
-    frame = shares.merge(util, on=keys, how="left")
+
+def join_utilization(shares: pd.DataFrame, mean: pd.DataFrame, peak: pd.DataFrame, *,
+                     unallocated: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Pod shares + their use + the GPUs' unallocated rows -> :data:`SERIES_COLUMNS`,
+    labels categorical. MIG instances get no use: NVML has none per instance."""
+    use = mean.merge(peak, on=_KEYS, how="outer")
+    frame = shares.merge(use, on=_KEYS, how="left")
     mig = (frame["gpu_i_id"] != "").to_numpy()
     if mig.any():
         frame.loc[mig, ["util_mean", "util_max"]] = np.nan
-    frame = frame[list(SERIES_COLUMNS)]
-    for column in HOLDER_LABELS:
-        frame[column] = frame[column].astype("category")
-    return frame
+    frame["container"] = ""
+    parts = [frame]
+    if unallocated is not None and not unallocated.empty:
+        free = unallocated[unallocated["share"] > 0].copy()
+        for column in ("gpu_i_id", "profile", "namespace", "pod", "container", "mode"):
+            free[column] = ""
+        free["util_mean"] = free["util_max"] = np.nan
+        parts.append(free)
+    whole = pd.concat([p[list(SERIES_COLUMNS)] for p in parts], ignore_index=True) \
+        if len(parts) > 1 else frame[list(SERIES_COLUMNS)]
+    for column in LABEL_COLUMNS:
+        whole[column] = whole[column].astype("category")
+    return whole
 
 
 def _check_aligned(start: datetime, end: datetime, step: int) -> None:

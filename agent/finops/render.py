@@ -83,6 +83,14 @@ IDLE_COLUMNS: list[Column] = [("namespace", "Namespace", text), ("workload", "Wo
                               ("idle_cost", "Idle cost", money),
                               ("idle_share", "Idle share of its GPU-h", percent)]
 DAILY_COLUMNS: list[Column] = [("date", "Day (UTC)", text), *_METRIC_COLUMNS]
+SHARED_COLUMNS: list[Column] = [("tenant", "Tenant", text), ("team", "Team", text),
+                                ("mode", "Given as", text), ("share", "Share", percent),
+                                ("gpu_hours_allocated", "GPU-h", hours),
+                                ("gpu_hours_used", "GPU-h used", hours),
+                                ("utilization", "Use of its share", percent),
+                                ("gpu_hours_idle", "GPU-h held idle", hours),
+                                ("cost", "Charge", money), ("idle_cost", "Idle charge", money)]
+SHARED_GPUS_SHOWN = 20
 GAP_COLUMNS: list[Column] = [("kind", "Kind", text), ("scope", "Scope", text),
                              ("start", "From (UTC)", text), ("end", "To (UTC)", text),
                              ("hours", "Hours (GPU-h for utilization)", hours)]
@@ -101,7 +109,8 @@ RECLAIMABLE_COLUMNS: list[Column] = [("job", "Job", text), ("mode", "Plan", text
 _GAP_TEXT = {
     "no_data": "No data in Prometheus",
     "node_agent_down": "Node agent not scraped",
-    "utilization_unavailable": "Allocated without utilization (MIG or GPU not answering)",
+    "utilization_unavailable": "Allocated without utilization (MIG, GPU not answering, "
+                               "use not attributable)",
 }
 
 
@@ -147,6 +156,7 @@ def _tables(report: FinopsReport) -> dict[str, pd.DataFrame]:
     t = report.tables
     return {"teams": t.teams, "namespaces": t.namespaces, "models": t.models,
             "top_idle_workloads": t.top_idle_workloads, "daily": t.daily,
+            "shared_gpus": t.shared_gpus,
             "gaps": _gaps_frame(report), "hygiene_savings": _savings_frame(report),
             "hygiene_reclaimable": _reclaimable_frame(report)}
 
@@ -231,19 +241,70 @@ def headline(report: FinopsReport) -> list[tuple[str, str, str]]:
     return cards
 
 
+def capacity_text(report: FinopsReport) -> str:
+    """Every GPU's hours and cost, split into what pods held and what nobody held."""
+    t = report.tables.totals
+    if "gpu_hours_capacity" not in t:
+        return ""
+    return (f"GPU capacity: {hours(t['gpu_hours_capacity'])} GPU-h, "
+            f"{money(t['capacity_cost'])} = allocated {money(t['cost'])} + unallocated "
+            f"{money(t['unallocated_cost'])} ({hours(t['gpu_hours_unallocated'])} GPU-h "
+            "nobody held).")
+
+
+def shared_gpu_groups(report: FinopsReport) -> list[tuple[str, pd.DataFrame]]:
+    """(heading, tenant rows) per shared GPU, the costliest first, at most
+    ``SHARED_GPUS_SHOWN``; the heading states the reconciliation."""
+    table = report.tables.shared_gpus
+    groups: list[tuple[str, pd.DataFrame]] = []
+    if table.empty:
+        return groups
+    for (hostname, uuid), rows in table.groupby(["hostname", "uuid"], sort=False):
+        first = rows.iloc[0]
+        tenants = rows[rows["tenant"] != "(unallocated)"]
+        free = rows[rows["tenant"] == "(unallocated)"]
+        heading = (f"{hostname} {uuid} ({first['model']}): {hours(first['gpu_hours_capacity'])} "
+                   f"GPU-h x {money(first['price_per_gpu_hour'])} = {money(first['gpu_cost'])}"
+                   f" = {len(tenants)} tenant(s) {money(tenants['cost'].sum())} + unallocated "
+                   f"{money(free['cost'].sum())}")
+        groups.append((heading, rows))
+        if len(groups) == SHARED_GPUS_SHOWN:
+            break
+    return groups
+
+
+def _shared_more(report: FinopsReport) -> str:
+    total = report.tables.shared_gpus.groupby(["hostname", "uuid"]).ngroups \
+        if not report.tables.shared_gpus.empty else 0
+    return (f"{total - SHARED_GPUS_SHOWN} more shared GPUs in shared_gpus.csv."
+            if total > SHARED_GPUS_SHOWN else "")
+
+
+SHARED_INTRO = ("GPUs shared by time-slicing, MPS, KAI or HAMi fractions, or MIG: each "
+                "tenant is charged its share of every GPU-hour, and what nobody held is the "
+                "unallocated rest; the charges add up to the GPU's cost to the cent. A "
+                "tenant's use is its own (NVML per-process samples), as a part of its share; "
+                "held idle is its share while its use stayed under the idle floor.")
+
+
 def method_notes(report: FinopsReport) -> list[str]:
     return [
         f"Week {report.week.name}: {iso(report.week.start)} to {iso(report.week.end)} "
         "(ISO week, Monday 00:00 UTC to the next Monday).",
-        "Allocated: GPU-hours held by containers (steward_gpu_allocation). A GPU shared by N "
-        "containers counts 1/N to each; a MIG instance counts its slices (3g.40gb = 3/7 GPU).",
-        "Used: allocated GPU-hours weighted by the GPU's mean SM utilization in each step.",
+        "Allocated: each pod's share of each physical GPU, over the hours it held it "
+        "(steward_gpu_pod_allocated_ratio): a whole GPU counts 1, a MIG instance its compute "
+        "slices (3g.40gb = 3/7 GPU), a time-sliced replica 1/replicas, a KAI or HAMi "
+        "fraction its fraction. Unallocated: the hours of each GPU nobody held; allocated "
+        "+ unallocated = every GPU's hours.",
+        "Used: allocated GPU-hours weighted by each pod's own mean SM use of its share in "
+        "each step (the GPU's utilization for a pod holding it whole; per-process samples "
+        "on shared GPUs).",
         "Utilization: used ÷ allocated GPU-hours, everywhere in this report. Unmeasured "
         "GPU-hours (allocated, but no utilization was reported: MIG instances, GPUs that "
         "did not answer) are in the denominator and in a column of their own; they are "
         "neither used nor idle.",
-        f"Idle: allocated GPU-hours in steps whose peak utilization stayed under "
-        f"{percent(report.idle_floor)} (finops.idle_floor).",
+        f"Idle: allocated GPU-hours in steps whose peak use (of the pod's share) stayed "
+        f"under {percent(report.idle_floor)} (finops.idle_floor).",
         "Cost: allocated GPU-hours x the model's price per GPU-hour (finops.prices); "
         "idle cost is the idle part of it.",
         "Missing data is listed under Data gaps and is not counted as zero cost.",
@@ -261,6 +322,7 @@ body { margin: 0; font: 16px/1.45 -apple-system, "Segoe UI", Roboto, Helvetica, 
   sans-serif; color: var(--fg); background: var(--bg); }
 main { max-width: 1180px; margin: 0 auto; padding: 16px; }
 h1 { font-size: 1.5rem; margin: 0.2em 0; }
+h3.gpu { font-size: 0.95rem; margin: 1.1em 0 0.3em; overflow-wrap: anywhere; }
 h2 { font-size: 1.15rem; margin: 1.6em 0 0.5em; border-bottom: 1px solid var(--line);
   padding-bottom: 0.2em; }
 .period, .muted, footer { color: var(--muted); font-size: 0.9rem; }
@@ -367,6 +429,18 @@ def render_html(report: FinopsReport, charts: dict[str, bytes]) -> str:
         "<h2>By GPU model</h2>", _figure("cost-by-model", charts["cost-by-model"],
                                          titles["cost-by-model"]),
         _html_table(tables.models, MODEL_COLUMNS, empty="No GPU allocations."),
+        f'<p class="muted">{html.escape(capacity_text(report))}</p>',
+        "<h2>Shared GPUs</h2>", f'<p class="muted">{html.escape(SHARED_INTRO)}</p>',
+    ]
+    groups = shared_gpu_groups(report)
+    if not groups:
+        parts.append('<p class="muted">No shared GPU this week.</p>')
+    for heading, rows in groups:
+        parts += [f'<h3 class="gpu">{html.escape(heading)}</h3>',
+                  _html_table(rows, SHARED_COLUMNS, empty="")]
+    if _shared_more(report):
+        parts.append(f'<p class="muted">{html.escape(_shared_more(report))}</p>')
+    parts += [
         "<h2>Hygiene savings</h2>",
     ]
     if report.savings.available:
@@ -411,6 +485,18 @@ def _md_table(frame: pd.DataFrame, columns: Sequence[Column], *, empty: str) -> 
     return "\n".join(lines)
 
 
+def _md_shared(report: FinopsReport) -> str:
+    groups = shared_gpu_groups(report)
+    if not groups:
+        return "_No shared GPU this week._"
+    parts = [SHARED_INTRO]
+    for heading, rows in groups:
+        parts += [f"**{_md_cell(heading)}**", _md_table(rows, SHARED_COLUMNS, empty="")]
+    if _shared_more(report):
+        parts.append(_shared_more(report))
+    return "\n\n".join(parts)
+
+
 def render_markdown(report: FinopsReport) -> str:
     tables = report.tables
     week = report.week
@@ -431,7 +517,9 @@ def render_markdown(report: FinopsReport) -> str:
         ("GPU-hours per day", _md_table(tables.daily, DAILY_COLUMNS, empty="No data.")),
         ("By namespace", _md_table(tables.namespaces, NAMESPACE_COLUMNS,
                                    empty="No GPU allocations.")),
-        ("By GPU model", _md_table(tables.models, MODEL_COLUMNS, empty="No GPU allocations.")),
+        ("By GPU model", _md_table(tables.models, MODEL_COLUMNS, empty="No GPU allocations.")
+         + (f"\n\n{capacity_text(report)}" if capacity_text(report) else "")),
+        ("Shared GPUs", _md_shared(report)),
         ("Hygiene savings",
          "Realised this week:\n\n"
          + _md_table(_savings_frame(report), SAVINGS_COLUMNS,

@@ -20,12 +20,13 @@ from agent.clients.slack_params import SlackSettings
 from agent.config import StewardConfig
 from agent.cron import cron_trigger
 from agent.errors import RuntimeFailure
-from agent.finops.aggregate import aggregate_usage, build_tables, price_usage
+from agent.finops.aggregate import aggregate_usage, aggregate_week, build_tables, price_usage
 from agent.finops.document import FinopsReport
 from agent.finops.parquet import ParquetSource, export_parquet
 from agent.finops.period import ReportWeek
 from agent.finops.pricing import PriceTable
 from agent.finops.queries import PrometheusSource
+from agent.finops.recording import RECORDED
 from agent.finops.render import write_report
 from agent.finops.savings import AuditLogSavings, SavingsSource, compute_savings
 from agent.finops.series import FinopsInputError, Gap, SeriesSource, parse_step
@@ -46,7 +47,8 @@ def default_source(config: StewardConfig, *, parquet: Path | None) -> SeriesSour
         return ParquetSource(parquet)
     step = parse_step(config.finops.step)
     client = PrometheusClient(config.prometheus.url, timeout=config.prometheus.timeout_seconds)
-    return PrometheusSource(client, step_seconds=step)
+    # The recording rules are written for the default selector, which this source uses.
+    return PrometheusSource(client, step_seconds=step, recorded=RECORDED)
 
 
 def default_namespace_labels(config: StewardConfig) -> NamespaceLabelsSource | None:
@@ -90,9 +92,10 @@ def build_report(config: StewardConfig, week: ReportWeek, *, source: SeriesSourc
         warnings.append(f"{week.name} is not over yet: the hours after "
                         f"{now.astimezone(UTC):%a %H:%M} UTC have no data")
 
-    usage = aggregate_usage(source, week.start, week.end, idle_floor=finops.idle_floor)
+    week_usage = aggregate_week(source, week.start, week.end, idle_floor=finops.idle_floor)
+    usage = week_usage.usage
     gaps = source.gaps(week.start, week.end)
-    priced = price_usage(usage, prices)
+    priced = price_usage(usage, prices, gpus=week_usage.gpus)
     prev_usage = aggregate_usage(source, previous.start, previous.end,
                                  idle_floor=finops.idle_floor)
     prev_gaps = source.gaps(previous.start, previous.end)
@@ -123,7 +126,8 @@ def build_report(config: StewardConfig, week: ReportWeek, *, source: SeriesSourc
     unmeasured = tables.totals["gpu_hours_unmeasured"]
     if unmeasured > 0:
         gaps.append(Gap(kind="utilization_unavailable",
-                        scope="MIG instances and GPUs without utilization samples",
+                        scope="MIG instances, GPUs without utilization samples, and shares "
+                              "whose use could not be attributed",
                         start=week.start, end=week.end, hours=unmeasured))
     allocated = tables.totals["gpu_hours_allocated"]
     mean_price = tables.totals["cost"] / allocated if allocated > 0 else (

@@ -1,16 +1,23 @@
 """The hourly series the report reads, whatever their source: columns, gaps, the source protocol.
 
-One row is one step (``finops.step``, 1 h by default) of one container holding one GPU or
-MIG instance:
+One row is one step (``finops.step``, 1 h by default) of one pod holding a share of one
+GPU or MIG instance, or of what nobody held of one physical GPU:
 
 - ``ts``: start of the step, epoch seconds (the step covers ``[ts, ts + step)``);
 - ``hostname``, ``uuid``, ``gpu_i_id`` (``""`` for a whole GPU), ``profile`` (MIG profile,
   ``""`` for a whole GPU), ``model``: the GPU (or MIG instance);
-- ``namespace``, ``pod``, ``container``: who held it;
-- ``share``: the part of the step this container held the GPU unit, already divided among
-  the containers sharing it (time-slicing), 0-1;
-- ``util_mean``, ``util_max``: SM utilization of the physical GPU over the step; NaN where
-  it is not measured (MIG instances, a GPU that did not answer).
+- ``namespace``, ``pod``: who held it (``container`` is kept for older exports, ``""``);
+  both ``""`` on the GPU's **unallocated** row: the part of the step nobody held;
+- ``mode``: how the share was given (exclusive, mig, time_sliced, fraction, mps; ``""`` on
+  the unallocated row);
+- ``share``: the part of the physical GPU held over the step, 0-1
+  (``steward_gpu_pod_allocated_ratio`` averaged over the step: a MIG ``3g.40gb`` held all
+  step is 3/7, a KAI ``gpu-fraction: 0.25`` a quarter). A GPU's rows, its unallocated row
+  included, add up to 1 for every step it reported, so charges reconcile with its cost;
+- ``util_mean``, ``util_max``: the holder's own use of its share over the step (used ÷
+  held: 0.5 = half of what it holds; above 1 when a tenant of a time-sliced GPU borrows
+  time its neighbours leave idle); NaN where it is not measured (MIG instances, a GPU that
+  did not answer, a shared GPU whose per-process use could not be attributed).
 """
 
 from __future__ import annotations
@@ -25,10 +32,13 @@ import pandas as pd
 from agent.durations import parse_duration
 
 LABEL_COLUMNS = ("hostname", "uuid", "gpu_i_id", "profile", "model", "namespace", "pod",
-                 "container")
+                 "container", "mode")
 VALUE_COLUMNS = ("share", "util_mean", "util_max")
 SERIES_COLUMNS = ("ts", *LABEL_COLUMNS, *VALUE_COLUMNS)
 
+UNALLOCATED_MODE = ""  # the mode of a GPU's unallocated row (namespace and pod "" too)
+MODES = ("exclusive", "mig", "time_sliced", "fraction", "mps")
+SHARED_MODES = frozenset({"mig", "time_sliced", "fraction", "mps"})
 GapKind = Literal["no_data", "node_agent_down", "utilization_unavailable"]
 
 

@@ -6,11 +6,11 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol
-
-from agent.finops.aggregate import UNASSIGNED
+from typing import Any, Final, Protocol
 
 log = logging.getLogger("agent.finops.teams")
+# Here, not in aggregate (pandas): the controller's team collector reads this module too.
+UNASSIGNED: Final = "unassigned"
 _PAGE = 500
 
 

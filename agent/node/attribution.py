@@ -7,6 +7,9 @@ legacy ``MIG-GPU-<uuid>/<gi>/<ci>`` form, a device index, or a time-slicing repl
 mapped to its pod through its cgroup. Anything that cannot be matched is counted under a
 named error rather than dropped silently: empty pod labels with no hint why are the most
 common complaint about dcgm-exporter.
+
+The same collection computes each pod's share of each GPU (:mod:`agent.node.shares`) and
+its own use of shared GPUs (:mod:`agent.node.tenant_use`): one List() per collection.
 """
 
 from __future__ import annotations
@@ -25,6 +28,8 @@ from agent.node.gpu_metrics import gpu_labels
 from agent.node.podresources.client import ContainerDevices, PodResourcesError
 from agent.node.pods import PodInfo
 from agent.node.readings import GpuIdentity, GpuReading
+from agent.node.shares import build_share_families, compute_shares
+from agent.node.tenant_use import build_use_families, tenant_use
 
 log = logging.getLogger(__name__)
 _LEGACY_MIG_RE = re.compile(r"^MIG-(GPU-[0-9a-fA-F-]+)/(\d+)/(\d+)$")
@@ -32,6 +37,8 @@ _LEGACY_MIG_RE = re.compile(r"^MIG-(GPU-[0-9a-fA-F-]+)/(\d+)/(\d+)$")
 
 class DeviceSource(Protocol):
     def list_devices(self) -> list[ContainerDevices]: ...
+
+    def allocatable_devices(self) -> list[str]: ...
 
 
 class LatestReadings:
@@ -156,6 +163,7 @@ def attribution_collector(devices: DeviceSource, latest: LatestReadings, hostnam
     """The ``attribution`` collector. Without ``pods`` (no pod cache), per-pod memory is
     left out: a PID's cgroup names a pod UID, and only the API maps UIDs to names."""
     logged_unmatched: set[str] = set()
+    logged_allocatable: set[str] = set()
 
     def collect() -> CollectResult:
         # Both loops start together; the first GPU collection is usually milliseconds away.
@@ -176,9 +184,28 @@ def attribution_collector(devices: DeviceSource, latest: LatestReadings, hostnam
             log.warning("device ID from the kubelet matches no GPU NVML reports on this node",
                         extra={"device_id": device_id})
         memory = None
-        if pods is not None and pod_uid_for_pid is not None:
+        listed_pods = pods() if pods is not None else None
+        by_uid = {p.uid: p for p in listed_pods} if listed_pods is not None else None
+        if by_uid is not None and pod_uid_for_pid is not None:
             # Host processes (persistenced, a debugging nvidia-smi) are normal: not errors.
-            memory, _ = pod_memory(readings, pod_uid_for_pid, {p.uid: p for p in pods()})
-        return CollectResult(build_attribution_families(allocations, memory, hostname), errors)
+            memory, _ = pod_memory(readings, pod_uid_for_pid, by_uid)
+        families = build_attribution_families(allocations, memory, hostname)
+        try:
+            allocatable: list[str] | None = devices.allocatable_devices()
+        except PodResourcesError as exc:
+            # Whole GPUs, MIG and fractions are still known; only replicas are not.
+            allocatable = None
+            errors.append("allocatable_unavailable")
+            if exc.reason not in logged_allocatable:
+                logged_allocatable.add(exc.reason)
+                log.warning("kubelet allocatable devices unavailable: time-sliced GPU shares "
+                            "cannot be computed", extra={"detail": str(exc)})
+        shares = compute_shares(listed, allocatable, readings, listed_pods, DeviceIndex(readings))
+        errors.extend(shares.errors)
+        families += build_share_families(shares.shares, hostname)
+        if by_uid is not None and pod_uid_for_pid is not None:
+            use = tenant_use(readings, shares.shares, pod_uid_for_pid, by_uid)
+            families += build_use_families(use, hostname)
+        return CollectResult(families, errors)
 
     return Collector("attribution", collect, interval)

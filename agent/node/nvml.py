@@ -23,6 +23,7 @@ from agent.node.readings import (
     GpuReading,
     GpuSourceUnavailable,
     ProcessMemory,
+    ProcessUtilization,
     XidStat,
 )
 
@@ -93,6 +94,9 @@ class NvmlGpuSource:
         self._xid_lock = threading.Lock()
         self._xid_logged: dict[tuple[str, int], float] = {}
         self._lost: set[str] = set()
+        # Per GPU, the newest per-process utilization sample seen (NVML's own microsecond
+        # timestamps): the next call asks only for samples after it.
+        self._last_sample: dict[str, int] = {}
         self._event_error: str | None = "XID event thread not started"
         self._stop = threading.Event()
         self._event_thread: threading.Thread | None = None
@@ -290,6 +294,7 @@ class NvmlGpuSource:
             mig_enabled = bool(mig and mig[0] == lib.NVML_DEVICE_MIG_ENABLE)
             util = self._field(errors, lib.nvmlDeviceGetUtilizationRates, h)
             memory = self._field(errors, lib.nvmlDeviceGetMemoryInfo, h)
+            processes, mps = (None, False) if mig_enabled else self._processes(errors, h)
             reading = GpuReading(
                 identity=dev.identity,
                 up=True,
@@ -312,7 +317,10 @@ class NvmlGpuSource:
                 clock_event_mask=self._clock_events(errors, h),
                 ecc_errors=self._ecc(errors, h),
                 remapped_rows=self._remapped_rows(errors, h),
-                processes=None if mig_enabled else self._processes(errors, h),
+                processes=None if mig_enabled else processes,
+                process_utilization=None if mig_enabled
+                else self._process_utilization(errors, h, dev.identity.uuid),
+                mps=mps,
             )
             if not mig_enabled:
                 return [reading]
@@ -365,12 +373,65 @@ class NvmlGpuSource:
         return {"correctable": int(correctable), "uncorrectable": int(uncorrectable),
                 "pending": int(pending), "failure": int(failure)}
 
-    def _processes(self, errors: list[str], h: Any) -> tuple[ProcessMemory, ...] | None:
-        procs = self._field(errors, self._lib.nvmlDeviceGetComputeRunningProcesses, h)
+    def _processes(self, errors: list[str], h: Any
+                   ) -> tuple[tuple[ProcessMemory, ...] | None, bool]:
+        """(every process holding memory on the GPU, whether MPS clients run on it).
+
+        Compute, graphics and MPS client lists: under MPS the compute list holds only the
+        MPS server, and its clients are the tenants.
+        """
+        lib = self._lib
+        procs = self._field(errors, lib.nvmlDeviceGetComputeRunningProcesses, h)
         if procs is None:
+            return None, False
+        graphics = self._field(errors, lib.nvmlDeviceGetGraphicsRunningProcesses, h)
+        mps = self._field(errors, lib.nvmlDeviceGetMPSComputeRunningProcesses, h)
+        used: dict[int, int] = {}
+        for listed in (procs, graphics or (), mps or ()):
+            for p in listed:
+                # A process in two lists (compute and graphics) holds one allocation.
+                used[int(p.pid)] = max(used.get(int(p.pid), 0), int(p.usedGpuMemory or 0))
+        return tuple(ProcessMemory(pid=pid, used_bytes=b) for pid, b in used.items()), bool(mps)
+
+    def _samples_since(self, h: Any, since: int) -> Any:
+        lib = self._lib
+        try:
+            return lib.nvmlDeviceGetProcessUtilization(h, since)
+        except lib.NVMLError as exc:
+            if exc.value != lib.NVML_ERROR_INSUFFICIENT_SIZE:
+                raise
+            # pynvml sizes its array by a first call: a process that began to be sampled
+            # between its two calls makes the second one too small. Ask once more.
+            return lib.nvmlDeviceGetProcessUtilization(h, since)
+
+    def _process_utilization(self, errors: list[str], h: Any,
+                             uuid: str) -> tuple[ProcessUtilization, ...] | None:
+        """Each process's mean SM use over the samples NVML took since the previous call.
+
+        NVML keeps a short buffer of per-process samples and answers NOT_FOUND when it holds
+        none newer than the timestamp asked for: no process ran a kernel since (``()``).
+        The first call asks for the whole buffer (timestamp 0).
+        """
+        lib = self._lib
+        try:
+            samples = self._samples_since(h, self._last_sample.get(uuid, 0))
+        except lib.NVMLError as exc:
+            if exc.value == lib.NVML_ERROR_GPU_IS_LOST:
+                raise _GpuLost from exc
+            if exc.value == lib.NVML_ERROR_NOT_FOUND:
+                return ()
+            if exc.value not in (lib.NVML_ERROR_NOT_SUPPORTED, lib.NVML_ERROR_FUNCTION_NOT_FOUND):
+                errors.append(error_kind(exc))
             return None
-        return tuple(ProcessMemory(pid=int(p.pid), used_bytes=int(p.usedGpuMemory or 0))
-                     for p in procs)
+        per_pid: dict[int, list[int]] = {}
+        newest = self._last_sample.get(uuid, 0)
+        for sample in samples:
+            per_pid.setdefault(int(sample.pid), []).append(int(sample.smUtil))
+            newest = max(newest, int(sample.timeStamp))
+        self._last_sample[uuid] = newest
+        return tuple(ProcessUtilization(pid=pid, sm=min(1.0, max(0.0, sum(sm) / len(sm) / 100)),
+                                        samples=len(sm))
+                     for pid, sm in sorted(per_pid.items()))
 
     def _read_mig(self, dev: _Device, errors: list[str]) -> list[GpuReading]:
         lib, h = self._lib, dev.handle
@@ -401,6 +462,6 @@ class NvmlGpuSource:
                 mig_mode="enabled",
                 memory_used_bytes=None if memory is None else int(memory.used),
                 memory_total_bytes=None if memory is None else int(memory.total),
-                processes=self._processes(errors, mig_handle),
+                processes=self._processes(errors, mig_handle)[0],
             ))
         return readings

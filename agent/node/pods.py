@@ -12,7 +12,7 @@ import logging
 import random
 import threading
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from prometheus_client.metrics_core import Metric
@@ -20,8 +20,18 @@ from prometheus_client.metrics_core import Metric
 from agent.clients.kubernetes.api import KubeApiError, timestamp
 from agent.clients.kubernetes.calls import PodEvents, PodWatching
 from agent.clients.kubernetes.gpus import pod_json_gpus
+from agent.node.device_health import DeviceHealth, build_device_health_family, device_health
+from agent.node.workloads import BARE_POD, build_workload_family, owning_workload
 
 log = logging.getLogger(__name__)
+
+# Annotations kept in the cache, for GPU shares: KAI Scheduler's fraction requests and HAMi's
+# assignment. Every other annotation is dropped (some are large, all are untrusted text).
+SHARE_ANNOTATIONS = frozenset({
+    "gpu-fraction", "gpu-memory", "gpu-fraction-num-devices",
+    "hami.io/vgpu-devices-allocated",
+})
+
 
 @dataclass(frozen=True)
 class ContainerInfo:
@@ -45,6 +55,31 @@ class PodInfo:
     # "Terminating"): deletion time plus the grace period. The phase stays what it was until
     # the kubelet has stopped the containers.
     deleted_at: float | None = None
+    # The owning workload (agent.node.workloads) and the devices' health from pod status
+    # (agent.node.device_health): who to tell when a GPU under the pod fails.
+    workload_kind: str = BARE_POD
+    workload: str = ""
+    device_health: tuple[DeviceHealth, ...] = ()
+    labels: dict[str, str] = field(default_factory=dict, hash=False)
+    # Only the keys of SHARE_ANNOTATIONS.
+    annotations: dict[str, str] = field(default_factory=dict, hash=False)
+    # nvidia.com/* resource limits summed over containers (HAMi's gpucores, gpumem).
+    gpu_resources: dict[str, int] = field(default_factory=dict, hash=False)
+
+
+def _nvidia_quantities(resources: Mapping[str, Any] | None) -> dict[str, int]:
+    if not resources:
+        return {}
+    # Limits are what the device plugin allocates; requests must equal them for GPUs.
+    quantities = resources.get("limits") or resources.get("requests") or {}
+    out: dict[str, int] = {}
+    for name, quantity in quantities.items():
+        if str(name).startswith("nvidia.com/"):
+            try:
+                out[str(name)] = int(str(quantity))
+            except ValueError:
+                continue
+    return out
 
 
 def pod_info_from_api(pod: Mapping[str, Any]) -> PodInfo:
@@ -67,6 +102,8 @@ def pod_info_from_api(pod: Mapping[str, Any]) -> PodInfo:
             last_terminated_reason=terminated.get("reason") if terminated else None,
             last_terminated_at=timestamp(terminated.get("finishedAt")) if terminated else None,
         ))
+    owner = owning_workload(metadata.get("ownerReferences"), metadata.get("labels"),
+                            str(metadata.get("name")))
     return PodInfo(
         uid=str(metadata.get("uid")),
         namespace=str(metadata.get("namespace")),
@@ -76,7 +113,21 @@ def pod_info_from_api(pod: Mapping[str, Any]) -> PodInfo:
         containers=tuple(containers),
         created_at=timestamp(metadata.get("creationTimestamp")),
         deleted_at=timestamp(metadata.get("deletionTimestamp")),
+        workload_kind=owner.kind, workload=owner.name,
+        device_health=device_health(status.get("containerStatuses")),
+        labels={str(k): str(v) for k, v in (metadata.get("labels") or {}).items()},
+        annotations={k: str(v) for k, v in (metadata.get("annotations") or {}).items()
+                     if k in SHARE_ANNOTATIONS},
+        gpu_resources=_sum_quantities(spec.get("containers") or []),
     )
+
+
+def _sum_quantities(containers: Iterable[Any]) -> dict[str, int]:
+    total: dict[str, int] = {}
+    for container in containers:
+        for name, n in _nvidia_quantities(container.get("resources")).items():
+            total[name] = total.get(name, 0) + n
+    return total
 
 
 class PodSource(Protocol):
@@ -249,7 +300,8 @@ def build_pod_families(pods: Iterable[PodInfo], hostname: str) -> list[Metric]:
     deleting = Metric("steward_pod_deletion_timestamp_seconds",
                       "The pod's deletionTimestamp (when its grace period ends): present "
                       "while it is Terminating, whatever its phase.", "gauge")
-    for pod in sorted(pods, key=lambda p: (p.namespace, p.name)):
+    ordered = sorted(pods, key=lambda p: (p.namespace, p.name))
+    for pod in ordered:
         labels = {"namespace": pod.namespace, "pod": pod.name, "hostname": hostname}
         phase.add_sample("steward_pod_phase", {**labels, "phase": pod.phase}, 1.0)
         if pod.deleted_at is not None:
@@ -267,4 +319,7 @@ def build_pod_families(pods: Iterable[PodInfo], hostname: str) -> list[Metric]:
                     "steward_container_last_terminated_timestamp_seconds",
                     {**c_labels, "reason": container.last_terminated_reason},
                     container.last_terminated_at)
-    return [m for m in (phase, deleting, gpus, restarts, waiting, terminated) if m.samples]
+    workloads = build_workload_family(ordered, hostname)
+    health = build_device_health_family(ordered, hostname)
+    return [m for m in (phase, deleting, gpus, restarts, waiting, terminated, workloads, health)
+            if m.samples]

@@ -55,6 +55,16 @@ class ProcessMemory:
 
 
 @dataclass(frozen=True)
+class ProcessUtilization:
+    """One process's SM use of a GPU since the previous collection (NVML's per-process
+    samples), 0-1 of the whole GPU: the mean of the samples NVML kept for it."""
+
+    pid: int
+    sm: float
+    samples: int
+
+
+@dataclass(frozen=True)
 class GpuReading:
     identity: GpuIdentity
     up: bool
@@ -74,6 +84,11 @@ class GpuReading:
     ecc_errors: dict[str, int] | None = None  # corrected / uncorrected
     remapped_rows: dict[str, int] | None = None  # correctable / uncorrectable / pending / failure
     processes: tuple[ProcessMemory, ...] | None = None
+    # Per-process SM use since the previous collection: () when NVML had no sample for any
+    # process (NVML_ERROR_NOT_FOUND), None when it cannot say (not supported, an error).
+    process_utilization: tuple[ProcessUtilization, ...] | None = None
+    # True while NVML lists MPS client processes on this GPU (an MPS server shares it).
+    mps: bool = False
 
 
 class GpuSourceUnavailable(Exception):

@@ -85,6 +85,11 @@ def _split(url: str | None) -> tuple[str, str] | None:
     return f"{parts.scheme.lower()}://{parts.netloc.lower()}", parts.path or "/"
 
 
+def split_url(url: str | None) -> tuple[str, str] | None:
+    """(``scheme://host[:port]`` lowercased, path) of a safe http(s) URL; None otherwise."""
+    return _split(url)
+
+
 def allowed_link(url: str | None, settings: LinkSettings) -> str | None:
     """``url``, percent-encoded where it must be, when it lies under a configured target
     (runbooks base URL, Grafana, Alertmanager); None otherwise."""

@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import timedelta
+from pathlib import Path
 
 from sqlalchemy import Engine, create_engine, make_url, text
 from sqlalchemy.pool import NullPool
@@ -23,11 +24,14 @@ from agent.clients.slack_params import SlackSettings
 from agent.config import StewardConfig
 from agent.exporter.server import parse_listen
 from agent.log import register_secret
+from agent.notify.actions import ActionWorker
 from agent.notify.alert_links import LinkSettings
 from agent.notify.delivery import Delivery
 from agent.notify.group_lock import GroupLocks, StoreInUse, group_locks_for
+from agent.notify.interactivity import build_interactivity
 from agent.notify.metrics import NotifierMetrics
 from agent.notify.outbox import TABLES, Outbox, add_missing_columns
+from agent.notify.owners import OwnerNotices
 from agent.notify.server import BearerAuth, NotifierServer, auth_from
 from agent.notify.worker import DeliveryWorker
 from agent.signals import stop_on_signals
@@ -50,6 +54,7 @@ class Notifier:
     server: NotifierServer
     metrics: NotifierMetrics
     locks: GroupLocks
+    actions: ActionWorker | None = None
     stopped: bool = False
 
     @property
@@ -63,6 +68,8 @@ class Notifier:
     def start(self) -> None:
         self.outbox.start()
         self.worker.start()
+        if self.actions is not None:
+            self.actions.start()
         self.server.start()
 
     def stop(self) -> None:
@@ -71,9 +78,20 @@ class Notifier:
         self.stopped = True
         self.server.stop()  # no new webhooks first; the outbox keeps what was acknowledged
         self.worker.stop()
+        if self.actions is not None:
+            self.actions.stop()
         self.outbox.stop()
         self.locks.close()
         self.engine.dispose()
+
+
+def _secret_file_problem(key: str, path: Path) -> list[str]:
+    try:
+        if not path.read_text(encoding="utf-8").strip():
+            return [f"{key}: {path} is empty"]
+    except OSError as exc:
+        return [f"{key}: cannot read {path}: {exc.strerror or exc}"]
+    return []
 
 
 def config_problems(config: StewardConfig, *,
@@ -92,14 +110,12 @@ def config_problems(config: StewardConfig, *,
     if config.slack.default_channel is None:
         problems.append("slack.default_channel: required by the notifier (alerts no route "
                         "matches go there)")
+    secret_file = config.slack.signing_secret_file
+    if secret_file is not None:
+        problems.extend(_secret_file_problem("slack.signing_secret_file", secret_file))
     token_file = config.notifier.auth_token_file
     if token_file is not None:
-        try:
-            if not token_file.read_text(encoding="utf-8").strip():
-                problems.append(f"notifier.auth_token_file: {token_file} is empty")
-        except OSError as exc:
-            problems.append(f"notifier.auth_token_file: cannot read {token_file}: "
-                            f"{exc.strerror or exc}")
+        problems.extend(_secret_file_problem("notifier.auth_token_file", token_file))
     elif env.get("STEWARD_NOTIFIER_AUTH_TOKEN") == "":
         problems.append("STEWARD_NOTIFIER_AUTH_TOKEN: set but empty")
     elif "STEWARD_NOTIFIER_AUTH_TOKEN" not in env and not config.notifier.allow_unauthenticated:
@@ -174,9 +190,15 @@ def build_notifier(config: StewardConfig, *, sink: SlackSink | None = None,
         runbook_base_url=config.runbooks.base_url, grafana_url=config.grafana.url,
         alertmanager_url=config.alertmanager.url,
         dashboard_window=timedelta(minutes=config.notifier.dashboard_window_minutes))
+    interactive = build_interactivity(config, outbox=outbox, engine=engine, sink=sink,
+                                      locks=locks, links=links, environ=env, clock=clock)
     delivery = Delivery(outbox, sink, router, links, clock=clock, on_write=metrics.slack_ok,
                         stale_window=timedelta(
-                            seconds=config.notifier.stale_firing_window_seconds))
+                            seconds=config.notifier.stale_firing_window_seconds),
+                        owners=OwnerNotices(config.slack.team_channels),
+                        actions_for=interactive.actions_for)
+    if interactive.acknowledger is not None:
+        interactive.acknowledger.render_with(delivery.render_root)
     worker = DeliveryWorker(delivery, outbox, metrics,
                             pacing_seconds=config.notifier.channel_pacing_seconds,
                             retry_base_seconds=retry_base_seconds,
@@ -190,9 +212,10 @@ def build_notifier(config: StewardConfig, *, sink: SlackSink | None = None,
         persist=lambda notification, body: outbox.enqueue(notification, body=body),
         metrics=metrics,
         healthy=worker.alive, ready=lambda: worker.alive() and outbox.running,
-        max_body_bytes=config.notifier.max_body_bytes, auth=auth)
+        max_body_bytes=config.notifier.max_body_bytes, auth=auth,
+        slack_actions=interactive.endpoint)
     return Notifier(engine=engine, outbox=outbox, worker=worker, server=server, metrics=metrics,
-                    locks=locks)
+                    locks=locks, actions=interactive.worker)
 
 
 def run_notifier(config: StewardConfig, *, stop: threading.Event | None = None,

@@ -16,7 +16,7 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Final
+from typing import Any, Final, Protocol
 
 from agent.clients.slack import Message
 from agent.notify.alert_links import (
@@ -52,6 +52,15 @@ _ZWSP: Final = "\u200b"
 _BROADCAST: Final = re.compile(r"@(?=(?:channel|here|everyone)\b)", re.IGNORECASE)
 
 Block = dict[str, Any]
+
+
+class AlertActions(Protocol):
+    """What the notifier's interactivity adds to each alert of a root message (see
+    ``agent.notify.actions``): a line of state ("acknowledged by ...") and buttons."""
+
+    def note(self, alert: AlertState) -> str | None: ...
+
+    def buttons(self, alert: AlertState) -> list[Block]: ...
 
 
 @dataclass(frozen=True)
@@ -224,8 +233,9 @@ def _alert_section(alert: AlertState, settings: LinkSettings) -> Block:
     return _section(text)
 
 
-def _link_buttons(links: AlertLinks, index: int) -> Block | None:
-    buttons = []
+def _link_buttons(links: AlertLinks, index: int, extra: Sequence[Block] = ()
+                  ) -> Block | None:
+    buttons = list(extra)
     if links.runbook:
         buttons.append(_button("📖 Runbook", links.runbook, f"runbook-{index}"))
     if links.dashboard:
@@ -279,8 +289,12 @@ def _title(view: GroupView) -> tuple[str, str]:
     return f"{_EMOJI.get(_worst_severity(firing), '⚪')} FIRING:{len(firing)}", names_text
 
 
-def render_group(view: GroupView, settings: LinkSettings) -> Message:
-    """The root message: summary, every alert with its buttons, summarised past the limits."""
+def render_group(view: GroupView, settings: LinkSettings,
+                 actions: AlertActions | None = None, *,
+                 extra: Sequence[Block] = ()) -> Message:
+    """The root message: summary, every alert with its buttons, summarised past the limits.
+    ``actions``: the interactive buttons and state of each alert, when they are on;
+    ``extra`` (the owner notices it led to) goes before the footer."""
     alerts = ordered(view.alerts)
     status, names = _title(view)
     place = " · ".join(where(view.group_labels))
@@ -303,8 +317,13 @@ def render_group(view: GroupView, settings: LinkSettings) -> Message:
 
     full = len(alerts) if len(alerts) <= _FULL_IF_ALL_FIT else _FULL_WHEN_SUMMARISED
     for index, alert in enumerate(alerts[:full]):
-        blocks.append(_alert_section(alert, settings))
-        buttons = _link_buttons(links_for(alert, settings), index)
+        section = _alert_section(alert, settings)
+        note = actions.note(alert) if actions is not None else None
+        if note:
+            section = _section(fit(f"{section['text']['text']}\n{note}", MAX_SECTION))
+        blocks.append(section)
+        interactive = actions.buttons(alert) if actions is not None else []
+        buttons = _link_buttons(links_for(alert, settings), index, interactive)
         if buttons is not None:
             blocks.append(buttons)
     rest = alerts[full:]
@@ -324,6 +343,8 @@ def render_group(view: GroupView, settings: LinkSettings) -> Message:
             if len(line) > MAX_SECTION:
                 line = "Runbooks: " + ", ".join(escape(fit(n, 80)) for n in runbooks)
             blocks.append(_section(fit(line, MAX_SECTION)))
+    blocks = blocks[:MAX_BLOCKS - 1 - len(extra)]
+    blocks.extend(extra)
     blocks.append(_footer(view, settings))
     text = f"{status} {names}" + (f" — {place}" if place else "") + f" ({counts})"
     return Message(text=fit_escaped(text, MAX_TEXT), blocks=blocks[:MAX_BLOCKS])
@@ -359,8 +380,20 @@ def _change_line(change: Change, settings: LinkSettings) -> str:
     return fit(line, MAX_SECTION)
 
 
-def render_changes(changes: Sequence[Change], settings: LinkSettings) -> Message:
-    """A thread reply: what fired and what resolved since the last reply, in order."""
+_PERMALINK: Final = re.compile(
+    r"^https?://[A-Za-z0-9.:-]+/archives/[A-Z0-9]+/p[0-9]+(?:\?[A-Za-z0-9_=&.%-]*)?$")
+
+
+def permalink_shaped(url: str) -> bool:
+    """A message link in chat.getPermalink's shape, nothing Slack could read as markup (the
+    host is checked by ``owners.slack_permalink`` before it gets here)."""
+    return bool(_PERMALINK.match(url))
+
+
+def render_changes(changes: Sequence[Change], settings: LinkSettings,
+                   root_link: str | None = None) -> Message:
+    """A thread reply: what fired and what resolved since the last reply, in order.
+    ``root_link``: the root message's permalink (from Slack), linked from a resolve."""
     fired = [c for c in changes if c.kind == "firing"]
     resolved = [c for c in changes if c.kind == "resolved"]
     counts = []
@@ -369,7 +402,10 @@ def render_changes(changes: Sequence[Change], settings: LinkSettings) -> Message
     if resolved:
         counts.append(f"{_RESOLVED} {len(resolved)} resolved")
     summary = " · ".join(counts) or "no change"
-    blocks: list[Block] = [_section(f"*{summary}*")]
+    head = f"*{summary}*"
+    if resolved and root_link and permalink_shaped(root_link):
+        head += "  ·  " + mrkdwn_link(root_link, "alert group")
+    blocks: list[Block] = [_section(head)]
     room = MAX_BLOCKS - len(blocks)
     shown = changes if len(changes) <= room else changes[: room - 1]
     blocks.extend(_section(_change_line(c, settings)) for c in shown)

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Final
@@ -35,6 +35,7 @@ from agent.clients.slack_params import NoChannel, Router
 from agent.notify.alert_links import LinkSettings
 from agent.notify.blocks import (
     MAX_TEXT,
+    AlertActions,
     GroupView,
     fit,
     fit_escaped,
@@ -42,7 +43,7 @@ from agent.notify.blocks import (
     render_group,
     render_plain,
 )
-from agent.notify.incident import accumulate, all_resolved, ordered, without_stale
+from agent.notify.incident import Alerts, accumulate, all_resolved, ordered, without_stale
 from agent.notify.outbox import (
     DeadLetter,
     GroupState,
@@ -52,7 +53,18 @@ from agent.notify.outbox import (
     Pending,
     lenient_fields,
 )
+from agent.notify.owners import (
+    NoticeLinks,
+    OwnerNotices,
+    is_owner_group,
+    notices_section,
+    oncall_groups,
+    owner_of,
+    render_notice,
+    slack_permalink,
+)
 from agent.notify.webhook import Notification
+from agent.notify.webhook import group_id as group_id_of
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +96,9 @@ class Delivery:
     def __init__(self, outbox: Outbox, sink: SlackSink, router: Router, links: LinkSettings,
                  *, clock: Callable[[], float] = time.time,
                  on_write: Callable[[], None] | None = None,
-                 stale_window: timedelta = timedelta(minutes=5)) -> None:
+                 stale_window: timedelta = timedelta(minutes=5),
+                 owners: OwnerNotices | None = None,
+                 actions_for: Callable[[str], AlertActions | None] | None = None) -> None:
         self._outbox = outbox
         self._sink = sink
         self._router = router
@@ -92,6 +106,21 @@ class Delivery:
         self._clock = clock
         self._on_write = on_write or (lambda: None)
         self._stale_window = stale_window
+        self._actions_for = actions_for or (lambda _group_id: None)
+        self._owners = owners or OwnerNotices({})
+        self._notice_links = NoticeLinks(self._owners, outbox, sink, api_url=sink.api_url)
+
+    # --- routing ----------------------------------------------------------------------
+
+    def _channel(self, group_key: str, label_sets: Iterable[Mapping[str, str]]) -> str:
+        """An owner notice goes to its team's channel; an alert group where slack.routes
+        (or the default channel) sends it."""
+        if is_owner_group(group_key):
+            channel = self._owners.channel_for_key(group_key)
+            if channel is None:
+                raise NoChannel("no slack.team_channels entry for this owner notice's team")
+            return channel
+        return self._router.channel_for(label_sets)
 
     def lane_for(self, group_id: str) -> str:
         """The channel a group's next step will write to (pacing is per channel)."""
@@ -105,14 +134,16 @@ class Delivery:
             # JSON can be read, so that it waits in its own channel's lane.
             raw = self._outbox.pending_raw(group_id)
             try:
-                return self._router.channel_for(lenient_fields(raw[0][1]).alert_labels) \
-                    if raw else UNROUTABLE_LANE
+                found = lenient_fields(raw[0][1]) if raw else None
+                return self._channel(found.group_key, found.alert_labels) \
+                    if found is not None else UNROUTABLE_LANE
             except NoChannel:
                 return UNROUTABLE_LANE
         if first is None:
             return state.lane if state is not None and state.lane else UNROUTABLE_LANE
         try:
-            return self._router.channel_for(a.labels for a in first.notification.alerts)
+            return self._channel(first.notification.group_key,
+                                 (a.labels for a in first.notification.alerts))
         except NoChannel:
             return UNROUTABLE_LANE
 
@@ -120,7 +151,7 @@ class Delivery:
         """The channel a new webhook routes to, without reading the store: the lane of a
         group seen for the first time (a storm of new groups must not cost a read each)."""
         try:
-            return self._router.channel_for(a.labels for a in notification.alerts)
+            return self._channel(notification.group_key, (a.labels for a in notification.alerts))
         except NoChannel:
             return UNROUTABLE_LANE
 
@@ -137,6 +168,8 @@ class Delivery:
             self._send_notice(notice)
             return StepResult(wrote=True, lane=state.lane if state is not None else None,
                               next_id=KEEP_QUEUED)
+        if state is not None and state.refresh_at is not None:
+            return self._refresh(state)
         pending = self._outbox.pending(group_id)
         lane = state.lane if state is not None else None
         if not pending:
@@ -164,49 +197,126 @@ class Delivery:
         view = GroupView(alerts=ordered(alerts.values()), group_labels=notification.group_labels,
                          truncated_alerts=notification.truncated_alerts)
         resolved = all_resolved(alerts)
+        owner_notice = is_owner_group(group_key)
 
         if new_root:
             try:
-                channel = self._router.channel_for(a.labels for a in alerts.values())
+                channel = self._channel(group_key, (a.labels for a in alerts.values()))
             except NoChannel as exc:
                 raise SlackRejected("routing", str(exc)) from exc
             outcome = Outcome(ids, alerts, resolved, rendered_upto=last.id, lane=channel)
             op = Inflight(op_id=f"steward-{group_id[:16]}-{last.id}-root", kind="root",
                           since=self._clock(), channel=channel, thread_ts=None, outcome=outcome)
-            posted = self._post(group_id, group_key, op, render_group(view, self._links))
+            posted = self._post(group_id, group_key, op, self._render(group_key, view))
             self._outbox.commit(group_id, group_key,
-                                replace(outcome, channel_id=posted.channel_id, ts=posted.ts))
+                                replace(outcome, channel_id=posted.channel_id, ts=posted.ts),
+                                derived=self._derive(group_id, group_key, base, alerts))
+            if owner_notice:
+                # The on-call messages it came from now link to it.
+                self._outbox.request_refresh(oncall_groups(alerts.values()))
             log.info("posted alert group", extra={
                 "group_id": group_id, "channel": channel, "ts": posted.ts,
                 "alerts": len(alerts), "webhooks": len(ids)})
             return StepResult(wrote=True, lane=channel, next_id=after)
 
         assert state is not None and state.ts is not None and state.channel_id is not None
+        if owner_notice:
+            # A notice is updated in place, never replied to: one message per incident.
+            try:
+                self._write(lambda m: self._sink.update(state.channel_id or "", state.ts or "",
+                                                        m), self._render(group_key, view))
+            except SlackRejected as exc:
+                return self._root_gone(group_id, state, exc, pending[0].id)
+            self._outbox.commit(group_id, group_key, Outcome(ids, alerts, resolved, last.id))
+            # An on-call message new to this notice may have been posted before it could link
+            # here ("sending"): render it again.
+            known = set(oncall_groups(state.alerts.values()))
+            self._outbox.request_refresh(
+                [g for g in oncall_groups(alerts.values()) if g not in known])
+            return StepResult(wrote=True, lane=state.lane, next_id=after)
         if state.rendered_upto < last.id:
             try:
                 self._write(lambda m: self._sink.update(state.channel_id or "", state.ts or "",
-                                                        m), render_group(view, self._links))
+                                                        m), self._render(group_key, view))
             except SlackRejected as exc:
                 return self._root_gone(group_id, state, exc, pending[0].id)
             self._outbox.set_rendered(group_id, last.id)
             return StepResult(wrote=True, lane=state.lane, next_id=pending[0].id)
 
         outcome = Outcome(ids, alerts, resolved, rendered_upto=state.rendered_upto)
+        derived = self._derive(group_id, group_key, state.alerts, alerts)
         if not changes:
-            self._outbox.commit(group_id, group_key, outcome)
+            self._outbox.commit(group_id, group_key, outcome, derived=derived)
             return StepResult(wrote=False, lane=state.lane, next_id=after)
         op = Inflight(op_id=f"steward-{group_id[:16]}-{last.id}-reply", kind="reply",
                       since=self._clock(), channel=state.channel_id, thread_ts=state.ts,
                       outcome=outcome)
-        message = render_changes(changes, self._links)
+        message = render_changes(changes, self._links, self._root_link(state)
+                                 if any(c.kind == "resolved" for c in changes) else None)
         try:
             self._post(group_id, group_key, op, message)
         except SlackRejected as exc:
             return self._root_gone(group_id, state, exc, pending[0].id)
-        self._outbox.commit(group_id, group_key, outcome)
+        self._outbox.commit(group_id, group_key, outcome, derived=derived)
         log.info("replied in alert group thread", extra={
             "group_id": group_id, "changes": len(changes), "resolved": resolved})
         return StepResult(wrote=True, lane=state.lane, next_id=after)
+
+    def _root_link(self, state: GroupState) -> str | None:
+        """The root's permalink for a resolve reply; None (no link) when Slack will not say."""
+        try:
+            return slack_permalink(self._sink.permalink(state.channel_id or "", state.ts or ""),
+                                   api_url=self._sink.api_url)
+        except (SlackRejected, SlackUnavailable, SlackRateLimited) as exc:
+            log.info("no permalink for the root message", extra={
+                "group_id": state.group_id, "error": str(exc)})
+            return None
+
+    # --- owner notices ----------------------------------------------------------------------
+
+    def render_root(self, group_key: str, view: GroupView) -> Message:
+        """The root as a step renders it now (the Acknowledge buttons re-render with it)."""
+        return self._render(group_key, view)
+
+    def _render(self, group_key: str, view: GroupView) -> Message:
+        """The root of an alert group (with the owner notices it led to), or of an owner
+        notice (with the on-call messages it came from)."""
+        if is_owner_group(group_key):
+            owner = owner_of(view.alerts[0].labels) if view.alerts else None
+            assert owner is not None  # derive_notices only makes notices of owned alerts
+            return render_notice(owner, view.alerts, self._links,
+                                 oncall=self._notice_links.oncall_of(view.alerts))
+        notices = notices_section(self._notice_links.notices_of(view.alerts)) \
+            if self._owners.enabled else None
+        actions = self._actions_for(group_id_of(group_key))
+        if notices is None:
+            return render_group(view, self._links, actions)
+        return render_group(view, self._links, actions, extra=[notices])
+
+    def _derive(self, group_id: str, group_key: str, previous: Alerts,
+                current: Alerts) -> list[Notification]:
+        """The owner notices an alert group's step leads to (committed with the step)."""
+        if not self._owners.enabled or is_owner_group(group_key):
+            return []
+        return self._owners.derive(group_id, previous, current)
+
+    def _refresh(self, state: GroupState) -> StepResult:
+        """Render the root again with what it already showed: an owner notice it links to
+        was posted after it."""
+        assert state.refresh_at is not None
+        if state.ts is not None and state.channel_id is not None and state.alerts:
+            last = self._outbox.last_notification(state.group_id)
+            view = GroupView(alerts=ordered(state.alerts.values()),
+                             group_labels=last.group_labels if last is not None else {},
+                             truncated_alerts=last.truncated_alerts if last is not None else 0)
+            try:
+                self._write(lambda m: self._sink.update(state.channel_id or "", state.ts or "",
+                                                        m), self._render(state.group_key, view))
+            except SlackRejected as exc:
+                if exc.error not in ROOT_GONE_ERRORS:
+                    raise
+        self._outbox.clear_refresh(state.group_id, state.refresh_at)
+        return StepResult(wrote=True, lane=state.lane, next_id=KEEP_QUEUED)
 
     def _fresh(self, state: GroupState | None, pending: Sequence[Pending]) -> list[Pending]:
         """``pending`` without what the group has already seen superseded."""
@@ -257,7 +367,7 @@ class Delivery:
         lane = state.lane if state is not None and state.lane else None
         if lane is None:
             try:
-                lane = self._router.channel_for(label_sets)
+                lane = self._channel(group_key, label_sets)
             except NoChannel:
                 lane = None
         fallback = self._router.default_channel if channel_refused or lane is None else lane
@@ -379,7 +489,11 @@ class Delivery:
         outcome = op.outcome
         if op.kind == "root":
             outcome = replace(outcome, channel_id=channel_id, ts=found)
-        self._outbox.commit(state.group_id, state.group_key, outcome)
+        # What the step would have committed with it: the owner notices it leads to.
+        self._outbox.commit(state.group_id, state.group_key, outcome, derived=self._derive(
+            state.group_id, state.group_key, state.alerts, outcome.alerts))
+        if op.kind == "root" and is_owner_group(state.group_key):
+            self._outbox.request_refresh(oncall_groups(outcome.alerts.values()))
         log.info("earlier post found in Slack; not posting again", extra={
             "group_id": state.group_id, "op": op.op_id, "ts": found})
 

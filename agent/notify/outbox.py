@@ -90,12 +90,24 @@ groups = Table(
     Column("attempts", Integer, nullable=False, default=0),
     Column("retry_at", Float, nullable=True),
     Column("last_error", Text, nullable=True),
+    # Set when the root must be rendered again with nothing new from Alertmanager (an owner
+    # notice it links to was posted); cleared by the step that re-rendered it.
+    Column("refresh_at", Float, nullable=True),
 )
 
 channels = Table(
     "notifier_channels", TABLES,
     Column("name", String(255), primary_key=True),
     Column("channel_id", String(64), nullable=False),
+)
+
+# Slack permalinks of posted messages (chat.getPermalink), keyed by the message: a message's
+# permalink never changes, so a link on every render costs one Slack call per message.
+permalinks = Table(
+    "notifier_permalinks", TABLES,
+    Column("channel_id", String(64), primary_key=True),
+    Column("ts", String(32), primary_key=True),
+    Column("permalink", Text, nullable=False),
 )
 
 FallbackState = Literal["pending", "sent", "suppressed", "failed"]
@@ -161,14 +173,15 @@ _INSERT_GROUP = insert(groups)
 # Every column, so that one compiled INSERT serves every new group.
 _NEW_GROUP: Final[dict[str, Any]] = {
     "lane": None, "channel_id": None, "ts": None, "alerts": "[]", "resolved": False,
-    "rendered_upto": 0, "inflight": None, "attempts": 0, "retry_at": None, "last_error": None}
+    "rendered_upto": 0, "inflight": None, "attempts": 0, "retry_at": None, "last_error": None,
+    "refresh_at": None}
 
 
 # Columns added after the first release, added to an older store at start-up.
 _ADDED_COLUMNS: Final = {
     "notifier_notifications": ("dead_letter_id INTEGER",),
     "notifier_groups": ("attempts INTEGER NOT NULL DEFAULT 0", "retry_at FLOAT",
-                        "last_error TEXT"),
+                        "last_error TEXT", "refresh_at FLOAT"),
 }
 
 # Delivered webhooks are kept this long for inspection, then pruned.
@@ -261,6 +274,7 @@ class GroupState:
     inflight: Inflight | None
     attempts: int = 0
     retry_at: float | None = None
+    refresh_at: float | None = None
 
 
 @dataclass(frozen=True)
@@ -485,6 +499,11 @@ class Outbox:
         except TimeoutError as exc:
             raise OutboxUnavailable("timed out persisting the webhook") from exc
 
+    def transact(self, run: Callable[[Connection], Any]) -> Any:
+        """``run(conn)`` in a committed transaction through the writer (the notifier's other
+        tables: Slack clicks, silences, graphs); its result once committed."""
+        return self._write(run)
+
     def _write(self, run: Callable[[Connection], Any]) -> Any:
         """``run(conn)`` inside a committed transaction; its result once committed.
 
@@ -605,8 +624,9 @@ class Outbox:
     # --- reading --------------------------------------------------------------------------
 
     def pending_groups(self) -> dict[str, int]:
-        """Every group with work: undelivered webhooks (-> the oldest id) or a dead letter
-        whose fallback message is still to be sent (-> its last webhook's id)."""
+        """Every group with work: undelivered webhooks (-> the oldest id), a dead letter
+        whose fallback message is still to be sent (-> its last webhook's id), or a root to
+        render again (-> the last webhook it showed)."""
         with self._engine.connect() as conn:
             rows = conn.execute(
                 select(notifications.c.group_id, func.min(notifications.c.id))
@@ -618,6 +638,9 @@ class Outbox:
                     .where(dead_letters.c.fallback_state == "pending")
                     .group_by(dead_letters.c.group_id)):
                 found[row[0]] = min(int(row[1]), found.get(row[0], int(row[1])))
+            for row in conn.execute(select(groups.c.group_id, groups.c.rendered_upto)
+                                    .where(groups.c.refresh_at.is_not(None))):
+                found.setdefault(row[0], int(row[1]))
             return found
 
     def pending(self, group_id: str) -> list[Pending]:
@@ -625,6 +648,20 @@ class Outbox:
             rows = conn.execute(_SELECT_PENDING, {"group_id": group_id})
             return [Pending(int(r.id), float(r.received_at),
                             Notification.model_validate_json(r.payload)) for r in rows]
+
+    def last_notification(self, group_id: str) -> Notification | None:
+        """The group's newest webhook still kept (delivered ones are kept a day): what its
+        root showed last (group labels), to render the root again without news."""
+        with self._engine.connect() as conn:
+            row = conn.execute(select(notifications.c.payload)
+                               .where(notifications.c.group_id == group_id)
+                               .order_by(notifications.c.id.desc()).limit(1)).first()
+        if row is None:
+            return None
+        try:
+            return Notification.model_validate_json(row.payload)
+        except ValueError:
+            return None
 
     def pending_raw(self, group_id: str) -> list[tuple[int, str]]:
         """(id, payload) of the undelivered webhooks, unparsed (for a dead letter)."""
@@ -650,7 +687,7 @@ class Outbox:
             channel_id=row.channel_id, ts=row.ts, alerts=load_alerts(row.alerts),
             resolved=bool(row.resolved), rendered_upto=int(row.rendered_upto),
             inflight=Inflight.from_json(row.inflight) if row.inflight else None,
-            attempts=int(row.attempts or 0), retry_at=row.retry_at)
+            attempts=int(row.attempts or 0), retry_at=row.retry_at, refresh_at=row.refresh_at)
 
     def channel_id(self, name: str) -> str | None:
         with self._engine.connect() as conn:
@@ -696,8 +733,12 @@ class Outbox:
         """The root message is gone from Slack (deleted by a user): post a new one."""
         self._set(group_id, ts=None, rendered_upto=0)
 
-    def commit(self, group_id: str, group_key: str, outcome: Outcome) -> None:
-        """Record a finished step: the group's new state and its webhooks as delivered."""
+    def commit(self, group_id: str, group_key: str, outcome: Outcome, *,
+               derived: Sequence[Notification] = ()) -> None:
+        """Record a finished step: the group's new state and its webhooks as delivered.
+
+        ``derived``: notifications the step produced for other groups (owner notices), added
+        to the outbox in the same transaction: they exist exactly when the step happened."""
         now = self._clock()
         values: dict[str, Any] = {
             "alerts": dump_alerts(outcome.alerts), "resolved": outcome.resolved,
@@ -707,7 +748,9 @@ class Outbox:
         if outcome.ts is not None:
             values.update(ts=outcome.ts, channel_id=outcome.channel_id, lane=outcome.lane)
 
-        def run(conn: Connection) -> int:
+        rows = [(n.group_id, now, n.status, len(n.alerts), n.to_json()) for n in derived]
+
+        def run(conn: Connection) -> tuple[int, list[int]]:
             self._upsert_group(conn, group_id, group_key, values)
             delivered = self._mark_delivered(conn, outcome.delivered_ids, now)
             if outcome.channel_id is not None and outcome.lane is not None:
@@ -715,13 +758,46 @@ class Outbox:
                 if known is None:
                     self._insert_ignoring_conflict(
                         conn, channels, {"name": outcome.lane, "channel_id": outcome.channel_id})
-            return delivered
+            return delivered, self._insert_webhooks(conn, rows) if rows else []
 
-        delivered = int(self._write(run))
+        delivered, ids = self._write(run)
         with self._stats_lock:
             stats = self._stats
-            self._stats = OutboxStats(max(0, stats.depth - delivered),
+            self._stats = OutboxStats(max(0, stats.depth - delivered + len(ids)),
                                       stats.oldest_received_at, stats.dead_letters)
+        if ids and self._on_enqueued is not None:
+            self._on_enqueued(list(zip(derived, ids, strict=True)))
+
+    def request_refresh(self, group_ids: Sequence[str]) -> None:
+        """Render these groups' roots again at their next step (their owner notices
+        changed); only groups whose root exists."""
+        if not group_ids:
+            return
+        now = self._clock()
+
+        def run(conn: Connection) -> None:
+            conn.execute(update(groups).where(groups.c.group_id.in_(list(group_ids)),
+                                              groups.c.ts.is_not(None))
+                         .values(refresh_at=now))
+        self._write(run)
+
+    def clear_refresh(self, group_id: str, requested_at: float) -> None:
+        """Done, unless another refresh was asked for meanwhile (then it stays)."""
+        def run(conn: Connection) -> None:
+            conn.execute(update(groups).where(groups.c.group_id == group_id,
+                                              groups.c.refresh_at == requested_at)
+                         .values(refresh_at=None))
+        self._write(run)
+
+    def permalink(self, channel_id: str, ts: str) -> str | None:
+        with self._engine.connect() as conn:
+            row = conn.execute(select(permalinks.c.permalink).where(
+                permalinks.c.channel_id == channel_id, permalinks.c.ts == ts)).first()
+        return None if row is None else str(row[0])
+
+    def save_permalink(self, channel_id: str, ts: str, permalink: str) -> None:
+        self._write(lambda conn: self._insert_ignoring_conflict(
+            conn, permalinks, {"channel_id": channel_id, "ts": ts, "permalink": permalink}))
 
     def _mark_delivered(self, conn: Connection, ids: Sequence[int], now: float,
                         dead_letter_id: int | None = None) -> int:

@@ -31,6 +31,9 @@ from agent.notify.webhook import Notification, PayloadError, parse_notification
 log = logging.getLogger(__name__)
 
 WEBHOOK_PATH: Final = "/alertmanager"
+SLACK_ACTIONS_PATH: Final = "/slack/actions"
+# (headers, raw body) -> (status, short answer): agent.notify.actions.SlackActionsEndpoint.
+SlackActionHandler = Callable[[dict[str, str], bytes], tuple[int, str]]
 _JSON: Final = "application/json"
 _TEXT: Final = "text/plain; charset=utf-8"
 
@@ -140,7 +143,11 @@ class _Handler(KeepAliveHandler):
     do_PUT = do_DELETE = do_PATCH = do_OPTIONS = _not_allowed
 
     def do_POST(self) -> None:
-        if self.path.split("?", 1)[0] != WEBHOOK_PATH:
+        path = self.path.split("?", 1)[0]
+        if path == SLACK_ACTIONS_PATH and self.server.slack_actions is not None:
+            self._slack_action(self.server.slack_actions)
+            return
+        if path != WEBHOOK_PATH:
             self._send(404, b"not found\n", _TEXT)
             return
         try:
@@ -150,6 +157,26 @@ class _Handler(KeepAliveHandler):
             log.exception("webhook handler failed")
             self.close_connection = True
             self._json(500, {"status": "error", "error": "internal error"})
+
+    def _slack_action(self, handle: SlackActionHandler) -> None:
+        """Slack's interactivity request: authenticated by its signature (the handler), not
+        by the bearer token Alertmanager sends."""
+        try:
+            length = int(self.headers.get("Content-Length") or "-1")
+        except ValueError:
+            length = -1
+        if self.headers.get("Transfer-Encoding") or not 0 <= length <= self.server.max_body_bytes:
+            self.close_connection = True
+            self._send(400 if length < 0 else 413, b"bad length\n", _TEXT)
+            return
+        body = self.rfile.read(length)
+        self._body_read = True
+        try:
+            status, answer = handle(dict(self.headers.items()), body)
+        except Exception:
+            log.exception("Slack action handler failed")
+            status, answer = 500, "internal error"
+        self._send(status, (answer + "\n").encode() if answer else b"", _TEXT)
 
     def _webhook(self) -> None:
         server = self.server
@@ -221,8 +248,10 @@ class NotifierServer(BackgroundServer):
                  persist: Callable[[Notification, bytes], int],
                  metrics: NotifierMetrics, healthy: Callable[[], bool],
                  ready: Callable[[], bool], max_body_bytes: int,
-                 auth: BearerAuth | None = None) -> None:
+                 auth: BearerAuth | None = None,
+                 slack_actions: SlackActionHandler | None = None) -> None:
         super().__init__(address, _Handler)
+        self.slack_actions = slack_actions
         self.persist = persist
         self.metrics = metrics
         self.healthy = healthy

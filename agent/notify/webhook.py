@@ -27,6 +27,9 @@ MAX_LABELS: Final = 512
 MAX_GROUP_KEY: Final = 16_384
 MAX_LABEL_VALUE: Final = 16_384
 MAX_ANNOTATION_VALUE: Final = 65_536
+# Group keys of owner notices (agent.notify.owners): Alertmanager's start with "{", and a
+# webhook may not claim one (it would write into a team's notice).
+OWNER_KEY_PREFIX: Final = "steward-owner:"
 # Every time the notifier shows or computes with (dashboard ranges, Slack's <!date>) lies in
 # this range; anything outside it is a sender's bug, refused at the door.
 EARLIEST: Final = datetime(1970, 1, 1, tzinfo=UTC)
@@ -194,4 +197,6 @@ def parse_notification(body: bytes) -> Notification:
     # one could be acknowledged and then never stored. JSON can only spell it \u0000.
     if b"\\u0000" in body and notification.has_nul():
         raise PayloadError("strings must not contain NUL (\\u0000)")
+    if notification.group_key.startswith(OWNER_KEY_PREFIX):
+        raise PayloadError(f"groupKey: the prefix {OWNER_KEY_PREFIX!r} is Steward's own")
     return notification

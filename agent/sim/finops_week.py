@@ -16,8 +16,22 @@ report against a closed form (``tests/finops/test_simulated_week.py``):
 - the GPU that is lost falls off the bus on Thursday 12:00 of the report week: its pod
   still holds it, with no utilization (unmeasured) from then on;
 - MIG slices report no utilization (unmeasured) all the time;
+- a GPU time-sliced by four tenants (a quarter each), all week: an LLM server at 0.22 of
+  the GPU on weekdays and 0.12 at the weekend, an embedding API at 0.15 in office hours
+  and 0.05 otherwise, a notebook that runs nothing, a nightly evaluation at 0.2 from 02:00
+  to 06:00 and nothing otherwise;
+- a KAI Scheduler GPU: a LoRA tuning job with ``gpu-fraction: 0.5`` at 0.3 of the GPU on
+  weekdays and nothing at the weekend, a notebook with ``gpu-memory`` of a quarter that
+  runs only on Wednesday 14:00-16:00 (0.2); a quarter nobody holds;
+- a HAMi GPU: a reranker with 30 % of the cores (a 0.3 share) at 0.24 of the GPU all week;
+  the rest nobody holds;
+- a free GPU nobody holds all week;
 - gpu-node-2's agent is down on Saturday 02:00-04:00 of the report week: no data (a gap).
 
+Shares are what the node agent would export for the simulated cluster
+(``agent.node.shares`` over the simulated NVML and kubelet); ``util_mean``/``util_max``
+are the holder's use of its share (the figures above are of the whole GPU, divided by the
+share). Every hour a GPU reported, its holders' shares and its unallocated row add up to 1.
 The week before has no burst, no lost GPU and no gap, so the week-over-week change is the
 burst. Hours are whole steps (the step is one hour); every value is constant in its hour.
 """
@@ -33,10 +47,9 @@ from pathlib import Path
 import pandas as pd
 
 from agent.finops.parquet import write_series
-from agent.finops.series import SERIES_COLUMNS, Gap
+from agent.finops.series import SERIES_COLUMNS, UNALLOCATED_MODE, Gap
 from agent.sim.nvml import SimulatedNvml
-from agent.sim.pods import SimulatedPods
-from agent.sim.scenarios import MIG_LAYOUT
+from agent.sim.pods import SimulatedPods, simulated_shares
 
 HOURS = 168
 BURST = range(24, 96)  # Tuesday 00:00 to Friday 00:00 of the report week
@@ -98,65 +111,115 @@ def _mig(hour: int, this_week: bool) -> HourUse | None:
     return UNMEASURED
 
 
-# By the scenario the GPU runs in the demo's live cluster (agent.sim.scenarios).
+def _llm_serve(hour: int, this_week: bool) -> HourUse | None:
+    return HourUse(0.22, 0.3) if weekday(hour) else HourUse(0.12, 0.2)
+
+
+def _embed_api(hour: int, this_week: bool) -> HourUse | None:
+    return HourUse(0.15, 0.2) if office(hour) else HourUse(0.05, 0.1)
+
+
+def _idle_tenant(hour: int, this_week: bool) -> HourUse | None:
+    return HourUse(0.0, 0.0)
+
+
+def _nightly_eval(hour: int, this_week: bool) -> HourUse | None:
+    return HourUse(0.2, 0.25) if 2 <= hour % 24 < 6 else HourUse(0.0, 0.0)
+
+
+def _lora(hour: int, this_week: bool) -> HourUse | None:
+    return HourUse(0.3, 0.4) if weekday(hour) else HourUse(0.0, 0.0)
+
+
+def _kai_notebook(hour: int, this_week: bool) -> HourUse | None:
+    return HourUse(0.2, 0.3) if hour // 24 == 2 and 14 <= hour % 24 < 16 else HourUse(0.0, 0.0)
+
+
+def _reranker(hour: int, this_week: bool) -> HourUse | None:
+    return HourUse(0.24, 0.27)
+
+
+# By the scenario the GPU runs in the demo's live cluster (agent.sim.scenarios); the
+# tenants of shared GPUs by their workload. Figures are of the whole GPU.
 PATTERNS: dict[str, Pattern] = {
     "training": _training, "idle_allocated": _notebook, "bursty": _inference_api,
     "thermal_throttling": _inference_server, "xid_storm": _crash_loop,
     "ecc_errors": _evaluation, "lost": _lost, "mig": _mig,
 }
+TENANT_PATTERNS: dict[str, Pattern] = {
+    "llm-serve": _llm_serve, "embed-api": _embed_api, "jupyter-carol": _idle_tenant,
+    "eval-nightly": _nightly_eval, "tune-lora": _lora, "jupyter-dave": _kai_notebook,
+    "rerank-hami": _reranker,
+}
 
 
 @dataclass(frozen=True)
 class Holder:
+    """One pod's share of one GPU unit, or a GPU's unallocated rest (``pod`` ``""``)."""
+
     hostname: str
     uuid: str
     gpu_i_id: str
     profile: str
     namespace: str
     pod: str
-    container: str
+    mode: str
     share: float
-    pattern: Pattern
+    pattern: Pattern | None  # None: the GPU's unallocated rest
 
 
 def holders(hostname: str, scenarios: list[str], *, seed: int = 0,
             model: str = "NVIDIA H100 80GB HBM3") -> list[Holder]:
-    """Who holds which GPU (unit) on a simulated node, as its simulated kubelet says."""
+    """Who holds what share of which GPU (unit) on a simulated node, as its node agent
+    would export it, and one unallocated holder per physical GPU."""
     lib = SimulatedNvml(scenarios, hostname=hostname, seed=seed, model_name=model)
-    pods = SimulatedPods(lib, hostname)
-    gpus = lib.gpus()
-    per_unit: dict[str, int] = {}
-    for entry in pods.list_devices():
-        unit = entry.device_ids[0].split("::")[0]
-        per_unit[unit] = per_unit.get(unit, 0) + 1
+    scenario_of = {uuid: scenario for uuid, scenario, _ in lib.gpus()}
     found: list[Holder] = []
-    for entry in pods.list_devices():
-        unit = entry.device_ids[0].split("::")[0]
-        index = next(i for i, (uuid, _, _) in enumerate(gpus)
-                     if uuid == unit or unit in lib.mig_uuids(i))
-        uuid, scenario, _ = gpus[index]
-        slot = lib.mig_uuids(index).index(unit) if unit.startswith("MIG-") else None
-        profile = lib.mig_profile(index, slot) if slot is not None else ""
-        gi_id = str(MIG_LAYOUT[slot].gpu_instance_id) if slot is not None else ""
-        found.append(Holder(hostname, uuid, gi_id, profile, entry.namespace, entry.pod,
-                            entry.container, 1 / per_unit[unit], PATTERNS[scenario]))
+    for share in simulated_shares(lib, SimulatedPods(lib, hostname)):
+        ident = share.identity
+        workload = share.pod.rsplit("-", 1)[0]
+        pattern = TENANT_PATTERNS.get(workload) or PATTERNS[scenario_of[ident.uuid]]
+        found.append(Holder(hostname, ident.uuid, str(ident.gpu_instance_id or ""),
+                            ident.gpu_instance_profile or "", share.namespace, share.pod,
+                            share.mode, share.ratio,
+                            pattern))
+    found += [Holder(hostname, uuid, "", "", "", "", UNALLOCATED_MODE, 0.0, None)
+              for uuid, _, _ in lib.gpus()]
     return found
 
 
-def _rows(holder: Holder, start: datetime, *, this_week: bool,
+def _rows(gpu_holders: list[Holder], start: datetime, *, this_week: bool,
           model: str) -> Iterator[dict[str, object]]:
+    """One GPU's rows: its holders' shares and use, and its unallocated rest."""
     down_host, down_hours = AGENT_DOWN
+    tenants = [h for h in gpu_holders if h.pattern is not None]
+    free = next(h for h in gpu_holders if h.pattern is None)
     for hour in range(HOURS):
-        if this_week and holder.hostname == down_host and hour in down_hours:
+        if this_week and free.hostname == down_host and hour in down_hours:
             continue
-        use = holder.pattern(hour, this_week)
-        if use is None:
-            continue
-        yield {"ts": (start + timedelta(hours=hour)).timestamp(), "hostname": holder.hostname,
-               "uuid": holder.uuid, "gpu_i_id": holder.gpu_i_id, "profile": holder.profile,
-               "model": model, "namespace": holder.namespace, "pod": holder.pod,
-               "container": holder.container, "share": holder.share,
-               "util_mean": use.mean, "util_max": use.peak}
+        ts = (start + timedelta(hours=hour)).timestamp()
+        held = 0.0
+        for holder in tenants:
+            assert holder.pattern is not None
+            use = holder.pattern(hour, this_week)
+            if use is None:
+                continue
+            held += holder.share
+            # A tenant's figures are of the whole GPU; a pod holding the whole GPU (or a
+            # replica of a workload whose pattern is the GPU's) uses its share at that rate.
+            scale = holder.share if holder.pod.rsplit("-", 1)[0] in TENANT_PATTERNS else 1.0
+            yield _row(holder, ts, model, holder.share, mean=use.mean / scale,
+                       peak=use.peak / scale)
+        if 1.0 - held > 1e-9:
+            yield _row(free, ts, model, 1.0 - held, mean=math.nan, peak=math.nan)
+
+
+def _row(holder: Holder, ts: float, model: str, share: float, *, mean: float,
+         peak: float) -> dict[str, object]:
+    return {"ts": ts, "hostname": holder.hostname, "uuid": holder.uuid,
+            "gpu_i_id": holder.gpu_i_id, "profile": holder.profile, "model": model,
+            "namespace": holder.namespace, "pod": holder.pod, "container": "",
+            "mode": holder.mode, "share": share, "util_mean": mean, "util_max": peak}
 
 
 def write_simulated_week(path: Path, *, start: datetime, end: datetime,
@@ -169,11 +232,14 @@ def write_simulated_week(path: Path, *, start: datetime, end: datetime,
     previous = start - timedelta(hours=HOURS)
     everyone = [h for hostname, scenarios in nodes
                 for h in holders(hostname, scenarios, seed=seed, model=model)]
+    by_gpu: dict[tuple[str, str], list[Holder]] = {}
+    for holder in everyone:
+        by_gpu.setdefault((holder.hostname, holder.uuid), []).append(holder)
 
     def frames() -> Iterator[pd.DataFrame]:
         for week_start, this_week in ((previous, False), (start, True)):
-            rows = [row for h in everyone
-                    for row in _rows(h, week_start, this_week=this_week, model=model)]
+            rows = [row for gpu_holders in by_gpu.values()
+                    for row in _rows(gpu_holders, week_start, this_week=this_week, model=model)]
             yield pd.DataFrame(rows, columns=list(SERIES_COLUMNS))
 
     down_host, down_hours = AGENT_DOWN

@@ -108,6 +108,12 @@ class SimulatedNvml:
         """(uuid, scenario name, allocated) per GPU: what the simulated kubelet allocates."""
         return [(g.uuid, g.scenario.name, g.scenario.allocated) for g in self._gpus]
 
+    def is_lost(self, index: int) -> bool:
+        """Whether GPU ``index`` has fallen off the bus by now (the simulated device plugin
+        then reports it Unhealthy in its pods' status)."""
+        gpu = self._gpus[index]
+        return gpu.scenario.state(self.elapsed(), gpu.ctx).lost
+
     def mig_uuids(self, index: int) -> list[str]:
         gpu = self._gpus[index]
         return [sim_uuid(f"{gpu.uuid}", i, 0, "MIG") for i in range(len(gpu.mig_handles))]
@@ -270,6 +276,49 @@ class SimulatedNvml:
         return [pynvml.nvmlFriendlyObject({"pid": self.process_pid(gpu.index, off),
                                            "usedGpuMemory": used})
                 for off, used in state.processes]
+
+    def nvmlDeviceGetGraphicsRunningProcesses(self, handle: Any) -> list[Any]:
+        self._gpu_or_mig(handle)
+        return []
+
+    def nvmlDeviceGetMPSComputeRunningProcesses(self, handle: Any) -> list[Any]:
+        if self._mig(handle) is not None:
+            return []
+        gpu, state = self._gpu(handle)
+        used = dict(state.processes)
+        return [pynvml.nvmlFriendlyObject({"pid": self.process_pid(gpu.index, off),
+                                           "usedGpuMemory": used.get(off, 0)})
+                for off in state.mps_clients]
+
+    def nvmlDeviceGetProcessUtilization(self, handle: Any, time_stamp: int) -> list[Any]:
+        """One sample per process that ran a kernel, stamped now (microseconds, as NVML's
+        CPU timestamps): NOT_FOUND when none ran or none is newer than ``time_stamp``."""
+        gpu, state = self._gpu(handle)
+        if gpu.scenario.mig:
+            _raise(pynvml.NVML_ERROR_NOT_SUPPORTED)  # as on real MIG-enabled GPUs
+        now = int(self._clock() * 1e6)
+        loads = state.process_sm
+        if loads is None:
+            share = state.utilization / len(state.processes) if state.processes else 0.0
+            loads = tuple((off, share) for off, _ in state.processes)
+        samples = []
+        for offset, load in loads:
+            percent = round(load * 100)
+            if percent <= 0 or now <= time_stamp:
+                continue
+            sample = pynvml.c_nvmlProcessUtilizationSample_t()
+            sample.pid = self.process_pid(gpu.index, offset)
+            sample.timeStamp = now
+            sample.smUtil = percent
+            sample.memUtil = round(load * 60)
+            samples.append(sample)
+        if not samples:
+            _raise(pynvml.NVML_ERROR_NOT_FOUND)
+        return samples
+
+    def _gpu_or_mig(self, handle: Any) -> None:
+        if self._mig(handle) is None:
+            self._gpu(handle)
 
     def nvmlDeviceGetMaxMigDeviceCount(self, handle: Any) -> int:
         gpu, _ = self._gpu(handle)

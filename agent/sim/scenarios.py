@@ -43,6 +43,12 @@ class GpuState:
     mig: tuple[MigSlice, ...] = ()
     # Processes holding GPU memory: (pid offset within the node, bytes).
     processes: tuple[tuple[int, int], ...] = ()
+    # Each process's SM use, 0-1 of the GPU (NVML's per-process samples); None: the GPU's
+    # utilization split evenly among its processes. A process at 0 gets no sample, as
+    # NVML samples only processes that ran a kernel.
+    process_sm: tuple[tuple[int, float], ...] | None = None
+    # MPS clients (pid offsets) NVML lists for the GPU.
+    mps_clients: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -211,6 +217,45 @@ def mig(t: float, ctx: ScenarioContext) -> GpuState:
     )
 
 
+def _tenants(t: float, ctx: ScenarioContext, loads: tuple[float, ...],
+             memory_gib: tuple[float, ...]) -> GpuState:
+    """A GPU shared by processes with the given SM loads (pid offsets 0, 1, ...)."""
+    util = min(1.0, sum(loads))
+    base = _busy(t, ctx, util=util, power=120 + 500 * util, temp=40 + 35 * util)
+    return GpuState(**{
+        **base.__dict__, "utilization": round(util, 4),
+        "memory_used_bytes": int(sum(memory_gib) * GIB),
+        "processes": tuple((i, int(gib * GIB)) for i, gib in enumerate(memory_gib)),
+        "process_sm": tuple(enumerate(loads)),
+    })
+
+
+# Four inference and research tenants time-slicing one GPU (replicas: 4), each with its own
+# load: a busy server, a light API, a notebook that holds memory and runs nothing, a
+# nightly evaluation at a trickle.
+TIME_SLICED_LOADS = (0.45, 0.2, 0.0, 0.05)
+TIME_SLICED_MEMORY_GIB = (22.0, 12.0, 3.0, 8.0)
+# KAI Scheduler: a LoRA tuning job with gpu-fraction 0.5 at 0.3, and a notebook with
+# gpu-memory 20480 MiB (a quarter of 80 GiB) that runs nothing; a quarter stays free.
+KAI_LOADS = (0.3, 0.0)
+KAI_MEMORY_GIB = (30.0, 4.0)
+# HAMi: one reranker with nvidia.com/gpucores 30 and gpumem 24576 MiB, at 0.25.
+HAMI_LOADS = (0.25,)
+HAMI_MEMORY_GIB = (18.0,)
+
+
+def time_sliced(t: float, ctx: ScenarioContext) -> GpuState:
+    return _tenants(t, ctx, TIME_SLICED_LOADS, TIME_SLICED_MEMORY_GIB)
+
+
+def kai_fraction(t: float, ctx: ScenarioContext) -> GpuState:
+    return _tenants(t, ctx, KAI_LOADS, KAI_MEMORY_GIB)
+
+
+def hami(t: float, ctx: ScenarioContext) -> GpuState:
+    return _tenants(t, ctx, HAMI_LOADS, HAMI_MEMORY_GIB)
+
+
 SCENARIOS: dict[str, Scenario] = {s.name: s for s in (
     Scenario("training", training, description="busy training GPU"),
     Scenario("idle_allocated", idle_allocated,
@@ -220,6 +265,14 @@ SCENARIOS: dict[str, Scenario] = {s.name: s for s in (
     Scenario("lost", lost,
              xids=lambda ctx: (XidSchedule(79, period=1e9, start=ctx.lost_after_seconds),),
              description="falls off the bus (XID 79, NVML GPU_IS_LOST)"),
+    # The same fault on a GPU time-sliced by two teams' workloads, and on one nobody had:
+    # an owner notice for each team, none for the GPU without a tenant.
+    Scenario("lost_shared", lost,
+             xids=lambda ctx: (XidSchedule(79, period=1e9, start=ctx.lost_after_seconds),),
+             description="time-sliced by two teams' workloads, falls off the bus (XID 79)"),
+    Scenario("lost_free", lost, allocated=False,
+             xids=lambda ctx: (XidSchedule(79, period=1e9, start=ctx.lost_after_seconds),),
+             description="not allocated, falls off the bus (XID 79)"),
     Scenario("xid_storm", xid_storm,
              xids=lambda ctx: (XidSchedule(13, 5.0), XidSchedule(31, 7.0), XidSchedule(43, 11.0)),
              description="application XIDs 13/31/43 repeating"),
@@ -231,6 +284,13 @@ SCENARIOS: dict[str, Scenario] = {s.name: s for s in (
              description="91 C and thermal clock events"),
     Scenario("mig", mig, mig=True, description="MIG enabled: 3g.40gb, 2g.20gb, 1g.10gb "
                                                      "(the 1g.10gb slice nearly full)"),
+    Scenario("time_sliced", time_sliced,
+             description="time-sliced by four tenants (replicas 4): loads 45%, 20%, 0%, 5%"),
+    Scenario("kai_fraction", kai_fraction,
+             description="KAI Scheduler fractions: gpu-fraction 0.5 at 30%, gpu-memory "
+                         "20480 MiB idle, a quarter free"),
+    Scenario("hami", hami, description="HAMi: one pod with 30% of the cores and 24 GiB, "
+                                       "at 25%"),
 )}
 if set(SCENARIOS) != set(SIM_SCENARIOS):  # config validates names against SIM_SCENARIOS
     raise ImportError(f"agent.config.SIM_SCENARIOS {sorted(SIM_SCENARIOS)} and the simulated "

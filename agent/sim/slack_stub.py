@@ -135,6 +135,9 @@ class SlackApiProblem(Exception):
         self.error = error
 
 
+MAX_BUTTON_VALUE = 2000
+
+
 def check_blocks(blocks: Any) -> None:
     """Raise ``invalid_blocks`` where Slack would."""
     if blocks is None:
@@ -166,7 +169,8 @@ def check_blocks(blocks: Any) -> None:
             for element in elements:
                 label = (element.get("text") or {}).get("text", "")
                 url = element.get("url", "")
-                if not 1 <= len(label) <= MAX_BUTTON_TEXT or len(url) > MAX_URL:
+                if not 1 <= len(label) <= MAX_BUTTON_TEXT or len(url) > MAX_URL \
+                        or len(element.get("value", "")) > MAX_BUTTON_VALUE:
                     raise SlackApiProblem("invalid_blocks")
         elif kind == "context":
             elements = block.get("elements") or []
@@ -188,6 +192,8 @@ class SlackStub:
         self._file_ids = itertools.count(1)
         self.uploads: dict[str, JsonObj] = {}
         self.webhooks: list[tuple[str, JsonObj]] = []
+        self.ephemerals: list[JsonObj] = []  # chat.postEphemeral: (channel, user, text)
+        self.usergroups: dict[str, set[str]] = {}  # usergroups.users.list: id -> user ids
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler_class())
         self._server.daemon_threads = True
         self._thread: threading.Thread | None = None
@@ -237,6 +243,7 @@ class SlackStub:
             self._faults.clear()
             self.uploads.clear()
             self.webhooks.clear()
+            self.ephemerals.clear()
 
     # --- faults ---------------------------------------------------------------------------
 
@@ -386,6 +393,25 @@ class SlackStub:
         message.updates.append(dict(args))
         return {"channel": channel_id, "ts": message.ts, "text": text}
 
+    def _m_chat_getPermalink(self, args: JsonObj) -> JsonObj:
+        channel_id = self._existing_channel(_str(args, "channel"))
+        message = self._find(channel_id, _str(args, "message_ts"))
+        if message is None:
+            raise SlackApiProblem("message_not_found")
+        # Slack's shape (https://<workspace>.slack.com/archives/<channel>/p<ts without dot>),
+        # on the stub's own origin: the notifier links it as Slack's.
+        return {"channel": channel_id,
+                "permalink": f"{self.url}/archives/{channel_id}/p{message.ts.replace('.', '')}"}
+
+    def by_permalink(self, url: str) -> StubMessage | None:
+        """The message a permalink (from chat.getPermalink) points at."""
+        parts = urlsplit(url).path.split("/")
+        if len(parts) != 4 or parts[1] != "archives" or not parts[3].startswith("p"):
+            return None
+        digits = parts[3][1:]
+        with self._lock:
+            return self._find(parts[2], f"{digits[:-6]}.{digits[-6:]}")
+
     def _page(self, items: list[StubMessage], args: JsonObj) -> JsonObj:
         limit = int(args.get("limit") or 100)
         start = int(args.get("cursor") or 0)
@@ -418,6 +444,26 @@ class SlackStub:
         return {"channels": [{"id": cid, "name": name, "is_channel": True}
                              for cid, name in sorted(self._channels.items())],
                 "response_metadata": {"next_cursor": ""}}
+
+    def _m_chat_postEphemeral(self, args: JsonObj) -> JsonObj:
+        channel_id = self._existing_channel(_str(args, "channel"))
+        user = _str(args, "user")
+        if not user:
+            raise SlackApiProblem("user_not_in_channel")
+        text = _str(args, "text")
+        blocks = _json_arg(args, "blocks")
+        if not text and not blocks:
+            raise SlackApiProblem("no_text")
+        check_blocks(blocks)
+        self.ephemerals.append({"channel": channel_id, "user": user, "text": text,
+                                "blocks": blocks or []})
+        return {"message_ts": self._next_ts()}
+
+    def _m_usergroups_users_list(self, args: JsonObj) -> JsonObj:
+        group = self.usergroups.get(_str(args, "usergroup"))
+        if group is None:
+            raise SlackApiProblem("no_such_subteam")
+        return {"users": sorted(group)}
 
     def _m_files_getUploadURLExternal(self, args: JsonObj) -> JsonObj:
         filename = _str(args, "filename")

@@ -11,6 +11,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from agent.clients.kubernetes import objects
+from agent.clients.kubernetes.gpus import is_reservation_pod
 from agent.clients.kubernetes.objects import JsonObj
 from agent.node.pods import PodInfo
 
@@ -60,6 +61,14 @@ WORKLOAD_KINDS: dict[str, tuple[str, str, dict[str, str]]] = {
     "embedder": ("Deployment", f"{ECR_HOST}/inference/embedder:1.9.0", {}),
     "reranker": ("Deployment", f"{ECR_HOST}/inference/reranker:1.9.0", {}),
     "chat-api": ("Deployment", f"{ECR_HOST}/inference/chat-api:4.2.0", {}),
+    # tenants of shared GPUs (time-slicing, KAI fractions, HAMi)
+    "llm-serve": ("Deployment", f"{ECR_HOST}/inference/llm-server:3.0.2", {}),
+    "embed-api": ("Deployment", f"{ECR_HOST}/inference/embedder:1.9.0", {}),
+    "jupyter-carol": ("StatefulSet", f"{ECR_HOST}/ds/notebook:2026.11", NOTEBOOK),
+    "eval-nightly": ("Job", f"{ECR_HOST}/ml/evaluator:1.2.0", {}),
+    "tune-lora": ("Job", f"{ECR_HOST}/ml/trainer:2.4.1", {}),
+    "jupyter-dave": ("StatefulSet", f"{ECR_HOST}/ds/notebook:2026.11", NOTEBOOK),
+    "rerank-hami": ("Deployment", f"{ECR_HOST}/inference/reranker:1.9.0", {}),
 }
 
 
@@ -72,26 +81,39 @@ def load_pods(create: Callable[[JsonObj], JsonObj], pods: list[PodInfo], hostnam
               now: datetime | None = None) -> int:
     """Create the API objects behind a simulated node's pods through ``create`` (which
     returns the stored object): each pod with its owner chain, created three hours ago
-    (older than any idle window), bound to ``hostname``. Returns how many pods."""
+    (older than any idle window), bound to ``hostname``; KAI Scheduler's reservation pods
+    bare, as KAI creates them. Pods that hold a GPU share without requesting a GPU (KAI
+    fractions) carry their labels and annotations. Returns how many pods."""
     now = now or datetime.now(UTC)
     created = now - timedelta(hours=3)
     owners: dict[tuple[str, str], JsonObj] = {}
     count = 0
     for pod in pods:
-        if pod.phase != "Running" or not pod.gpus_requested:
+        if pod.phase != "Running" or not (pod.gpus_requested or pod.annotations):
             continue
-        workload = _workload_name(pod.name)
-        kind, image, labels = WORKLOAD_KINDS.get(
-            workload, ("Deployment", f"{ECR_HOST}/misc/{workload}:latest", {}))
-        key = (pod.namespace, workload)
-        if key not in owners:
-            owners[key] = _owner_chain(create, kind, pod.namespace, f"{workload}-{hostname}",
-                                       image, created=created, labels=labels)
-        container = pod.containers[0].name if pod.containers else "main"
+        owner: JsonObj | None = None
+        if is_reservation_pod(pod.namespace, pod.name):
+            # bare, as KAI Scheduler creates them
+            image = "ghcr.io/kai-scheduler/kai-scheduler/resource-reservation:v0.9.0"
+            labels = dict(pod.labels)
+        else:
+            workload = _workload_name(pod.name)
+            kind, image, labels = WORKLOAD_KINDS.get(
+                workload, ("Deployment", f"{ECR_HOST}/misc/{workload}:latest", {}))
+            key = (pod.namespace, workload)
+            if key not in owners:
+                owners[key] = _owner_chain(create, kind, pod.namespace,
+                                           f"{workload}-{hostname}", image, created=created,
+                                           labels=labels)
+            owner = owners[key]
+            labels = {**labels, **pod.labels}
+        body = objects.container(image, name=pod.containers[0].name if pod.containers
+                                 else "main")
+        if pod.gpu_resources:  # whole GPUs, and HAMi's amounts of one
+            body["resources"] = {"limits": {k: str(v) for k, v in pod.gpu_resources.items()}}
         create(objects.pod(
-            pod.name, pod.namespace, node=hostname,
-            containers=[objects.container(image, name=container, gpus=pod.gpus_requested)],
-            labels=labels, owner=owners[key], created=created,
+            pod.name, pod.namespace, node=hostname, containers=[body], labels=labels,
+            annotations=pod.annotations, owner=owner, created=created,
             uid=_uid("Pod", pod.namespace, pod.name),
             status={"phase": "Running", "startTime": objects.iso_time(created)}))
         count += 1

@@ -10,13 +10,19 @@ from pathlib import Path
 import pytest
 import yaml
 
-from agent.alerts.catalog import CATALOG, Alert, alerts_by_group
-from agent.alerts.lint import MAX_RULES_PER_GROUP, RUNBOOK_SECTIONS, lint_catalog
+from agent.alerts.catalog import CATALOG, RECORDING_RULES, Alert, alerts_by_group
+from agent.alerts.lint import (
+    MAX_RULES_PER_GROUP,
+    OWNER_SECTION,
+    RUNBOOK_SECTIONS,
+    lint_catalog,
+)
 from agent.alerts.render import (
     GRAFANA_ALERTS_FILE,
     PROMETHEUS_RULE_RESOURCE_FILE,
     PROMETHEUS_RULES_FILE,
     grafana_rule_uid,
+    inline_records,
     render_alert_files,
 )
 from agent.alerts.xid import (
@@ -29,6 +35,8 @@ from agent.alerts.xid import (
     render_xid_table_markdown,
     sync_xid_table,
 )
+from agent.finops.recording import GROUP as RECORDING_GROUP
+from agent.finops.recording import RULES_FILE, recording_rule_groups, recording_rules
 from agent.links import DEFAULT_RUNBOOK_BASE_URL
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -66,7 +74,8 @@ def write_good_runbooks(directory: Path, alerts: tuple[Alert, ...] = CATALOG) ->
         table = ""
         if alert.name == "GpuXidCritical":
             table = f"{TABLE_START_MARKER}\n{render_xid_table_markdown()}\n{TABLE_END_MARKER}\n"
-        sections = "".join(f"## {name}\n\nText.\n\n" for name in RUNBOOK_SECTIONS)
+        names = (*RUNBOOK_SECTIONS, *((OWNER_SECTION,) if alert.owners else ()))
+        sections = "".join(f"## {name}\n\nText.\n\n" for name in names)
         (directory / f"{alert.name}.md").write_text(
             f"---\nalert: {alert.name}\nseverity: {alert.severity}\n---\n# {alert.name}\n\n"
             f"{sections}{table}",
@@ -295,9 +304,18 @@ def test_sync_xid_table_refuses_a_runbook_without_markers(tmp_path: Path) -> Non
 
 
 def test_committed_alert_files_are_current() -> None:
-    for name, content in render_alert_files().items():
+    for name, content in render_alert_files(recording_groups=recording_rule_groups()).items():
         committed = (ALERTS_DIR / name).read_text(encoding="utf-8")
         assert committed == content, f"alerts/{name} is stale: run `steward build`"
+
+
+def test_the_prometheusrule_ships_the_finops_recording_rules_too() -> None:
+    resource = yaml.safe_load((ALERTS_DIR / PROMETHEUS_RULE_RESOURCE_FILE).read_text())
+    [group] = [g for g in resource["spec"]["groups"] if g["name"] == RECORDING_GROUP]
+    assert group["interval"] == "1h"
+    assert [r["record"] for r in group["rules"]] == list(recording_rules())
+    rules_file = yaml.safe_load((ALERTS_DIR / RULES_FILE).read_text())
+    assert rules_file["groups"] == [group]
 
 
 def test_rendering_is_deterministic() -> None:
@@ -309,7 +327,10 @@ def test_rendering_is_deterministic() -> None:
 
 def test_prometheus_rules_carry_labels_and_annotations() -> None:
     document = yaml.safe_load(render_alert_files()[PROMETHEUS_RULES_FILE])
-    rules = [rule for group in document["groups"] for rule in group["rules"]]
+    every = [rule for group in document["groups"] for rule in group["rules"]]
+    rules = [rule for rule in every if "alert" in rule]
+    assert [rule["record"] for rule in every if "record" in rule] == [
+        r.record for r in RECORDING_RULES]
     assert [rule["alert"] for rule in rules] == [alert.name for alert in CATALOG]
     for rule, alert in zip(rules, CATALOG, strict=True):
         assert list(rule) == ["alert", "expr", "for", "labels", "annotations"]
@@ -319,6 +340,7 @@ def test_prometheus_rules_carry_labels_and_annotations() -> None:
             "description": alert.description,
             "runbook_url": f"{DEFAULT_RUNBOOK_BASE_URL}/{alert.name}.md",
             "dashboard_uid": alert.dashboard_uid,
+            **alert.annotations,
         }
     notifier = next(rule for rule in rules if rule["alert"] == "StewardNotifierDeliveryFailing")
     assert notifier["labels"] == {"severity": "critical", "routing": "bypass-notifier"}
@@ -360,7 +382,8 @@ def test_committed_grafana_alerts_have_one_rule_per_catalog_rule() -> None:
         assert rule["annotations"]["dashboard_uid"] == alert.dashboard_uid
         query, condition = rule["data"]
         assert query["datasourceUid"] == "prometheus"
-        assert query["model"]["expr"] == alert.expr and query["model"]["instant"] is True
+        assert query["model"]["expr"] == inline_records(alert.expr)
+        assert query["model"]["instant"] is True
         assert condition["model"]["type"] == "math"
         assert rule["condition"] == condition["refId"]
         assert rule["noDataState"] == "OK"

@@ -6,6 +6,7 @@ a bad runbook and can be seen to fail.
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import types
@@ -35,6 +36,7 @@ KNOWN_LABELS = frozenset({
     "GPU_I_PROFILE", "driver_version", "mig_mode", "reason", "type", "state", "xid",
     "namespace", "pod", "container", "phase", "collector", "error", "pipeline", "kind",
     "result", "hygiene_job", "action", "mode", "unit", "job", "instance", "routing",
+    "workload_kind", "workload", "team", "resource", "health",
 })
 
 # Every `steward_*` metric of the contract (SPEC.md plus the FinOps price metric), so that a
@@ -61,7 +63,11 @@ KNOWN_METRICS = frozenset({
     "steward_notifier_alerts_received_total", "steward_notifier_slack_messages_total",
     "steward_notifier_outbox_depth", "steward_state_store_created_timestamp_seconds",
     "steward_notifier_dead_letters_total", "steward_notifier_dead_letters_stored",
+    "steward_pod_workload_info", "steward_pod_device_health", "steward_namespace_team_info",
+    "steward_node_cordoned", "steward_node_quarantined", "steward_node_remediation_taint",
 })
+# The section the owner notice links to, in the runbook of every alert that names owners.
+OWNER_SECTION = "If you own the workload"
 
 _FENCE_RE = re.compile(r"^\s*(```|~~~)")
 _HEADING_RE = re.compile(r"^(#{1,6})\s+(.*?)\s*#*\s*$")
@@ -199,7 +205,7 @@ def link_problems(path: Path, text: str) -> list[str]:
 
 
 def runbook_problems(text: str, *, alert: str, severity: str,
-                     dashboard_uid: str | None = None) -> list[str]:
+                     dashboard_uid: str | None = None, owners: bool = False) -> list[str]:
     """Front matter, title, summary, the five sections and their expected content."""
     problems: list[str] = []
     front, body = split_front_matter(text)
@@ -245,8 +251,27 @@ def runbook_problems(text: str, *, alert: str, severity: str,
         problems.append(f"{alert}: Mitigation has no ordered steps")
     if "silenc" not in mitigation.lower():
         problems.append(f"{alert}: Mitigation does not say when silencing is safe")
+    if owners:
+        problems.extend(f"{alert}: {p}" for p in owner_section_problems(found))
     problems.extend(f"{alert}: {p}" for p in vocabulary_problems(text))
     problems.extend(f"{alert}: {p}" for p in config_key_problems(text))
+    return problems
+
+
+def owner_section_problems(found: dict[str, str]) -> list[str]:
+    """The workload owner's section: there, after Escalation, with steps, naming the
+    workload (the notice sends its team here)."""
+    section = found.get(OWNER_SECTION)
+    if section is None:
+        return [f"missing section '## {OWNER_SECTION}'"]
+    problems = []
+    titles = list(found)
+    if "Escalation" in found and titles.index(OWNER_SECTION) < titles.index("Escalation"):
+        problems.append(f"'## {OWNER_SECTION}' must come after Escalation")
+    if not _ORDERED_ITEM_RE.search(section):
+        problems.append(f"'## {OWNER_SECTION}' has no ordered steps")
+    if "{{ workload }}" not in section:
+        problems.append(f"'## {OWNER_SECTION}' does not name the workload ({{{{ workload }}}})")
     return problems
 
 
@@ -349,7 +374,8 @@ def test_runbook_matches_its_alert(alert: Alert) -> None:
     if not path.exists():
         pytest.fail(f"runbooks/{alert.name}.md is missing")
     problems = runbook_problems(path.read_text(encoding="utf-8"), alert=alert.name,
-                                severity=alert.severity, dashboard_uid=alert.dashboard_uid)
+                                severity=alert.severity, dashboard_uid=alert.dashboard_uid,
+                                owners=alert.owners)
     assert problems == []
 
 
@@ -470,6 +496,51 @@ def test_checker_rejects_a_bad_runbook(bad: str, expected: str) -> None:
     problems = runbook_problems(bad, alert="GpuLost", severity="critical",
                                 dashboard_uid="steward-gpu-node")
     assert any(expected in problem for problem in problems), problems
+
+
+OWNED = GOOD + """
+## If you own the workload
+
+Your job `{{ namespace }}/{{ workload }}` was on the GPU.
+
+1. Restart from the last checkpoint.
+"""
+
+
+def test_owner_section_is_required_of_alerts_that_carry_owners() -> None:
+    assert runbook_problems(OWNED, alert="GpuLost", severity="critical",
+                            dashboard_uid="steward-gpu-node", owners=True) == []
+    missing = runbook_problems(GOOD, alert="GpuLost", severity="critical",
+                               dashboard_uid="steward-gpu-node", owners=True)
+    assert any("missing section '## If you own the workload'" in p for p in missing), missing
+    steps = runbook_problems(OWNED.replace("1. Restart", "Restart"), alert="GpuLost",
+                             severity="critical", owners=True)
+    assert any("has no ordered steps" in p for p in steps), steps
+    unnamed = runbook_problems(OWNED.replace("{{ workload }}", "it"), alert="GpuLost",
+                               severity="critical", owners=True)
+    assert any("does not name the workload" in p for p in unnamed), unnamed
+    before = OWNED.replace("## Escalation\n", "## Escalation_\n").replace(
+        "## If you own the workload", "## Escalation")
+    before = before.replace("## Escalation_\n", "## If you own the workload\n")
+    early = runbook_problems(before, alert="GpuLost", severity="critical", owners=True)
+    assert any("must come after Escalation" in p for p in early), early
+
+
+def test_runbook_index_lists_every_alert_as_built() -> None:
+    from agent.alerts.runbook_index import INDEX_FILE, render_runbook_index
+
+    index = RUNBOOK_DIR / INDEX_FILE
+    assert index.read_text(encoding="utf-8") == render_runbook_index(RUNBOOK_DIR)
+    entries = json.loads(index.read_text(encoding="utf-8"))
+    assert [e["alert"] for e in entries] == [a.name for a in CATALOG]
+    for entry, alert in zip(entries, CATALOG, strict=True):
+        assert (entry["severity"], entry["summary"]) == (alert.severity, alert.summary)
+        assert (RUNBOOK_DIR / entry["file"]).is_file()
+        titles = [s["title"] for s in entry["sections"]]
+        assert [t for t in titles if t in REQUIRED_SECTIONS] == list(REQUIRED_SECTIONS)
+        assert (OWNER_SECTION in titles) is alert.owners
+        anchors_of_file = anchors((RUNBOOK_DIR / entry["file"]).read_text(encoding="utf-8"))
+        assert all(s["anchor"] in anchors_of_file for s in entry["sections"])
 
 
 def test_checker_rejects_sections_out_of_order() -> None:

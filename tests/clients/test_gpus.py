@@ -26,6 +26,8 @@ def json_pod(limits: dict[str, str], requests: dict[str, str] | None = None) -> 
     # The network operator's NICs and RDMA devices are not GPUs.
     ({"nvidia.com/mlnxnics": "1", "rdma/rdma_shared_device_a": "1"}, 0),
     ({"amd.com/gpu": "1", "cpu": "4"}, 0),
+    # HAMi: one GPU, of which 3000 MiB and 30 % of the cores; the amounts are not GPUs.
+    ({"nvidia.com/gpu": "1", "nvidia.com/gpumem": "3000", "nvidia.com/gpucores": "30"}, 1),
     ({"nvidia.com/gpu": "0"}, 0),
 ])
 def test_both_shapes_agree(limits: dict[str, str], gpus: int) -> None:

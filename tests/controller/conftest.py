@@ -1,23 +1,10 @@
-"""Controller tests share one Kubernetes API stand-in per module."""
+"""Controller tests use the root stand-in (tests/conftest.py) with these namespaces."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
-from kubernetes import client
-
-from agent.sim.kube_api import KubeApiServer
 
 
 @pytest.fixture
-def kube() -> Iterator[KubeApiServer]:
-    with KubeApiServer(bookmark_interval=0.2, namespaces=("default", "steward", "ml")) as api:
-        yield api
-
-
-@pytest.fixture
-def api_client(kube: KubeApiServer) -> Iterator[client.ApiClient]:
-    api = kube.api_client()
-    yield api
-    api.close()
+def kube_namespaces() -> tuple[str, ...]:
+    return ("default", "steward", "ml")

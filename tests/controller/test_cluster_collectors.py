@@ -13,6 +13,7 @@ from agent.controller.pending import pending_pods_collector
 from agent.controller.pipelines import pipelines_collector
 from agent.exporter.collection import CollectionLoops
 from agent.sim.kube_api import KubeApiServer
+from tests.support.kube import KubeStandIns
 
 NOW = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
 
@@ -123,33 +124,32 @@ def test_pipelines_by_kind_and_result(kube: KubeApiServer, api_client: client.Ap
         == (NOW - timedelta(minutes=60)).timestamp()
 
 
-def test_argo_absent_is_skipped_cleanly(api_client: client.ApiClient) -> None:
+def test_argo_absent_is_skipped_cleanly(make_kube: KubeStandIns) -> None:
     clock = [0.0]
-    with KubeApiServer(crds=(), namespaces=("ml",)) as no_argo:
-        no_argo.create(job("j", result="succeeded", labels={"steward.io/pipeline": "p"}))
-        api = no_argo.api_client()
-        loops = CollectionLoops([pipelines_collector(
-            client.BatchV1Api(api), client.CustomObjectsApi(api), 30,
-            rediscover_seconds=600, monotonic=lambda: clock[0])])
-        samples = collect(loops)
-        collect(loops)
-        assert value(samples, "steward_collector_up", collector="pipelines") == 1
-        assert value(samples, "steward_pipeline_runs_total", namespace="ml", pipeline="p",
-                     kind="Job", result="succeeded") == 1
-        # Discovery asked once, not on every collection; no list of an absent group.
-        assert [r.path for r in no_argo.request_log(path_regex="argoproj")] == [
-            "/apis/argoproj.io/v1alpha1"]
-        # Argo installed later: seen at the next discovery, without a restart.
-        no_argo.set_group_enabled("argoproj.io", True)
-        no_argo.create(workflow("wf-late", template="late", phase="Succeeded"))
-        clock[0] = 601
-        later = collect(loops)
-        api.close()
-        assert value(later, "steward_pipeline_runs_total", namespace="ml", pipeline="late",
+    no_argo = make_kube(crds=(), namespaces=("ml",))
+    no_argo.create(job("j", result="succeeded", labels={"steward.io/pipeline": "p"}))
+    api = make_kube.api_client(no_argo)
+    loops = CollectionLoops([pipelines_collector(
+        client.BatchV1Api(api), client.CustomObjectsApi(api), 30,
+        rediscover_seconds=600, monotonic=lambda: clock[0])])
+    samples = collect(loops)
+    collect(loops)
+    assert value(samples, "steward_collector_up", collector="pipelines") == 1
+    assert value(samples, "steward_pipeline_runs_total", namespace="ml", pipeline="p",
+                 kind="Job", result="succeeded") == 1
+    # Discovery asked once, not on every collection; no list of an absent group.
+    assert [r.path for r in no_argo.request_log(path_regex="argoproj")] == [
+        "/apis/argoproj.io/v1alpha1"]
+    # Argo installed later: seen at the next discovery, without a restart.
+    no_argo.set_group_enabled("argoproj.io", True)
+    no_argo.create(workflow("wf-late", template="late", phase="Succeeded"))
+    clock[0] = 601
+    later = collect(loops)
+    assert value(later, "steward_pipeline_runs_total", namespace="ml", pipeline="late",
                      kind="Workflow", result="succeeded") == 1
 
 
-def test_argo_not_granted_is_not_an_error_and_is_asked_once() -> None:
+def test_argo_not_granted_is_not_an_error_and_is_asked_once(make_kube: KubeStandIns) -> None:
     """pipelines.argo=false: a real server answers a list of a group it does not know with
     403 (authorization runs before routing). Where Argo is absent nothing is listed; where
     it is installed but not granted, one 403, logged, and Workflows are skipped."""
@@ -158,19 +158,18 @@ def test_argo_not_granted_is_not_an_error_and_is_asked_once() -> None:
     grants = [Grant("batch", "jobs", frozenset({"list"})),
               Grant("batch", "cronjobs", frozenset({"list"}))]
     for crds in ((), ("argoproj.io",)):
-        with KubeApiServer(crds=crds, namespaces=("ml",), grants=grants) as kube:
-            kube.create(job("j", result="succeeded", labels={"steward.io/pipeline": "p"}))
-            api = kube.api_client()
-            loops = CollectionLoops([pipelines_collector(client.BatchV1Api(api),
-                                                         client.CustomObjectsApi(api), 30)])
-            samples = collect(loops)
-            collect(loops)
-            api.close()
-            assert value(samples, "steward_collector_up", collector="pipelines") == 1, crds
-            assert value(samples, "steward_pipeline_runs_total", namespace="ml", pipeline="p",
-                         kind="Job", result="succeeded") == 1
-            refused = [r.path for r in kube.request_log() if r.status == 403]
-            assert refused == ([] if not crds else ["/apis/argoproj.io/v1alpha1/workflows"])
+        kube = make_kube(crds=crds, namespaces=("ml",), grants=grants)
+        kube.create(job("j", result="succeeded", labels={"steward.io/pipeline": "p"}))
+        api = make_kube.api_client(kube)
+        loops = CollectionLoops([pipelines_collector(client.BatchV1Api(api),
+                                                     client.CustomObjectsApi(api), 30)])
+        samples = collect(loops)
+        collect(loops)
+        assert value(samples, "steward_collector_up", collector="pipelines") == 1, crds
+        assert value(samples, "steward_pipeline_runs_total", namespace="ml", pipeline="p",
+                     kind="Job", result="succeeded") == 1
+        refused = [r.path for r in kube.request_log() if r.status == 403]
+        assert refused == ([] if not crds else ["/apis/argoproj.io/v1alpha1/workflows"])
 
 
 def test_argo_workflows_are_listed_in_pages(kube: KubeApiServer,

@@ -430,6 +430,16 @@ def _node_exposition(hostname: str) -> str:
         gpu = {"gpu": index, "UUID": f"GPU-{hostname}-{index}", "pci_bus_id": f"0000:0{index}:00.0",
                "device": f"nvidia{index}", "modelName": model_name, "hostname": hostname}
         namespace, pod, container, util = ALLOCATIONS[(hostname, index)]
+        shared = (hostname, index) == ("gpu-a", "0")
+        if shared:
+            # The trainer does all the GPU's work; its neighbour holds half of it, idle.
+            tenant = {"namespace": "team-b", "pod": "notebook-9", **gpu}
+            lines += [_series("steward_gpu_pod_allocated_ratio", 0.5, mode="time_sliced",
+                              **tenant),
+                      _series("steward_gpu_pod_utilization_ratio", 0.0, **tenant)]
+            lines += [_series("steward_gpu_unattributed_utilization_ratio",
+                              0.02 if reason == "unknown_process" else 0.0, reason=reason, **gpu)
+                      for reason in ("no_samples", "unknown_process", "pod_without_share")]
         lines += [
             _series("steward_gpu_info", 1, driver_version="550.54.15", mig_mode=mig_mode, **gpu),
             _series("steward_gpu_up", 1, **gpu),
@@ -451,6 +461,12 @@ def _node_exposition(hostname: str) -> str:
             _series("steward_gpu_allocation", 1, namespace=namespace, pod=pod,
                     container=container, **gpu),
             _series("steward_gpu_pod_memory_used_bytes", 30e9, namespace=namespace, pod=pod,
+                    **gpu),
+            # gpu-a's GPU 0 is time-sliced in two (a second tenant below); others whole.
+            _series("steward_gpu_pod_allocated_ratio", 0.5 if shared else 1.0,
+                    namespace=namespace, pod=pod,
+                    mode="time_sliced" if shared else "exclusive", **gpu),
+            _series("steward_gpu_pod_utilization_ratio", util, namespace=namespace, pod=pod,
                     **gpu),
             _series("steward_pod_phase", 1, namespace=namespace, pod=pod, phase="Running",
                     hostname=hostname),
@@ -643,5 +659,28 @@ def test_idle_and_cost_queries_compute_the_right_numbers(
     assert value(fleet, "Allocated GPUs idle") == 1  # notebook-7 on gpu-a GPU 1
     assert value(fleet, "GPU memory used") == pytest.approx(0.5)  # MIG instance not counted
     assert value(finops, "GPU cost per hour") == pytest.approx(2.5 + 2.5 + 4.0)
-    assert value(finops, "Idle GPU cost per hour") == pytest.approx(2.5)
+    # notebook-7's whole GPU, and notebook-9's half of the busy GPU it time-slices: idle
+    # for its share although the GPU is at 93 %.
+    assert value(finops, "Idle GPU cost per hour") == pytest.approx(2.5 + 1.25)
     assert value(finops, "Allocated GPUs without a price") == 0
+
+
+@pytest.mark.integration
+def test_the_namespace_view_shows_each_tenants_share_and_own_use(
+        prometheus: str, models: dict[str, dict[str, Any]]) -> None:
+    usage = models["namespace-usage.json"]
+    table = _panel(usage, "Tenants of shared GPUs")
+
+    def column(ref: int) -> dict[str, float]:
+        expr = table["targets"][ref]["expr"]
+        return {s["metric"]["pod"]: float(s["value"][1])
+                for s in _query(prometheus, _substituted(usage, expr))}
+
+    assert column(0) == {"trainer-0": 0.5, "notebook-9": 0.5}  # share of the GPU
+    assert column(1) == {"trainer-0": 0.93, "notebook-9": 0.0}  # own use of the GPU
+    # Use of its share: the trainer borrows the time its idle neighbour leaves.
+    assert column(2) == pytest.approx({"trainer-0": 1.86, "notebook-9": 0.0})
+    assert column(3) == pytest.approx({"trainer-0": 0.02, "notebook-9": 0.02})
+    modes = {s["metric"]["mode"] for s in _query(
+        prometheus, _substituted(usage, table["targets"][1]["expr"]))}
+    assert modes == {"time_sliced"}  # every column carries the mode label the table joins on

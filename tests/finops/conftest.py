@@ -15,7 +15,6 @@ import pytest
 from agent.config import StewardConfig
 from agent.finops.report import run_finops_report
 from agent.finops.savings import PlanFound, SavingAction
-from agent.sim.kube_api import KubeApiServer
 from tests.finops.fleet import (
     NAMESPACE_LABELS,
     NAMESPACE_TEAMS,
@@ -25,6 +24,7 @@ from tests.finops.fleet import (
     write_openmetrics,
 )
 from tests.support.binaries import require_binary
+from tests.support.kube import KubeStandIns
 from tests.support.net import free_port, http_ok, wait_until
 
 
@@ -77,13 +77,14 @@ def fleet_prometheus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet
 
 
 @pytest.fixture(scope="session")
-def kube_with_teams(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    """The API stand-in with the fleet's namespaces and labels; yields a kubeconfig."""
-    with KubeApiServer() as kube:
-        for name, labels in NAMESPACE_LABELS.items():
-            kube.create({"apiVersion": "v1", "kind": "Namespace",
-                         "metadata": {"name": name, "labels": labels}})
-        yield kube.kubeconfig(tmp_path_factory.mktemp("kube") / "kubeconfig")
+def kube_with_teams(make_session_kube: KubeStandIns,
+                    tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The API stand-in with the fleet's namespaces and labels; its kubeconfig."""
+    kube = make_session_kube()
+    for name, labels in NAMESPACE_LABELS.items():
+        kube.create({"apiVersion": "v1", "kind": "Namespace",
+                     "metadata": {"name": name, "labels": labels}})
+    return kube.kubeconfig(tmp_path_factory.mktemp("kube") / "kubeconfig")
 
 
 def fleet_config(prometheus_url: str, *, kubeconfig: Path | None = None,

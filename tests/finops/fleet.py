@@ -13,10 +13,15 @@ story below, not by the code under test.
 - node-b (10.0.0.2:9400), two A100s ($2/GPU-h):
   b0 in MIG mode, no utilization: GI 1 (3g.40gb) held by research/nb-alice all week, GI 2
   (2g.20gb) by research/nb-bob for hours 0-100.
-  b1 time-sliced all fortnight between ml-infer/embed-0 and shared-tools/tool-0, at 0.3.
+  b1 time-sliced all fortnight between ml-infer/embed-0 and shared-tools/tool-0 (half each),
+  at 0.3: 0.15 each.
 - node-c (10.0.0.3:9400), one H100: c0 held all week by scratch/debug-shell at 0.0. Its agent
   is down (up 0, no GPU samples) from hour 100 to 105:30.
 - Prometheus itself has nothing at all for hours 150-152.
+
+Each holder exports what the node agent does: ``steward_gpu_allocation`` (per container),
+``steward_gpu_pod_allocated_ratio`` (its share and mode) and, but on MIG,
+``steward_gpu_pod_utilization_ratio`` (its own use: the GPU's when it holds it whole).
 """
 
 from __future__ import annotations
@@ -116,23 +121,34 @@ def fleet() -> list[Series]:
     util("node-c", 0, "GPU-c0", H100, always(0.0))
 
     def held(host: str, index: int, uuid: str, model: str, ns: str, pod: str, container: str,
-             value: Value, *, gi: str | None = None, profile: str | None = None) -> None:
+             value: Value, *, gi: str | None = None, profile: str | None = None,
+             ratio: float = 1.0, mode: str = "exclusive", use: Value | None = None) -> None:
         labels = gpu_labels(host, index, uuid, model, gi=gi, profile=profile) | {
-            "namespace": ns, "pod": pod, "container": container}
-        series.append(Series("steward_gpu_allocation", labels, value))
+            "namespace": ns, "pod": pod}
+        series.append(Series("steward_gpu_allocation", labels | {"container": container},
+                             value))
+        series.append(Series("steward_gpu_pod_allocated_ratio", labels | {"mode": mode},
+                             lambda h: None if value(h) is None else ratio))
+        if use is not None:
+            series.append(Series("steward_gpu_pod_utilization_ratio", labels,
+                                 lambda h: None if value(h) is None else use(h)))
 
-    held("node-a", 0, "GPU-a0", H100, "ml-train", "trainer-0", "main", always(1.0))
+    held("node-a", 0, "GPU-a0", H100, "ml-train", "trainer-0", "main", always(1.0),
+         use=always(0.8))
     held("node-a", 1, "GPU-a1", H100, "ml-infer", "chat-7d9fbc6d58-x2x4z", "server",
-         during(0, 72, 1.0))
+         during(0, 72, 1.0), use=a1_utilization)
     held("node-a", 1, "GPU-a1", H100, "ml-infer", "chat-7d9fbc6d58-q7k9p", "server",
-         during(95.5, LAST_HOUR, 1.0))
+         during(95.5, LAST_HOUR, 1.0), use=a1_utilization)
     held("node-b", 0, "GPU-b0", A100, "research", "nb-alice", "notebook", during(0, 168, 1.0),
-         gi="1", profile="3g.40gb")
+         gi="1", profile="3g.40gb", ratio=3 / 7, mode="mig")
     held("node-b", 0, "GPU-b0", A100, "research", "nb-bob", "notebook", during(0, 100, 1.0),
-         gi="2", profile="2g.20gb")
-    held("node-b", 1, "GPU-b1", A100, "ml-infer", "embed-0", "c", always(1.0))
-    held("node-b", 1, "GPU-b1", A100, "shared-tools", "tool-0", "c", always(1.0))
-    held("node-c", 0, "GPU-c0", H100, "scratch", "debug-shell", "sh", during(0, 168, 1.0))
+         gi="2", profile="2g.20gb", ratio=2 / 7, mode="mig")
+    held("node-b", 1, "GPU-b1", A100, "ml-infer", "embed-0", "c", always(1.0), ratio=0.5,
+         mode="time_sliced", use=always(0.15))
+    held("node-b", 1, "GPU-b1", A100, "shared-tools", "tool-0", "c", always(1.0), ratio=0.5,
+         mode="time_sliced", use=always(0.15))
+    held("node-c", 0, "GPU-c0", H100, "scratch", "debug-shell", "sh", during(0, 168, 1.0),
+         use=always(0.0))
     for host, instance in NODES.items():
         series.append(Series("up", {"job": JOB, "instance": instance},
                              lambda h, host=host: 0.0 if node_down(host, h) else 1.0))

@@ -45,8 +45,9 @@ NAMESPACES: dict[str, dict[str, Any]] = {
     "ml-infer": {
         "team": "inference",
         "alloc": X2X4Z_HOURS + Q7K9P_HOURS + B1_HOURS / 2,
-        # hour 95: half held, GPU mean 0.25 -> 0.5 * 0.25
-        "used": X2X4Z_HOURS * 0.005 + 0.5 * 0.25 + (Q7K9P_HOURS - 0.5) * 0.5
+        # hour 95: held half of it, at 0.5 while held -> 0.5 * 0.5 (the pod's own use, not
+        # the GPU's mean over the whole hour)
+        "used": X2X4Z_HOURS * 0.005 + 0.5 * 0.5 + (Q7K9P_HOURS - 0.5) * 0.5
         + B1_HOURS / 2 * 0.3,
         "idle": X2X4Z_HOURS, "unmeasured": 0,
         "cost": (X2X4Z_HOURS + Q7K9P_HOURS) * H100_PRICE + B1_HOURS / 2 * A100_PRICE,
@@ -107,11 +108,44 @@ def test_summary_totals(summary: dict[str, Any]) -> None:
     assert summary["currency"] == "USD"
     assert summary["start"] == "2026-11-02T00:00:00Z"
     assert summary["end"] == "2026-11-09T00:00:00Z"
-    assert summary["totals"] == pytest.approx(
+    totals = summary["totals"]
+    assert {k: totals[k] for k in METRIC_KEYS.values()} == pytest.approx(
         {METRIC_KEYS[k]: total(k) for k in METRIC_KEYS}, abs=1e-5)
     # Spelled out once, against arithmetic slips in the table above.
     assert summary["totals"]["cost"] == pytest.approx(2409.428571, abs=1e-5)
     assert summary["totals"]["idle_cost"] == pytest.approx(932.0)
+
+
+def test_capacity_is_allocated_plus_unallocated(summary: dict[str, Any]) -> None:
+    # Every physical GPU's hours with data: Prometheus' gap takes 2 h of each, c0's agent
+    # 5 more (hour 105 was half scraped: the GPU reported in it, so it counts).
+    h100, a100 = 166 + 166 + 161, 166 + 166
+    totals = summary["totals"]
+    assert totals["gpu_hours_capacity"] == pytest.approx(h100 + a100)
+    assert totals["capacity_cost"] == pytest.approx(h100 * H100_PRICE + a100 * A100_PRICE)
+    # Nobody held a1 between the two chat pods (72-95.5), nor b0's free slices.
+    free_b0 = 166 - ALICE_HOURS * MIG_GI1 - BOB_HOURS * MIG_GI2
+    assert totals["gpu_hours_unallocated"] == pytest.approx(23.5 + free_b0, abs=1e-5)
+    assert totals["unallocated_cost"] == pytest.approx(
+        23.5 * H100_PRICE + free_b0 * A100_PRICE, abs=1e-5)
+    assert totals["capacity_cost"] == pytest.approx(
+        totals["cost"] + totals["unallocated_cost"], abs=1e-5)
+
+
+def test_shared_gpus_are_split_between_their_tenants(summary: dict[str, Any]) -> None:
+    shared = {g["uuid"]: g for g in summary["shared_gpus"]}
+    assert set(shared) == {"GPU-b0", "GPU-b1"}  # MIG and time-slicing; whole GPUs are not
+    b1 = shared["GPU-b1"]
+    assert (b1["gpu_hours"], b1["cost"]) == (166.0, 332.0)
+    assert [(t["tenant"], t["mode"], t["share"], t["cost"]) for t in b1["tenants"]] == [
+        ("ml-infer/embed-0", "time_sliced", 0.5, 166.0),
+        ("shared-tools/tool-0", "time_sliced", 0.5, 166.0)]
+    b0 = {t["tenant"]: t for t in shared["GPU-b0"]["tenants"]}
+    assert b0["research/nb-alice"]["share"] == pytest.approx(3 / 7, abs=1e-6)
+    assert b0["research/nb-alice"]["gpu_hours_unmeasured"] == pytest.approx(
+        ALICE_HOURS * MIG_GI1, abs=1e-5)
+    assert sum(t["cost"] for t in b0.values()) == pytest.approx(166 * A100_PRICE)
+    assert b0["(unallocated)"]["gpu_hours_used"] is None
 
 
 def test_summary_teams_sorted_by_cost(summary: dict[str, Any]) -> None:
@@ -282,7 +316,8 @@ def test_export_command_writes_two_weeks(fleet_prometheus: FleetPrometheus,
         PrometheusSource(PrometheusClient(fleet_prometheus.url), step_seconds=3600).gaps(
             week.previous().start, week.end)
     frames = list(source.batches(week.previous().start, week.start))
-    assert sum(len(f) for f in frames) == 168 * 3  # a0 and b1's two containers
+    # a0 and b1's two pods; a1, b0 (no MIG instance held) and c0 held by nobody
+    assert sum(len(f) for f in frames) == 168 * 3 + 168 * 3
     assert run_finops_export(config("http://127.0.0.1:9", None), path=tmp_path / "x.parquet",
                              week=WEEK, now=NOW) == 1
     assert not (tmp_path / "x.parquet").exists()

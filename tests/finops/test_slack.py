@@ -49,7 +49,7 @@ def test_summary_message_then_files_in_its_thread(run: Run, stub: SlackStub,
     assert "*Total GPU cost:* $2,409.43 (+139.0% vs 2026-W44)" in text
     assert "*Allocated but idle:* $932.00 (38.7% of the cost, 233.0 GPU-h)" in text
     # Utilization with its denominator (used / allocated), and the unmeasured hours.
-    assert "*GPU-hours:* 735.2 allocated, utilization 29.7% (218.1 of 735.2 GPU-h), " \
+    assert "*GPU-hours:* 735.2 allocated, utilization 29.7% (218.2 of 735.2 GPU-h), " \
            "99.7 GPU-h unmeasured" in text
     # Top 3 teams by cost, in order, and only 3.
     top = next(line for line in text.splitlines() if "Top teams" in line)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 from datetime import UTC, datetime, timedelta
+from decimal import ROUND_HALF_UP, Decimal
 from pathlib import Path
 
 import numpy as np
@@ -28,8 +29,9 @@ from agent.finops.pricing import MissingPriceError, PriceTable, gpu_fraction
 from agent.finops.queries import chunks, matrix_frame
 from agent.finops.savings import GIB, PlanFound, SavingAction, compute_savings
 from agent.finops.series import FinopsInputError, Gap, merge_step_gaps, parse_step
+from agent.finops.shares import cents_that_add_up
 from agent.finops.teams import KubernetesNamespaceLabels, resolve_teams
-from agent.sim.kube_api import KubeApiServer
+from tests.support.kube import KubeStandIns
 
 # --- weeks and steps ----------------------------------------------------------------------
 
@@ -158,7 +160,7 @@ SAMPLE = rows(
     (3600, "a", "p1", "H100", "", 1.0, 0.005, 0.009),  # idle: peak under the floor
     (7200, "a", "p1", "H100", "", 0.5, 0.0, 0.01),  # not idle: peak at the floor
     (86400, "a", "p1", "H100", "", 1.0, 0.2, 0.2),  # the next day
-    (0, "b", "p2", "H100", "3g.40gb", 1.0, NAN, NAN),  # MIG: unmeasured, never idle
+    (0, "b", "p2", "H100", "3g.40gb", 3 / 7, NAN, NAN),  # MIG: unmeasured, never idle
     (0, "a", "p3", "A100", "", 0.25, 0.4, 0.4),
 )
 
@@ -173,11 +175,11 @@ def test_reduce_batch_sums() -> None:
     assert _by_key(usage) == {
         (0, "p1"): (2.5, 0.5 + 0.005, 1.0, 0.0),
         (1, "p1"): (1.0, 0.2, 0.0, 0.0),
-        (0, "p2"): (1.0, 0.0, 0.0, 1.0),
+        (0, "p2"): (round(3 / 7, 9), 0.0, 0.0, round(3 / 7, 9)),
         (0, "p3"): (0.25, 0.1, 0.0, 0.0),
     }
     half_hour = reduce_batch(SAMPLE, step_seconds=1800, idle_floor=0.01)
-    assert half_hour["alloc_h"].sum() == pytest.approx(4.75 / 2)
+    assert half_hour["alloc_h"].sum() == pytest.approx((3.75 + 3 / 7) / 2)
 
 
 @settings(max_examples=40, deadline=None)
@@ -212,12 +214,59 @@ def test_previous_week_with_a_retired_model_is_not_fatal() -> None:
         price_usage(usage, PriceTable({"H100": 1.0}, 0.0))
 
 
-def test_unknown_mig_profile_is_charged_whole_and_flagged() -> None:
-    frame = rows((0, "a", "p", "H100", "unknown", 1.0, NAN, NAN))
-    priced = price_usage(reduce_batch(frame, step_seconds=3600, idle_floor=0.01),
-                         PriceTable({"H100": 2.0}, 0.0))
-    assert priced.rows["cost"].sum() == 2.0
-    assert priced.unknown_profiles == ("H100 unknown",)
+def test_unallocated_rows_are_capacity_not_anybodys_cost() -> None:
+    frame = pd.concat([SAMPLE, rows((0, "", "", "H100", "", 0.5, NAN, NAN),
+                                    (3600, "", "", "A100", "", 0.75, NAN, NAN))],
+                      ignore_index=True)
+    usage = combine_usage([reduce_batch(frame, step_seconds=3600, idle_floor=0.01)])
+    tables = build_tables(price_usage(usage, PriceTable({"H100": 7.0, "A100": 2.0}, 0.0)),
+                          None, teams={"a": "alpha"})
+    assert set(tables.teams["team"]) == {"alpha", "unassigned"}  # nobody is "" team
+    assert "" not in set(tables.namespaces["namespace"])
+    totals = tables.totals
+    assert totals["gpu_hours_allocated"] == pytest.approx(3.75 + 3 / 7)
+    assert totals["gpu_hours_unmeasured"] == pytest.approx(3 / 7)  # not the free rows
+    assert totals["gpu_hours_unallocated"] == pytest.approx(1.25)
+    assert totals["unallocated_cost"] == pytest.approx(0.5 * 7.0 + 0.75 * 2.0)
+    assert totals["capacity_cost"] == pytest.approx(totals["cost"] + 5.0)
+
+
+def test_cents_add_up_where_rounding_each_charge_would_not() -> None:
+    # A GPU at $3.33 for 166 h shared 0.4 / 0.25 / 0.2 / 0.1 with 0.05 nobody held: rounded
+    # one by one (half up) the charges come to $552.79, a cent more than the GPU's $552.78.
+    shares = ("0.4", "0.25", "0.2", "0.1", "0.05")
+    exact = [Decimal(s) * 166 * Decimal("3.33") for s in shares]
+    assert sum(e.quantize(Decimal("0.01"), ROUND_HALF_UP) for e in exact) == Decimal("552.79")
+    cents = cents_that_add_up(np.array([float(e) for e in exact]))
+    assert cents.tolist() == [221.11, 138.19, 110.56, 55.28, 27.64]
+    assert round(cents.sum(), 2) == 552.78
+    assert cents_that_add_up(np.array([])).tolist() == []
+
+
+def test_parquet_written_before_fractions_is_read_as_fractions(tmp_path: Path) -> None:
+    """An export from before shares were fractions of the GPU: no ``mode`` column, a MIG
+    row holds one instance. Read as 3/7 of the GPU; an unknown profile counts whole."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from agent.finops.parquet import META_STEP, ParquetSource
+
+    columns = ("hostname", "uuid", "gpu_i_id", "profile", "model", "namespace", "pod",
+               "container")
+    values = [("n", "GPU-1", "1", "3g.40gb", "NVIDIA H100 80GB HBM3", "a", "p", "c"),
+              ("n", "GPU-1", "2", "unknown", "NVIDIA H100 80GB HBM3", "a", "q", "c"),
+              ("n", "GPU-2", "", "", "NVIDIA H100 80GB HBM3", "a", "r", "c")]
+    table = pa.table({
+        "ts": pa.array([0, 0, 0], pa.int64()).cast(pa.timestamp("s", tz="UTC")),
+        **{c: pa.array([v[i] for v in values]) for i, c in enumerate(columns)},
+        "share": [1.0, 1.0, 0.5], "util_mean": [None, None, 0.3], "util_max": [None, None, 0.4],
+    }).replace_schema_metadata({META_STEP: b"3600"})
+    pq.write_table(table, tmp_path / "old.parquet")
+    source = ParquetSource(tmp_path / "old.parquet")
+    frame = pd.concat(list(source.batches(datetime.fromtimestamp(0, UTC),
+                                          datetime.fromtimestamp(3600, UTC))))
+    assert frame["share"].tolist() == pytest.approx([3 / 7, 1.0, 0.5])
+    assert frame["mode"].astype(str).tolist() == ["mig", "mig", "exclusive"]
 
 
 @pytest.mark.parametrize(("pod", "workload"), [
@@ -290,15 +339,16 @@ def test_unreachable_api_leaves_the_static_map_and_warns() -> None:
     assert mapping.warnings and "ConnectionError" in mapping.warnings[0]
 
 
-def test_namespace_labels_through_the_api_with_paging(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_namespace_labels_through_the_api_with_paging(monkeypatch: pytest.MonkeyPatch,
+                                                     make_kube: KubeStandIns) -> None:
     monkeypatch.setattr(teams_module, "_PAGE", 2)
-    with KubeApiServer(namespaces=()) as kube:
-        for index in range(5):
-            kube.create({"apiVersion": "v1", "kind": "Namespace", "metadata": {
-                "name": f"ns{index}", "labels": {"team": f"t{index % 2}"}}})
-        source = KubernetesNamespaceLabels(kube.api_client)
-        labels = source.namespace_labels()
-        lists = kube.request_log(method="GET", path_regex=r"^/api/v1/namespaces$")
+    kube = make_kube(namespaces=())
+    for index in range(5):
+        kube.create({"apiVersion": "v1", "kind": "Namespace", "metadata": {
+            "name": f"ns{index}", "labels": {"team": f"t{index % 2}"}}})
+    source = KubernetesNamespaceLabels(kube.api_client)
+    labels = source.namespace_labels()
+    lists = kube.request_log(method="GET", path_regex=r"^/api/v1/namespaces$")
     assert labels == {f"ns{i}": {"team": f"t{i % 2}", "kubernetes.io/metadata.name": f"ns{i}"}
                       for i in range(5)}
     assert len(lists) == 3  # 2 + 2 + 1

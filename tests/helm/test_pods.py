@@ -382,3 +382,40 @@ def test_monitors_are_opt_in_and_honor_labels(helm: str) -> None:
     assert all(e["honorLabels"] is True for e in endpoints)
     assert all(m["metadata"]["labels"]["release"] == "kube-prometheus-stack" for m in monitors)
     assert pod_monitor["spec"]["podMetricsEndpoints"][0]["interval"] == "15s"
+
+
+def test_slack_actions_signing_secret_ingress_and_network_policy(helm: str) -> None:
+    rendered = render(helm, sets={
+        "notifier.slackActions.enabled": "true",
+        "notifier.slackActions.ingress.enabled": "true",
+        "notifier.slackActions.ingress.host": "steward.example.com",
+        "notifier.slackActions.ingress.tlsSecretName": "steward-tls"})
+    assert rendered.config()["slack"]["signing_secret_file"] == \
+        "/etc/steward-slack-signing/signing-secret"
+    spec = pod_spec(rendered.get("Deployment", f"{RELEASE}-notifier"))
+    volume = next(v for v in spec["volumes"] if v["name"] == "slack-signing")
+    assert volume["secret"]["secretName"] == "steward-slack-signing"
+    assert volume["secret"]["items"] == [{"key": "signing-secret", "path": "signing-secret"}]
+    ingress = rendered.get("Ingress", f"{RELEASE}-slack-actions")
+    (rule,) = ingress["spec"]["rules"]
+    assert rule["host"] == "steward.example.com"
+    # Only the signed endpoint faces Slack: never /alertmanager or /metrics.
+    assert rule["http"]["paths"] == [{"path": "/slack/actions", "pathType": "Exact",
+                                      "backend": {"service": {"name": f"{RELEASE}-notifier",
+                                                              "port": {"name": "http"}}}}]
+    assert ingress["spec"]["tls"] == [{"hosts": ["steward.example.com"],
+                                       "secretName": "steward-tls"}]
+    policy = rendered.get("NetworkPolicy", f"{RELEASE}-notifier")["spec"]
+    sources = policy["ingress"][0]["from"]
+    assert {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name":
+                                                  "ingress-nginx"}},
+            "podSelector": {"matchLabels": {"app.kubernetes.io/name": "ingress-nginx"}}} \
+        in sources
+    # Off by default: no secret mounted, no Ingress, the ingress controller not admitted.
+    default = render(helm)
+    assert "signing_secret_file" not in default.config().get("slack", {})
+    assert not default.of_kind("Ingress")
+    assert len(default.get("NetworkPolicy", f"{RELEASE}-notifier")["spec"]["ingress"][0][
+        "from"]) == 2
+    assert "host is required" in render_error(helm, sets={
+        "notifier.slackActions.enabled": "true", "notifier.slackActions.ingress.enabled": "true"})

@@ -14,13 +14,15 @@ from tests.helm.chart import NAMESPACE, RELEASE, VALUES_FILES, Rendered, render,
 Grants = dict[tuple[str, str], set[str]]
 
 # What the controller always needs: the cluster collectors (pending GPU pods, CronJobs and
-# Jobs, paged lists), Argo Workflows (pipelines.argo, on by default) and the FinOps team
-# labels of namespaces.
+# Jobs, paged lists), Argo Workflows (pipelines.argo, on by default), the FinOps team
+# labels of namespaces (also exported for the GPU fault alerts' owners) and the nodes'
+# remediation state (read only: never a write verb on nodes).
 CONTROLLER_BASE: Grants = {
     ("", "pods"): {"list"},
     ("batch", "jobs"): {"list"},
     ("batch", "cronjobs"): {"list"},
     ("", "namespaces"): {"list"},
+    ("", "nodes"): {"list"},
     ("argoproj.io", "workflows"): {"list"},
 }
 # The idle-gpus scan: each kind of a pod's owner chain listed per namespace, the namespace

@@ -1,6 +1,6 @@
 """Hygiene test fixtures: one real Prometheus over a backfilled GPU history for the whole
-session (``history``: no live scrapes, so no verdict depends on timing or load), an API
-stand-in per test, and a state store in a temp dir.
+session (``history``: no live scrapes, so no verdict depends on timing or load), the API
+stand-in per test (``kube``, tests/conftest.py), and a state store in a temp dir.
 
 ``Fleet.at`` is the moment the history is built around; runtimes in the tests take it as
 their clock, so every query is evaluated at a time the test controls.
@@ -84,8 +84,3 @@ def fleet() -> Iterator[Fleet]:
     finally:
         prometheus.stop()
 
-
-@pytest.fixture
-def kube() -> Iterator[KubeApiServer]:
-    with KubeApiServer(bookmark_interval=0.2, namespaces=("default", "steward")) as server:
-        yield server

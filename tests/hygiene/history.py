@@ -8,6 +8,10 @@ exactly: no scrape timing, no load on the machine changes a verdict.
 Nodes a and b are the simulated GPU nodes the other tests name (a bursty GPU, an idle one,
 a training one and a MIG GPU with three slices on a; four free and six idle GPUs on b).
 Node c holds one case per way the evidence can be incomplete, and one fully idle GPU.
+Node d holds shared GPUs, whose tenants export their share and their own use as the node
+agent does: a busy GPU time-sliced by four (one tenant idle, one with a hole in its own
+use), a KAI GPU (the reservation pod holds it; one fraction idle), a busy GPU whose
+unattributed use might be its idle tenant's, and a GPU idle as a whole with two tenants.
 """
 
 from __future__ import annotations
@@ -37,6 +41,19 @@ Utilization = Callable[[float], float | None]  # seconds before ``at`` -> value,
 
 
 @dataclass(frozen=True)
+class Tenant:
+    """A pod's share of a shared GPU and its own use; ``device``: it holds a device in the
+    PodResources API (``steward_gpu_allocation``), as KAI fractions do not."""
+
+    namespace: str
+    pod: str
+    share: float
+    mode: str
+    use: Utilization
+    device: bool = True
+
+
+@dataclass(frozen=True)
 class Gpu:
     node: str
     index: int
@@ -45,6 +62,8 @@ class Gpu:
     lost_since: float | None = None  # seconds before ``at``
     allocated: Callable[[float], bool] = lambda ago: True
     power: float = 72.0
+    tenants: tuple[Tenant, ...] = ()
+    unattributed: Utilization = lambda ago: 0.0
 
     @property
     def uuid(self) -> str:
@@ -95,8 +114,40 @@ def fleet() -> list[Gpu]:
         Gpu("c", 4, _flat(IDLE), ((*YOUNG_ALLOCATION, None),),
             allocated=lambda ago: ago < 30 * MINUTE),
         Gpu("c", 5, _flat(IDLE), ((*FULLY_IDLE, None),)),
+        *shared(),
     ]
     return gpus
+
+
+def _sum(tenants: tuple[Tenant, ...]) -> Utilization:
+    def total(ago: float) -> float:
+        return sum(u for t in tenants if (u := t.use(ago)) is not None)
+    return total
+
+
+def shared() -> list[Gpu]:
+    ds = "data-science"
+    sliced = (Tenant("inference", "llm-serve-0", 0.25, "time_sliced", _flat(0.2)),
+              Tenant(ds, "nb-quiet-0", 0.25, "time_sliced", _flat(0.0)),
+              # 0.1 % of the GPU (0.4 % of its share), but no own-use sample for 30 minutes.
+              Tenant("shared", "trickle-0", 0.25, "time_sliced", _hole(70, 40)),
+              Tenant("shared", "busy-batch-0", 0.25, "time_sliced", _flat(0.3)))
+    kai = (Tenant("ml-research", "tune-lora-0", 0.5, "fraction", _flat(0.3), device=False),
+           Tenant(ds, "kai-nb-0", 0.25, "fraction", _flat(0.0), device=False))
+    murky = (Tenant("shared", "busy-2-0", 0.5, "time_sliced", _flat(0.3)),
+             Tenant("shared", "maybe-idle-0", 0.5, "time_sliced", _flat(0.0)))
+    sleepy = (Tenant("inference", "sleepy-a-0", 0.5, "time_sliced", _flat(0.001)),
+              Tenant("inference", "sleepy-b-0", 0.5, "time_sliced", _flat(0.001)))
+    return [
+        Gpu("d", 0, _sum(sliced), tenants=sliced),
+        # The reservation pod holds the device; the fractions hold their shares.
+        Gpu("d", 1, _sum(kai), (("kai-resource-reservation", "gpu-reservation-d1", None),),
+            tenants=kai),
+        # 5 % of the GPU's use, for 10 minutes, could not be given to any pod.
+        Gpu("d", 2, _sum(murky), tenants=murky,
+            unattributed=lambda ago: 0.05 if 30 * MINUTE <= ago < 40 * MINUTE else 0.0),
+        Gpu("d", 3, _sum(sleepy), tenants=sleepy),
+    ]
 
 
 def series(at: float) -> list[BackfillSeries]:
@@ -123,4 +174,22 @@ def series(at: float) -> list[BackfillSeries]:
                 allocation["GPU_I_PROFILE"] = "1g.10gb"
             out.append(BackfillSeries("steward_gpu_allocation", allocation,
                                       [(t, 1.0) for t in times if gpu.allocated(at - t)]))
+        for tenant in gpu.tenants:
+            pod_labels = {**labels, "namespace": tenant.namespace, "pod": tenant.pod}
+            if tenant.device:
+                out.append(BackfillSeries("steward_gpu_allocation",
+                                          {**pod_labels, "container": "main"},
+                                          [(t, 1.0) for t in times]))
+            out.append(BackfillSeries("steward_gpu_pod_allocated_ratio",
+                                      {**pod_labels, "mode": tenant.mode},
+                                      [(t, tenant.share) for t in times]))
+            out.append(BackfillSeries("steward_gpu_pod_utilization_ratio", pod_labels,
+                                      [(t, v) for t in times
+                                       if (v := tenant.use(at - t)) is not None]))
+        if gpu.tenants:
+            for reason in ("no_samples", "unknown_process", "pod_without_share"):
+                lost = gpu.unattributed if reason == "unknown_process" else _flat(0.0)
+                out.append(BackfillSeries("steward_gpu_unattributed_utilization_ratio",
+                                          {**labels, "reason": reason},
+                                          [(t, lost(at - t) or 0.0) for t in times]))
     return out

@@ -29,8 +29,15 @@ EXPECTED = {
     "data-science/Job/batch-eval": "notify",
     "data-science/jupyter-alice-7": "notify",  # bare pod
     "evidence/Deployment/fully-idle": "scale_to_zero",
+    # Shared GPUs: idle tenants of busy GPUs, judged by their own use, are only notified (a
+    # notebook and a Deployment that would otherwise be scaled); a Deployment whose GPU is
+    # idle as a whole is scaled.
+    "data-science/StatefulSet/nb-quiet": "notify",
+    "data-science/Deployment/kai-nb": "notify",
+    "inference/Deployment/sleepy": "scale_to_zero",
 }
 C = "GPU GPU-c00{}-7e57-4000-8000-00000000a100 on gpu-node-c"
+D = "GPU GPU-d00{}-7e57-4000-8000-00000000a100 on gpu-node-d"
 LIMIT = "(at most 1m15s allowed at the 30s scrape interval)"
 GUARDS = {
     # The bursty GPU: busy for 5 minutes an hour ago (the flaky live-scrape case, now fixed
@@ -56,6 +63,21 @@ GUARDS = {
                                  f"ago (211 of 250 samples) {LIMIT}",
     "evidence/young-0": f"evidence incomplete: allocation of {C.format(4)} to evidence/young-0:"
                         f" samples begin only 29m30s ago, 1h35m30s into the 2h5m window {LIMIT}",
+    # Shared GPUs: a tenant of a busy GPU is judged by its own use, of its share.
+    "inference/llm-serve-0": f"in use: inference/llm-serve-0's own peak use of {D.format(0)} "
+                             "was 80.0% of its 25% share, at or above the floor 1.0%",
+    "shared/busy-batch-0": "own peak use of GPU GPU-d000",
+    "ml-research/tune-lora-0": f"in use: ml-research/tune-lora-0's own peak use of "
+                               f"{D.format(1)} was 60.0% of its 50% share",
+    "shared/busy-2-0": "own peak use of GPU GPU-d002",
+    # Unknown is never idle: a hole in its own use, use nobody can be given.
+    "shared/trickle-0": f"evidence incomplete: shared/trickle-0's own use of {D.format(0)}: a "
+                        f"gap of 30m30s ending 39m30s ago (191 of 250 samples) {LIMIT}",
+    "shared/maybe-idle-0": f"evidence incomplete: 5.0% of the use of {D.format(2)} could not "
+                           "be attributed to any pod within the window, and might be "
+                           "shared/maybe-idle-0's",
+    # KAI's reservation pod holds the GPU for the fractions: never judged (nor deleted).
+    "kai-resource-reservation/gpu-reservation-d1": "KAI Scheduler's reservation pod",
 }
 
 
@@ -110,7 +132,8 @@ def test_the_plan_marks_exactly_the_idle_allocated_gpus(fleet: Fleet, kube: Kube
     assert set(skipped) == set(GUARDS), skipped
     for resource, guard in GUARDS.items():
         assert guard in skipped[resource], (resource, skipped[resource])
-    assert plan["reclaimable"] == {"gpus": 5}
+    # 5 whole GPUs, two quarter shares of busy GPUs, two halves of the idle one
+    assert plan["reclaimable"] == {"gpus": 6.5}
 
 
 def test_every_candidate_shows_its_coverage(fleet: Fleet, kube: KubeApiServer,
@@ -127,8 +150,13 @@ def test_every_candidate_shows_its_coverage(fleet: Fleet, kube: KubeApiServer,
     assert gpu["coverage"] == {"utilization": complete, "allocation": complete}
     for candidate in plan["candidates"]:
         for one in candidate["evidence"]["gpus"]:
-            assert one["coverage"]["utilization"]["largest_gap_seconds"] <= 75
-            assert one["coverage"]["allocation"]["samples"] >= 250
+            coverage = one["coverage"]
+            # A tenant judged by its own use shows that, and what nobody could be given.
+            shown = ("own_use", "unattributed") if coverage.get("judged_by") == "own use" \
+                else ("utilization", "allocation")
+            for key in shown:
+                assert coverage[key]["largest_gap_seconds"] <= 75, (candidate, key)
+                assert coverage[key]["samples"] >= 250
 
 
 def test_the_window_is_judged_at_the_evaluation_time(fleet: Fleet, kube: KubeApiServer,
@@ -171,12 +199,17 @@ def test_apply_marks_then_scales_to_zero_after_the_deadline_and_restore_undoes_i
     assert replicas(kube, "Deployment", "fully-idle", "evidence") == 0
     assert annotations(kube, "apps/v1", "Deployment", "trainer-dev") == {}
     assert kube.get("v1", "Pod", DS, "jupyter-alice-7") is not None  # notify only
-    assert len(writes(kube, r"/scale$")) == 3
+    # Idle tenants of busy shared GPUs are only reminded; the GPU idle as a whole is freed.
+    assert replicas(kube, "StatefulSet", "nb-quiet") == 1
+    assert replicas(kube, "Deployment", "kai-nb") == 1
+    assert replicas(kube, "Deployment", "sleepy", "inference") == 0
+    assert len(writes(kube, r"/scale$")) == 4
     assert workload_writes(kube) == []
     assert sorted(n.resource for n in notifier.notices if n.kind == "reminder") == [
-        "data-science/Job/batch-eval", "data-science/jupyter-alice-7"]
+        "data-science/Deployment/kai-nb", "data-science/Job/batch-eval",
+        "data-science/StatefulSet/nb-quiet", "data-science/jupyter-alice-7"]
     assert metrics.value("steward_hygiene_actions_total", hygiene_job="idle-gpus",
-                         action="scale_to_zero", mode="apply") == 3
+                         action="scale_to_zero", mode="apply") == 4
     assert {("trainer-dev", "HygieneScaledToZero"),
             ("jupyter-alice", "HygieneScaledToZero")} <= events(kube)
     records = {r.resource: r.record for r in runtime.store().restore_candidates("idle-gpus")}
@@ -425,7 +458,8 @@ def test_configured_exemptions_and_exempt_annotation(fleet: Fleet, kube: KubeApi
     assert outcome.plan is not None
     resources = {p.candidate.resource for p in outcome.plan.candidates}
     assert resources == {"data-science/Deployment/trainer-dev", "data-science/jupyter-alice-7",
-                         "evidence/Deployment/fully-idle"}
+                         "evidence/Deployment/fully-idle", "data-science/Deployment/kai-nb",
+                         "data-science/StatefulSet/nb-quiet"}
     skipped = {s.resource: s.reason for s in outcome.plan.skipped}
     assert skipped["data-science/Job/batch-eval"] == \
         "exempt: matches '*/Job/*' in hygiene.idle_gpus.exempt_names"
@@ -441,10 +475,10 @@ def test_caps_trip_on_the_real_plan(fleet: Fleet, kube: KubeApiServer, tmp_path:
     kube.clear_request_log()
     outcome = runtime.run("idle-gpus", apply=True)
     assert outcome.result == "blast_radius_tripped"
-    assert "5 actions planned on 18 resources looked at (28%)" in str(outcome.reason)
+    assert "8 actions planned on 28 resources looked at (29%)" in str(outcome.reason)
     assert writes(kube) == []
     assert metrics.value("steward_hygiene_runs_total", result="blast_radius_tripped") == 1
-    assert metrics.value("steward_hygiene_candidates") == 5
+    assert metrics.value("steward_hygiene_candidates") == 8
 
 
 @pytest.mark.parametrize(("idle_watts", "idle_left"), [(80.0, True), (50.0, False)])

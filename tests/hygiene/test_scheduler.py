@@ -17,7 +17,7 @@ from agent.controller.hygiene.runner import HygieneRuntime
 from agent.controller.hygiene.store import HygieneStore
 from agent.controller.scheduler import LeaderScheduler
 from agent.cron import cron_trigger
-from agent.sim.kube_api import KubeApiServer
+from tests.support.kube import KubeStandIns
 from tests.support.net import wait_until
 
 START = datetime(2026, 3, 4, 12, 0, tzinfo=UTC)  # a Wednesday
@@ -116,32 +116,33 @@ def test_a_job_that_cannot_be_built_counts_as_failed(tmp_path: Path) -> None:
                                  result="failed") == 1
 
 
-def test_controller_schedules_and_exports_hygiene_only_while_leading(tmp_path: Path) -> None:
+def test_controller_schedules_and_exports_hygiene_only_while_leading(
+        tmp_path: Path, make_kube: KubeStandIns) -> None:
     config = _config(tmp_path, controller_apply=False, job_apply=False)
     config = config.model_copy(update={"controller": config.controller.model_copy(
         update={"listen": "127.0.0.1:0", "lease_namespace": "steward"})})
-    with KubeApiServer(namespaces=("default", "steward")) as kube:
-        api: Any = kube.api_client()
-        controller = build_controller(config, api_client=api)
+    kube = make_kube(namespaces=("default", "steward"))
+    api: Any = kube.api_client()
+    controller = build_controller(config, api_client=api)
 
-        def hygiene_names() -> set[str]:
-            return {s.name for f in controller.families() for s in f.samples
-                    if s.name.startswith("steward_hygiene_")}
+    def hygiene_names() -> set[str]:
+        return {s.name for f in controller.families() for s in f.samples
+                if s.name.startswith("steward_hygiene_")}
 
-        assert hygiene_names() == set()
-        controller.started_leading()
-        try:
-            assert controller.scheduler is not None
-            scheduled = controller.scheduler.scheduler.get_job("hygiene:idle-gpus")
-            assert scheduled is not None
-            assert hygiene_names() == {"steward_hygiene_runs_total"}
-        finally:
-            controller.stopped_leading()
-        assert controller.scheduler.scheduler is None
-        assert hygiene_names() == set()
-        api.close()
-        # The store is opened at start (a store that lost its state stops the start), but
-        # nothing ran.
-        assert controller.store is not None
-        assert HygieneStore(controller.store).runs("idle-gpus") == []
-        controller.store.dispose()
+    assert hygiene_names() == set()
+    controller.started_leading()
+    try:
+        assert controller.scheduler is not None
+        scheduled = controller.scheduler.scheduler.get_job("hygiene:idle-gpus")
+        assert scheduled is not None
+        assert hygiene_names() == {"steward_hygiene_runs_total"}
+    finally:
+        controller.stopped_leading()
+    assert controller.scheduler.scheduler is None
+    assert hygiene_names() == set()
+    api.close()
+    # The store is opened at start (a store that lost its state stops the start), but
+    # nothing ran.
+    assert controller.store is not None
+    assert HygieneStore(controller.store).runs("idle-gpus") == []
+    controller.store.dispose()

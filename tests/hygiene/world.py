@@ -99,6 +99,29 @@ def full_world(kube: KubeApiServer) -> None:
     pod(kube, "inference", "chat-api-0", owner=replicaset(kube, chat))
     pod(kube, "ml-research", "train-llama-2", owner=job(kube, "ml-research", "train-llama"))
     evidence_world(kube)
+    shared_world(kube)
+
+
+def shared_world(kube: KubeApiServer) -> None:
+    """Node d's tenants of shared GPUs (``history.shared``)."""
+    ds = "data-science"
+    notebook = statefulset(kube, ds, "nb-quiet", labels=NOTEBOOK)
+    pod(kube, ds, "nb-quiet-0", owner=notebook, labels=NOTEBOOK)
+    for ns, name in (("inference", "llm-serve"), ("shared", "trickle"),
+                     ("shared", "busy-batch"), ("shared", "busy-2"), ("shared", "maybe-idle")):
+        pod(kube, ns, f"{name}-0", owner=replicaset(kube, deployment(kube, ns, name)))
+    # KAI: the reservation pod is bare; the fractions request no GPU resource.
+    pod(kube, "kai-resource-reservation", "gpu-reservation-d1",
+        labels={"runai-gpu-group": "grp-d1"})
+    pod(kube, "ml-research", "tune-lora-0", owner=job(kube, "ml-research", "tune-lora"),
+        gpus=0, labels={"runai-gpu-group": "grp-d1"}, annotations={"gpu-fraction": "0.5"})
+    kai_nb = replicaset(kube, deployment(kube, ds, "kai-nb"))
+    pod(kube, ds, "kai-nb-0", owner=kai_nb, gpus=0, labels={"runai-gpu-group": "grp-d1"},
+        annotations={"gpu-memory": "20480"})
+    # Two replicas of one Deployment share a GPU that is idle as a whole.
+    sleepy = replicaset(kube, deployment(kube, "inference", "sleepy", replicas=2))
+    pod(kube, "inference", "sleepy-a-0", owner=sleepy)
+    pod(kube, "inference", "sleepy-b-0", owner=sleepy)
 
 
 def evidence_world(kube: KubeApiServer) -> None:

@@ -1,5 +1,6 @@
 """Real servers for the stale-images and orphaned-buckets jobs: moto (in-process, over HTTP),
-the Debian docker-registry, and the Kubernetes API stand-in."""
+the Debian docker-registry, and the Kubernetes API stand-in (tests/conftest.py) with the
+namespaces the jobs' workloads live in."""
 
 from __future__ import annotations
 
@@ -7,9 +8,7 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 
 import pytest
-from kubernetes import client
 
-from agent.sim.kube_api import KubeApiServer
 from agent.sim.moto import Moto, running_moto
 from tests.support.registry import Registry, start_registry
 
@@ -39,13 +38,5 @@ def registry() -> Iterator[Registry]:
 
 
 @pytest.fixture
-def kube() -> Iterator[KubeApiServer]:
-    with KubeApiServer(bookmark_interval=0.2, namespaces=("default", "ml", "data")) as api:
-        yield api
-
-
-@pytest.fixture
-def api_client(kube: KubeApiServer) -> Iterator[client.ApiClient]:
-    api = kube.api_client()
-    yield api
-    api.close()
+def kube_namespaces() -> tuple[str, ...]:
+    return ("default", "ml", "data")

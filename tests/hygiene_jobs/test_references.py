@@ -15,6 +15,7 @@ from agent.controller.hygiene.references import (
 )
 from agent.sim.kube_api import KubeApiServer
 from tests.hygiene_jobs import cluster
+from tests.support.kube import KubeStandIns
 
 REG = "123456789012.dkr.ecr.us-east-1.amazonaws.com"
 D1 = "sha256:" + "1" * 64
@@ -137,21 +138,17 @@ def test_secret_metadata_only_in_the_namespaces_listed(
                for r in secret_lists)
 
 
-def test_absent_argo_is_not_an_error(api_client: client.ApiClient) -> None:
-    with KubeApiServer(crds=()) as bare:
-        bare.create(cluster.workload("Deployment", "serve", f"{REG}/ml/serve:v5"))
-        api = bare.api_client()
-        try:
-            refs = ClusterReferences(api).image_references()
-        finally:
-            api.close()
-        # Discovery said "not installed": no list of an Argo kind was even tried.
-        assert [r.path for r in bare.request_log(path_regex="argoproj")] == [
-            "/apis/argoproj.io/v1alpha1"]
+def test_absent_argo_is_not_an_error(make_kube: KubeStandIns) -> None:
+    bare = make_kube(crds=())
+    bare.create(cluster.workload("Deployment", "serve", f"{REG}/ml/serve:v5"))
+    refs = ClusterReferences(make_kube.api_client(bare)).image_references()
+    # Discovery said "not installed": no list of an Argo kind was even tried.
+    assert [r.path for r in bare.request_log(path_regex="argoproj")] == [
+        "/apis/argoproj.io/v1alpha1"]
     assert refs.find("ml/serve", tags=["v5"], digests=[]) is not None
 
 
-def test_argo_not_granted_is_absent_where_argo_is_absent() -> None:
+def test_argo_not_granted_is_absent_where_argo_is_absent(make_kube: KubeStandIns) -> None:
     """A real server answers 403, not 404, for a list of a group it does not know when the
     grant is absent (pipelines.argo=false): discovery tells that apart from a refusal."""
     from agent.sim.kube_api import Grant
@@ -160,22 +157,14 @@ def test_argo_not_granted_is_absent_where_argo_is_absent() -> None:
               ("deployments", "statefulsets", "daemonsets", "replicasets")]
     grants += [Grant("", "pods", frozenset({"list"})), Grant("batch", "jobs", frozenset({"list"})),
                Grant("batch", "cronjobs", frozenset({"list"}))]
-    with KubeApiServer(crds=(), grants=grants) as no_argo:
-        no_argo.create(cluster.workload("Deployment", "serve", f"{REG}/ml/serve:v5"))
-        api = no_argo.api_client()
-        try:
-            refs = ClusterReferences(api).image_references()
-        finally:
-            api.close()
-        assert refs.find("ml/serve", tags=["v5"], digests=[]) is not None
-        assert not [r for r in no_argo.request_log() if r.status == 403]
-    with KubeApiServer(grants=grants) as argo_not_granted:
-        api = argo_not_granted.api_client()
-        try:
-            with pytest.raises(ReferencesUnavailable, match=r"403.*pipelines\.argo=true"):
-                ClusterReferences(api).image_references()
-        finally:
-            api.close()
+    no_argo = make_kube(crds=(), grants=grants)
+    no_argo.create(cluster.workload("Deployment", "serve", f"{REG}/ml/serve:v5"))
+    refs = ClusterReferences(make_kube.api_client(no_argo)).image_references()
+    assert refs.find("ml/serve", tags=["v5"], digests=[]) is not None
+    assert not [r for r in no_argo.request_log() if r.status == 403]
+    argo_not_granted = make_kube(grants=grants)
+    with pytest.raises(ReferencesUnavailable, match=r"403.*pipelines\.argo=true"):
+        ClusterReferences(make_kube.api_client(argo_not_granted)).image_references()
 
 
 def test_an_unreadable_kind_is_unavailable_not_empty(kube: KubeApiServer,

@@ -4,27 +4,24 @@ namespace per test so that tests never see each other's objects."""
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterator
 
 import pytest
 from kubernetes import client
 
 from agent.sim.kube_api import KubeApiServer
+from tests.support.kube import QUICK_BOOKMARKS, KubeStandIns
 
 _names = itertools.count()
 
 
 @pytest.fixture(scope="module")
-def kube() -> Iterator[KubeApiServer]:
-    with KubeApiServer(bookmark_interval=0.2) as server:
-        yield server
+def kube(make_module_kube: KubeStandIns) -> KubeApiServer:
+    return make_module_kube(bookmark_interval=QUICK_BOOKMARKS)
 
 
 @pytest.fixture(scope="module")
-def api_client(kube: KubeApiServer) -> Iterator[client.ApiClient]:
-    api = kube.api_client()
-    yield api
-    api.close()
+def api_client(make_module_kube: KubeStandIns, kube: KubeApiServer) -> client.ApiClient:
+    return make_module_kube.api_client(kube)
 
 
 @pytest.fixture

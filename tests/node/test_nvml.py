@@ -45,6 +45,10 @@ class FakeGpu:
     rows: tuple[int, int, int, int] = (2, 0, 1, 0)
     mig: list[tuple[int, str, int, int]] = field(default_factory=list)  # gi, profile, total, used
     processes: list[tuple[int, int]] = field(default_factory=lambda: [(4242, 19 * GIB)])
+    graphics: list[tuple[int, int]] = field(default_factory=list)
+    mps: list[tuple[int, int]] = field(default_factory=list)  # MPS clients
+    # NVML's per-process sample buffer: (pid, timestamp in microseconds, SM %)
+    samples: list[tuple[int, int, int]] = field(default_factory=list)
     # call name -> NVML error code raised from the nth call on (0 = always)
     fail: dict[str, int] = field(default_factory=dict)
     struct: Any = None
@@ -61,12 +65,46 @@ class FakeNvml:
         self.events: list[tuple[int, int]] = []  # (gpu index, xid)
         self.event_wait_error: int | None = None
         self._lock = threading.Lock()
+        self.sample_requests: list[int] = []  # the lastSeenTimeStamp of each call
+        # Samples that appear between pynvml's size query and its second call (a process
+        # that began to run meanwhile), one list per size query.
+        self.samples_between_calls: list[list[tuple[int, int, int]]] = []
         for gpu in gpus:
             gpu.struct = pynvml.struct_c_nvmlDevice_t()
             gpu.mig_structs = [pynvml.struct_c_nvmlDevice_t() for _ in gpu.mig]
         for name in dir(self):
             if name.startswith("nvml"):
                 monkeypatch.setattr(pynvml, name, getattr(self, name))
+        # Per-process utilization is faked one level down, as libnvidia-ml's C function:
+        # pynvml's own wrapper (size query, then the array of its ctypes structs, NOT_FOUND
+        # raised as NVMLError_NotFound) runs as it does against the driver.
+        monkeypatch.setitem(pynvml._nvmlGetFunctionPointer_cache,
+                            "nvmlDeviceGetProcessUtilization", self._c_process_utilization)
+
+    def _c_process_utilization(self, handle: Any, array: Any, count_ref: Any,
+                               last_seen: Any) -> int:
+        """``nvmlReturn_t nvmlDeviceGetProcessUtilization(nvmlDevice_t,
+        nvmlProcessUtilizationSample_t *, unsigned int *count, unsigned long long)``."""
+        try:
+            gpu = self._gpu(handle, "process_utilization")
+        except pynvml.NVMLError as exc:
+            return int(exc.value)
+        if array is None:
+            self.sample_requests.append(int(last_seen.value))
+        elif self.samples_between_calls:
+            gpu.samples.extend(self.samples_between_calls.pop(0))
+        newer = [s for s in gpu.samples if s[1] > last_seen.value]
+        count = count_ref._obj
+        if not newer:
+            return int(pynvml.NVML_ERROR_NOT_FOUND)
+        if array is None or count.value < len(newer):
+            count.value = len(newer)
+            return int(pynvml.NVML_ERROR_INSUFFICIENT_SIZE)
+        for i, (pid, stamp, sm) in enumerate(newer):
+            array[i].pid, array[i].timeStamp, array[i].smUtil = pid, stamp, sm
+            array[i].memUtil, array[i].encUtil, array[i].decUtil = sm // 2, 0, 0
+        count.value = len(newer)
+        return int(pynvml.NVML_SUCCESS)
 
     # -- plumbing --
     def _gpu(self, handle: Any, call: str) -> FakeGpu:
@@ -192,6 +230,20 @@ class FakeNvml:
         gpu = self._gpu(handle, "processes")
         return [pynvml.nvmlFriendlyObject({"pid": pid, "usedGpuMemory": used})
                 for pid, used in gpu.processes]
+
+    def nvmlDeviceGetGraphicsRunningProcesses(self, handle: Any) -> list[Any]:
+        if self._mig(handle):
+            return []
+        gpu = self._gpu(handle, "graphics")
+        return [pynvml.nvmlFriendlyObject({"pid": pid, "usedGpuMemory": used})
+                for pid, used in gpu.graphics]
+
+    def nvmlDeviceGetMPSComputeRunningProcesses(self, handle: Any) -> list[Any]:
+        if self._mig(handle):
+            return []
+        gpu = self._gpu(handle, "mps")
+        return [pynvml.nvmlFriendlyObject({"pid": pid, "usedGpuMemory": used})
+                for pid, used in gpu.mps]
 
     def nvmlDeviceGetMaxMigDeviceCount(self, handle: Any) -> int:
         return 7 if self._gpu(handle, "mig_count").mig else 0

@@ -4,7 +4,7 @@ client (``agent.clients.kubernetes.rest``) configured from a kubeconfig as in pr
 from __future__ import annotations
 
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -12,10 +12,10 @@ import pytest
 from kubernetes import client
 
 from agent.clients.kubernetes import objects
-from agent.clients.kubernetes.rest import PodListWatch, load_endpoint
-from agent.config import KubernetesConfig
+from agent.clients.kubernetes.rest import PodListWatch
 from agent.node.pods import PodCache, build_pod_families
 from agent.sim.kube_api import KubeApiServer
+from tests.support.kube import KubeStandIns
 from tests.support.net import metric_value, wait_until
 
 
@@ -30,25 +30,6 @@ def pod(name: str, node: str, *, namespace: str = "ml", gpus: int = 1,
     }]}
     return objects.pod(name, namespace, node=node,
                        containers=[objects.container("img", gpus=gpus)], status=status)
-
-
-@pytest.fixture
-def kube() -> Iterator[KubeApiServer]:
-    with KubeApiServer(bookmark_interval=0.2, namespaces=("default", "ml")) as server:
-        yield server
-
-
-def pod_api(kube: KubeApiServer, tmp_path: Path) -> PodListWatch:
-    config = KubernetesConfig(kubeconfig=kube.kubeconfig(tmp_path / "node.kubeconfig"))
-    return PodListWatch(load_endpoint(config, environ={}))
-
-
-@pytest.fixture
-def cache(kube: KubeApiServer, tmp_path: Path) -> Iterator[PodCache]:
-    pod_cache = PodCache(pod_api(kube, tmp_path), "n1", watch_timeout_seconds=5,
-                         request_timeout=2, backoff_initial=0.05, backoff_max=0.2)
-    yield pod_cache
-    pod_cache.stop()
 
 
 def names(cache: PodCache) -> list[str]:
@@ -134,6 +115,7 @@ def test_api_errors_back_off_keep_last_pods_and_recover(kube: KubeApiServer,
     assert names(cache) == ["a"]
 
 
+@pytest.mark.slow  # waits out a request timeout
 def test_timeout_is_reported(kube: KubeApiServer, cache: PodCache) -> None:
     # The thin client does not retry: the first timed-out read (2 s) reaches the cache.
     kube.inject_fault(path_regex=r"^/api/v1/pods$", delay=3.0, times=1)
@@ -143,6 +125,7 @@ def test_timeout_is_reported(kube: KubeApiServer, cache: PodCache) -> None:
     wait_until(lambda: cache.health() is None, timeout=10, what="recovery after the delay")
 
 
+@pytest.mark.integration  # starts `steward node`
 def test_node_agent_with_a_cluster_reads_pods_from_the_api(kube: KubeApiServer,
                                                            tmp_path: Path) -> None:
     """``steward node`` with a kubeconfig: pods come from the API (not the simulation), and a
@@ -176,24 +159,26 @@ def test_node_agent_with_a_cluster_reads_pods_from_the_api(kube: KubeApiServer,
         node.stop()
 
 
-def test_a_resumed_watch_is_healthy_before_any_event_or_bookmark(tmp_path: Path) -> None:
+@pytest.mark.slow  # waits out a watch
+def test_a_resumed_watch_is_healthy_before_any_event_or_bookmark(
+        make_kube: KubeStandIns, pod_api: Callable[[KubeApiServer], PodListWatch]) -> None:
     """After a reconnect without a relist, a real server may send nothing for minutes (no
     pod changes, bookmarks about a minute apart): the watch it accepted is healthy."""
-    with KubeApiServer(bookmark_interval=600, namespaces=("default", "ml")) as quiet:
-        quiet.create(pod("a", "n1"))
-        cache = PodCache(pod_api(quiet, tmp_path), "n1", watch_timeout_seconds=30,
-                         request_timeout=2, backoff_initial=0.05, backoff_max=0.2)
-        try:
-            cache.start()
-            wait_until(lambda: quiet.open_watches() == 1, timeout=5, what="watch open")
-            quiet.inject_fault(path_regex=r"^/api/v1/pods$", status=500, times=1)
-            quiet.drop_watches()
-            wait_until(lambda: cache.failures >= 1, timeout=5, what="the 500 noticed")
-            wait_until(lambda: quiet.open_watches() == 1, timeout=5, what="watch resumed")
-            wait_until(lambda: cache.health() is None, timeout=2, what="healthy again")
-            assert cache.relists == 1  # resumed from its resourceVersion, no new list
-        finally:
-            cache.stop()
+    quiet = make_kube(bookmark_interval=600, namespaces=("default", "ml"))
+    quiet.create(pod("a", "n1"))
+    cache = PodCache(pod_api(quiet), "n1", watch_timeout_seconds=30, request_timeout=2,
+                     backoff_initial=0.05, backoff_max=0.2)
+    try:
+        cache.start()
+        wait_until(lambda: quiet.open_watches() == 1, timeout=5, what="watch open")
+        quiet.inject_fault(path_regex=r"^/api/v1/pods$", status=500, times=1)
+        quiet.drop_watches()
+        wait_until(lambda: cache.failures >= 1, timeout=5, what="the 500 noticed")
+        wait_until(lambda: quiet.open_watches() == 1, timeout=5, what="watch resumed")
+        wait_until(lambda: cache.health() is None, timeout=2, what="healthy again")
+        assert cache.relists == 1  # resumed from its resourceVersion, no new list
+    finally:
+        cache.stop()
 
 
 def test_terminating_pods_carry_their_deletion_timestamp(kube: KubeApiServer,

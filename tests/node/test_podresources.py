@@ -376,6 +376,27 @@ def test_rejects_bad_settings() -> None:
         PodResourcesClient("/x.sock", max_message_bytes=0)
 
 
+def test_allocatable_devices_list_every_replica(
+    kubelet: PodResourcesServer, client: PodResourcesClient
+) -> None:
+    kubelet.allocatable = {"nvidia.com/gpu": [f"GPU-aaaa::{i}" for i in range(4)] + ["GPU-bbbb"],
+                           "example.com/fpga": ["fpga0"]}
+    assert client.allocatable_devices() == ["GPU-aaaa::0", "GPU-aaaa::1", "GPU-aaaa::2",
+                                            "GPU-aaaa::3", "GPU-bbbb"]
+
+
+def test_allocatable_unimplemented_is_an_error_naming_the_call(
+    kubelet: PodResourcesServer, client: PodResourcesClient
+) -> None:
+    kubelet.allocatable = None
+    with pytest.raises(PodResourcesError) as info:
+        client.allocatable_devices()
+    assert info.value.reason == "error"
+    assert "GetAllocatableResources() " in str(info.value) and "UNIMPLEMENTED" in str(info.value)
+    kubelet.allocatable = {}
+    assert client.allocatable_devices() == []  # and the channel still works
+
+
 # --- the test server and the proto ---------------------------------------------------------
 
 

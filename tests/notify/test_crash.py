@@ -8,8 +8,8 @@ import signal
 import subprocess
 import sys
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -24,24 +24,19 @@ pytestmark = pytest.mark.integration
 AM_TOKEN = "alertmanager-to-notifier"
 
 
-@pytest.fixture
-def processes() -> Iterator[list[StewardProcess]]:
-    started: list[StewardProcess] = []
-    yield started
-    for process in started:
-        process.stop()
-
-
-def start_notifier(workdir: Path, stub: SlackStub, started: list[StewardProcess]
-                   ) -> StewardProcess:
-    """``python -m agent.notify`` (the lead wires the same into ``steward notifier``)."""
+def start_notifier(workdir: Path, stub: SlackStub, started: list[StewardProcess],
+                   **sections: dict[str, Any]) -> StewardProcess:
+    """``steward notifier`` in a subprocess; ``sections`` add to its config file."""
     config = workdir / "notifier.yaml"
-    config.write_text(yaml.safe_dump({
+    data: dict[str, Any] = {
         "slack": {"api_url": stub.api_url, "default_channel": "#alerts",
                   "routes": [{"match": {"severity": "critical"}, "channel": "#oncall"}]},
         "notifier": {"channel_pacing_seconds": 0.0},
         "state": {"url": f"sqlite:///{workdir / 'state.db'}"},
-    }))
+    }
+    for name, values in sections.items():
+        data[name] = {**data.get(name, {}), **values}
+    config.write_text(yaml.safe_dump(data))
     port = free_port()
     log_path = workdir / f"notifier-{port}.log"
     process = subprocess.Popen(

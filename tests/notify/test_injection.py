@@ -50,7 +50,8 @@ def nasty_text() -> st.SearchStrategy[str]:
 def assert_inert(stub: SlackStub) -> None:
     calls = [c for c in stub.calls() if c.method in ("chat.postMessage", "chat.update")]
     assert calls
-    found = [p for c in calls for p in problems(c, HOSTS)]
+    # The stub's permalinks (a resolve reply links its root) are Slack's own links.
+    found = [p for c in calls for p in problems(c, HOSTS | {stub.url})]
     assert not found, found[:5]
 
 
@@ -197,6 +198,7 @@ def delivered_or_dead(notifier: Notifier, stub: SlackStub, key: str) -> Callable
     return check
 
 
+@pytest.mark.slow
 def test_fuzzed_payloads_are_delivered_or_dead_lettered_and_inert(
         make_notifier: MakeNotifier, stub: SlackStub) -> None:
     notifier = make_notifier(alertmanager={"url": ALERTMANAGER}, notifier={"max_attempts": 2})

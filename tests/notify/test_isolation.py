@@ -97,10 +97,10 @@ def boom_on_render(monkeypatch: pytest.MonkeyPatch, error: Exception) -> None:
     """Rendering a group with an alert named Boom raises ``error`` (a bug, say)."""
     real = delivery_module.render_group
 
-    def render(view: GroupView, settings: Any) -> Message:
+    def render(view: GroupView, settings: Any, *rest: Any) -> Message:
         if any(a.alertname == "Boom" for a in view.alerts):
             raise error
-        return real(view, settings)
+        return real(view, settings, *rest)
 
     monkeypatch.setattr(delivery_module, "render_group", render)
 

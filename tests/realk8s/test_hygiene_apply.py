@@ -39,6 +39,7 @@ import yaml
 from kubernetes import client
 
 from agent.clients.kubernetes.api import timestamp, user_agent
+from agent.clients.kubernetes.objects import GPU_RESOURCE
 from agent.controller.hygiene.audit import COMPONENT
 from agent.controller.hygiene.idle_gpus.job import RESTORED_FROM
 from agent.controller.hygiene.store import TABLES as HYGIENE_TABLES
@@ -115,7 +116,8 @@ def gpu_deployment(name: str) -> dict[str, Any]:
     body["metadata"]["labels"] = {"team": "ml", **labels}
     spec = body["spec"]["template"]["spec"]
     spec["nodeName"] = NODE  # no scheduler: bound as the scheduler would
-    spec["containers"][0]["resources"] = {"limits": {w.GPU: "1"}, "requests": {w.GPU: "1"}}
+    spec["containers"][0]["resources"] = {"limits": {GPU_RESOURCE: "1"},
+                                          "requests": {GPU_RESOURCE: "1"}}
     return body
 
 
@@ -542,7 +544,7 @@ def test_restore_of_the_deleted_pod(stand: Stand, swept: dict[str, Any]) -> None
     assert restored.stdout.strip() == (f"restored {resource}: pod {resource} recreated "
                                        f"(uid {pod.metadata.uid})")
     assert (pod.metadata.annotations or {}).get(RESTORED_FROM)
-    assert pod.spec.containers[0].resources.limits == {w.GPU: "1"}
+    assert pod.spec.containers[0].resources.limits == {GPU_RESOURCE: "1"}
     assert not kept()
     assert stand.restore(resource, config="main-admin").returncode == 2
 

@@ -20,8 +20,10 @@ from agent.config import KubernetesConfig, StewardConfig
 from agent.controller.hygiene.idle_gpus.workloads import KINDS, KubeWorkloads, ObjectRef, Replaced
 from agent.controller.hygiene.references import ClusterReferences, ReferencesUnavailable
 from agent.controller.leader import LeaderElector
+from agent.controller.owners import node_remediation_collector
 from agent.controller.pending import pending_pods_collector
 from agent.controller.pipelines import pipelines_collector
+from agent.finops.team_info import namespace_teams_collector
 from agent.finops.teams import KubernetesNamespaceLabels
 from agent.node.pods import PodCache
 from tests.helm.chart import NAMESPACE, RELEASE, Rendered, render
@@ -139,6 +141,14 @@ def run_controller_code(api: client.ApiClient, config: StewardConfig,
     pipelines_collector(client.BatchV1Api(api), client.CustomObjectsApi(api), 30).collect()
     pending_pods_collector(client.CoreV1Api(api), 30).collect()
     KubernetesNamespaceLabels(lambda: api).namespace_labels()
+    # The owners of a failed GPU's workload and the node's remediation state: read only.
+    teams = namespace_teams_collector(client.CoreV1Api(api), 30, static={}, label="team")
+    assert any(s.labels["namespace"] == APP_NS for m in teams.collect().families
+               for s in m.samples)
+    nodes = node_remediation_collector(client.CoreV1Api(api), 30,
+                                       taint_keys=ctl.remediation_taint_keys)
+    assert any(s.labels["hostname"] == NODE_NAME for m in nodes.collect().families
+               for s in m.samples)
     any_hygiene = hygiene.idle_gpus.enabled or hygiene.stale_images.enabled \
         or hygiene.orphaned_buckets.enabled
     if any_hygiene:
@@ -279,6 +289,9 @@ def controller_must_nots(api: client.ApiClient, *, acting: bool, deleting: bool,
                         "name": "cluster-admin"},
             "subjects": [{"kind": "ServiceAccount", "name": f"{RELEASE}-controller",
                           "namespace": NAMESPACE}]}),
+        # Steward shows remediation state; it never cordons, taints or drains.
+        "cordon a Node": http_status(core.patch_node, NODE_NAME,
+                                     {"spec": {"unschedulable": True}}),
         "update a Lease that is not its own": http_status(
             client.CoordinationV1Api(api).replace_namespaced_lease, "kube-controller-manager",
             "kube-system", {"metadata": {"name": "kube-controller-manager"}}),

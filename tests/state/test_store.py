@@ -317,6 +317,7 @@ OPENER = "import sys; from agent.state import open_store, store_identity; " \
          "print(store_identity(open_store(sys.argv[1])).store_id)"
 
 
+@pytest.mark.slow  # a dozen interpreters started at once
 def test_replicas_starting_together_agree_on_one_store(tmp_path: Path) -> None:
     """Three processes create the same new store at once, then exit while others start:
     one identity, no refusal (the creation race and the close race both once refused)."""

@@ -70,14 +70,6 @@ def stub() -> Iterator[SlackStub]:
         yield slack
 
 
-@pytest.fixture
-def processes() -> Iterator[list[StewardProcess]]:
-    started: list[StewardProcess] = []
-    yield started
-    for process in started:
-        process.stop()
-
-
 def notifier_config(workdir: Path, stub: SlackStub) -> Path:
     token = workdir / "auth-token"
     token.write_text(AUTH, encoding="utf-8")
@@ -146,12 +138,6 @@ def test_notifier_refuses_a_store_that_lost_acknowledged_webhooks(
 
 
 # -- the hygiene store -------------------------------------------------------------------
-
-@pytest.fixture
-def kube() -> Iterator[KubeApiServer]:
-    with KubeApiServer(namespaces=("default", "steward")) as api:
-        yield api
-
 
 def hygiene_config(workdir: Path, kube: KubeApiServer) -> Path:
     path = workdir / "steward.yaml"

@@ -76,7 +76,9 @@ class PodResourcesServer(api_pb2_grpc.PodResourcesListerServicer):
     def reset(self) -> None:
         """Empty node, no faults, call counts cleared."""
         self.pods: list[Pod] = []
-        self.allocatable: dict[str, list[str]] = {}
+        # None: a kubelet that does not serve GetAllocatableResources (before 1.21, or its
+        # feature gate off): UNIMPLEMENTED.
+        self.allocatable: dict[str, list[str]] | None = {}
         # Seconds each RPC waits before answering; the wait ends early when the caller's
         # deadline passes, so a timeout test never leaves a handler thread sleeping.
         self.delay = 0.0
@@ -135,6 +137,10 @@ class PodResourcesServer(api_pb2_grpc.PodResourcesListerServicer):
         self, request: api_pb2.AllocatableResourcesRequest, context: grpc.ServicerContext
     ) -> api_pb2.AllocatableResourcesResponse:
         self._faults("GetAllocatableResources", context)
+        if self.allocatable is None:
+            context.abort(grpc.StatusCode.UNIMPLEMENTED, "unknown method GetAllocatableResources "
+                          "for service v1.PodResourcesLister")
+        assert self.allocatable is not None
         return api_pb2.AllocatableResourcesResponse(
             devices=[
                 api_pb2.ContainerDevices(resource_name=resource, device_ids=ids)

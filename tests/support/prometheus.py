@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import tempfile
 from dataclasses import dataclass, field
@@ -108,8 +109,9 @@ def history(series: list[tuple[str, dict[str, str]]], *, start: float, end: floa
 
 def start_prometheus(jobs: list[ScrapeJob], *, rule_files: list[Path] | None = None,
                      evaluation_interval: str = "1s", backfill: str | None = None,
-                     alertmanager: str | None = None) -> Prometheus:
-    """A real Prometheus; ``alertmanager`` is ``host:port`` to send alerts to."""
+                     alertmanager: str | None = None, blocks: Path | None = None) -> Prometheus:
+    """A real Prometheus; ``alertmanager`` is ``host:port`` to send alerts to; ``blocks``
+    a folder of TSDB blocks (``promtool tsdb create-blocks-from rules``) it starts with."""
     binary = require_binary("prometheus")
     workdir = Path(tempfile.mkdtemp(prefix="steward-prom-"))
     if backfill is not None:
@@ -117,6 +119,10 @@ def start_prometheus(jobs: list[ScrapeJob], *, rule_files: list[Path] | None = N
         source.write_text(backfill, encoding="utf-8")
         subprocess.run([require_binary("promtool"), "tsdb", "create-blocks-from", "openmetrics",
                         str(source), str(workdir / "data")], check=True, capture_output=True)
+    if blocks is not None:
+        for block in blocks.iterdir():
+            if block.is_dir() and (block / "meta.json").is_file():
+                shutil.copytree(block, workdir / "data" / block.name)
     config = prometheus_config(jobs, rule_files=rule_files,
                                evaluation_interval=evaluation_interval,
                                alertmanager=alertmanager)

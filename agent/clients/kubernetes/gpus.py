@@ -4,7 +4,9 @@ shares (the node's pod metrics, the controller's pending GPU pods, the idle-GPU 
 The NVIDIA device plugin advertises whole GPUs as ``nvidia.com/gpu``, time-sliced or
 MPS-shared GPUs renamed by it as ``nvidia.com/gpu.shared``, and MIG slices (mixed strategy)
 as ``nvidia.com/mig-<profile>`` (``.shared`` too). Other ``nvidia.com/`` resources (the
-network operator's NICs, RDMA devices) are not GPUs.
+network operator's NICs, RDMA devices) are not GPUs, nor are HAMi's ``nvidia.com/gpumem``
+(MiB) and ``nvidia.com/gpucores`` (percent of a GPU), which share the ``nvidia.com/gpu``
+prefix but are amounts of a GPU the pod's ``nvidia.com/gpu`` already counts.
 """
 
 from __future__ import annotations
@@ -13,10 +15,20 @@ from collections.abc import Mapping
 from typing import Any, Final
 
 GPU_RESOURCE_PREFIXES: Final = ("nvidia.com/gpu", "nvidia.com/mig-")
+# KAI Scheduler's reservation pods (``gpu-reservation-*`` in ``kai-resource-reservation``, or
+# Run:ai's older ``runai-reservation``) hold a whole GPU for its fractional pods: they hold
+# GPUs but use none, and are never a GPU's user (no share, no charge, never judged idle).
+KAI_RESERVATION_NAMESPACES: Final = frozenset({"kai-resource-reservation", "runai-reservation"})
+KAI_RESERVATION_PREFIX: Final = "gpu-reservation"
 
 
 def is_gpu_resource(name: str) -> bool:
-    return name.startswith(GPU_RESOURCE_PREFIXES)
+    return (name == "nvidia.com/gpu" or name.startswith(("nvidia.com/gpu.", "nvidia.com/mig-")))
+
+
+def is_reservation_pod(namespace: str, name: str) -> bool:
+    """KAI Scheduler's reservation pod: it holds a whole GPU for fractional pods."""
+    return namespace in KAI_RESERVATION_NAMESPACES and name.startswith(KAI_RESERVATION_PREFIX)
 
 
 def container_gpus(limits: Mapping[str, Any] | None, requests: Mapping[str, Any] | None) -> int:

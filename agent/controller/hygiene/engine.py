@@ -56,6 +56,7 @@ from agent.controller.hygiene.guards import (
     KillSwitchUnknown,
     check_caps,
     exempt_by_config,
+    exempt_by_owner,
     namespace_of,
 )
 from agent.controller.hygiene.metrics import HygieneMetrics
@@ -76,6 +77,7 @@ from agent.controller.hygiene.store import (
     HygieneStore,
     Mark,
     RestoreRecord,
+    owner_holds,
     step_key,
 )
 
@@ -214,6 +216,8 @@ class HygieneEngine:
         except ScanFailed as exc:
             return self._finish(run, "failed", f"scan failed, acted on nothing: {exc}")
         scan = exempt_by_config(scan, self._settings, key=self._key)
+        scan = exempt_by_owner(scan, owner_holds(self._store.engine, self._job.name,
+                                                 run.started_at))
         marks = {m.resource: m for m in self._store.active_marks(self._job.name)}
         plan = self._plan(run, scan, marks)
         run.plan = plan
@@ -542,7 +546,7 @@ class HygieneEngine:
         self._notifier.notify(OwnerNotice(
             kind=kind, job=mark.job, resource=mark.resource, action=mark.action,
             reason=mark.reason, deadline=mark.deadline, owner=mark.owner,
-            evidence=mark.evidence, labels=labels))
+            evidence=mark.evidence, labels=labels, mark_id=mark.mark_id))
 
     def _record(self, run: _Run, mark: Mark, action: str, *, key: str, message: str) -> None:
         run.actions.append(ActionRecord(mark.resource, action, "done"))

@@ -6,11 +6,14 @@ from __future__ import annotations
 
 import fnmatch
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from agent.config import HygieneJobConfig
 from agent.controller.hygiene.model import Candidate, Scan, Skipped
+from agent.controller.hygiene.plan import iso_time
+from agent.controller.hygiene.store import OwnerHold
 
 EXEMPT_KEY = "steward.io/exempt"
 _TRUE = frozenset({"true", "yes", "1"})
@@ -107,6 +110,23 @@ def exempt_by_config(scan: Scan, settings: HygieneJobConfig, *, key: str) -> Sca
                                    f"exempt: matches {pattern!r} in {key}.exempt_names"))
             continue
         kept.append(candidate)
+    return Scan(candidates=kept, skipped=skipped)
+
+
+def exempt_by_owner(scan: Scan, holds: Mapping[str, OwnerHold]) -> Scan:
+    """Move candidates an owner kept or exempted (Slack buttons; ``store.owner_holds``) to
+    ``skipped``, naming who and until when."""
+    kept: list[Candidate] = []
+    skipped = list(scan.skipped)
+    for candidate in scan.candidates:
+        hold = holds.get(candidate.resource)
+        if hold is None:
+            kept.append(candidate)
+        elif hold.until is None:
+            skipped.append(Skipped(candidate.resource, f"exempt: exempted by {hold.by}"))
+        else:
+            skipped.append(Skipped(candidate.resource,
+                                   f"kept by {hold.by} until {iso_time(hold.until)}"))
     return Scan(candidates=kept, skipped=skipped)
 
 

@@ -40,6 +40,7 @@ class OwnerNotice:
     evidence: Mapping[str, Any] = field(default_factory=dict)
     # Routing labels: hygiene_job, namespace (Kubernetes objects), owner.
     labels: Mapping[str, str] = field(default_factory=dict)
+    mark_id: str | None = None  # the buttons of a "marked" notice name it
 
     def headline(self) -> str:
         if self.kind == "marked":
@@ -73,19 +74,32 @@ def _message_text(notice: OwnerNotice) -> str:
     if notice.owner:
         lines.append(f"Owner: {notice.owner}")
     if notice.kind == "marked":
-        lines.append("To keep it, use it again before the deadline or label it "
-                     "steward.io/exempt=true.")
+        lines.append("To keep it, use it again before the deadline, label it "
+                     "steward.io/exempt=true, or use the buttons below when shown.")
     evidence = json.dumps(dict(notice.evidence), sort_keys=True, default=str)
     lines.append(f"Evidence: {evidence[:1500]}")
     return "\n".join(lines)
 
 
+def owner_buttons(mark_id: str) -> dict[str, Any]:
+    """Keep / Snooze / Exempt: the notifier's ``/slack/actions`` carries them out."""
+    def button(label: str, choice: str) -> dict[str, Any]:
+        return {"type": "button", "text": {"type": "plain_text", "text": label},
+                "action_id": f"hygiene-{choice}",
+                "value": json.dumps({"a": "hygiene", "c": choice, "m": mark_id},
+                                    separators=(",", ":"))}
+    return {"type": "actions", "block_id": f"hygiene-{mark_id[:32]}",
+            "elements": [button("Keep 7 days", "keep"), button("Snooze 24 h", "snooze"),
+                         button("Exempt (admins)", "exempt")]}
+
+
 class SlackNotifier:
     """Posts one message per notice through the Slack sink."""
 
-    def __init__(self, sink: SlackSink, router: Router) -> None:
+    def __init__(self, sink: SlackSink, router: Router, *, buttons: bool = False) -> None:
         self._sink = sink
         self._router = router
+        self._buttons = buttons
 
     def notify(self, notice: OwnerNotice) -> None:
         try:
@@ -93,7 +107,10 @@ class SlackNotifier:
         except NoChannel as exc:
             raise NotifyFailed(str(exc)) from exc
         text = _message_text(notice)
-        blocks = [{"type": "section", "text": {"type": "mrkdwn", "text": text[:3000]}}]
+        blocks: list[dict[str, Any]] = [
+            {"type": "section", "text": {"type": "mrkdwn", "text": text[:3000]}}]
+        if self._buttons and notice.kind == "marked" and notice.mark_id:
+            blocks.append(owner_buttons(notice.mark_id))
         try:
             self._sink.post(channel, Message(text=notice.headline(), blocks=blocks))
         except SlackCallFailed as exc:
@@ -105,4 +122,5 @@ def notifier_from_config(config: StewardConfig) -> OwnerNotifier:
     slack = SlackSettings.from_config(config.slack)
     if slack.token is None or not (slack.default_channel or slack.routes):
         return LogNotifier()
-    return SlackNotifier(SlackSink.create(slack), slack.router())
+    return SlackNotifier(SlackSink.create(slack), slack.router(),
+                         buttons=config.notifier.actions.hygiene_buttons)

@@ -19,6 +19,8 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from agent.errors import plain_cause
+
 # Where workloads keep their pod spec, by (API path, kind).
 _WORKLOADS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     ("/api/v1/pods", "Pod", ("spec",)),
@@ -322,7 +324,8 @@ class ClusterReferences:
             raise ReferencesUnavailable(
                 f"cannot discover {_ARGO_GROUP}: HTTP {exc.status} {exc.reason}") from exc
         except (HTTPError, OSError, ValueError) as exc:
-            raise ReferencesUnavailable(f"cannot discover {_ARGO_GROUP}: {exc}") from exc
+            raise ReferencesUnavailable(
+                f"cannot discover {_ARGO_GROUP}: {plain_cause(exc)}") from exc
         for plural, kind in _ARGO:
             if plural not in served:
                 continue
@@ -356,7 +359,7 @@ class ClusterReferences:
                     f"cannot list {path}: HTTP {exc.status} {exc.reason}{hint}") from exc
             except (HTTPError, OSError, ValueError) as exc:
                 # Connection failures, timeouts, a truncated or non-JSON body.
-                raise ReferencesUnavailable(f"cannot list {path}: {exc}") from exc
+                raise ReferencesUnavailable(f"cannot list {path}: {plain_cause(exc)}") from exc
             yield from (item for item in body.get("items") or [] if isinstance(item, dict))
             token = (body.get("metadata") or {}).get("continue")
             if not token:

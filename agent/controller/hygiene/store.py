@@ -126,6 +126,19 @@ audit = Table(
     sqlite_autoincrement=True,
 )
 
+# An owner's answer to a mark, from the buttons of the owner notice in Slack (the notifier
+# writes it through apply_owner_choice): "keep" until a time, or "exempt" for good. A scan
+# skips the resource while it holds (engine: exempt_by_owner).
+owner_choices = Table(
+    "hygiene_owner_choices", TABLES,
+    Column("job", String(64), primary_key=True),
+    Column("resource", String(_RESOURCE), primary_key=True),
+    Column("choice", String(16), nullable=False),  # keep, exempt
+    Column("until", Float, nullable=True),  # None: for good
+    Column("by", String(255), nullable=False),
+    Column("at", Float, nullable=False),
+)
+
 ACTIVE: Final = "active"
 ACT: Final = "act"  # the step key of a mark's action
 ANNOUNCE: Final = "announce"  # ... and of announcing it (Event, metric, owner notice)
@@ -514,6 +527,108 @@ class HygieneStore:
             query = query.where(audit.c.job == job)
         with self._engine.connect() as conn:
             return [dict(r._mapping) for r in conn.execute(query).all()]
+
+
+# -- owners' choices (the notifier's hygiene buttons) ---------------------------------
+
+OwnerChoiceKind = Literal["keep", "snooze", "exempt"]
+
+
+@dataclass(frozen=True)
+class OwnerChoice:
+    """How a choice ended: ``applied`` (or ``already`` applied by this same click before),
+    or refused with why (``refused``)."""
+
+    status: Literal["applied", "already", "refused"]
+    message: str
+    job: str = ""
+    resource: str = ""
+    deadline: float | None = None  # a snooze's new deadline
+    until: float | None = None  # a keep's end
+
+
+@dataclass(frozen=True)
+class OwnerHold:
+    choice: str
+    until: float | None
+    by: str
+
+
+def owner_holds(engine: Engine, job: str, now: float) -> dict[str, OwnerHold]:
+    """The resources of ``job`` an owner kept (until a time after ``now``) or exempted."""
+    if not inspect(engine).has_table(owner_choices.name):
+        return {}
+    with engine.connect() as conn:
+        rows = conn.execute(select(owner_choices).where(owner_choices.c.job == job)).all()
+    return {r.resource: OwnerHold(r.choice, r.until, r.by) for r in rows
+            if r.until is None or r.until > now}
+
+
+def apply_owner_choice(engine: Engine, mark_id: str, choice: OwnerChoiceKind, *, by: str,
+                       at: float, click_id: str, keep_seconds: float = 7 * 86400.0,
+                       snooze_seconds: float = 86400.0,
+                       snooze_cap_seconds: float = 72 * 3600.0) -> OwnerChoice:
+    """An owner's answer to an open mark, in one transaction with its audit entry (keyed by
+    ``click_id``: the same click twice is applied once).
+
+    keep: the mark is lifted and the resource not marked again until ``at + keep_seconds``;
+    exempt: lifted, and never marked again (like ``steward.io/exempt=true``); snooze: the
+    deadline moves by ``snooze_seconds``, never past ``at + snooze_cap_seconds``.
+    """
+    try:
+        with engine.begin() as conn:
+            row = conn.execute(select(marks).where(marks.c.mark_id == mark_id)).first()
+            if row is None:
+                return OwnerChoice("refused", "no such mark")
+            mark = Mark._from_row(row)
+            key = step_key(mark.job, mark.resource, mark.mark_id, f"owner-{click_id}")
+            done = conn.execute(select(audit.c.detail).where(audit.c.key == key)).first()
+            if done is not None:
+                detail = json.loads(done[0] or "{}")
+                return OwnerChoice("already", "already applied", mark.job, mark.resource,
+                                   detail.get("deadline"), detail.get("until"))
+            if row.state != ACTIVE:
+                return OwnerChoice("refused", f"the mark is {row.state} already", mark.job,
+                                   mark.resource)
+            acting = conn.execute(select(audit.c.status).where(
+                audit.c.key == step_key(mark.job, mark.resource, mark.mark_id, ACT))).first()
+            if acting is not None:
+                return OwnerChoice("refused", "its deadline passed and the action is under "
+                                              "way: undo it with steward hygiene restore",
+                                   mark.job, mark.resource)
+            outcome: OwnerChoice
+            if choice == "snooze":
+                limit = at + snooze_cap_seconds
+                deadline = min(mark.deadline + snooze_seconds, limit)
+                if deadline <= mark.deadline:
+                    return OwnerChoice(
+                        "refused", f"snoozed to the limit already (at most "
+                                   f"{snooze_cap_seconds / 3600:g} h from now)",
+                        mark.job, mark.resource, mark.deadline)
+                conn.execute(update(marks).where(marks.c.mark_id == mark_id)
+                             .values(deadline=deadline))
+                outcome = OwnerChoice("applied", "snoozed", mark.job, mark.resource, deadline)
+                detail = {"by": by, "deadline": deadline, "was": mark.deadline}
+            else:
+                until = None if choice == "exempt" else at + keep_seconds
+                why = f"{'exempted' if until is None else 'kept'} by {by}"
+                conn.execute(update(marks).where(marks.c.mark_id == mark_id)
+                             .values(state="lifted", closed_at=at, closed_why=why))
+                conn.execute(delete(owner_choices).where(
+                    and_(owner_choices.c.job == mark.job,
+                         owner_choices.c.resource == mark.resource)))
+                conn.execute(insert(owner_choices).values(
+                    job=mark.job, resource=mark.resource, choice=choice, until=until, by=by,
+                    at=at))
+                outcome = OwnerChoice("applied", why, mark.job, mark.resource, until=until)
+                detail = {"by": by, "until": until}
+            conn.execute(insert(audit).values(
+                key=key, job=mark.job, run_id=None, mark_id=mark.mark_id,
+                resource=mark.resource, action=f"owner_{choice}", mode="apply", status="done",
+                detail=_dump(detail), started_at=at, finished_at=at))
+            return outcome
+    except IntegrityError:
+        return OwnerChoice("already", "already applied")
 
 
 # -- views for other components (the FinOps report's savings) --------------------------

@@ -50,6 +50,10 @@ class _ListStub(Protocol):
         self, request: api_pb2.ListPodResourcesRequest, *, timeout: float
     ) -> api_pb2.ListPodResourcesResponse: ...
 
+    def GetAllocatableResources(  # noqa: N802 - the gRPC method name
+        self, request: api_pb2.AllocatableResourcesRequest, *, timeout: float
+    ) -> api_pb2.AllocatableResourcesResponse: ...
+
 
 class PodResourcesClient:
     """Lists the devices the kubelet assigned to the containers of its node."""
@@ -83,6 +87,22 @@ class PodResourcesClient:
         except grpc.RpcError as exc:
             raise self._rpc_error(exc) from exc
         return self._devices_of(response)
+
+    def allocatable_devices(self) -> list[str]:
+        """Every device ID the kubelet can hand out for the resources watched, allocated or
+        not (``GetAllocatableResources``, GA since Kubernetes 1.28): a time-sliced GPU
+        appears once per replica (``GPU-uuid::0`` .. ``::N-1``), which is how a replica's
+        share of the GPU is known."""
+        self._check_socket()
+        stub = self._connected_stub()
+        try:
+            response = stub.GetAllocatableResources(api_pb2.AllocatableResourcesRequest(),
+                                                    timeout=self.timeout)
+        except grpc.RpcError as exc:
+            raise self._rpc_error(exc, call="GetAllocatableResources()") from exc
+        return [device_id for devices in response.devices
+                if devices.resource_name.startswith(self.resource_prefixes)
+                for device_id in devices.device_ids]
 
     def close(self) -> None:
         with self._lock:
@@ -154,10 +174,10 @@ class PodResourcesClient:
                 )
             return self._stub
 
-    def _rpc_error(self, exc: grpc.RpcError) -> PodResourcesError:
+    def _rpc_error(self, exc: grpc.RpcError, *, call: str = "List()") -> PodResourcesError:
         code = exc.code() if isinstance(exc, grpc.Call) else None
         details = (exc.details() if isinstance(exc, grpc.Call) else None) or str(exc)
-        where = f"kubelet PodResources List() on {self.socket_path}"
+        where = f"kubelet PodResources {call} on {self.socket_path}"
         if code == grpc.StatusCode.DEADLINE_EXCEEDED:
             return PodResourcesError("timeout", f"{where} timed out after {self.timeout}s")
         if code == grpc.StatusCode.UNAVAILABLE:

@@ -108,6 +108,7 @@ seccompProfile:
 {{- define "steward.configPath" -}}/etc/steward/steward.yaml{{- end }}
 {{- define "steward.statePath" -}}/var/lib/steward{{- end }}
 {{- define "steward.authTokenDir" -}}/etc/steward-notifier-auth{{- end }}
+{{- define "steward.signingSecretDir" -}}/etc/steward-slack-signing{{- end }}
 {{- define "steward.authTokenPath" -}}{{ include "steward.authTokenDir" . }}/token{{- end }}
 
 {{/* The Secret holding the notifier's bearer token: the user's, or the one the chart makes. */}}
@@ -145,6 +146,9 @@ The RBAC, ports and mounts the chart renders depend on them, so config may not d
 }}
 {{- if .Values.notifier.enabled }}
 {{- $owned = append $owned (list "notifier.auth_token_file" (include "steward.authTokenPath" .) "notifier.auth") }}
+{{- if .Values.notifier.slackActions.enabled }}
+{{- $owned = append $owned (list "slack.signing_secret_file" (printf "%s/signing-secret" (include "steward.signingSecretDir" .)) "notifier.slackActions") }}
+{{- end }}
 {{- end }}
 {{- toJson $owned }}
 {{- end }}

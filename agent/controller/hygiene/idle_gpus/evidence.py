@@ -10,6 +10,8 @@ must be under the floor; the GPU must be up now (``steward_gpu_up``) and never r
 within the span (``steward_gpu_lost``). Each candidate's evidence carries that coverage
 (samples seen of expected, largest gap, age of the last sample). ``max_over_time`` alone
 cannot be trusted: it skips missing samples, so a GPU that fell off the bus looks idle.
+
+On a shared GPU that is busy, a tenant is judged by its own use instead (``tenants``).
 """
 
 from __future__ import annotations
@@ -23,6 +25,11 @@ from typing import Any, Final
 
 from agent.clients.prometheus import PrometheusClient, PrometheusError, Sample, Series
 from agent.config import IdleGpusConfig
+from agent.controller.hygiene.idle_gpus.tenants import (
+    TenantEvidence,
+    sample_metrics,
+    share_queries,
+)
 from agent.controller.hygiene.model import ScanFailed
 from agent.durations import parse_duration
 
@@ -133,6 +140,7 @@ class Evidence:
     utilization: dict[tuple[str, str], list[tuple[float, float]]] = field(default_factory=dict)
     # (namespace, pod, hostname, UUID) -> times the allocation was seen
     allocated: dict[tuple[str, str, str, str], list[float]] = field(default_factory=dict)
+    tenants: TenantEvidence = field(default_factory=TenantEvidence)  # shared GPUs
 
 
 def _float_map(samples: Iterable[Sample], *, keep: Callable[[float, float], float] = max
@@ -179,6 +187,7 @@ class IdleEvidence:
         if self._settings.power_idle_watts is not None:
             out["peak_power"] = ("max by (hostname, UUID) "
                                  f"(max_over_time(steward_gpu_power_watts[{span}]))")
+        out.update(share_queries(span=span, recent=recent))
         return out
 
     def coverage_queries(self, uuids: Iterable[str]) -> list[str]:
@@ -189,7 +198,8 @@ class IdleEvidence:
         out = []
         for start in range(0, len(wanted), _UUIDS_PER_QUERY):
             chunk = "|".join(_regex_literal(u) for u in wanted[start:start + _UUIDS_PER_QUERY])
-            for metric in ("steward_gpu_utilization_ratio", "steward_gpu_allocation"):
+            for metric in ("steward_gpu_utilization_ratio", "steward_gpu_allocation",
+                           *sample_metrics()):
                 out.append(f'{metric}{{UUID=~"{chunk}"}}[{span}]')
         return out
 
@@ -216,15 +226,32 @@ class IdleEvidence:
                        allocation.hostname, allocation.uuid, allocation.mig_instance or "")
                 allocations[key] = allocation  # several scrape jobs: one allocation
         peak = _float_map(answers["peak_utilization"])
+        tenants = TenantEvidence.of(answers)
+        held = {(a.namespace, a.pod, a.hostname, a.uuid) for a in allocations.values()}
+        for sample in answers["shares"]:
+            labels = sample.labels
+            tenant = (labels.get("namespace", ""), labels.get("pod", ""),
+                      labels.get("hostname", ""), labels.get("UUID", ""))
+            if tenant in held or labels.get("GPU_I_ID") or not all(tenant):
+                continue
+            # A KAI fraction holds no device of its own: its share is its allocation.
+            allocations[(*tenant, "", "")] = Allocation(
+                namespace=tenant[0], pod=tenant[1], container="", hostname=tenant[2],
+                uuid=tenant[3], gpu=labels.get("gpu", ""), model=labels.get("modelName", ""),
+                mig_instance=None)
+            held.add(tenant)
         evidence = Evidence(
             at=at,
             allocations=sorted(allocations.values(), key=lambda a: (a.namespace, a.pod, a.gpu)),
             peak=peak, power=_float_map(answers["peak_power"]) if "peak_power" in answers
             else None,
-            up=_float_map(answers["up"], keep=min), lost=_float_map(answers["lost"]))
+            up=_float_map(answers["up"], keep=min), lost=_float_map(answers["lost"]),
+            tenants=tenants)
         floor = self._settings.utilization_floor
         looking_idle = {a.uuid for a in evidence.allocations
-                        if a.mig_instance is None and peak.get(a.gpu_key, math.inf) < floor}
+                        if a.mig_instance is None and (
+                            peak.get(a.gpu_key, math.inf) < floor or tenants.looks_idle(
+                                (a.namespace, a.pod, a.hostname, a.uuid), floor))}
         for expr in self.coverage_queries(looking_idle):
             for series in self._prometheus.samples(expr, at=at):
                 self._collect(series, evidence)
@@ -236,6 +263,14 @@ class IdleEvidence:
         series (a sample from either covers that moment)."""
         labels = series.labels
         key = (labels.get("hostname", ""), labels.get("UUID", ""))
+        if labels.get("__name__") == "steward_gpu_pod_allocated_ratio" \
+                and not labels.get("GPU_I_ID"):
+            # A share is an allocation too (a KAI fraction has no other).
+            owner = (labels.get("namespace", ""), labels.get("pod", ""), *key)
+            evidence.allocated.setdefault(owner, []).extend(
+                t for t, v in series.points if v > 0)
+        if evidence.tenants.collect(series):
+            return
         if labels.get("__name__") == "steward_gpu_allocation":
             if labels.get("GPU_I_ID"):
                 return
@@ -261,6 +296,13 @@ class IdleEvidence:
             if key not in evidence.peak:
                 return (f"evidence incomplete: no utilization samples of {where} within "
                         f"{window} plus grace {self._settings.grace}"), 0.0, None, []
+            if evidence.tenants.shared(key) and evidence.peak[key] >= floor:
+                why = self._judge_tenant(allocation, where, evidence)
+                if isinstance(why, str):
+                    return why, peak, None, []
+                peak = max(peak, why["peak_use_of_share"])
+                coverage.append(why)
+                continue
             peak = max(peak, evidence.peak[key])
             if evidence.peak[key] >= floor:
                 return (f"in use: peak utilization {evidence.peak[key]:.1%} of {where} within "
@@ -277,6 +319,27 @@ class IdleEvidence:
                             f"{self._settings.power_idle_watts:g} W"), peak, None, []
                 power = max(power or 0.0, watts)
         return None, peak, power, coverage
+
+    def _judge_tenant(self, allocation: Allocation, where: str, evidence: Evidence
+                      ) -> str | dict[str, Any]:
+        """A tenant of a busy shared GPU, by its own use (``tenants``); the GPU must be up
+        and never lost within the span, as for a whole GPU."""
+        lost = evidence.lost.get(allocation.gpu_key)
+        up = evidence.up.get(allocation.gpu_key)
+        if lost is None or lost > 0 or up is None or up < 1:
+            state = "never reported" if lost is None or up is None else "lost or not up"
+            return f"evidence incomplete: {where} was {state} within the span"
+        limit = f"at most {_span_text(self.max_gap)} allowed at the " \
+                f"{self._settings.scrape_interval} scrape interval"
+        judged = evidence.tenants.judge(
+            (allocation.namespace, allocation.pod, *allocation.gpu_key),
+            floor=self._settings.utilization_floor, where=where, max_gap=self.max_gap,
+            covers=lambda times: Coverage.of(times, end=evidence.at, span=self.span_seconds,
+                                             interval=self._interval),
+            limit=limit)
+        if isinstance(judged, dict):
+            judged = {"hostname": allocation.hostname, "UUID": allocation.uuid, **judged}
+        return judged
 
     def _incomplete(self, allocation: Allocation, where: str, evidence: Evidence
                     ) -> str | dict[str, Any]:

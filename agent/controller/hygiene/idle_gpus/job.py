@@ -3,7 +3,9 @@ the whole window are reclaimed from the workload that holds them.
 
 The evidence (``evidence``) is complete or the pod is skipped ("evidence incomplete: ..."):
 unknown is never idle. The policy (``policy``) picks the workload to act on and what to do.
-MIG instances are skipped: NVML has no per-instance utilization.
+MIG instances are skipped: NVML has no per-instance utilization. On a shared GPU that is
+busy, a tenant is judged by its own use instead, and only notified (``tenants``); KAI
+Scheduler's reservation pods are never judged.
 
 Nothing but replicas, through the ``/scale`` subresource, is ever written to a workload, and
 nothing is written to a pod but its deletion: marks live in the engine's state store and are
@@ -19,6 +21,7 @@ from collections.abc import Callable, Iterable
 from typing import Any, Final
 
 from agent.clients.kubernetes.api import timestamp
+from agent.clients.kubernetes.gpus import is_reservation_pod
 from agent.clients.kubernetes.objects import JsonObj, meta
 from agent.clients.prometheus import PrometheusClient
 from agent.config import IdleGpusConfig
@@ -29,6 +32,7 @@ from agent.controller.hygiene.idle_gpus.evidence import (
     IdleEvidence,
 )
 from agent.controller.hygiene.idle_gpus.policy import IdlePod, WorkloadPolicy
+from agent.controller.hygiene.idle_gpus.tenants import RESERVATION_REASON
 from agent.controller.hygiene.idle_gpus.workloads import (
     KINDS,
     Conflict,
@@ -115,13 +119,19 @@ class IdleGpusJob:
                 sharers[allocation.gpu_key].add((allocation.namespace, allocation.pod))
         idle: dict[tuple[str, str], IdlePod] = {}
         for (namespace, pod), allocations in sorted(by_pod.items()):
+            if is_reservation_pod(namespace, pod):
+                skipped.append(Skipped(f"{namespace}/{pod}", RESERVATION_REASON))
+                continue
             why, peak, power, coverage = self._evidence.judge(allocations, evidence)
             if why is not None:
                 skipped.append(Skipped(f"{namespace}/{pod}", why))
                 continue
-            gpus = sum(1.0 / max(1, len(sharers[a.gpu_key])) for a in allocations)
-            idle[(namespace, pod)] = IdlePod(namespace, pod, allocations, peak, power, gpus,
-                                              coverage)
+            # What it would free: its share, where the node agent says (1/holders before).
+            gpus = sum(evidence.tenants.share((namespace, pod, *a.gpu_key))
+                       or 1.0 / max(1, len(sharers[a.gpu_key])) for a in allocations)
+            idle[(namespace, pod)] = IdlePod(
+                namespace, pod, allocations, peak, power, gpus, coverage,
+                own_use=any(c.get("judged_by") == "own use" for c in coverage))
         if not idle:
             return Scan(candidates=[], skipped=skipped)
         try:

@@ -6,7 +6,8 @@ idle are skipped, each with the guard that held. Notebooks (``notebook_labels`` 
 an owner) -> ``notebook_action`` on their Deployment/StatefulSet; Deployments, StatefulSets
 and bare ReplicaSets -> ``workload_action``; Jobs -> ``job_action`` (notify); bare pods ->
 ``pod_action`` (notify, or delete with the manifest kept to recreate it). A Kubeflow
-``Notebook`` owner is only notified: its controller would undo a scale-down.
+``Notebook`` owner is only notified: its controller would undo a scale-down, and so is a
+tenant of a busy shared GPU judged by its own use.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from agent.clients.kubernetes.objects import JsonObj, meta
 from agent.config import IdleGpusConfig
 from agent.controller.hygiene.guards import exempt_flag
 from agent.controller.hygiene.idle_gpus.evidence import Allocation
+from agent.controller.hygiene.idle_gpus.tenants import SHARED_NOTE
 from agent.controller.hygiene.idle_gpus.workloads import (
     KINDS,
     SCALABLE,
@@ -54,6 +56,7 @@ class IdlePod:
     coverage: list[dict[str, Any]] = field(default_factory=list)
     obj: JsonObj | None = None
     age: float = 0.0
+    own_use: bool = False  # judged by its own use on a busy shared GPU: notify only
 
 
 @dataclass
@@ -251,13 +254,14 @@ class WorkloadPolicy:
         peak = max(p.peak for p in target.pods)
         powers = [p.power for p in target.pods if p.power is not None]
         coverage = {(c["hostname"], c["UUID"]): c for p in target.pods for c in p.coverage}
+        own_use = any(p.own_use for p in target.pods)
         evidence: dict[str, Any] = {
             "workload": target.workload,
             "pods": [f"{p.namespace}/{p.name}" for p in target.pods],
             "gpus": [{"hostname": a.hostname, "UUID": a.uuid, "gpu": a.gpu,
                       "modelName": a.model, "pod": f"{a.namespace}/{a.pod}",
                       "coverage": {k: v for k, v in coverage.get(a.gpu_key, {}).items()
-                                   if k in ("utilization", "allocation")}}
+                                   if k not in ("hostname", "UUID")}}
                      for p in target.pods for a in p.allocations],
             "peak_utilization": round(peak, 6),
             "utilization_floor": settings.utilization_floor,
@@ -276,8 +280,16 @@ class WorkloadPolicy:
         count = f"{gpus:g} GPU" + ("" if gpus == 1 else "s")
         reason = (f"{count} allocated to {what} stayed under {settings.utilization_floor:.0%} "
                   f"utilization for {settings.window} (peak {peak:.2%})")
-        if target.note:
-            reason = f"{reason}; {target.note}"
-        return Candidate(resource=resource, action=target.action, reason=reason,
+        action, note = target.action, target.note
+        if own_use:
+            # Its neighbours keep the GPU busy: never act on attribution alone.
+            evidence["shared"] = True
+            reason = (f"{count} (its share of a shared GPU) held by {what}: its own use stayed "
+                      f"under {settings.utilization_floor:.0%} of its share for "
+                      f"{settings.window} (peak {peak:.2%})")
+            action, note = "notify", "; ".join(n for n in (note, SHARED_NOTE) if n)
+        if note:
+            reason = f"{reason}; {note}"
+        return Candidate(resource=resource, action=action, reason=reason,
                          evidence=evidence, reclaim={"gpus": round(gpus, 3)},
                          owner=self._owner(target, snapshot), kube_object=ref.as_tuple())
