@@ -175,20 +175,26 @@ class CollectionLoops:
             self._publish_due = None
         self._on_publish()
 
-    def _loop(self, collector: Collector) -> None:
+    def _loop(self, collector: Collector, origin: float) -> None:
+        # Runs on a schedule from one origin shared by every loop, not "interval after the
+        # last run ended": collectors with one interval then stay in step, so a cycle's
+        # publish follows its last collector by milliseconds instead of drifting apart.
+        next_run = origin
         while not self._stop.is_set():
-            started = self._monotonic()
             self.run_once(collector)
-            elapsed = self._monotonic() - started
-            self._stop.wait(max(0.0, collector.interval - elapsed))
+            next_run += collector.interval
+            now = self._monotonic()
+            next_run = max(next_run, now)  # a run overran: go on from now, no catch-up burst
+            self._stop.wait(next_run - now)
 
     def start(self) -> None:
         with self._cycle:
             self._publisher = threading.Thread(target=self._publish_when_due, name="publish",
                                                daemon=True)
         self._publisher.start()
+        origin = self._monotonic()
         for collector in self._collectors:
-            thread = threading.Thread(target=self._loop, args=(collector,),
+            thread = threading.Thread(target=self._loop, args=(collector, origin),
                                       name=f"collect-{collector.name}", daemon=True)
             thread.start()
             self._threads.append(thread)
