@@ -17,7 +17,8 @@ no exporter built on prometheus-client can serve those series for less. Reported
   minute) as prometheus-client's own handler gives it to Prometheus' headers (OpenMetrics,
   gzip, its process metrics collected: the agent serves them too), plus, per collection
   cycle (6 a minute), the same reads of the same simulated sources the collectors make
-  (GPUs, XID counts, the devices of pods, the pods) and one ``set()``/``inc()`` of every
+  (GPUs, XID counts, the devices of pods and the allocatable ones, the pods, the pod of
+  each GPU process) and one ``set()``/``inc()`` of every
   series on the pre-filled registry. (Rendering alone is not the floor: an exporter must
   read its sources to have anything to serve.) Target <= 3x.
 - peak RSS of the agent process (VmHWM). Target <= 80 MiB.
@@ -108,10 +109,14 @@ def time_collection_floor(config_path: Path, updates: list[SeriesUpdate], cycles
     try:
         cpu0 = time.process_time()
         for _ in range(cycles):
-            sources.gpus.read()
+            readings = sources.gpus.read()
             sources.gpus.xid_counts()
             sources.devices.list_devices()
+            sources.devices.allocatable_devices()
             sources.pods.pods()
+            for reading in readings:  # whose each GPU process is (its cgroup)
+                for process in reading.processes or ():
+                    sources.pod_uid_for_pid(process.pid)
             for child, value in updates:
                 if isinstance(child, Counter):
                     child.inc(0.0 * value)
