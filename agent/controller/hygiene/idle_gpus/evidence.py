@@ -17,6 +17,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from itertools import pairwise
 from typing import Any, Final
@@ -31,6 +32,8 @@ from agent.durations import parse_duration
 # passes, two missed scrapes in a row do not.
 GAP_TOLERANCE: Final = 2.5
 _UUIDS_PER_QUERY: Final = 100
+# Raw-sample queries in flight at once: each is a few hundred series of the whole span.
+_COVERAGE_CONCURRENCY: Final = 4
 
 
 def _promql_duration(seconds: float) -> str:
@@ -193,16 +196,27 @@ class IdleEvidence:
                 out.append(f'{metric}{{UUID=~"{chunk}"}}[{span}]')
         return out
 
-    def read(self, at: float) -> Evidence:
-        """The evidence at ``at``; ScanFailed when Prometheus cannot give all of it."""
+    def read(self, at: float, *,
+             looking_idle: Callable[[set[str]], None] | None = None) -> Evidence:
+        """The evidence at ``at``; ScanFailed when Prometheus cannot give all of it.
+
+        ``looking_idle`` is told the namespaces of the pods whose every GPU peaked under the
+        floor, as soon as the instant answers show them and before their raw samples are
+        read: the caller can start the Kubernetes reads those pods need meanwhile."""
         try:
-            return self._read(at)
+            return self._read(at, looking_idle)
         except PrometheusError as exc:
             raise ScanFailed(str(exc)) from exc
 
-    def _read(self, at: float) -> Evidence:
-        answers = {name: self._prometheus.instant(expr, at=at)
-                   for name, expr in self.queries().items()}
+    def _answers(self, exprs: dict[str, str], at: float) -> dict[str, list[Sample]]:
+        """The instant queries at once: Prometheus evaluates them in parallel."""
+        with ThreadPoolExecutor(len(exprs), thread_name_prefix="promql") as pool:
+            futures = {name: pool.submit(self._prometheus.instant, expr, at=at)
+                       for name, expr in exprs.items()}
+            return {name: future.result() for name, future in futures.items()}
+
+    def _read(self, at: float, looking_idle: Callable[[set[str]], None] | None) -> Evidence:
+        answers = self._answers(self.queries(), at)
         allocations: dict[tuple[str, ...], Allocation] = {}
         for sample in answers["allocation"]:
             labels = sample.labels
@@ -223,11 +237,22 @@ class IdleEvidence:
             else None,
             up=_float_map(answers["up"], keep=min), lost=_float_map(answers["lost"]))
         floor = self._settings.utilization_floor
-        looking_idle = {a.uuid for a in evidence.allocations
-                        if a.mig_instance is None and peak.get(a.gpu_key, math.inf) < floor}
-        for expr in self.coverage_queries(looking_idle):
-            for series in self._prometheus.samples(expr, at=at):
-                self._collect(series, evidence)
+        low = {a.uuid for a in evidence.allocations
+               if a.mig_instance is None and peak.get(a.gpu_key, math.inf) < floor}
+        if looking_idle is not None:
+            busy = {(a.namespace, a.pod) for a in evidence.allocations if a.uuid not in low}
+            namespaces = {a.namespace for a in evidence.allocations
+                          if a.uuid in low and (a.namespace, a.pod) not in busy}
+            if namespaces:
+                looking_idle(namespaces)
+        exprs = self.coverage_queries(low)
+        if exprs:
+            with ThreadPoolExecutor(min(len(exprs), _COVERAGE_CONCURRENCY),
+                                    thread_name_prefix="promql") as pool:
+                for answer in pool.map(lambda expr: self._prometheus.samples(expr, at=at),
+                                       exprs):
+                    for series in answer:
+                        self._collect(series, evidence)
         return evidence
 
     @staticmethod

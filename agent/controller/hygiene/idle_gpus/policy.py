@@ -78,8 +78,10 @@ class WorkloadPolicy:
         self._progress = progress
 
     def decide(self, idle: dict[tuple[str, str], IdlePod], skipped: list[Skipped],
-                          by_pod: dict[tuple[str, str], list[Allocation]], now: float) -> Scan:
-        snapshot = ClusterSnapshot(self._workloads)
+                          by_pod: dict[tuple[str, str], list[Allocation]], now: float, *,
+                          snapshot: ClusterSnapshot | None = None) -> Scan:
+        if snapshot is None:
+            snapshot = ClusterSnapshot(self._workloads)
         snapshot.prefetch(namespace for namespace, _ in idle)
         targets: dict[tuple[str, ...], Target] = {}
         accepted: set[tuple[str, str]] = set()
