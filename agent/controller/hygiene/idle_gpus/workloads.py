@@ -245,9 +245,7 @@ class ClusterSnapshot:
         wanted = sorted(set(namespaces))
         with ThreadPoolExecutor(self._concurrency, thread_name_prefix="kube-list") as pool:
             unread = [n for n in wanted if n not in self._namespaces]
-            for namespace, obj in zip(unread, pool.map(self._workloads.namespace, unread),
-                                      strict=True):
-                self._namespaces.setdefault(namespace, obj)
+            reads = [pool.submit(self._workloads.namespace, n) for n in unread]
             wave = {("Pod", namespace) for namespace in wanted}
             while wave:
                 keys = sorted(k for k in wave if k not in self._lists)
@@ -261,6 +259,8 @@ class ClusterSnapshot:
                         owner_kind = str(ref.get("kind")) if ref else ""
                         if owner_kind in KINDS and (owner_kind, namespace) not in self._lists:
                             wave.add((owner_kind, namespace))
+            for namespace, future in zip(unread, reads, strict=True):
+                self._namespaces.setdefault(namespace, future.result())
 
     def objects(self, kind: str, namespace: str) -> dict[str, JsonObj]:
         self._settle()
