@@ -19,9 +19,9 @@ Reported, each the median of ``--runs``:
 
 - reference: the reads the plan must make, by bare clients (``requests`` for PromQL, the
   Kubernetes client with raw JSON), overlapped as far as their dependencies allow: the
-  instant queries at once; then the raw samples of the GPUs that look idle (4 at a time)
-  beside the Kubernetes reads of their namespaces (namespace GETs and pod lists, then the
-  owners' kinds, 4 at a time);
+  instant queries at once; as soon as the allocations and the peaks are in, the raw samples
+  of the GPUs that look idle (4 at a time) beside the Kubernetes reads of their namespaces
+  (namespace GETs and pod lists, then the owners' kinds, 4 at a time);
 - plan: a full dry run of the engine (``HygieneEngine.run(apply=False)``): the same reads,
   the join and policy, the plan recorded in SQLite;
 - the ratio plan / reference (target <= 1.2), and the HTTP calls of each kind each made,
@@ -373,7 +373,7 @@ def run(args: argparse.Namespace, url: str, kubeconfig: str, workdir: Path, gpus
     engine = runtime.engine("idle-gpus")
     job: Any = engine.job
     idle = [i for i in range(gpus) if gpu_kind(i) == "idle"]
-    instant = list(job.queries().values())
+    instant = job.queries()
     coverage = job.coverage_queries(f"GPU-{i:08d}-0000-4000-8000-000000000000" for i in idle)
     namespaces = sorted({pod_of(i, args.gpus_per_node)[0] for i in idle})
     session = requests.Session()
@@ -411,13 +411,18 @@ def run(args: argparse.Namespace, url: str, kubeconfig: str, workdir: Path, gpus
 
     def bare() -> float:
         t0 = time.perf_counter()
-        with ThreadPoolExecutor(len(instant)) as pool:
-            list(pool.map(promql, instant))
-        with ThreadPoolExecutor(4) as prom_pool, ThreadPoolExecutor(4) as kube_pool, \
-                ThreadPoolExecutor(1) as background:
+        with ThreadPoolExecutor(len(instant)) as pool, ThreadPoolExecutor(4) as prom_pool, \
+                ThreadPoolExecutor(4) as kube_pool, ThreadPoolExecutor(1) as background:
+            answers = {name: pool.submit(promql, expr) for name, expr in instant.items()}
+            # Which GPUs look idle needs the allocations and the peaks, nothing else.
+            answers["allocation"].result()
+            answers["peak_utilization"].result()
             kube = background.submit(kube_reads, kube_pool)
-            list(prom_pool.map(promql, coverage))
+            raw = list(prom_pool.map(promql, coverage))
             kube.result()
+            for answer in answers.values():
+                answer.result()
+        assert raw
         return time.perf_counter() - t0
 
     # Where a plan's time goes: the evidence (PromQL, with the lists running beside the raw

@@ -32,7 +32,8 @@ from agent.durations import parse_duration
 # passes, two missed scrapes in a row do not.
 GAP_TOLERANCE: Final = 2.5
 _UUIDS_PER_QUERY: Final = 100
-# Raw-sample queries in flight at once: each is a few hundred series of the whole span.
+# Raw-sample queries in flight at once (beside the instant ones still running): each is a
+# few hundred series of the whole span.
 _COVERAGE_CONCURRENCY: Final = 4
 
 
@@ -208,17 +209,42 @@ class IdleEvidence:
         except PrometheusError as exc:
             raise ScanFailed(str(exc)) from exc
 
-    def _answers(self, exprs: dict[str, str], at: float) -> dict[str, list[Sample]]:
-        """The instant queries at once: Prometheus evaluates them in parallel."""
-        with ThreadPoolExecutor(len(exprs), thread_name_prefix="promql") as pool:
+    def _read(self, at: float, looking_idle: Callable[[set[str]], None] | None) -> Evidence:
+        # Every instant query at once (Prometheus evaluates them in parallel); the raw samples
+        # need only the allocations and the peaks, so they go as soon as those two are in.
+        exprs = self.queries()
+        with ThreadPoolExecutor(len(exprs) + _COVERAGE_CONCURRENCY,
+                                thread_name_prefix="promql") as pool:
             futures = {name: pool.submit(self._prometheus.instant, expr, at=at)
                        for name, expr in exprs.items()}
-            return {name: future.result() for name, future in futures.items()}
+            allocations = self._allocations(futures["allocation"].result())
+            peak = _float_map(futures["peak_utilization"].result())
+            floor = self._settings.utilization_floor
+            low = {a.uuid for a in allocations
+                   if a.mig_instance is None and peak.get(a.gpu_key, math.inf) < floor}
+            raw = [pool.submit(self._prometheus.samples, expr, at=at)
+                   for expr in self.coverage_queries(low)]
+            if looking_idle is not None:
+                busy = {(a.namespace, a.pod) for a in allocations if a.uuid not in low}
+                namespaces = {a.namespace for a in allocations
+                              if a.uuid in low and (a.namespace, a.pod) not in busy}
+                if namespaces:
+                    looking_idle(namespaces)
+            evidence = Evidence(
+                at=at, allocations=allocations, peak=peak,
+                power=_float_map(futures["peak_power"].result()) if "peak_power" in futures
+                else None,
+                up=_float_map(futures["up"].result(), keep=min),
+                lost=_float_map(futures["lost"].result()))
+            for future in raw:
+                for series in future.result():
+                    self._collect(series, evidence)
+        return evidence
 
-    def _read(self, at: float, looking_idle: Callable[[set[str]], None] | None) -> Evidence:
-        answers = self._answers(self.queries(), at)
+    @staticmethod
+    def _allocations(samples: list[Sample]) -> list[Allocation]:
         allocations: dict[tuple[str, ...], Allocation] = {}
-        for sample in answers["allocation"]:
+        for sample in samples:
             labels = sample.labels
             allocation = Allocation(
                 namespace=labels.get("namespace", ""), pod=labels.get("pod", ""),
@@ -229,31 +255,7 @@ class IdleEvidence:
                 key = (allocation.namespace, allocation.pod, allocation.container,
                        allocation.hostname, allocation.uuid, allocation.mig_instance or "")
                 allocations[key] = allocation  # several scrape jobs: one allocation
-        peak = _float_map(answers["peak_utilization"])
-        evidence = Evidence(
-            at=at,
-            allocations=sorted(allocations.values(), key=lambda a: (a.namespace, a.pod, a.gpu)),
-            peak=peak, power=_float_map(answers["peak_power"]) if "peak_power" in answers
-            else None,
-            up=_float_map(answers["up"], keep=min), lost=_float_map(answers["lost"]))
-        floor = self._settings.utilization_floor
-        low = {a.uuid for a in evidence.allocations
-               if a.mig_instance is None and peak.get(a.gpu_key, math.inf) < floor}
-        if looking_idle is not None:
-            busy = {(a.namespace, a.pod) for a in evidence.allocations if a.uuid not in low}
-            namespaces = {a.namespace for a in evidence.allocations
-                          if a.uuid in low and (a.namespace, a.pod) not in busy}
-            if namespaces:
-                looking_idle(namespaces)
-        exprs = self.coverage_queries(low)
-        if exprs:
-            with ThreadPoolExecutor(min(len(exprs), _COVERAGE_CONCURRENCY),
-                                    thread_name_prefix="promql") as pool:
-                for answer in pool.map(lambda expr: self._prometheus.samples(expr, at=at),
-                                       exprs):
-                    for series in answer:
-                        self._collect(series, evidence)
-        return evidence
+        return sorted(allocations.values(), key=lambda a: (a.namespace, a.pod, a.gpu))
 
     @staticmethod
     def _collect(series: Series, evidence: Evidence) -> None:
