@@ -34,6 +34,7 @@ import argparse
 import json
 import multiprocessing
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -349,6 +350,7 @@ def main() -> None:
         if real:
             subprocess.run([str(ROOT / "scripts" / "real-k8s.sh"), "down", str(kube_dir)],
                            check=False, stdout=subprocess.DEVNULL)
+        shutil.rmtree(workdir, ignore_errors=True)
 
 
 def run(args: argparse.Namespace, url: str, kubeconfig: str, workdir: Path, gpus: int,

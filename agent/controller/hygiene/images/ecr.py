@@ -51,7 +51,7 @@ class EcrRegistry:
 
     records_pulls = True
     age_basis: AgeBasis = "pushed"
-    parallel = 8  # repositories scanned at once: a boto3 client is thread-safe
+    parallel = 8  # repositories scanned at once: a boto3 client is thread-safe (OCI: serial)
 
     def __init__(self, client: Any, *, registry_id: str | None = None,
                  repositories: Sequence[str] = ()) -> None:
