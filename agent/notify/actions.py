@@ -43,7 +43,8 @@ from sqlalchemy.exc import IntegrityError, InterfaceError, OperationalError
 from agent.clients.alertmanager import AlertmanagerError
 from agent.clients.prometheus import PrometheusError
 from agent.clients.slack import Message, SlackCallFailed, SlackSink
-from agent.notify.blocks import escape, fit
+from agent.clients.slack_text import escape
+from agent.notify.blocks import fit
 from agent.notify.outbox import TABLES, Outbox, OutboxUnavailable
 from agent.notify.signing import SigningSecret, Unverified
 

@@ -19,6 +19,7 @@ from datetime import datetime
 from typing import Any, Final, Protocol
 
 from agent.clients.slack import Message
+from agent.clients.slack_text import escape, plain
 from agent.notify.alert_links import (
     AlertLinks,
     LinkSettings,
@@ -46,10 +47,6 @@ _FULL_WHEN_SUMMARISED: Final = 21
 
 _EMOJI: Final = {"critical": "🔴", "error": "🔴", "warning": "🟠", "info": "🔵"}
 _RESOLVED: Final = "✅"
-_CONTROL: Final = {c: " " for c in (*range(0, 9), 11, 12, *range(14, 32), 127)}
-_ZWSP: Final = "\u200b"
-# Plain-text words Slack may turn into a notification for everyone in the channel.
-_BROADCAST: Final = re.compile(r"@(?=(?:channel|here|everyone)\b)", re.IGNORECASE)
 
 Block = dict[str, Any]
 
@@ -83,27 +80,12 @@ class GroupView:
 # --- text helpers -------------------------------------------------------------------------
 
 
-def clean(text: str) -> str:
-    return text.translate(_CONTROL)
 
 
-def inert(text: str) -> str:
-    """``text`` with control characters blanked and nothing Slack could act on: no
-    broadcast mention, no URL it would link (for plain_text objects)."""
-    return _BROADCAST.sub("@" + _ZWSP, clean(text)).replace("://", ":" + _ZWSP + "//")
 
 
-def plain(text: str) -> str:
-    """Untrusted text for a plain_text object: :func:`inert`, and no angle brackets at all
-    (Slack shows plain_text literally, but nothing markup-like should leave us)."""
-    # single angle quotation marks (U+2039, U+203A) in their place
-    return inert(text).replace("<", "\u2039").replace(">", "\u203a")
 
 
-def escape(text: str) -> str:
-    """Untrusted text for mrkdwn: Slack's control characters as entities (so ``<!channel>``,
-    ``<@U…>`` or ``<url|label>`` cannot be formed), and :func:`inert`."""
-    return inert(text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;"))
 
 
 def mrkdwn_link(url: str, label: str) -> str:

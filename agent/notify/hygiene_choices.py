@@ -20,10 +20,11 @@ from typing import Final
 from sqlalchemy import Engine
 
 from agent.clients.slack import SlackSink
+from agent.clients.slack_text import escape
 from agent.controller.hygiene.store import TABLES as HYGIENE_TABLES
 from agent.controller.hygiene.store import OwnerChoiceKind, apply_owner_choice
 from agent.notify.actions import ActionStore, Done, StoredAction, reply_once
-from agent.notify.blocks import escape, fit_escaped
+from agent.notify.blocks import fit_escaped
 from agent.notify.silences import mention, slack_date
 
 log = logging.getLogger(__name__)

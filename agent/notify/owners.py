@@ -28,6 +28,7 @@ from urllib.parse import quote
 
 from agent.alerts.xid import XID_TABLE, XidAction, XidInfo
 from agent.clients.slack import Message
+from agent.clients.slack_text import escape, plain
 from agent.notify.alert_links import LinkSettings, allowed_link, links_for, split_url
 from agent.notify.blocks import (
     MAX_BLOCKS,
@@ -35,11 +36,9 @@ from agent.notify.blocks import (
     MAX_SECTION,
     MAX_TEXT,
     Block,
-    escape,
     fit,
     fit_escaped,
     mrkdwn_link,
-    plain,
 )
 from agent.notify.incident import AlertState, ordered
 from agent.notify.webhook import OWNER_KEY_PREFIX, Notification

@@ -41,16 +41,15 @@ from sqlalchemy import (
 
 from agent.clients.alertmanager import AlertmanagerClient
 from agent.clients.slack import RENDER_ERRORS, Message, SlackCallFailed, SlackRejected, SlackSink
+from agent.clients.slack_text import escape, plain
 from agent.cron import cron_trigger
 from agent.notify.actions import ActionStore, Done, Retry, StoredAction, reply_once
 from agent.notify.alert_links import LinkSettings
 from agent.notify.blocks import (
     Block,
     GroupView,
-    escape,
     fit,
     fit_escaped,
-    plain,
     render_group,
     render_plain,
     where,

@@ -391,6 +391,27 @@ def test_prometheus_down_fails_safe(kube: KubeApiServer, tmp_path: Path) -> None
     assert writes(kube) == []
 
 
+@pytest.mark.parametrize("listing", [r"/namespaces/data-science/pods$",
+                                     r"/namespaces/data-science/replicasets$"])
+def test_a_failed_list_while_the_evidence_is_read_decides_nothing(
+        fleet: Fleet, kube: KubeApiServer, tmp_path: Path, listing: str) -> None:
+    """The lists start beside the raw-sample queries: one that fails there (the pods, or
+    the owners a wave later) fails the scan when the decision needs it; no plan is made of
+    what the other namespaces showed."""
+    world.full_world(kube)
+    kube.inject_fault(path_regex=listing, method="GET", status=500, times=None)
+    try:
+        outcome = make_runtime(hygiene_config(tmp_path, fleet.url), kube,
+                               clock=fleet.clock).run("idle-gpus", apply=True)
+    finally:
+        kube.clear_faults()
+    assert outcome.result == "failed"
+    assert outcome.reason is not None and outcome.reason.startswith(
+        "scan failed, acted on nothing: Kubernetes API"), outcome.reason
+    assert outcome.plan is None
+    assert workload_writes(kube) == [] and writes(kube, r"/scale$") == []
+
+
 def test_conflicts_409_are_retried_and_a_lasting_conflict_acts_on_nothing(
         fleet: Fleet, kube: KubeApiServer, tmp_path: Path) -> None:
     world.trainer_dev(kube)

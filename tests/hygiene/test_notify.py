@@ -58,3 +58,26 @@ def test_slack_failure_is_notify_failed(slack: SlackStub) -> None:
 def test_without_token_or_channel_owners_are_told_in_the_log() -> None:
     assert isinstance(notifier_from_config(StewardConfig()), LogNotifier)
     LogNotifier().notify(NOTICE)
+
+
+@pytest.mark.integration
+def test_an_owner_notice_cannot_ping_or_link_from_outside_text(slack: SlackStub) -> None:
+    # A reference found in an annotation, an image tag or a bucket's tag ends up in the
+    # reason and evidence: it must arrive as text, never as a mention or a link.
+    hostile = OwnerNotice(
+        kind="marked", job="stale-images", resource="registry/app:<!channel>",
+        action="delete", reason="unused; see <https://evil.example|docs> @here",
+        deadline=1.8e9, evidence={"note": "<@U024BE7LH> & <!everyone>"},
+        labels={"hygiene_job": "stale-images"})
+    notifier = notifier_from_config(_config(slack, default_channel="#ops"))
+    notifier.notify(hostile)
+    [message] = slack.messages("#ops")
+    [section] = message.blocks[:1]
+    sent = [message.text, section["text"]["text"]]
+    assert section["text"]["verbatim"] is True
+    for text in sent:
+        assert "<!channel>" not in text and "<!everyone>" not in text
+        assert "<@U024BE7LH>" not in text and "<https://" not in text
+        assert "@here" not in text.replace("@\u200bhere", "")
+    assert "&lt;!channel&gt;" in message.text
+    assert "&lt;@U024BE7LH&gt; &amp; &lt;!everyone&gt;" in section["text"]["text"]

@@ -253,10 +253,12 @@ def test_scope_patterns_and_cheap_guards_first(aws: Moto, kube: KubeApiServer,
     assert {s.resource: s.reason for s in scan.skipped} == {
         "s3://prod-models": "not in scope (hygiene.orphaned_buckets.buckets)",
         "s3://tmp-named": "referenced by ml/ConfigMap/cfg"}
-    # Out of scope or referenced: not one call about them. Logging and replication are read
-    # for every bucket (any of them could write into the candidate).
-    assert calls == {"ListBuckets": 1, "GetBucketTagging": 1, "GetBucketVersioning": 1,
-                     "ListObjectsV2": 1, "GetBucketLogging": 3, "GetBucketReplication": 3}
+    # Out of scope or referenced: not one call about them. One listing by version (no
+    # versioning read to choose the call); versioning then for the candidate only. Logging
+    # is read for every bucket (any of them could log into the candidate); replication for
+    # none: the candidate is not versioned, and S3 replicates into versioned buckets only.
+    assert calls == {"ListBuckets": 1, "GetBucketTagging": 1, "ListObjectVersions": 1,
+                     "GetBucketVersioning": 1, "GetBucketLogging": 3}
 
 
 def test_nothing_is_decided_when_the_cluster_cannot_be_read(aws: Moto, kube: KubeApiServer,

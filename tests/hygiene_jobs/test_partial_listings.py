@@ -53,12 +53,29 @@ def test_a_bucket_whose_second_page_fails_is_skipped_not_judged(
         assert whole.candidates[0].evidence["objects"] == 1001
         assert whole.candidates[0].evidence["pages_listed"] == 2
 
-        s3_proxy.fail("GET", r"^/orphan-big\?.*continuation-token=", status=500, times=None)
+        # The second page of the listing by version (key-marker: where the first one ended).
+        s3_proxy.fail("GET", r"^/orphan-big\?.*key-marker=", status=500, times=None)
         partial = job.scan()
     assert partial.candidates == []
     (skipped,) = partial.skipped
     assert skipped.resource == "s3://orphan-big"
     assert skipped.reason.startswith("objects unreadable")
+
+
+def test_a_quiet_bucket_whose_versioning_cannot_be_read_is_skipped_not_judged(
+        aws: Moto, s3_proxy: HoldingProxy, api_client: client.ApiClient) -> None:
+    """Versioning is read only for the buckets still in play; unread, the bucket is left."""
+    s3 = aws.client("s3")
+    make_bucket(aws, s3, "orphan-empty")
+    make_bucket(aws, s3, "orphan-other")
+    job = OrphanedBucketsJob(S3Buckets(s3_through(s3_proxy)), ClusterReferences(api_client),
+                             policy=policy(), clock=lambda: NOW)
+    with aws.access_logs_off():
+        s3_proxy.fail("GET", r"^/orphan-empty\?versioning", status=500, times=None)
+        scan = job.scan()
+    assert [c.resource for c in scan.candidates] == ["s3://orphan-other"]
+    assert [(s.resource, s.reason.split(" (")[0]) for s in scan.skipped] == [
+        ("s3://orphan-empty", "versioning unreadable")]
 
 
 def test_a_truncated_page_without_a_token_is_a_failed_listing() -> None:

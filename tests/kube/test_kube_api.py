@@ -19,6 +19,7 @@ from kubernetes.client.rest import ApiException
 
 from agent.clients.kubernetes.api import api_error_text, micro_time
 from agent.sim.kube_api import KubeApiServer, standin_threads
+from agent.sim.kube_api.selectors import _Selector
 from tests.support.net import wait_until
 
 ARGO = ("argoproj.io", "v1alpha1")
@@ -526,6 +527,47 @@ def test_list_shape_and_paging(core: client.CoreV1Api, ns: str, kube: KubeApiSer
     third = core.list_namespaced_config_map(ns, limit=2, _continue=second.metadata._continue)
     assert [c.metadata.name for c in second.items + third.items] == ["cm-2", "cm-3", "cm-4"]
     assert third.metadata._continue is None
+
+
+def test_a_page_costs_its_items_not_the_store(core: client.CoreV1Api, kube: KubeApiServer,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """Like a real server reading a key range from etcd: a page copies the objects it
+    returns (and one to know there are more), not every object of the kind, and namespaces
+    whose names share a prefix stay apart."""
+    for namespace in ("page-a", "page-a0", "page-b"):
+        core.create_namespace({"metadata": {"name": namespace}})
+    for i in range(40):
+        for namespace in ("page-a", "page-a0", "page-b"):
+            core.create_namespaced_config_map(namespace, {"metadata": {"name": f"cm-{i:02d}"}})
+    copied: list[str] = []
+    looked_at: list[str] = []
+    external, matches = kube._to_external, _Selector.matches
+
+    def counting(res: Any, obj: dict[str, Any], **kw: Any) -> dict[str, Any]:
+        copied.append(obj["metadata"]["name"])
+        return external(res, obj, **kw)
+
+    def looking(selector: _Selector, obj: dict[str, Any]) -> bool:
+        looked_at.append(obj["metadata"]["name"])
+        return matches(selector, obj)
+
+    monkeypatch.setattr(kube, "_to_external", counting)
+    monkeypatch.setattr(_Selector, "matches", looking)
+    seen, token, remaining = [], None, []
+    while True:
+        page = core.list_namespaced_config_map("page-a", limit=7, _continue=token)
+        seen += [c.metadata.name for c in page.items]
+        remaining.append(page.metadata.remaining_item_count)
+        token = page.metadata._continue
+        if not token:
+            break
+    assert seen == [f"cm-{i:02d}" for i in range(40)]
+    assert remaining == [33, 26, 19, 12, 5, None]
+    assert len(copied) == 40  # each object of the namespace once, nothing of the others
+    # Each page looks at its own objects and one more, not at all that sort before it.
+    assert len(looked_at) == 40 + 5
+    everything = core.list_config_map_for_all_namespaces(limit=500)
+    assert sum(1 for c in everything.items if c.metadata.namespace.startswith("page-")) == 120
 
 
 # --------------------------------------------------------------------------- patches

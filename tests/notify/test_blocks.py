@@ -8,12 +8,12 @@ from datetime import UTC, datetime, timedelta
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from agent.clients.slack_text import escape
 from agent.notify.alert_links import LinkSettings
 from agent.notify.blocks import (
     MAX_BLOCKS,
     GroupView,
     Message,
-    escape,
     fit_escaped,
     render_changes,
     render_group,

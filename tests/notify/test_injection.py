@@ -14,9 +14,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from agent.clients.slack_text import escape
 from agent.notify.alert_links import LinkSettings
 from agent.notify.app import Notifier
-from agent.notify.blocks import GroupView, escape, render_changes, render_group, render_plain
+from agent.notify.blocks import GroupView, render_changes, render_group, render_plain
 from agent.notify.delivery import dead_letter_notice
 from agent.notify.incident import AlertState, Change
 from agent.notify.outbox import DeadLetter

@@ -12,6 +12,7 @@ from kubernetes.client.rest import ApiException
 from agent.clients.kubernetes import objects
 
 JsonObj = dict[str, Any]
+GPU = objects.GPU_RESOURCE  # the hygiene tests' GPU pods ask for it by this name
 
 
 def container(image: str = "registry.example/app:1", *, env: dict[str, str] | None = None,

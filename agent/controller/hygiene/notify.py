@@ -16,6 +16,7 @@ from typing import Any, Literal, Protocol
 
 from agent.clients.slack import Message, SlackCallFailed, SlackSink
 from agent.clients.slack_params import NoChannel, Router, SlackSettings
+from agent.clients.slack_text import escape
 from agent.config import StewardConfig
 from agent.controller.hygiene.plan import iso_time
 
@@ -93,6 +94,17 @@ def owner_buttons(mark_id: str) -> dict[str, Any]:
                          button("Exempt (admins)", "exempt")]}
 
 
+def _cut(escaped: str, limit: int) -> str:
+    """``escaped`` within ``limit`` characters, never ending inside an entity (``&amp;``)."""
+    if len(escaped) <= limit:
+        return escaped
+    cut = escaped[:limit - 1]
+    amp = cut.rfind("&")
+    if amp != -1 and ";" not in cut[amp:]:
+        cut = cut[:amp]
+    return cut + "…"
+
+
 class SlackNotifier:
     """Posts one message per notice through the Slack sink."""
 
@@ -106,13 +118,16 @@ class SlackNotifier:
             channel = self._router.channel_for([dict(notice.labels)])
         except NoChannel as exc:
             raise NotifyFailed(str(exc)) from exc
-        text = _message_text(notice)
+        # Resource names, reasons and evidence come from outside (image tags, bucket names,
+        # annotations): escaped, and verbatim so Slack neither links nor mentions anything.
+        text = escape(_message_text(notice))
         blocks: list[dict[str, Any]] = [
-            {"type": "section", "text": {"type": "mrkdwn", "text": text[:3000]}}]
+            {"type": "section",
+             "text": {"type": "mrkdwn", "text": _cut(text, 3000), "verbatim": True}}]
         if self._buttons and notice.kind == "marked" and notice.mark_id:
             blocks.append(owner_buttons(notice.mark_id))
         try:
-            self._sink.post(channel, Message(text=notice.headline(), blocks=blocks))
+            self._sink.post(channel, Message(text=escape(notice.headline()), blocks=blocks))
         except SlackCallFailed as exc:
             raise NotifyFailed(f"slack {exc}") from exc
 

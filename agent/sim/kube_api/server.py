@@ -15,6 +15,7 @@ behaviours a real kube-apiserver proves instead: docs/kubernetes-behaviours.md.
 from __future__ import annotations
 
 import base64
+import bisect
 import builtins
 import contextlib
 import copy
@@ -133,6 +134,11 @@ class KubeApiServer:
         self._address = (host, port)
         self._cond = threading.Condition(threading.RLock())
         self._objects: dict[str, dict[tuple[str, str], JsonObj]] = {}
+        # Each store's keys in (namespace, name) order, kept as objects come and go: a list
+        # page is a range of it, as etcd's key order serves a real server (no sort per list).
+        self._keys: dict[str, builtins.list[tuple[str, str]]] = {}
+        # Pods deleted with a grace period, due to go when it ends (see _expire_terminating).
+        self._terminating: set[tuple[str, str]] = set()
         self._history: deque[_Change] = deque()
         self._rv = 0
         self._compacted_rv = 0  # changes with rv > this are retained
@@ -382,7 +388,7 @@ class KubeApiServer:
         selector = _Selector(tuple(parse_label_selector(label_selector)))
         with self._cond:
             self._expire_terminating()
-            items = self._select(res, namespace, selector)
+            items, _ = self._select(res, namespace, selector)
             return [self._to_external(res, item) for item in items]
 
     # ----------------------------------------------------------------- storage
@@ -403,11 +409,29 @@ class KubeApiServer:
         return self._objects.get(res.storage_key, {}).get(
             (namespace if res.namespaced else "", name))
 
-    def _select(self, res: _Resource, namespace: str | None,
-                selector: _Selector) -> builtins.list[JsonObj]:
+    def _select(self, res: _Resource, namespace: str | None, selector: _Selector, *,
+                after: tuple[str, str] | None = None, limit: int = 0
+                ) -> tuple[builtins.list[JsonObj], int]:
+        """The objects of ``namespace`` (all when None) matching ``selector``, in key order
+        from just after ``after``, at most ``limit`` (0: all); and how many keys of the range
+        lie beyond the last one returned (lock held)."""
         store = self._objects.get(res.storage_key, {})
-        return [obj for key, obj in sorted(store.items())
-                if (not namespace or key[0] == namespace) and selector.matches(obj)]
+        keys = self._keys.get(res.storage_key, [])
+        if namespace:
+            low = bisect.bisect_left(keys, (namespace, ""))
+            high = bisect.bisect_left(keys, (namespace + "\x00", ""))
+        else:
+            low, high = 0, len(keys)
+        if after is not None:
+            low = max(low, bisect.bisect_right(keys, after))
+        out: builtins.list[JsonObj] = []
+        index = low
+        while index < high and (not limit or len(out) < limit):
+            obj = store[keys[index]]
+            index += 1
+            if selector.matches(obj):
+                out.append(obj)
+        return out, high - index
 
     def _to_storage(self, res: _Resource, obj: JsonObj) -> JsonObj:
         obj = copy.deepcopy(obj)
@@ -443,10 +467,20 @@ class KubeApiServer:
         meta = obj["metadata"]
         key = (meta.get("namespace", "") if res.namespaced else "", meta["name"])
         store = self._objects.setdefault(res.storage_key, {})
+        keys = self._keys.setdefault(res.storage_key, [])
         if change == "DELETED":
-            store.pop(key, None)
+            if store.pop(key, None) is not None:
+                del keys[bisect.bisect_left(keys, key)]
         else:
+            if key not in store:
+                bisect.insort(keys, key)
             store[key] = obj
+        if res.storage_key == "pods":
+            if change != "DELETED" and meta.get("deletionTimestamp") and \
+                    meta.get("deletionGracePeriodSeconds") and not meta.get("finalizers"):
+                self._terminating.add(key)
+            else:
+                self._terminating.discard(key)
         self._history.append(_Change(self._rv, res.storage_key, change, copy.deepcopy(obj), old))
         while len(self._history) > self._history_limit:
             self._compacted_rv = self._history.popleft().rv
@@ -682,9 +716,13 @@ class KubeApiServer:
     def _expire_terminating(self) -> None:
         """Remove the pods whose grace period has ended and that hold no finalizer: what the
         kubelet's final delete does on a real cluster (lock held)."""
+        if not self._terminating:
+            return
         res = self._primary("pods")
         now = self._clock().timestamp()
-        for obj in builtins.list(self._objects.get(res.storage_key, {}).values()):
+        store = self._objects.get(res.storage_key, {})
+        for key in sorted(self._terminating):
+            obj = store[key]
             meta = obj["metadata"]
             if (meta.get("deletionTimestamp") and not meta.get("finalizers")
                     and meta.get("deletionGracePeriodSeconds")
@@ -972,16 +1010,16 @@ class KubeApiServer:
             list_rv, after = self._rv, None
             if query.get("continue"):
                 list_rv, after = self._decode_continue(query["continue"])
-            items = self._select(res, namespace, selector)
-            if after is not None:
-                items = [i for i in items if self._key(i) > after]
+            # One past the page: whether anything matches beyond it decides the token.
+            items, beyond = self._select(res, namespace, selector, after=after,
+                                         limit=limit + 1 if limit > 0 else 0)
             metadata: JsonObj = {"resourceVersion": str(list_rv)}
             if limit > 0 and len(items) > limit:
                 last = self._key(items[limit - 1])
                 token = json.dumps({"rv": list_rv, "start": list(last)})
                 metadata["continue"] = base64.urlsafe_b64encode(token.encode()).decode()
                 if selector.empty:
-                    metadata["remainingItemCount"] = len(items) - limit
+                    metadata["remainingItemCount"] = beyond + 1
                 items = items[:limit]
             return {"kind": f"{res.kind}List", "apiVersion": res.api_version,
                     "metadata": metadata,
@@ -1009,7 +1047,7 @@ class KubeApiServer:
         selector = self._selector(res, query)
         with self._cond:
             deleted = [self._delete(res, obj, options={}, dry_run=dry_run)[0]
-                       for obj in self._select(res, namespace, selector)]
+                       for obj in self._select(res, namespace, selector)[0]]
             return {"kind": f"{res.kind}List", "apiVersion": res.api_version,
                     "metadata": {"resourceVersion": str(self._rv)}, "items": deleted}
 
@@ -1103,7 +1141,7 @@ class KubeApiServer:
             if start_rv is None:
                 cursor = self._rv
                 initial = [{"type": "ADDED", "object": self._to_external(res, obj)}
-                           for obj in self._select(res, namespace, selector)]
+                           for obj in self._select(res, namespace, selector)[0]]
             else:
                 cursor = start_rv
         try:

@@ -1,9 +1,12 @@
 """The orphaned-buckets hygiene job: S3 buckets no team owns, nothing uses and nobody writes.
 
 Guards run cheapest first, so a bucket is listed only when nothing cheaper settled it: scope,
-cluster references and creation date cost no call; tags one; versioning and a listing that
-stops at the first recent object next; who logs or replicates into it last, only while
-anything is still a candidate. Reads of different buckets run in parallel.
+cluster references and creation date cost no call; tags one; a listing by version (any
+bucket's, versioned or not) that stops at the first recent object next; then, only for the
+buckets still in play, their versioning; who logs into them last (every bucket's logging
+configuration: S3 cannot be asked who writes into a bucket), and who replicates into them
+only when one of them is versioned (S3 replicates into versioned buckets only). Reads of
+different buckets run in parallel.
 
 Marks are bucket tags (``steward.io/marked-for-deletion=<deadline date>`` and
 ``steward.io/marked-reason``) next to the bucket's own tags. Sweeping deletes empty buckets
@@ -88,6 +91,7 @@ class _Targets:
     logging: dict[str, list[str]]  # target -> sources
     replication: dict[str, list[str]]
     read_at: float
+    replication_read: bool = True  # False: not read, no candidate could be a destination
 
 
 class OrphanedBucketsJob:
@@ -197,30 +201,50 @@ class OrphanedBucketsJob:
 
         since = now - policy.quiet_for
 
-        def read_activity(bucket: Bucket) -> tuple[str | None, Activity] | S3Error:
+        def read_activity(bucket: Bucket) -> Activity | S3Error:
+            # By version whatever the versioning: an unversioned bucket lists its objects
+            # (version "null") the same way, and no versioning read is spent to choose.
             try:
-                versioning = self._s3.versioning(bucket.name)
-                return versioning, self._s3.activity(bucket.name, since=since,
-                                                     versioned=versioning is not None)
+                return self._s3.activity(bucket.name, since=since, versioned=True)
             except S3Error as exc:
                 return exc
 
-        quiet: list[tuple[Bucket, str | None, Activity]] = []
+        listed: list[tuple[Bucket, Activity]] = []
         for bucket, read in zip(survivors, self._parallel(read_activity, survivors),
                                 strict=True):
             if isinstance(read, S3Error):
                 unreadable.add(bucket.name)
                 skipped.append(Skipped(PREFIX + bucket.name, f"objects unreadable ({read.code})"))
                 continue
-            reason = activity_guard(read[1], policy)
+            reason = activity_guard(read, policy)
             if reason:
                 skipped.append(Skipped(PREFIX + bucket.name, reason))
             else:
-                quiet.append((bucket, read[0], read[1]))
+                listed.append((bucket, read))
+
+        def read_versioning(bucket: Bucket) -> str | S3Error | None:
+            try:
+                return self._s3.versioning(bucket.name)
+            except S3Error as exc:
+                return exc
+
+        # Versioning only for the buckets still in play: their evidence shows it, and only a
+        # versioned bucket can be a replication destination (S3 refuses any other).
+        quiet: list[tuple[Bucket, str | None, Activity]] = []
+        for (bucket, activity), versioning in zip(
+                listed, self._parallel(read_versioning, [b for b, _ in listed]), strict=True):
+            if isinstance(versioning, S3Error):
+                unreadable.add(bucket.name)
+                skipped.append(Skipped(PREFIX + bucket.name,
+                                       f"versioning unreadable ({versioning.code})"))
+                continue
+            quiet.append((bucket, versioning, activity))
 
         candidates: list[Candidate] = []
         if quiet:
-            targets = self._read_targets(all_names, fresh=fresh_targets)
+            targets = self._read_targets(
+                all_names, fresh=fresh_targets,
+                replication=any(versioning is not None for _, versioning, _ in quiet))
             for bucket, versioning, activity in quiet:
                 reason = target_guard(bucket.name, targets.logging, targets.replication)
                 if reason:
@@ -251,15 +275,19 @@ class OrphanedBucketsJob:
             return f"Steward's expiry rule {EXPIRE_RULE_ID} is set already: its objects expire"
         return None
 
-    def _read_targets(self, names: Sequence[str], *, fresh: bool) -> _Targets:
+    def _read_targets(self, names: Sequence[str], *, fresh: bool,
+                      replication: bool) -> _Targets:
+        """Who logs into (and, when ``replication``, replicates into) which bucket: every
+        bucket's configuration, since S3 has no lookup from a target to its sources."""
         with self._lock:
             cached = self._targets
-        if cached is not None and not fresh and \
-                time.monotonic() - cached.read_at < self._targets_ttl:
+        if cached is not None and not fresh and (cached.replication_read or not replication) \
+                and time.monotonic() - cached.read_at < self._targets_ttl:
             return cached
 
         def read(name: str) -> tuple[str | None, list[str]]:
-            return self._s3.logging_target(name), self._s3.replication_targets(name)
+            return self._s3.logging_target(name), \
+                self._s3.replication_targets(name) if replication else []
 
         try:
             results = self._parallel(read, list(names))
@@ -267,13 +295,13 @@ class OrphanedBucketsJob:
             # Any unreadable source could be writing into any candidate: decide nothing.
             raise ScanFailed(f"logging/replication configuration: {exc}") from exc
         logging: dict[str, list[str]] = {}
-        replication: dict[str, list[str]] = {}
+        replicas: dict[str, list[str]] = {}
         for name, (log_target, replica_targets) in zip(names, results, strict=True):
             if log_target and log_target != name:
                 logging.setdefault(log_target, []).append(name)
             for target in replica_targets:
-                replication.setdefault(target, []).append(name)
-        targets = _Targets(logging, replication, time.monotonic())
+                replicas.setdefault(target, []).append(name)
+        targets = _Targets(logging, replicas, time.monotonic(), replication_read=replication)
         with self._lock:
             self._targets = targets
         return targets

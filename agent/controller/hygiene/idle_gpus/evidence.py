@@ -19,6 +19,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from itertools import pairwise
 from typing import Any, Final
@@ -38,6 +39,9 @@ from agent.durations import parse_duration
 # passes, two missed scrapes in a row do not.
 GAP_TOLERANCE: Final = 2.5
 _UUIDS_PER_QUERY: Final = 100
+# Raw-sample queries in flight at once (beside the instant ones still running): each is a
+# few hundred series of the whole span.
+_COVERAGE_CONCURRENCY: Final = 4
 
 
 def _promql_duration(seconds: float) -> str:
@@ -203,18 +207,61 @@ class IdleEvidence:
                 out.append(f'{metric}{{UUID=~"{chunk}"}}[{span}]')
         return out
 
-    def read(self, at: float) -> Evidence:
-        """The evidence at ``at``; ScanFailed when Prometheus cannot give all of it."""
+    def read(self, at: float, *,
+             looking_idle: Callable[[set[str]], None] | None = None) -> Evidence:
+        """The evidence at ``at``; ScanFailed when Prometheus cannot give all of it.
+
+        ``looking_idle`` is told the namespaces of the pods whose every GPU peaked under the
+        floor, as soon as the instant answers show them and before their raw samples are
+        read: the caller can start the Kubernetes reads those pods need meanwhile."""
         try:
-            return self._read(at)
+            return self._read(at, looking_idle)
         except PrometheusError as exc:
             raise ScanFailed(str(exc)) from exc
 
-    def _read(self, at: float) -> Evidence:
-        answers = {name: self._prometheus.instant(expr, at=at)
-                   for name, expr in self.queries().items()}
+    def _read(self, at: float, looking_idle: Callable[[set[str]], None] | None) -> Evidence:
+        # Every instant query at once (Prometheus evaluates them in parallel); the raw samples
+        # need only the allocations, the peaks and the shares, so they go as soon as those
+        # are in.
+        exprs = self.queries()
+        with ThreadPoolExecutor(len(exprs) + _COVERAGE_CONCURRENCY,
+                                thread_name_prefix="promql") as pool:
+            futures = {name: pool.submit(self._prometheus.instant, expr, at=at)
+                       for name, expr in exprs.items()}
+            tenants = TenantEvidence.of({name: futures[name].result()
+                                         for name in ("shares", "tenant_peak")})
+            allocations = self._allocations(futures["allocation"].result(),
+                                            futures["shares"].result())
+            peak = _float_map(futures["peak_utilization"].result())
+            floor = self._settings.utilization_floor
+            low = {a.uuid for a in allocations
+                   if a.mig_instance is None and (
+                       peak.get(a.gpu_key, math.inf) < floor or tenants.looks_idle(
+                           (a.namespace, a.pod, a.hostname, a.uuid), floor))}
+            raw = [pool.submit(self._prometheus.samples, expr, at=at)
+                   for expr in self.coverage_queries(low)]
+            if looking_idle is not None:
+                busy = {(a.namespace, a.pod) for a in allocations if a.uuid not in low}
+                namespaces = {a.namespace for a in allocations
+                              if a.uuid in low and (a.namespace, a.pod) not in busy}
+                if namespaces:
+                    looking_idle(namespaces)
+            evidence = Evidence(
+                at=at, allocations=allocations, peak=peak,
+                power=_float_map(futures["peak_power"].result()) if "peak_power" in futures
+                else None,
+                up=_float_map(futures["up"].result(), keep=min),
+                lost=_float_map(futures["lost"].result()),
+                tenants=tenants)
+            for future in raw:
+                for series in future.result():
+                    self._collect(series, evidence)
+        return evidence
+
+    @staticmethod
+    def _allocations(samples: list[Sample], shares: list[Sample]) -> list[Allocation]:
         allocations: dict[tuple[str, ...], Allocation] = {}
-        for sample in answers["allocation"]:
+        for sample in samples:
             labels = sample.labels
             allocation = Allocation(
                 namespace=labels.get("namespace", ""), pod=labels.get("pod", ""),
@@ -225,10 +272,8 @@ class IdleEvidence:
                 key = (allocation.namespace, allocation.pod, allocation.container,
                        allocation.hostname, allocation.uuid, allocation.mig_instance or "")
                 allocations[key] = allocation  # several scrape jobs: one allocation
-        peak = _float_map(answers["peak_utilization"])
-        tenants = TenantEvidence.of(answers)
         held = {(a.namespace, a.pod, a.hostname, a.uuid) for a in allocations.values()}
-        for sample in answers["shares"]:
+        for sample in shares:
             labels = sample.labels
             tenant = (labels.get("namespace", ""), labels.get("pod", ""),
                       labels.get("hostname", ""), labels.get("UUID", ""))
@@ -240,22 +285,7 @@ class IdleEvidence:
                 uuid=tenant[3], gpu=labels.get("gpu", ""), model=labels.get("modelName", ""),
                 mig_instance=None)
             held.add(tenant)
-        evidence = Evidence(
-            at=at,
-            allocations=sorted(allocations.values(), key=lambda a: (a.namespace, a.pod, a.gpu)),
-            peak=peak, power=_float_map(answers["peak_power"]) if "peak_power" in answers
-            else None,
-            up=_float_map(answers["up"], keep=min), lost=_float_map(answers["lost"]),
-            tenants=tenants)
-        floor = self._settings.utilization_floor
-        looking_idle = {a.uuid for a in evidence.allocations
-                        if a.mig_instance is None and (
-                            peak.get(a.gpu_key, math.inf) < floor or tenants.looks_idle(
-                                (a.namespace, a.pod, a.hostname, a.uuid), floor))}
-        for expr in self.coverage_queries(looking_idle):
-            for series in self._prometheus.samples(expr, at=at):
-                self._collect(series, evidence)
-        return evidence
+        return sorted(allocations.values(), key=lambda a: (a.namespace, a.pod, a.gpu))
 
     @staticmethod
     def _collect(series: Series, evidence: Evidence) -> None:

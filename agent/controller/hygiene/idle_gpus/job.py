@@ -35,6 +35,7 @@ from agent.controller.hygiene.idle_gpus.policy import IdlePod, WorkloadPolicy
 from agent.controller.hygiene.idle_gpus.tenants import RESERVATION_REASON
 from agent.controller.hygiene.idle_gpus.workloads import (
     KINDS,
+    ClusterSnapshot,
     Conflict,
     KubeWorkloads,
     ObjectRef,
@@ -94,22 +95,29 @@ class IdleGpusJob:
     def coverage_queries(self, uuids: Iterable[str]) -> list[str]:
         return self._evidence.coverage_queries(uuids)
 
-    def evidence(self, at: float) -> Evidence:
-        return self._evidence.read(at)
+    def evidence(self, at: float, snapshot: ClusterSnapshot | None = None) -> Evidence:
+        """The evidence at ``at``; with ``snapshot``, the Kubernetes lists of the pods that
+        look idle start as soon as the instant answers name them, beside the raw samples."""
+        if snapshot is None:
+            return self._evidence.read(at)
+        return self._evidence.read(at, looking_idle=snapshot.prefetch_early)
 
     def decide_workloads(self, idle: dict[tuple[str, str], IdlePod], skipped: list[Skipped],
-                         by_pod: dict[tuple[str, str], list[Allocation]], now: float) -> Scan:
-        return self._policy.decide(idle, skipped, by_pod, now)
+                         by_pod: dict[tuple[str, str], list[Allocation]], now: float,
+                         snapshot: ClusterSnapshot | None = None) -> Scan:
+        return self._policy.decide(idle, skipped, by_pod, now, snapshot=snapshot)
 
     # -- scan ----------------------------------------------------------------------------
 
     def scan(self) -> Scan:
         now = self._clock()
-        scan = self._decide(self.evidence(now), now)
+        with ClusterSnapshot(self._workloads) as snapshot:
+            scan = self._decide(self.evidence(now, snapshot), now, snapshot)
         self._last_scan = (now, scan)
         return scan
 
-    def _decide(self, evidence: Evidence, now: float) -> Scan:
+    def _decide(self, evidence: Evidence, now: float,
+                snapshot: ClusterSnapshot | None = None) -> Scan:
         skipped: list[Skipped] = []
         by_pod: dict[tuple[str, str], list[Allocation]] = defaultdict(list)
         sharers: dict[tuple[str, str], set[tuple[str, str]]] = defaultdict(set)
@@ -135,7 +143,7 @@ class IdleGpusJob:
         if not idle:
             return Scan(candidates=[], skipped=skipped)
         try:
-            return self.decide_workloads(idle, skipped, by_pod, now)
+            return self.decide_workloads(idle, skipped, by_pod, now, snapshot)
         except ScanFailed:
             raise
         except Exception as exc:  # the API is down or refuses: decide nothing

@@ -19,7 +19,7 @@ from typing import Any, Final
 
 from agent.clients.kubernetes.api import timestamp
 from agent.clients.kubernetes.gpus import pod_json_gpus
-from agent.clients.kubernetes.objects import JsonObj, meta
+from agent.clients.kubernetes.objects import JsonObj, controller_ref, meta
 from agent.config import IdleGpusConfig
 from agent.controller.hygiene.guards import exempt_flag
 from agent.controller.hygiene.idle_gpus.evidence import Allocation
@@ -81,8 +81,10 @@ class WorkloadPolicy:
         self._progress = progress
 
     def decide(self, idle: dict[tuple[str, str], IdlePod], skipped: list[Skipped],
-                          by_pod: dict[tuple[str, str], list[Allocation]], now: float) -> Scan:
-        snapshot = ClusterSnapshot(self._workloads)
+                          by_pod: dict[tuple[str, str], list[Allocation]], now: float, *,
+                          snapshot: ClusterSnapshot | None = None) -> Scan:
+        if snapshot is None:
+            snapshot = ClusterSnapshot(self._workloads)
         snapshot.prefetch(namespace for namespace, _ in idle)
         targets: dict[tuple[str, ...], Target] = {}
         accepted: set[tuple[str, str]] = set()
@@ -202,6 +204,8 @@ class WorkloadPolicy:
         for name, pod in sorted(snapshot.objects("Pod", namespace).items()):
             if str((pod.get("status") or {}).get("phase")) != "Running":
                 continue
+            if controller_ref(pod) is None:
+                continue  # a bare pod is its own target: it belongs to no workload
             if not pod_json_gpus(pod) and (namespace, name) not in by_pod:
                 continue
             target = self._target(pod, snapshot)

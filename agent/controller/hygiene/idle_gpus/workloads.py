@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -194,23 +194,58 @@ class KubeWorkloads:
 
 
 class ClusterSnapshot:
-    """One scan's cached view: each namespace's objects of a kind are listed at most once."""
+    """One scan's cached view: each namespace's objects of a kind are listed at most once.
+
+    ``prefetch_early`` starts the lists in the background while the evidence is still being
+    read; ``prefetch`` (and every read) waits for them first, and a failure of theirs is
+    raised there, where the scan needs the API, not where it merely hoped to save time."""
 
     def __init__(self, workloads: KubeWorkloads, *, concurrency: int = 4) -> None:
         self._workloads = workloads
         self._concurrency = concurrency
         self._lists: dict[tuple[str, str], dict[str, JsonObj]] = {}
         self._namespaces: dict[str, JsonObj | None] = {}
+        self._early: ThreadPoolExecutor | None = None
+        self._pending: Future[None] | None = None
+        self._owner_chains: dict[int, tuple[JsonObj, list[tuple[JsonObj, JsonObj | None]]]] = {}
+
+    def __enter__(self) -> ClusterSnapshot:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Wait for the background lists (their failure no longer matters)."""
+        if self._early is not None:
+            self._early.shutdown(wait=True)
+            self._early = None
+
+    def prefetch_early(self, namespaces: Iterable[str]) -> None:
+        """Start ``prefetch(namespaces)`` in the background."""
+        wanted = set(namespaces)
+        if self._pending is not None or not wanted:
+            return
+        self._early = ThreadPoolExecutor(1, thread_name_prefix="kube-prefetch")
+        self._pending = self._early.submit(self._prefetch, wanted)
+
+    def _settle(self) -> None:
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            pending.result()
 
     def prefetch(self, namespaces: Iterable[str]) -> None:
         """List the pods of ``namespaces`` and, wave by wave, the kinds of their owners, a
         few requests at a time: the API server answers in parallel what a scan would
         otherwise wait for one list after another."""
+        self._settle()
+        self._prefetch(namespaces)
+
+    def _prefetch(self, namespaces: Iterable[str]) -> None:
         wanted = sorted(set(namespaces))
         with ThreadPoolExecutor(self._concurrency, thread_name_prefix="kube-list") as pool:
-            for namespace, obj in zip(wanted, pool.map(self._workloads.namespace, wanted),
-                                      strict=True):
-                self._namespaces.setdefault(namespace, obj)
+            unread = [n for n in wanted if n not in self._namespaces]
+            reads = [pool.submit(self._workloads.namespace, n) for n in unread]
             wave = {("Pod", namespace) for namespace in wanted}
             while wave:
                 keys = sorted(k for k in wave if k not in self._lists)
@@ -224,8 +259,11 @@ class ClusterSnapshot:
                         owner_kind = str(ref.get("kind")) if ref else ""
                         if owner_kind in KINDS and (owner_kind, namespace) not in self._lists:
                             wave.add((owner_kind, namespace))
+            for namespace, future in zip(unread, reads, strict=True):
+                self._namespaces.setdefault(namespace, future.result())
 
     def objects(self, kind: str, namespace: str) -> dict[str, JsonObj]:
+        self._settle()
         key = (kind, namespace)
         if key not in self._lists:
             self._lists[key] = {str(meta(o).get("name")): o
@@ -238,6 +276,7 @@ class ClusterSnapshot:
         return self.objects(kind, namespace).get(name)
 
     def namespace(self, name: str) -> JsonObj | None:
+        self._settle()
         if name not in self._namespaces:
             self._namespaces[name] = self._workloads.namespace(name)
         return self._namespaces[name]
@@ -245,8 +284,12 @@ class ClusterSnapshot:
     def owner_chain(self, obj: JsonObj) -> list[tuple[JsonObj, JsonObj | None]]:
         """The controllers above ``obj``, nearest first: (ownerReference, the object or
         None when its kind is not one this job reads, e.g. a Kubeflow Notebook)."""
-        chain: list[tuple[JsonObj, JsonObj | None]] = []
+        # Walked once per object: the policy asks again for every GPU pod of a workload.
+        known = self._owner_chains.get(id(obj))
+        if known is not None and known[0] is obj:
+            return known[1]
         namespace = str(meta(obj).get("namespace") or "")
+        chain: list[tuple[JsonObj, JsonObj | None]] = []
         current: JsonObj | None = obj
         seen: set[str] = set()
         while current is not None and len(chain) < 5:
@@ -260,4 +303,5 @@ class ClusterSnapshot:
                 owner = None  # a newer object with the old owner's name
             chain.append((ref, owner))
             current = owner
+        self._owner_chains[id(obj)] = (obj, chain)  # the object kept: its id stays its own
         return chain

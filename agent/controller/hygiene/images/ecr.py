@@ -1,8 +1,11 @@
 """Amazon ECR as an image registry for the stale-images job, through an injected boto3 client.
 
-Listing is ``describe_repositories`` and ``describe_images`` in pages of the maximum size;
-index manifests are read with ``batch_get_image`` (100 a call) to learn their children;
-deletes go through ``batch_delete_image`` in batches of 100.
+Listing is ``describe_repositories`` and ``describe_images`` in pages of the maximum size
+(tags, media type, push and last pull time, size: everything the policy reads, no per-image
+call); only index manifests are read, with ``batch_get_image`` (100 a call), to learn their
+children; deletes go through ``batch_delete_image`` in batches of 100. Repository tags are
+one ``list_tags_for_resource`` per repository that has a candidate: ECR has no bulk call for
+them (``describe_repositories`` does not carry tags).
 """
 
 from __future__ import annotations
@@ -48,6 +51,7 @@ class EcrRegistry:
 
     records_pulls = True
     age_basis: AgeBasis = "pushed"
+    parallel = 8  # repositories scanned at once: a boto3 client is thread-safe (OCI: serial)
 
     def __init__(self, client: Any, *, registry_id: str | None = None,
                  repositories: Sequence[str] = ()) -> None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import base64
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import Any
 
@@ -132,12 +133,24 @@ class StaleImagesJob:
                 repositories = registry.repositories()
             except RegistryError as exc:
                 raise ScanFailed(f"registry {registry.name}: {exc}") from exc
-            for repository in repositories:
-                found, left = self._scan_repository(registry, repository, references, now)
+            for found, left in self._each_repository(registry, repositories, references, now):
                 candidates.extend(found)
                 skipped.extend(left)
         self.reclaimable_by_repository = reclaimable_by_repository(candidates)
         return Scan(candidates, skipped)
+
+    def _each_repository(self, registry: ImageRegistry, repositories: Sequence[str],
+                         references: ImageReferences, now: datetime
+                         ) -> Iterable[tuple[list[Candidate], list[Skipped]]]:
+        """Each repository's decisions, in order; several repositories read at once where the
+        registry's client allows it (``parallel`` on the adapter: boto3 clients are
+        thread-safe), since each one's reads wait on the network."""
+        workers = min(int(getattr(registry, "parallel", 1)), len(repositories))
+        if workers <= 1:
+            return [self._scan_repository(registry, r, references, now) for r in repositories]
+        with ThreadPoolExecutor(workers, thread_name_prefix="hygiene-images") as pool:
+            return list(pool.map(
+                lambda r: self._scan_repository(registry, r, references, now), repositories))
 
     def _image_references(self) -> ImageReferences:
         try:
