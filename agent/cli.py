@@ -61,14 +61,18 @@ def _with_state(args: argparse.Namespace, config: StewardConfig, run: Callable[[
 
 
 def _cmd_node(args: argparse.Namespace, config: StewardConfig) -> int:
+    from agent.clients.kubernetes.api import KubeConfigError
     from agent.node.app import run_node
 
-    if config.node.gpu_backend == "sim":
-        # The CLI chooses the simulator; the node agent only gets its sources.
-        from agent.sim.node import simulated_sources
+    try:
+        if config.node.gpu_backend == "sim":
+            # The CLI chooses the simulator; the node agent only gets its sources.
+            from agent.sim.node import simulated_sources
 
-        return run_node(config, sources=simulated_sources(config))
-    return run_node(config)
+            return run_node(config, sources=simulated_sources(config))
+        return run_node(config)
+    except KubeConfigError as exc:
+        raise UsageError(str(exc)) from exc
 
 
 def _cmd_controller(args: argparse.Namespace, config: StewardConfig) -> int:

@@ -47,6 +47,25 @@ def test_bad_config_is_one_line_and_exit_two(tmp_path: Path) -> None:
     assert lines[0].startswith("steward: config error: node.collect_interval_seconds:")
 
 
+@pytest.mark.parametrize(("kubeconfig", "message"), [
+    (None, "cannot read kubeconfig"),
+    ("users: [{name: u, user: {exec: {command: aws}}}]", "user 'u' uses 'exec'"),
+])
+def test_node_with_an_unusable_kubeconfig_is_one_line_and_exit_two(
+        tmp_path: Path, kubeconfig: str | None, message: str) -> None:
+    path = tmp_path / "kubeconfig"
+    if kubeconfig is not None:
+        path.write_text("clusters: [{name: c, cluster: {server: 'https://127.0.0.1:1'}}]\n"
+                        f"{kubeconfig}\ncontexts: [{{name: x, context: {{cluster: c, user: u}}}}]"
+                        "\ncurrent-context: x\n", encoding="utf-8")
+    result = steward("node", "--gpu-backend", "sim", "--listen", "127.0.0.1:0",
+                     env={"KUBECONFIG": str(path)})
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("steward: ") and message in lines[0], lines[0]
+
+
 def test_bad_flag_value_names_the_flag() -> None:
     result = steward("node", "--listen", "localhost:http")
     assert result.returncode == 2

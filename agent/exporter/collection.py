@@ -2,8 +2,13 @@
 
 A collector returns metric families (and the names of partial errors); the loop keeps its
 last result, times it and counts its errors. A collector that hangs (a wedged NVML call)
-stalls only itself: the other collectors and ``/metrics`` go on. Every finished run calls
-``on_publish`` so the exposition can re-render once instead of on every scrape.
+stalls only itself: the other collectors and ``/metrics`` go on.
+
+``on_publish`` (the exposition re-renders) runs once per collection cycle, not after every
+collector's run: once every collector has run since the last publish, or one shortest
+interval after the first of them finished (a slow or hung collector delays what the others
+collected by one interval at most). Four collectors used to mean four renders of every
+format a cycle, for scrapes that read one.
 """
 
 from __future__ import annotations
@@ -81,9 +86,55 @@ class CollectionLoops:
         self._monotonic = monotonic
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
+        # The cycle: collectors that ran since the last publish, and when it is due anyway.
+        self._cycle = threading.Condition(threading.Lock())
+        self._names = frozenset(c.name for c in self._collectors)
+        self._fresh: set[str] = set()
+        self._publish_due: float | None = None
+        self._window = min((c.interval for c in self._collectors), default=0.0)
+        self._publisher: threading.Thread | None = None
 
     def run_once(self, collector: Collector) -> None:
-        """One run of ``collector``: never raises, records the outcome in its state."""
+        """One run of ``collector`` (never raises), then publish once its cycle is done
+        (at once while the loops are not started)."""
+        self._collect(collector)
+        self._ran(collector.name)
+
+    def _ran(self, name: str) -> None:
+        with self._cycle:
+            self._fresh.add(name)
+            if self._publisher is not None and not self._fresh >= self._names:
+                if self._publish_due is None:
+                    self._publish_due = self._monotonic() + self._window
+                    self._cycle.notify_all()
+                return
+            self._fresh.clear()
+            self._publish_due = None
+        self._on_publish()
+
+    def _publish_when_due(self) -> None:
+        """The publisher thread: publishes a cycle some collector has not finished in time."""
+        with self._cycle:
+            while not self._stop.is_set():
+                due = self._publish_due
+                if due is None:
+                    self._cycle.wait()
+                    continue
+                remaining = due - self._monotonic()
+                if remaining > 0:
+                    self._cycle.wait(remaining)
+                    continue
+                self._fresh.clear()
+                self._publish_due = None
+                self._cycle.release()
+                try:
+                    self._on_publish()
+                except Exception:  # the exposition's bug must not end publishing
+                    log.exception("publishing the collected metrics failed")
+                finally:
+                    self._cycle.acquire()
+
+    def _collect(self, collector: Collector) -> None:
         started = self._monotonic()
         try:
             result = collector.collect()
@@ -114,30 +165,45 @@ class CollectionLoops:
                 state.last_message = None if degraded is None else degraded[1]
                 for kind in kinds:
                     state.errors[kind] = state.errors.get(kind, 0) + 1
-        self._on_publish()
 
     def run_all_once(self) -> None:
-        """Every collector once, in this thread (tests, one-shot runs)."""
+        """Every collector once, in this thread, then one publish (tests, one-shot runs)."""
         for collector in self._collectors:
-            self.run_once(collector)
+            self._collect(collector)
+        with self._cycle:
+            self._fresh.clear()
+            self._publish_due = None
+        self._on_publish()
 
-    def _loop(self, collector: Collector) -> None:
+    def _loop(self, collector: Collector, origin: float) -> None:
+        # Runs on a schedule from one origin shared by every loop, not "interval after the
+        # last run ended": collectors with one interval then stay in step, so a cycle's
+        # publish follows its last collector by milliseconds instead of drifting apart.
+        next_run = origin
         while not self._stop.is_set():
-            started = self._monotonic()
             self.run_once(collector)
-            elapsed = self._monotonic() - started
-            self._stop.wait(max(0.0, collector.interval - elapsed))
+            next_run += collector.interval
+            now = self._monotonic()
+            next_run = max(next_run, now)  # a run overran: go on from now, no catch-up burst
+            self._stop.wait(next_run - now)
 
     def start(self) -> None:
+        with self._cycle:
+            self._publisher = threading.Thread(target=self._publish_when_due, name="publish",
+                                               daemon=True)
+        self._publisher.start()
+        origin = self._monotonic()
         for collector in self._collectors:
-            thread = threading.Thread(target=self._loop, args=(collector,),
+            thread = threading.Thread(target=self._loop, args=(collector, origin),
                                       name=f"collect-{collector.name}", daemon=True)
             thread.start()
             self._threads.append(thread)
 
     def stop(self, timeout: float = 5.0) -> None:
         self._stop.set()
-        for thread in self._threads:
+        with self._cycle:
+            self._cycle.notify_all()
+        for thread in [*self._threads, *([self._publisher] if self._publisher else [])]:
             thread.join(timeout)
 
     def alive(self) -> bool:

@@ -11,7 +11,8 @@ from typing import Any
 
 from prometheus_client.process_collector import ProcessCollector
 
-from agent.clients.kubernetes.api import api_client, cluster_configured
+from agent.clients.kubernetes.api import cluster_configured
+from agent.clients.kubernetes.rest import PodListWatch, load_endpoint
 from agent.config import StewardConfig
 from agent.exporter.collection import CollectionLoops, Collector, CollectorFailed, CollectResult
 from agent.exporter.exposition import Exposition
@@ -100,9 +101,7 @@ def make_sources(config: StewardConfig, *, gpu_lib: Any = None) -> NodeSources:
     starters: list[Callable[[], None]] = []
     pods: PodSource | None = None
     if cluster_configured(config.kubernetes):
-        from kubernetes import client
-
-        cache = PodCache(client.CoreV1Api(api_client(config.kubernetes, "node")), node.node_name)
+        cache = PodCache(PodListWatch(load_endpoint(config.kubernetes)), node.node_name)
         pods = cache
         starters.append(cache.start)
         closers.insert(0, cache.stop)

@@ -8,19 +8,18 @@ API server.
 
 from __future__ import annotations
 
-import functools
 import logging
 import random
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from prometheus_client.metrics_core import Metric
 
-from agent.clients.kubernetes.api import timestamp
-from agent.clients.kubernetes.calls import PodListing
-from agent.clients.kubernetes.gpus import pod_gpus
+from agent.clients.kubernetes.api import KubeApiError, timestamp
+from agent.clients.kubernetes.calls import PodEvents, PodWatching
+from agent.clients.kubernetes.gpus import pod_json_gpus
 from agent.node.device_health import DeviceHealth, build_device_health_family, device_health
 from agent.node.workloads import BARE_POD, build_workload_family, owning_workload
 
@@ -68,11 +67,11 @@ class PodInfo:
     gpu_resources: dict[str, int] = field(default_factory=dict, hash=False)
 
 
-def _nvidia_quantities(resources: Any) -> dict[str, int]:
-    if resources is None:
+def _nvidia_quantities(resources: Mapping[str, Any] | None) -> dict[str, int]:
+    if not resources:
         return {}
     # Limits are what the device plugin allocates; requests must equal them for GPUs.
-    quantities = resources.limits or resources.requests or {}
+    quantities = resources.get("limits") or resources.get("requests") or {}
     out: dict[str, int] = {}
     for name, quantity in quantities.items():
         if str(name).startswith("nvidia.com/"):
@@ -83,51 +82,50 @@ def _nvidia_quantities(resources: Any) -> dict[str, int]:
     return out
 
 
-def pod_info_from_api(pod: Any) -> PodInfo:
-    """A ``kubernetes.client.V1Pod`` reduced to what the metrics need (and memory allows)."""
-    status = pod.status
-    statuses = {s.name: s for s in (status.container_statuses or [])} if status else {}
+def pod_info_from_api(pod: Mapping[str, Any]) -> PodInfo:
+    """A pod as the API's JSON has it, reduced to what the metrics need (and memory allows)."""
+    metadata, spec = pod.get("metadata") or {}, pod.get("spec") or {}
+    status = pod.get("status") or {}
+    statuses = {s.get("name"): s for s in status.get("containerStatuses") or []}
     containers = []
-    for spec in pod.spec.containers or []:
-        cs = statuses.get(spec.name)
-        waiting = cs.state.waiting.reason if cs and cs.state and cs.state.waiting else None
+    for container in spec.get("containers") or []:
+        cs = statuses.get(container.get("name"))
+        state = (cs or {}).get("state") or {}
+        waiting = (state.get("waiting") or {}).get("reason")
         terminated = None
         if cs is not None:
-            if cs.state and cs.state.terminated:
-                terminated = cs.state.terminated
-            elif cs.last_state and cs.last_state.terminated:
-                terminated = cs.last_state.terminated
+            terminated = state.get("terminated") or (cs.get("lastState") or {}).get("terminated")
         containers.append(ContainerInfo(
-            name=spec.name,
-            restarts=int(cs.restart_count) if cs else 0,
+            name=str(container.get("name")),
+            restarts=int(cs.get("restartCount") or 0) if cs else 0,
             waiting_reason=waiting,
-            last_terminated_reason=terminated.reason if terminated else None,
-            last_terminated_at=timestamp(terminated.finished_at) if terminated else None,
+            last_terminated_reason=terminated.get("reason") if terminated else None,
+            last_terminated_at=timestamp(terminated.get("finishedAt")) if terminated else None,
         ))
-    owner = owning_workload(pod.metadata.owner_references, pod.metadata.labels,
-                            pod.metadata.name)
+    owner = owning_workload(metadata.get("ownerReferences"), metadata.get("labels"),
+                            str(metadata.get("name")))
     return PodInfo(
-        uid=pod.metadata.uid,
-        namespace=pod.metadata.namespace,
-        name=pod.metadata.name,
-        phase=(status.phase if status and status.phase else "Unknown"),
-        gpus_requested=pod_gpus(pod),
+        uid=str(metadata.get("uid")),
+        namespace=str(metadata.get("namespace")),
+        name=str(metadata.get("name")),
+        phase=str(status.get("phase") or "Unknown"),
+        gpus_requested=pod_json_gpus(pod),
         containers=tuple(containers),
-        created_at=timestamp(pod.metadata.creation_timestamp),
-        deleted_at=timestamp(pod.metadata.deletion_timestamp),
+        created_at=timestamp(metadata.get("creationTimestamp")),
+        deleted_at=timestamp(metadata.get("deletionTimestamp")),
         workload_kind=owner.kind, workload=owner.name,
-        device_health=device_health(status.container_statuses if status else None),
-        labels=dict(pod.metadata.labels or {}),
-        annotations={k: str(v) for k, v in (pod.metadata.annotations or {}).items()
+        device_health=device_health(status.get("containerStatuses")),
+        labels={str(k): str(v) for k, v in (metadata.get("labels") or {}).items()},
+        annotations={k: str(v) for k, v in (metadata.get("annotations") or {}).items()
                      if k in SHARE_ANNOTATIONS},
-        gpu_resources=_sum_quantities(pod.spec.containers or []),
+        gpu_resources=_sum_quantities(spec.get("containers") or []),
     )
 
 
 def _sum_quantities(containers: Iterable[Any]) -> dict[str, int]:
     total: dict[str, int] = {}
     for container in containers:
-        for name, n in _nvidia_quantities(container.resources).items():
+        for name, n in _nvidia_quantities(container.get("resources")).items():
             total[name] = total.get(name, 0) + n
     return total
 
@@ -145,12 +143,11 @@ class PodSource(Protocol):
 class PodCache:
     """List-then-watch of this node's pods on a background thread."""
 
-    def __init__(self, core_api: PodListing, node_name: str, *, watch_timeout_seconds: int = 300,
+    def __init__(self, api: PodWatching, node_name: str, *, watch_timeout_seconds: int = 300,
                  request_timeout: float = 30.0,
                  backoff_initial: float = 1.0, backoff_max: float = 60.0,
-                 page_size: int = 500,
-                 watch_factory: Callable[[], Any] | None = None) -> None:
-        self._core = core_api
+                 page_size: int = 100) -> None:
+        self._api = api
         self._node = node_name
         self._selector = f"spec.nodeName={node_name}"
         self._watch_timeout = watch_timeout_seconds
@@ -158,18 +155,13 @@ class PodCache:
         self._backoff_initial = backoff_initial
         self._backoff_max = backoff_max
         self._page_size = page_size
-        if watch_factory is None:
-            from kubernetes import watch
-
-            watch_factory = watch.Watch
-        self._watch_factory = watch_factory
         self._pods: dict[str, PodInfo] = {}
         self._lock = threading.Lock()
         self._synced = False
         self._error: str | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self._current_watch: Any = None
+        self._current_watch: PodEvents | None = None
         self._resume_from: str | None = None
         self.relists = 0  # how many full lists were needed (tests, debugging)
         self.failures = 0
@@ -203,8 +195,6 @@ class PodCache:
             self._thread.join(5)
 
     def _run(self) -> None:
-        from kubernetes.client.exceptions import ApiException
-
         backoff = self._backoff_initial
         resource_version: str | None = None
         while not self._stop.is_set():
@@ -216,15 +206,17 @@ class PodCache:
                 resource_version = self._watch(resource_version)
                 backoff = self._backoff_initial
                 continue
-            except ApiException as exc:
+            except KubeApiError as exc:
                 if exc.status == 410:
                     # Our resourceVersion was compacted away: relist, no backoff needed.
                     log.info("pod watch expired (410 Gone), relisting",
                              extra={"node": self._node})
                     resource_version = None
                     continue
-                self._failed(f"Kubernetes API answered {exc.status} {exc.reason}")
+                self._failed(str(exc))
             except Exception as exc:  # a dropped connection, a timeout, a decoding problem
+                if self._stop.is_set():
+                    break
                 self._failed(f"{type(exc).__name__}: {exc}")
             if resource_version is not None:
                 resource_version = self._resume_from
@@ -243,63 +235,52 @@ class PodCache:
         self._error = message
 
     def _relist(self) -> str:
-        # Paged like every list (a node holds at most a few hundred pods, but a page size
-        # bounds what one response can cost). Every page carries the snapshot's
+        # Paged like every list: a page size bounds what one response costs in memory (a
+        # node holds at most a few hundred pods). Every page carries the snapshot's
         # resourceVersion; the watch resumes from it.
         pods: dict[str, PodInfo] = {}
         token: str | None = None
         while True:
-            listed = self._core.list_pod_for_all_namespaces(
-                field_selector=self._selector, limit=self._page_size, _continue=token,
-                _request_timeout=self._request_timeout)
-            pods.update((p.metadata.uid, pod_info_from_api(p)) for p in listed.items)
-            token = listed.metadata._continue
+            page = self._api.list_pods(field_selector=self._selector, limit=self._page_size,
+                                       continue_token=token, timeout=self._request_timeout)
+            pods.update((info.uid, info) for info in map(pod_info_from_api, page.items))
+            token = page.continue_token
             if not token:
                 break
         with self._lock:
             self._pods = pods
         self.relists += 1
         self._synced, self._error = True, None
-        return str(listed.metadata.resource_version)
+        return page.resource_version
 
     def _watch(self, resource_version: str) -> str:
-        watcher = self._watch_factory()
-        self._current_watch = watcher
         self._resume_from = resource_version
-        list_pods = self._core.list_pod_for_all_namespaces
-
-        @functools.wraps(list_pods)  # the client finds the event type in the docstring
-        def open_watch(*args: Any, **kwargs: Any) -> Any:
-            response = list_pods(*args, **kwargs)
-            # The server accepted the watch (an error status raises before this): the cache
-            # is live again from here, though a real server may send no event or bookmark
-            # for minutes. What it missed meanwhile is replayed from resource_version, or
-            # the server answers 410 and the cache relists.
-            self._error = None
-            return response
-
+        watch = self._api.watch_pods(
+            field_selector=self._selector, resource_version=resource_version,
+            timeout_seconds=self._watch_timeout,
+            request_timeout=self._watch_timeout + self._request_timeout)
+        self._current_watch = watch
+        if self._stop.is_set():  # stop() ran before the watch could be stopped
+            watch.stop()
+        # The server accepted the watch (an error status raises before this): the cache is
+        # live again from here, though a real server may send no event or bookmark for
+        # minutes. What it missed meanwhile is replayed from resource_version, or the
+        # server answers 410 and the cache relists.
+        self._error = None
         try:
-            for event in watcher.stream(
-                    open_watch, field_selector=self._selector,
-                    resource_version=resource_version, allow_watch_bookmarks=True,
-                    timeout_seconds=self._watch_timeout,
-                    _request_timeout=self._watch_timeout + self._request_timeout):
+            for kind, obj in watch.events():
                 if self._stop.is_set():
                     break
-                kind, obj = event["type"], event["object"]
-                if kind == "BOOKMARK":
-                    # The client leaves bookmarks undecoded: a dict with only metadata.
-                    resource_version = str(obj["metadata"]["resourceVersion"])
-                    self._resume_from = resource_version
-                    self._error = None  # the watch is live again, even with no pod changes
-                    continue
-                resource_version = str(obj.metadata.resource_version)
-                info = pod_info_from_api(obj)
-                with self._lock:
-                    if kind == "DELETED":
-                        self._pods.pop(info.uid, None)
-                    else:
-                        self._pods[info.uid] = info
+                resource_version = str((obj.get("metadata") or {}).get("resourceVersion"))
+                if kind != "BOOKMARK":
+                    info = pod_info_from_api(obj)
+                    with self._lock:
+                        if kind == "DELETED":
+                            self._pods.pop(info.uid, None)
+                        else:
+                            self._pods[info.uid] = info
+                # A bookmark only moves the resourceVersion on: the watch is live, even
+                # with no pod changes.
                 self._resume_from = resource_version
                 self._error = None
         finally:

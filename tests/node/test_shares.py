@@ -192,24 +192,16 @@ def test_malformed_hami_annotations_are_rejected(text: str) -> None:
 
 
 def test_the_pod_cache_keeps_only_the_share_annotations() -> None:
-    from kubernetes.client import (
-        V1Container,
-        V1ObjectMeta,
-        V1Pod,
-        V1PodSpec,
-        V1PodStatus,
-        V1ResourceRequirements,
-    )
-
-    api_pod = V1Pod(
-        metadata=V1ObjectMeta(uid="u", namespace="inf", name="p", labels={"app": "x"},
-                              annotations={"gpu-fraction": "0.5",
-                                           "kubectl.kubernetes.io/last-applied-configuration":
-                                               "{" + "x" * 10_000 + "}"}),
-        spec=V1PodSpec(containers=[V1Container(name="c", resources=V1ResourceRequirements(
-            limits={"nvidia.com/gpu": "1", "nvidia.com/gpumem": "3000",
-                    "nvidia.com/gpucores": "30", "cpu": "2"}))]),
-        status=V1PodStatus(phase="Running"))
+    # The pod as the API's JSON has it (the node's own client reads JSON).
+    api_pod = {
+        "metadata": {"uid": "u", "namespace": "inf", "name": "p", "labels": {"app": "x"},
+                     "annotations": {"gpu-fraction": "0.5",
+                                     "kubectl.kubernetes.io/last-applied-configuration":
+                                         "{" + "x" * 10_000 + "}"}},
+        "spec": {"containers": [{"name": "c", "resources": {"limits": {
+            "nvidia.com/gpu": "1", "nvidia.com/gpumem": "3000", "nvidia.com/gpucores": "30",
+            "cpu": "2"}}}]},
+        "status": {"phase": "Running"}}
     info = pod_info_from_api(api_pod)
     assert info.annotations == {"gpu-fraction": "0.5"}
     assert info.gpu_resources == {"nvidia.com/gpu": 1, "nvidia.com/gpumem": 3000,

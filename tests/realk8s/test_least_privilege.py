@@ -15,7 +15,8 @@ import pytest
 from kubernetes import client
 
 from agent.clients.kubernetes.api import user_agent
-from agent.config import StewardConfig
+from agent.clients.kubernetes.rest import PodListWatch, load_endpoint
+from agent.config import KubernetesConfig, StewardConfig
 from agent.controller.hygiene.idle_gpus.workloads import KINDS, KubeWorkloads, ObjectRef, Replaced
 from agent.controller.hygiene.references import ClusterReferences, ReferencesUnavailable
 from agent.controller.leader import LeaderElector
@@ -219,8 +220,11 @@ def restore_bare_pod(admin: client.ApiClient) -> None:
     w.recreate_pod(admin, w.pod("bare", APP_NS, node=NODE_NAME, gpus=1))
 
 
-def run_node_code(api: client.ApiClient) -> None:
-    cache = PodCache(client.CoreV1Api(api), NODE_NAME, watch_timeout_seconds=5,
+def run_node_code(cluster: RealCluster, token: str, workdir: Path) -> None:
+    # The node agent's own thin client, connected through a kubeconfig holding its token.
+    kubeconfig = cluster.write_kubeconfig(workdir / "node.kubeconfig", token)
+    endpoint = load_endpoint(KubernetesConfig(kubeconfig=kubeconfig), environ={})
+    cache = PodCache(PodListWatch(endpoint), NODE_NAME, watch_timeout_seconds=5,
                      request_timeout=5, backoff_initial=0.1, backoff_max=0.5)
     cache.start()
     try:
@@ -338,7 +342,7 @@ RAN: set[str] = set()
 
 @pytest.mark.parametrize("scenario", SCENARIOS, ids=lambda s: s.id)
 def test_each_component_has_what_it_needs_and_nothing_more(
-        helm: str, world: RealCluster, scenario: Scenario) -> None:
+        helm: str, world: RealCluster, scenario: Scenario, tmp_path: Path) -> None:
     cluster = world
     restore_bare_pod(cluster.admin)
     rendered = render(helm, scenario.values, sets=dict(scenario.sets))
@@ -360,14 +364,15 @@ def test_each_component_has_what_it_needs_and_nothing_more(
 
     controller_api = cluster.client(cluster.token(NAMESPACE, f"{RELEASE}-controller"),
                                     user_agent("controller"))
-    node_api = cluster.client(cluster.token(NAMESPACE, f"{RELEASE}-node"), user_agent("node"))
+    node_token = cluster.token(NAMESPACE, f"{RELEASE}-node")
+    node_api = cluster.client(node_token, user_agent("node"))
     notifier_api = cluster.client(cluster.token(NAMESPACE, f"{RELEASE}-notifier"),
                                   "steward-tests/notifier")
     try:
         mark = cluster.audit_mark()
         notes = run_controller_code(controller_api, config, scenario)
         restore_bare_pod(cluster.admin)
-        run_node_code(node_api)
+        run_node_code(cluster, node_token, tmp_path)
         needed = cluster.audit(since=mark)
 
         argo_refused = scenario.argo_installed and "argoproj.io" not in str(

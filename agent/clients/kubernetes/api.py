@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -98,9 +99,10 @@ def api_error_text(exc: BaseException) -> str:
     The client's own text of an ``ApiException`` spans lines (the response headers and the
     raw body): put into a command's error or a log field, it breaks the one-line error and
     buries the server's reason. Anything else: its text, whitespace collapsed."""
-    from kubernetes.client.exceptions import ApiException
-
-    if not isinstance(exc, ApiException):
+    # Only a process that loaded the official client can hold its ApiException; the node
+    # agent never loads it (its thin client's errors are plain text already).
+    client_errors = sys.modules.get("kubernetes.client.exceptions")
+    if client_errors is None or not isinstance(exc, client_errors.ApiException):
         return " ".join(str(exc).split())
     text = f"HTTP {exc.status} {exc.reason or ''}".rstrip()
     body = exc.body.decode("utf-8", "replace") if isinstance(exc.body, bytes) else exc.body

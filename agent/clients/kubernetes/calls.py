@@ -3,21 +3,57 @@ narrowest one it uses, so its signature says what it reads or writes (the node's
 lists pods and nothing else), tests can hand it a stand-in, and mypy checks every call site.
 
 The official client's API classes (``CoreV1Api``, ``BatchV1Api``, ``CoordinationV1Api``,
-``CustomObjectsApi``) provide these methods; what they return are the client's models,
-untyped, hence ``Any``. Keyword arguments are the client's (``limit``, ``_continue``,
-``field_selector``, ``watch``, ``_request_timeout`` ...).
+``CustomObjectsApi``) provide these methods, but for ``PodWatching`` (the node agent's own
+thin client, ``rest``); what they return are the client's models, untyped, hence ``Any``.
+Keyword arguments are the client's (``limit``, ``_continue``, ``field_selector``,
+``watch``, ``_request_timeout`` ...).
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any, Protocol
 
 
 class PodListing(Protocol):
-    """``CoreV1Api`` as the node's pod cache and the controller's pending pods use it:
-    list (and watch) pods across namespaces."""
+    """``CoreV1Api`` as the controller's pending pods use it: list pods across namespaces."""
 
     def list_pod_for_all_namespaces(self, **kwargs: Any) -> Any: ...
+
+
+class PodEvents(Protocol):
+    """One open watch of pods: ``(type, object)`` as the API's JSON, bookmarks included."""
+
+    def events(self) -> Iterator[tuple[str, dict[str, Any]]]: ...
+
+    def stop(self) -> None:
+        """Ends the watch from another thread."""
+        ...
+
+
+class PodPageLike(Protocol):
+    """One page of a pod list: the snapshot's resourceVersion, the next page's token."""
+
+    @property
+    def items(self) -> list[dict[str, Any]]: ...
+
+    @property
+    def resource_version(self) -> str: ...
+
+    @property
+    def continue_token(self) -> str | None: ...
+
+
+class PodWatching(Protocol):
+    """What the node's pod cache calls: pods across namespaces by field selector, listed a
+    page at a time and watched, as plain JSON (``rest.PodListWatch``, not the official
+    client: the node agent never loads it)."""
+
+    def list_pods(self, *, field_selector: str, limit: int, continue_token: str | None,
+                  timeout: float) -> PodPageLike: ...
+
+    def watch_pods(self, *, field_selector: str, resource_version: str, timeout_seconds: int,
+                   request_timeout: float) -> PodEvents: ...
 
 
 class LeaseCalls(Protocol):
