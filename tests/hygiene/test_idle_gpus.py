@@ -136,6 +136,41 @@ def test_the_plan_marks_exactly_the_idle_allocated_gpus(fleet: Fleet, kube: Kube
     assert plan["reclaimable"] == {"gpus": 6.5}
 
 
+def test_pods_judged_before_the_raw_samples_get_the_verdict_judged_with_them(
+        fleet: Fleet, kube: KubeApiServer, tmp_path: Path) -> None:
+    """The pods none of whose GPUs the raw samples are about are judged while those samples
+    are read; once they are in, ``judge`` gives every such pod the same verdict, and no pod
+    whose GPU looked idle was judged early."""
+    world.full_world(kube)
+    job: Any = make_runtime(hygiene_config(tmp_path, fleet.url), kube,
+                            clock=fleet.clock).engine("idle-gpus").job
+    seen: list[tuple[Any, Any, set[str]]] = []
+    prejudge = job._prejudge
+
+    def spy(judged: Any, evidence: Any, raw_for: set[str]) -> None:
+        assert not evidence.utilization and not evidence.allocated  # the raw samples: coming
+        prejudge(judged, evidence, raw_for)
+        seen.append((judged, evidence, set(raw_for)))
+
+    job._prejudge = spy
+    scan = job.scan()
+    [(judged, evidence, raw_for)] = seen
+    assert evidence.utilization and evidence.allocated  # now in, in the same evidence
+    early = {f"{ns}/{pod}" for ns, pod in judged.verdicts}
+    # A tenant of a GPU whose other tenants look idle waits for that GPU's samples.
+    assert {"inference/chat-api-0", "ml-research/train-llama-2",
+            "inference/embedder-3"} <= early
+    assert "inference/llm-serve-0" not in early
+    assert not early & ({"evidence/gap-mid-window-0", "shared/trickle-0",
+                         "shared/maybe-idle-0"} | {c.resource for c in scan.candidates})
+    for key, verdict in judged.verdicts.items():
+        assert not any(a.uuid in raw_for for a in judged.by_pod[key])
+        assert verdict == job._evidence.judge(judged.by_pod[key], evidence)
+    skipped = {s.resource: s.reason for s in scan.skipped}
+    assert all(skipped[f"{ns}/{pod}"] == why for (ns, pod), (why, *_) in judged.verdicts.items()
+               if not ns.startswith("kai-"))
+
+
 def test_every_candidate_shows_its_coverage(fleet: Fleet, kube: KubeApiServer,
                                             tmp_path: Path) -> None:
     plan = plan_of(fleet, kube, tmp_path)
