@@ -4,6 +4,7 @@ apply, restore, and every guard."""
 
 from __future__ import annotations
 
+import gc
 import io
 import json
 from pathlib import Path
@@ -149,12 +150,14 @@ def test_pods_judged_before_the_raw_samples_get_the_verdict_judged_with_them(
 
     def spy(judged: Any, evidence: Any, raw_for: set[str]) -> None:
         assert not evidence.utilization and not evidence.allocated  # the raw samples: coming
+        assert not gc.isenabled()  # the scan's decoded answers are not walked over and over
         prejudge(judged, evidence, raw_for)
         seen.append((judged, evidence, set(raw_for)))
 
     job._prejudge = spy
     scan = job.scan()
     [(judged, evidence, raw_for)] = seen
+    assert gc.isenabled()
     assert evidence.utilization and evidence.allocated  # now in, in the same evidence
     early = {f"{ns}/{pod}" for ns, pod in judged.verdicts}
     # A tenant of a GPU whose other tenants look idle waits for that GPU's samples.
@@ -169,6 +172,25 @@ def test_pods_judged_before_the_raw_samples_get_the_verdict_judged_with_them(
     skipped = {s.resource: s.reason for s in scan.skipped}
     assert all(skipped[f"{ns}/{pod}"] == why for (ns, pod), (why, *_) in judged.verdicts.items()
                if not ns.startswith("kai-"))
+
+
+def test_the_cycle_collector_is_back_after_every_scan_and_stays_off_if_it_was() -> None:
+    from agent.controller.hygiene.idle_gpus.job import _cycle_collector_paused
+
+    assert gc.isenabled()
+    with pytest.raises(RuntimeError), _cycle_collector_paused():
+        with _cycle_collector_paused():  # a scan in another thread at the same time
+            assert not gc.isenabled()
+        assert not gc.isenabled()  # the first scan is not over yet
+        raise RuntimeError("the scan failed")
+    assert gc.isenabled()
+    gc.disable()  # someone else's choice
+    try:
+        with _cycle_collector_paused():
+            pass
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
 
 
 def test_every_candidate_shows_its_coverage(fleet: Fleet, kube: KubeApiServer,

@@ -14,10 +14,13 @@ announced with Events, the replica count to restore lives in the restore record.
 
 from __future__ import annotations
 
+import gc
 import json
+import threading
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from typing import Any, Final
 
 from agent.clients.kubernetes.api import timestamp
@@ -115,7 +118,7 @@ class IdleGpusJob:
     def scan(self) -> Scan:
         now = self._clock()
         judged = _Judged()
-        with ClusterSnapshot(self._workloads) as snapshot:
+        with _cycle_collector_paused(), ClusterSnapshot(self._workloads) as snapshot:
             evidence = self.evidence(now, snapshot, meanwhile=lambda partial, raw_for:
                                      self._prejudge(judged, partial, raw_for))
             scan = self._decide(evidence, now, snapshot, judged)
@@ -369,6 +372,39 @@ def build(context: JobContext) -> IdleGpusJob:
                                                     timeout=config.prometheus.timeout_seconds),
                        workloads=KubeWorkloads(context.api_client), clock=context.clock,
                        progress=context.progress)
+
+
+class _CollectorPause:
+    """The cycle collector off for a scan (reference counting still frees what it drops).
+
+    A scan decodes thousands of pods and series and keeps them to the end: acyclic data
+    the collector would walk again and again (measured: ~200 ms of a 2,000-GPU plan, half
+    its CPU) and find nothing to free. Cycles made meanwhile wait for the scan's end. The
+    switch is the process's: scans in several threads share it, the last one out restores
+    it, and a collector someone else turned off stays off."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._holders = 0
+        self._was_enabled = False
+
+    @contextmanager
+    def __call__(self) -> Iterator[None]:
+        with self._lock:
+            if self._holders == 0:
+                self._was_enabled = gc.isenabled()
+                gc.disable()
+            self._holders += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._holders -= 1
+                if self._holders == 0 and self._was_enabled:
+                    gc.enable()
+
+
+_cycle_collector_paused = _CollectorPause()
 
 
 Verdict = tuple[str | None, float, float | None, list[dict[str, Any]]]
