@@ -71,33 +71,33 @@ class PrometheusClient:
 
     def instant(self, expr: str, *, at: float | None = None) -> list[Sample]:
         """An instant vector query (at ``at``, unix seconds, else now); NaN samples dropped."""
-        samples = []
-        for item in self._result(self._post("query", expr, _at(at)), expr, "vector"):
-            try:
+        samples: list[Sample] = []
+        append, isnan = samples.append, math.isnan
+        try:
+            for item in self._result(self._post("query", expr, _at(at)), expr, "vector"):
                 value = float(item["value"][1])
-            except (KeyError, IndexError, TypeError, ValueError) as exc:
-                raise PrometheusError(f"Prometheus at {self._url} answered a malformed sample "
-                                      f"(query: {_short(expr)})") from exc
-            if math.isnan(value):
-                continue
-            samples.append(Sample(labels=dict(item.get("metric") or {}), value=value))
+                if not isnan(value):
+                    # The decoded answer is this call's own: its label dicts need no copy.
+                    append(Sample(item.get("metric") or {}, value))
+        except (KeyError, IndexError, TypeError, ValueError) as exc:
+            raise PrometheusError(f"Prometheus at {self._url} answered a malformed sample "
+                                  f"(query: {_short(expr)})") from exc
         return samples
 
     def samples(self, expr: str, *, at: float) -> list[Series]:
         """The raw samples of a range selector (``metric{...}[2h]``) evaluated at ``at``:
         exactly what was scraped, gaps included (no lookback fills them)."""
         out = []
-        for item in self._result(self._post("query", expr, _at(at)), expr, "matrix"):
-            try:
+        try:
+            for item in self._result(self._post("query", expr, _at(at)), expr, "matrix"):
                 # A list, sorted in place: Prometheus sends them in order, which sort checks
                 # in one pass (a generator into sorted() costs half as much again).
                 listed = [(float(t), float(v)) for t, v in item["values"]]
                 listed.sort()
-                points = tuple(listed)
-            except (KeyError, TypeError, ValueError) as exc:
-                raise PrometheusError(f"Prometheus at {self._url} answered a malformed series "
-                                      f"(query: {_short(expr)})") from exc
-            out.append(Series(labels=dict(item.get("metric") or {}), points=points))
+                out.append(Series(item.get("metric") or {}, tuple(listed)))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise PrometheusError(f"Prometheus at {self._url} answered a malformed series "
+                                  f"(query: {_short(expr)})") from exc
         return out
 
     def query(self, expr: str, *, at: float | None = None) -> list[dict[str, Any]]:

@@ -4,6 +4,7 @@ apply, restore, and every guard."""
 
 from __future__ import annotations
 
+import gc
 import io
 import json
 from pathlib import Path
@@ -134,6 +135,62 @@ def test_the_plan_marks_exactly_the_idle_allocated_gpus(fleet: Fleet, kube: Kube
         assert guard in skipped[resource], (resource, skipped[resource])
     # 5 whole GPUs, two quarter shares of busy GPUs, two halves of the idle one
     assert plan["reclaimable"] == {"gpus": 6.5}
+
+
+def test_pods_judged_before_the_raw_samples_get_the_verdict_judged_with_them(
+        fleet: Fleet, kube: KubeApiServer, tmp_path: Path) -> None:
+    """The pods none of whose GPUs the raw samples are about are judged while those samples
+    are read; once they are in, ``judge`` gives every such pod the same verdict, and no pod
+    whose GPU looked idle was judged early."""
+    world.full_world(kube)
+    job: Any = make_runtime(hygiene_config(tmp_path, fleet.url), kube,
+                            clock=fleet.clock).engine("idle-gpus").job
+    seen: list[tuple[Any, Any, set[str]]] = []
+    prejudge = job._prejudge
+
+    def spy(judged: Any, evidence: Any, raw_for: set[str]) -> None:
+        assert not evidence.utilization and not evidence.allocated  # the raw samples: coming
+        assert not gc.isenabled()  # the scan's decoded answers are not walked over and over
+        prejudge(judged, evidence, raw_for)
+        seen.append((judged, evidence, set(raw_for)))
+
+    job._prejudge = spy
+    scan = job.scan()
+    [(judged, evidence, raw_for)] = seen
+    assert gc.isenabled()
+    assert evidence.utilization and evidence.allocated  # now in, in the same evidence
+    early = {f"{ns}/{pod}" for ns, pod in judged.verdicts}
+    # A tenant of a GPU whose other tenants look idle waits for that GPU's samples.
+    assert {"inference/chat-api-0", "ml-research/train-llama-2",
+            "inference/embedder-3"} <= early
+    assert "inference/llm-serve-0" not in early
+    assert not early & ({"evidence/gap-mid-window-0", "shared/trickle-0",
+                         "shared/maybe-idle-0"} | {c.resource for c in scan.candidates})
+    for key, verdict in judged.verdicts.items():
+        assert not any(a.uuid in raw_for for a in judged.by_pod[key])
+        assert verdict == job._evidence.judge(judged.by_pod[key], evidence)
+    skipped = {s.resource: s.reason for s in scan.skipped}
+    assert all(skipped[f"{ns}/{pod}"] == why for (ns, pod), (why, *_) in judged.verdicts.items()
+               if not ns.startswith("kai-"))
+
+
+def test_the_cycle_collector_is_back_after_every_scan_and_stays_off_if_it_was() -> None:
+    from agent.controller.hygiene.idle_gpus.job import _cycle_collector_paused
+
+    assert gc.isenabled()
+    with pytest.raises(RuntimeError), _cycle_collector_paused():
+        with _cycle_collector_paused():  # a scan in another thread at the same time
+            assert not gc.isenabled()
+        assert not gc.isenabled()  # the first scan is not over yet
+        raise RuntimeError("the scan failed")
+    assert gc.isenabled()
+    gc.disable()  # someone else's choice
+    try:
+        with _cycle_collector_paused():
+            pass
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
 
 
 def test_every_candidate_shows_its_coverage(fleet: Fleet, kube: KubeApiServer,

@@ -208,18 +208,23 @@ class IdleEvidence:
         return out
 
     def read(self, at: float, *,
-             looking_idle: Callable[[set[str]], None] | None = None) -> Evidence:
+             looking_idle: Callable[[set[str]], None] | None = None,
+             meanwhile: Callable[[Evidence, set[str]], None] | None = None) -> Evidence:
         """The evidence at ``at``; ScanFailed when Prometheus cannot give all of it.
 
         ``looking_idle`` is told the namespaces of the pods whose every GPU peaked under the
         floor, as soon as the instant answers show them and before their raw samples are
-        read: the caller can start the Kubernetes reads those pods need meanwhile."""
+        read: the caller can start the Kubernetes reads those pods need meanwhile.
+        ``meanwhile`` is then given the evidence of the instant answers and the UUIDs whose
+        raw samples are still coming (the only ones those samples are about), while they
+        are read: a pod with none of those GPUs can be judged already."""
         try:
-            return self._read(at, looking_idle)
+            return self._read(at, looking_idle, meanwhile)
         except PrometheusError as exc:
             raise ScanFailed(str(exc)) from exc
 
-    def _read(self, at: float, looking_idle: Callable[[set[str]], None] | None) -> Evidence:
+    def _read(self, at: float, looking_idle: Callable[[set[str]], None] | None,
+              meanwhile: Callable[[Evidence, set[str]], None] | None) -> Evidence:
         # Every instant query at once (Prometheus evaluates them in parallel); the raw samples
         # need only the allocations, the peaks and the shares, so they go as soon as those
         # are in.
@@ -253,6 +258,8 @@ class IdleEvidence:
                 up=_float_map(futures["up"].result(), keep=min),
                 lost=_float_map(futures["lost"].result()),
                 tenants=tenants)
+            if meanwhile is not None:
+                meanwhile(evidence, low)
             for future in raw:
                 for series in future.result():
                     self._collect(series, evidence)
