@@ -269,7 +269,7 @@ def measure(gpus: int, folder: Path, *, rules: bool) -> dict[str, Any]:
             blocks = folder / "rule-blocks"
             started = time.perf_counter()
             subprocess.run(["promtool", "tsdb", "create-blocks-from", "rules", "--quiet",
-                            f"--start={T0}", f"--end={T0 + HOURS * 3600 + 60}",
+                            f"--start={T0}", f"--end={T0 + (HOURS + 1) * 3600 + 60}",
                             f"--url={url}", f"--output-dir={blocks}", str(RULES)], check=True)
             out["rules_backfill_s"] = time.perf_counter() - started
     finally:

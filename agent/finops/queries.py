@@ -163,7 +163,7 @@ class PrometheusSource:
         """Whether every step of ``(lo, hi]`` has a recorded hour (one cheap query)."""
         if self._recorded is None:
             return False
-        probe = f"count({_last(self._recorded.unallocated, self._step)})"
+        probe = f"count({recorded_step(self._recorded.unallocated, self._step)})"
         result = self._range(probe, lo, hi)
         return bool(result) and len(result[0]["values"]) == (hi - lo) // self._step
 
@@ -182,7 +182,7 @@ class PrometheusSource:
         peak_q = utilization_query("max", selector=self.selector, window=window)
         raw = (share_q, free_q, mean_q, peak_q)
         recorded = raw if self._recorded is None else tuple(
-            _last(name, self._step) for name in (
+            recorded_step(name, self._step) for name in (
                 self._recorded.share, self._recorded.unallocated, self._recorded.use_mean,
                 self._recorded.use_peak))
         for lo, hi in chunks(start, end, step=self._step, chunk=self.chunk):
@@ -224,10 +224,15 @@ class PrometheusSource:
         return gaps
 
 
-def _last(name: str, step: int) -> str:
-    """The recorded hour that answers for the step ending at the query time: evaluations
-    run at a fixed offset within the hour, the newest one at or before the step's end."""
-    return f"last_over_time({name}[{step}s])"
+def recorded_step(name: str, step: int) -> str:
+    """The recorded hour that answers for the step ending at the query time ``t``: the rules
+    record at evaluation ``e`` the step ending at the last boundary strictly before ``e``
+    (``agent.finops.recording``), so the step ending at ``t`` is the one evaluation in
+    ``(t, t + step]``. The range is written 1 ms short so that ranges closed at both ends
+    (before Prometheus 3) cannot take an evaluation exactly at ``t`` (the step before); left-
+    open ranges (Prometheus 3) then miss only an evaluation exactly 1 ms after ``t``, whose
+    chunk is reduced from raw samples: a missing hour, never a wrong one."""
+    return f"last_over_time({name}[{step * 1000 - 1}ms] offset -{step}s)"
 
 
 def join_utilization(shares: pd.DataFrame, mean: pd.DataFrame, peak: pd.DataFrame, *,

@@ -10,11 +10,19 @@ file; ``promtool tsdb create-blocks-from rules`` backfills them over past weeks)
 The report uses a recorded series for a chunk (a day) only when its step is one hour, its
 selector is the default one (the rules are written for it), and every step of the chunk has
 a recorded unallocated value: a chunk the rules do not cover (before they were installed,
-an evaluation Prometheus missed) is reduced from the raw samples as before. An evaluation
-runs at a fixed offset within the hour (Prometheus spreads groups by a hash of their name),
-so the recorded hour ending at ``e`` answers for the report's step ``t`` with
-``t - 1h < e <= t``: hours stay whole and contiguous, each GPU's shares plus its
-unallocated rest are still its hours, and the week moves by that offset at most.
+an evaluation Prometheus missed) is reduced from the raw samples as before.
+
+A group is evaluated at a fixed offset within the hour that Prometheus (and promtool when
+it backfills) derives from a hash of the group's name and of its rules file's path, so the
+offset changes with where the file lives. Reduced over the hour before each evaluation, a
+recorded hour would straddle two of the report's steps and differ from the raw reduction
+wherever use changes within it (a weekday's last samples in a Saturday's first hour). Each
+rule therefore evaluates the report's expression at the last hour boundary strictly before
+the evaluation (a one-hour subquery, aligned to the epoch by PromQL, 1 ms back): the sample
+recorded at ``e`` is exactly the report's step ending at that boundary, and the report reads
+the step ending at ``t`` from the evaluation in ``(t, t + 1h]``
+(:func:`agent.finops.queries.recorded_step`). The last hour of a range is recorded by the
+first evaluation after it ends.
 """
 
 from __future__ import annotations
@@ -43,14 +51,22 @@ RECORDED: Final = RecordedSeries(share=SHARE, unallocated=UNALLOCATED, use_mean=
 
 
 def recording_rules(*, selector: str = DEFAULT_SELECTOR) -> dict[str, str]:
-    """Recorded name -> the report's own hourly expression."""
+    """Recorded name -> the report's own hourly expression, at the last hour boundary."""
     window = f"{INTERVAL_SECONDS}s"
-    return {
+    return {name: _at_last_boundary(expr) for name, expr in {
         SHARE: allocation_share_query(selector=selector, window=window),
         UNALLOCATED: unallocated_query(selector=selector, window=window),
         USE_MEAN: utilization_query("avg", selector=selector, window=window),
         USE_PEAK: utilization_query("max", selector=selector, window=window),
-    }
+    }.items()}
+
+
+def _at_last_boundary(expr: str) -> str:
+    """``expr`` as the report's step ending at the last hour boundary strictly before the
+    evaluation: the subquery's one point in ``(e - 1h - 1ms, e - 1ms]`` (``[...]`` closed
+    before Prometheus 3: still one point) is that boundary, whatever the group's offset."""
+    window = f"{INTERVAL_SECONDS}s"
+    return f"last_over_time((\n{expr}\n)[{window}:{window}] offset 1ms)"
 
 
 def recording_rule_groups() -> list[dict[str, Any]]:

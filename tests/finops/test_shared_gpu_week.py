@@ -30,7 +30,7 @@ from typing import Any
 import pytest
 
 from agent.config import StewardConfig
-from agent.finops.recording import RULES_FILE
+from agent.finops.recording import INTERVAL_SECONDS, RULES_FILE, recording_rules
 from agent.finops.report import run_finops_report
 from tests.finops.fleet import NOW, T0, WEEK
 from tests.support.binaries import require_binary
@@ -175,15 +175,25 @@ def test_the_hourly_recording_rules_give_the_same_report(
         prometheus: Prometheus, summary: dict[str, Any],
         tmp_path_factory: pytest.TempPathFactory) -> None:
     """The shipped rules, backfilled over the week by promtool from the raw samples: the
-    report reads the recorded hours and bills the same cents. The day the agent was down
-    has steps with no recorded hour (no GPU reported): that day is reduced from raw samples,
-    as is the empty week before."""
+    report reads the recorded hours and bills the same cents, wherever the rules file lives
+    (its path moves the group's evaluations within the hour: see the test after this).
+    Each hour is recorded by the first evaluation after it, so the backfill runs an hour
+    past the week. The day the agent was down has steps with no recorded hour (no GPU
+    reported): that day is reduced from raw samples, as is the empty week before."""
     blocks = tmp_path_factory.mktemp("rule-blocks")
     subprocess.run([require_binary("promtool"), "tsdb", "create-blocks-from", "rules",
-                    f"--start={T0}", f"--end={T0 + 168 * 3600 + 60}", f"--url={prometheus.url}",
+                    f"--start={T0}", f"--end={T0 + 169 * 3600 + 60}", f"--url={prometheus.url}",
                     f"--output-dir={blocks}", "--quiet", str(RULES)],
                    check=True, capture_output=True)
-    recorded = start_prometheus([], backfill=openmetrics(week_series()), blocks=blocks)
+    _assert_the_same_report(summary, tmp_path_factory, backfill=openmetrics(week_series()),
+                            blocks=blocks)
+
+
+def _assert_the_same_report(summary: dict[str, Any], tmp_path_factory: pytest.TempPathFactory,
+                            *, backfill: str, blocks: Path | None = None) -> None:
+    """The report from a Prometheus holding the raw week and the recorded hours reads them
+    for the six whole days and bills exactly what the raw samples gave."""
+    recorded = start_prometheus([], backfill=backfill, blocks=blocks)
     try:
         again = _report(recorded, tmp_path_factory)
     finally:
@@ -192,3 +202,26 @@ def test_the_hourly_recording_rules_give_the_same_report(
     assert "hourly recording rules for 6 of 14 chunks" in markdown
     for key in ("shared_gpus", "teams", "totals"):
         assert again[key] == summary[key], key
+
+
+@pytest.mark.parametrize("offset", [0.0, 0.001, 1196.95, 1922.942, 3171.151, 3599.999])
+def test_the_recorded_hours_do_not_depend_on_when_in_the_hour_the_rules_run(
+        prometheus: Prometheus, summary: dict[str, Any],
+        tmp_path_factory: pytest.TempPathFactory, offset: float) -> None:
+    """Prometheus and promtool evaluate the group at an offset within the hour hashed from
+    the rules file's path (1196.95 s from one checkout, 1922.942 s from another: each once
+    billed serve-0 a Saturday hour at weekday use). Each rule is evaluated here at that
+    offset past every hour, as the rule evaluator does (a range query at the group's
+    interval), the results stored under the recorded names: the same report."""
+    client = prometheus.client
+    lines = openmetrics(week_series()).removesuffix("# EOF\n").splitlines()
+    for name, expr in recording_rules().items():
+        lines.append(f"# TYPE {name} gauge")
+        for series in client.query_range(expr, start=T0 + offset,
+                                         end=T0 + offset + 169 * INTERVAL_SECONDS,
+                                         step=INTERVAL_SECONDS):
+            labels = ",".join(f'{k}="{v}"' for k, v in sorted(series["metric"].items()))
+            lines.extend(f"{name}{{{labels}}} {float(v)!r} {float(t):.3f}"
+                         for t, v in series["values"])
+    _assert_the_same_report(summary, tmp_path_factory,
+                            backfill="\n".join([*lines, "# EOF", ""]))
