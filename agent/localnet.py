@@ -7,6 +7,7 @@ must wait for them without fixed sleeps.
 
 from __future__ import annotations
 
+import random
 import socket
 import subprocess
 import time
@@ -15,11 +16,35 @@ import urllib.request
 from collections.abc import Callable
 from typing import Any
 
+_EPHEMERAL_RANGE = "/proc/sys/net/ipv4/ip_local_port_range"
+_LOWEST = 10000
+
+
+def _ephemeral_low() -> int:
+    try:
+        with open(_EPHEMERAL_RANGE, encoding="ascii") as handle:
+            return int(handle.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768  # Linux's default
+
 
 def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    """A port no one listens on, for a server started next.
+
+    Taken below the kernel's ephemeral range: a port the kernel handed out (bind to 0) is
+    also what it hands to outgoing connections, so between this check and the server's bind
+    a client socket could take it ("address already in use", seen in CI). Random, so that
+    processes choosing at once rarely meet; each choice is checked by binding it."""
+    low = _ephemeral_low()
+    for _ in range(200):
+        port = random.randrange(_LOWEST, low) if low > _LOWEST + 1000 else 0
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return int(sock.getsockname()[1])
+    raise OSError("no free port below the ephemeral range")
 
 
 def http_ok(url: str) -> bool:

@@ -77,8 +77,11 @@ def start_alertmanager(config: dict[str, Any], *, port: int | None = None) -> Al
          f"--web.external-url={url}"],
         stdout=log_path.open("wb"), stderr=subprocess.STDOUT)
     try:
-        wait_until(lambda: process.poll() is None and http_ok(f"{url}/-/ready"), timeout=20,
-                   what="alertmanager ready")
+        # An exit is an answer: stop waiting (a bind error used to cost the whole timeout).
+        wait_until(lambda: process.poll() is not None or http_ok(f"{url}/-/ready"),
+                   timeout=20, what="alertmanager ready")
+        if process.poll() is not None:
+            raise TimeoutError
     except TimeoutError:
         process.kill()
         raise AssertionError(
