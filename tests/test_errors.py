@@ -48,6 +48,7 @@ def json_lines_then_one_steward_line(stderr: str) -> str:
     return last
 
 
+@pytest.mark.slow  # over 2 s of waiting: the full suite runs it
 def test_report_without_prometheus(tmp_path: Path) -> None:
     port = free_port()  # nothing listens there
     result = steward("report", "finops", "--out", str(tmp_path / "r"),
@@ -130,6 +131,7 @@ def test_insecure_kubeconfig_warnings_are_json_lines(tmp_path: Path, tls_server:
     assert lines[-1].startswith("steward: hygiene stale-images")
 
 
+@pytest.mark.slow  # over 2 s of waiting: the full suite runs it
 def test_simulated_gpus_never_claim_a_driver(tmp_path: Path) -> None:
     root = Path(__file__).resolve().parents[1]
     result = steward("build", "--check", "--root", str(root), cwd=tmp_path)

@@ -131,6 +131,7 @@ def running() -> Iterator[list[LeaderElector]]:
         e.stop(release=False)
 
 
+@pytest.mark.slow  # over 2 s of waiting: the full suite runs it
 def test_threads_elect_exactly_one_and_fail_over_within_the_lease(
         coordination: client.CoordinationV1Api, running: list[LeaderElector]) -> None:
     running.extend(elector(coordination, name) for name in ("a", "b", "c"))

@@ -282,6 +282,7 @@ def test_workload_names(pod: str, workload: str) -> None:
     assert workload_of(pod) == workload
 
 
+@pytest.mark.slow  # over 2 s of waiting: the full suite runs it
 def test_big_batch_reduces_to_runs() -> None:
     """A day of 1,000 GPUs at 1-minute steps, one row per GPU-minute."""
     gpus, minutes = 1000, 1440

@@ -958,6 +958,7 @@ def test_stop_ends_watches_and_leaves_no_threads() -> None:
 # --------------------------------------------------------------------------- like a real server
 
 
+@pytest.mark.slow  # over 2 s of waiting: the full suite runs it
 def test_bookmarks_come_about_a_minute_apart_by_default() -> None:
     """A real API server sends watch bookmarks about a minute apart: code that expects one
     soon (to call a reconnected watch healthy, say) must fail here as it would there."""

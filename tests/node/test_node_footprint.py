@@ -11,6 +11,8 @@ import sys
 import urllib.request
 from pathlib import Path
 
+import pytest
+
 from agent.clients.kubernetes import objects
 from agent.localnet import stop_process
 from agent.sim.kube_api import KubeApiServer
@@ -27,6 +29,7 @@ def imported_modules(importtime_log: str) -> set[str]:
     return modules
 
 
+@pytest.mark.integration  # a steward node process and the API stand-in
 def test_the_node_process_with_a_cluster_never_imports_kubernetes(tmp_path: Path) -> None:
     with KubeApiServer(bookmark_interval=0.2, namespaces=("default", "ml")) as kube:
         kube.create(objects.pod("from-the-api", "ml", node="gpu-node-7",

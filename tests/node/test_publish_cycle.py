@@ -66,6 +66,7 @@ def run_loops(collectors: list[Collector], seconds: float) -> CountingExposition
     return exposition
 
 
+@pytest.mark.slow  # over 2 s of waiting: the full suite runs it
 def test_four_collectors_render_each_format_once_per_cycle() -> None:
     runs: Counter[str] = Counter()
     interval = 0.2

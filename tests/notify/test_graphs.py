@@ -89,6 +89,7 @@ def test_graph_uploaded_once_into_the_thread(prometheus: Prometheus, stub: Slack
     assert len(stub.uploads) == 1
 
 
+@pytest.mark.slow  # over 2 s of waiting: the full suite runs it
 def test_prometheus_down_no_graph_alert_delivered(stub: SlackStub,
                                                  make_notifier: MakeNotifier) -> None:
     notifier = make_notifier(prometheus={"url": f"http://127.0.0.1:{free_port()}"})

@@ -105,6 +105,7 @@ def boom_on_render(monkeypatch: pytest.MonkeyPatch, error: Exception) -> None:
     monkeypatch.setattr(delivery_module, "render_group", render)
 
 
+@pytest.mark.slow  # over 2 s of waiting: the full suite runs it
 def test_any_exception_in_a_step_is_isolated_to_its_group(
         make_notifier: MakeNotifier, stub: SlackStub, monkeypatch: pytest.MonkeyPatch) -> None:
     boom_on_render(monkeypatch, KeyError("<!channel> from a bug"))

@@ -176,6 +176,7 @@ def fuzzed_bodies(draw: st.DrawFn) -> bytes:
     return json.dumps(payload).encode()
 
 
+@pytest.mark.slow  # over 2 s of waiting: the full suite runs it
 def test_fuzzed_webhooks_never_get_a_5xx(make_notifier: MakeNotifier, tmp_path: Path,
                                         stub: SlackStub) -> None:
     notifier = make_notifier()
