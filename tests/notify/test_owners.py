@@ -6,17 +6,13 @@ the same outbox (durable, isolated, escaped) as the on-call message."""
 from __future__ import annotations
 
 import json
-import os
 import signal
-import subprocess
-import sys
 import time
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
 from agent.notify.incident import AlertState
 from agent.notify.owners import (
@@ -28,13 +24,11 @@ from agent.notify.owners import (
 )
 from agent.notify.webhook import WebhookAlert
 from agent.sim.slack_stub import SlackStub, StubMessage
-from tests.notify.conftest import GRAFANA, RUNBOOKS, TOKEN, MakeNotifier
+from tests.notify.conftest import GRAFANA, RUNBOOKS, MakeNotifier
 from tests.notify.payloads import T0, alert, post, webhook
 from tests.notify.slack_checks import problems
-from tests.support.net import free_port, http_ok, wait_until
+from tests.notify.test_crash import AM_TOKEN, start_notifier
 from tests.support.steward import StewardProcess
-
-AM_TOKEN = "alertmanager-to-notifier"
 
 CHANNELS = {"research": "#ml-alerts", "platform": "#platform-alerts"}
 NODE = "gpu-node-7"
@@ -268,27 +262,9 @@ def test_nothing_from_the_alert_becomes_markup_in_a_notice(owners_notifier: Any,
 
 def start_process(workdir: Path, stub: SlackStub, started: list[StewardProcess]
                   ) -> StewardProcess:
-    config = workdir / "notifier.yaml"
-    config.write_text(yaml.safe_dump({
-        "slack": {"api_url": stub.api_url, "default_channel": "#alerts",
-                  "routes": [{"match": {"severity": "critical"}, "channel": "#oncall"}],
-                  "team_channels": CHANNELS},
-        "notifier": {"channel_pacing_seconds": 0.0, "poll_seconds": 0.2},
-        "state": {"url": f"sqlite:///{workdir / 'state.db'}"},
-        "runbooks": {"base_url": RUNBOOKS}, "grafana": {"url": GRAFANA},
-    }))
-    port = free_port()
-    log_path = workdir / f"notifier-{port}.log"
-    process = subprocess.Popen(
-        [sys.executable, "-m", "agent.cli", "notifier", "--config", str(config),
-         "--listen", f"127.0.0.1:{port}"],
-        stdout=subprocess.DEVNULL, stderr=log_path.open("wb"),
-        env={**os.environ, "SLACK_BOT_TOKEN": TOKEN, "STEWARD_NOTIFIER_AUTH_TOKEN": AM_TOKEN})
-    notifier = StewardProcess(process, port, log_path)
-    started.append(notifier)
-    wait_until(lambda: process.poll() is None and http_ok(f"{notifier.url}/readyz"),
-               timeout=30, what="notifier ready")
-    return notifier
+    return start_notifier(workdir, stub, started, slack={"team_channels": CHANNELS},
+                          notifier={"poll_seconds": 0.2},
+                          runbooks={"base_url": RUNBOOKS}, grafana={"url": GRAFANA})
 
 
 @pytest.mark.integration
