@@ -129,6 +129,8 @@ def one_run(workdir: Path, pods: int, window: float) -> dict[str, float]:
             assert metric_value(body, "steward_collector_up", collector="pods") == 1, \
                 "the pod watch is not healthy"
             assert kubelet.calls["List"] > 0, "the kubelet's PodResources were never asked"
+            assert metric_value(body, "steward_collector_up", collector="attribution") == 1, \
+                "the PodResources answers were not read"
             cluster_peak, cluster_end = memory_mib(agent.pid)
         finally:
             stop_process(agent)

@@ -1,7 +1,8 @@
 """The node agent with a cluster configured never loads the official Kubernetes client
-(``import kubernetes`` alone is ~60 MiB): its pod watch is the thin client in
-``agent.clients.kubernetes.rest``. Proven on the real process, not by importing modules here
-(this test process has loaded ``kubernetes`` already, for the stand-in)."""
+(``import kubernetes`` alone is ~60 MiB) nor grpcio: its pod watch is the thin client in
+``agent.clients.kubernetes.rest``, its PodResources calls go over ``h2``. Proven on the
+real process, not by importing modules here (this test process has loaded ``kubernetes``
+already, for the stand-in)."""
 
 from __future__ import annotations
 
@@ -71,3 +72,7 @@ def test_the_node_process_with_a_cluster_never_imports_kubernetes(tmp_path: Path
     assert official == [], official[:10]
     # Nor its HTTP stack: the thin client speaks http.client.
     assert "urllib3" not in modules
+    # Nor grpcio (~14 MiB with the asyncio it loads): PodResources' two unary calls go over
+    # h2 (agent.node.podresources.transport).
+    assert "grpc" not in modules and "asyncio" not in modules, sorted(
+        m for m in modules if m.startswith(("grpc", "asyncio")))[:10]

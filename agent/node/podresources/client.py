@@ -1,7 +1,8 @@
 """Client of the kubelet PodResources v1 API: which device-plugin devices each container holds.
 
-One long-lived gRPC channel to the kubelet's unix socket; every call has a deadline, and every
-failure is a ``PodResourcesError`` whose ``reason`` is a bounded label value.
+One long-lived HTTP/2 connection to the kubelet's unix socket (``transport``: the unary gRPC
+calls without grpcio); every call has a deadline, and every failure is a
+``PodResourcesError`` whose ``reason`` is a bounded label value.
 """
 
 from __future__ import annotations
@@ -11,14 +12,21 @@ import stat
 import threading
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Final, Literal, Protocol
+from typing import Final, Literal
 
-import grpc
+from google.protobuf.message import DecodeError
 
 from agent.clients.kubernetes.gpus import GPU_RESOURCE_PREFIXES
-from agent.node.podresources import api_pb2, api_pb2_grpc
+from agent.node.podresources import api_pb2
+from agent.node.podresources.transport import (
+    DEADLINE_EXCEEDED,
+    UNAVAILABLE,
+    GrpcError,
+    UnixGrpcChannel,
+)
 
 DEFAULT_SOCKET_PATH: Final = "/var/lib/kubelet/pod-resources/kubelet.sock"
+_SERVICE: Final = "/v1.PodResourcesLister/"
 
 Reason = Literal["socket_missing", "permission_denied", "timeout", "unavailable", "error"]
 
@@ -45,16 +53,6 @@ class PodResourcesError(Exception):
         self.reason: Reason = reason
 
 
-class _ListStub(Protocol):
-    def List(  # noqa: N802 - the gRPC method name
-        self, request: api_pb2.ListPodResourcesRequest, *, timeout: float
-    ) -> api_pb2.ListPodResourcesResponse: ...
-
-    def GetAllocatableResources(  # noqa: N802 - the gRPC method name
-        self, request: api_pb2.AllocatableResourcesRequest, *, timeout: float
-    ) -> api_pb2.AllocatableResourcesResponse: ...
-
-
 class PodResourcesClient:
     """Lists the devices the kubelet assigned to the containers of its node."""
 
@@ -75,17 +73,12 @@ class PodResourcesClient:
         self.max_message_bytes = max_message_bytes
         self.resource_prefixes = resource_prefixes
         self._lock = threading.Lock()
-        self._channel: grpc.Channel | None = None
-        self._stub: _ListStub | None = None
+        self._channel: UnixGrpcChannel | None = None
 
     def list_devices(self) -> list[ContainerDevices]:
         """One ``List()`` call with a deadline; containers with no matching device are left out."""
-        self._check_socket()
-        stub = self._connected_stub()
-        try:
-            response = stub.List(api_pb2.ListPodResourcesRequest(), timeout=self.timeout)
-        except grpc.RpcError as exc:
-            raise self._rpc_error(exc) from exc
+        response = api_pb2.ListPodResourcesResponse()
+        self._call("List", api_pb2.ListPodResourcesRequest(), response)
         return self._devices_of(response)
 
     def allocatable_devices(self) -> list[str]:
@@ -93,20 +86,15 @@ class PodResourcesClient:
         not (``GetAllocatableResources``, GA since Kubernetes 1.28): a time-sliced GPU
         appears once per replica (``GPU-uuid::0`` .. ``::N-1``), which is how a replica's
         share of the GPU is known."""
-        self._check_socket()
-        stub = self._connected_stub()
-        try:
-            response = stub.GetAllocatableResources(api_pb2.AllocatableResourcesRequest(),
-                                                    timeout=self.timeout)
-        except grpc.RpcError as exc:
-            raise self._rpc_error(exc, call="GetAllocatableResources()") from exc
+        response = api_pb2.AllocatableResourcesResponse()
+        self._call("GetAllocatableResources", api_pb2.AllocatableResourcesRequest(), response)
         return [device_id for devices in response.devices
                 if devices.resource_name.startswith(self.resource_prefixes)
                 for device_id in devices.device_ids]
 
     def close(self) -> None:
         with self._lock:
-            channel, self._channel, self._stub = self._channel, None, None
+            channel, self._channel = self._channel, None
         if channel is not None:
             channel.close()
 
@@ -122,8 +110,8 @@ class PodResourcesClient:
         self.close()
 
     def _check_socket(self) -> None:
-        # gRPC reports a missing socket, a directory in its place and a permission problem
-        # alike as a bare UNAVAILABLE; checking first names the actual cause and the path.
+        # connect() reports a missing socket, a directory in its place and a permission
+        # problem alike as a failed connection; checking first names the cause and the path.
         path = self.socket_path
         try:
             mode = os.stat(path).st_mode
@@ -157,36 +145,38 @@ class PodResourcesClient:
                 f"(uid {os.geteuid()})",
             )
 
-    def _connected_stub(self) -> _ListStub:
-        with self._lock:
-            if self._stub is None:
-                self._channel = grpc.insecure_channel(
-                    f"unix:{os.path.abspath(self.socket_path)}",
-                    options=[
-                        # The kubelet answers for every pod of the node in one message; dense
-                        # nodes exceed gRPC's default 4 MiB receive limit.
-                        ("grpc.max_receive_message_length", self.max_message_bytes),
-                    ],
-                )
-                # grpcio-tools writes no type stubs for services; _ListStub types the one call.
-                self._stub = api_pb2_grpc.PodResourcesListerStub(  # type: ignore[no-untyped-call]
-                    self._channel
-                )
-            return self._stub
+    def _call(self, method: str, request: api_pb2.ListPodResourcesRequest
+              | api_pb2.AllocatableResourcesRequest,
+              response: api_pb2.ListPodResourcesResponse
+              | api_pb2.AllocatableResourcesResponse) -> None:
+        self._check_socket()
+        where = f"kubelet PodResources {method}() on {self.socket_path}"
+        try:
+            answer = self._connected().unary(_SERVICE + method, request.SerializeToString(),
+                                             timeout=self.timeout)
+        except GrpcError as exc:
+            if exc.code == DEADLINE_EXCEEDED:
+                raise PodResourcesError(
+                    "timeout", f"{where} timed out after {self.timeout}s") from None
+            if exc.code == UNAVAILABLE:
+                # A restarted kubelet recreates the socket: the next call connects afresh.
+                self.close()
+                raise PodResourcesError("unavailable", f"{where} unavailable: {exc.details}"
+                                        ) from None
+            raise PodResourcesError("error", f"{where} failed with {exc.name}: {exc.details}"
+                                    ) from None
+        try:
+            response.ParseFromString(answer)
+        except DecodeError as exc:
+            raise PodResourcesError("error", f"{where} answered a message that does not "
+                                    f"decode as {type(response).__name__}: {exc}") from None
 
-    def _rpc_error(self, exc: grpc.RpcError, *, call: str = "List()") -> PodResourcesError:
-        code = exc.code() if isinstance(exc, grpc.Call) else None
-        details = (exc.details() if isinstance(exc, grpc.Call) else None) or str(exc)
-        where = f"kubelet PodResources {call} on {self.socket_path}"
-        if code == grpc.StatusCode.DEADLINE_EXCEEDED:
-            return PodResourcesError("timeout", f"{where} timed out after {self.timeout}s")
-        if code == grpc.StatusCode.UNAVAILABLE:
-            # A restarted kubelet recreates the socket; a fresh channel skips the reconnect
-            # backoff (up to minutes) the old one may be sitting in.
-            self.close()
-            return PodResourcesError("unavailable", f"{where} unavailable: {details}")
-        name = code.name if code is not None else "UNKNOWN"
-        return PodResourcesError("error", f"{where} failed with {name}: {details}")
+    def _connected(self) -> UnixGrpcChannel:
+        with self._lock:
+            if self._channel is None:
+                self._channel = UnixGrpcChannel(os.path.abspath(self.socket_path),
+                                                max_message_bytes=self.max_message_bytes)
+            return self._channel
 
     def _devices_of(self, response: api_pb2.ListPodResourcesResponse) -> list[ContainerDevices]:
         prefixes = self.resource_prefixes
