@@ -10,6 +10,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import pytest
@@ -190,3 +191,43 @@ def test_when_every_slot_is_busy_a_new_connection_gets_503_at_once(
     for sock in sockets:
         sock.close()
     wait_until(lambda: scrape(notifier.port)[0] == 200, timeout=5, what="slots free again")
+
+
+def _wakeups(thread: threading.Thread) -> int:
+    """How many times the OS has run ``thread`` (its timeslices, /proc schedstat)."""
+    path = Path(f"/proc/self/task/{thread.native_id}/schedstat")
+    return int(path.read_text(encoding="ascii").split()[2])
+
+
+def test_an_idle_server_sleeps_until_a_connection_or_stop() -> None:
+    """No connection, no deadline: the serving thread blocks instead of waking every 0.5 s
+    (socketserver's poll: 120 wake-ups a minute, each a cold run of Python code), yet a new
+    connection is served at once and stop() returns at once."""
+    server = BackgroundServer(("127.0.0.1", 0), _Ok)
+    server.start()
+    try:
+        assert server._thread is not None
+        status, _ = scrape(server.port, "/")
+        assert status == 200
+        wait_until(lambda: server.connection_count == 0, timeout=5, what="connection gone")
+        before = _wakeups(server._thread)
+        time.sleep(2.0)
+        assert _wakeups(server._thread) - before <= 1
+        status, seconds = scrape(server.port, "/")
+        assert status == 200 and seconds < 0.5
+    finally:
+        started = time.monotonic()
+        server.stop()
+    assert time.monotonic() - started < 0.5
+    assert server._thread is not None and not server._thread.is_alive()
+
+
+class _Ok(BaseHTTPRequestHandler):
+    def do_GET(self) -> None:
+        self.send_response(200)
+        self.send_header("Content-Length", "0")
+        self.send_header("Connection", "close")
+        self.end_headers()
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
