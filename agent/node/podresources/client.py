@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import stat
 import threading
+import time
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Final, Literal, Protocol
@@ -19,6 +20,9 @@ from agent.clients.kubernetes.gpus import GPU_RESOURCE_PREFIXES
 from agent.node.podresources import api_pb2, api_pb2_grpc
 
 DEFAULT_SOCKET_PATH: Final = "/var/lib/kubelet/pod-resources/kubelet.sock"
+# The server's deadline timer starts when our request arrives, with the grpc-timeout we sent
+# (rounded down): its RST_STREAM can come a little before our own deadline.
+_DEADLINE_SLACK: Final = 0.9
 
 Reason = Literal["socket_missing", "permission_denied", "timeout", "unavailable", "error"]
 
@@ -82,10 +86,11 @@ class PodResourcesClient:
         """One ``List()`` call with a deadline; containers with no matching device are left out."""
         self._check_socket()
         stub = self._connected_stub()
+        started = time.monotonic()
         try:
             response = stub.List(api_pb2.ListPodResourcesRequest(), timeout=self.timeout)
         except grpc.RpcError as exc:
-            raise self._rpc_error(exc) from exc
+            raise self._rpc_error(exc, started) from exc
         return self._devices_of(response)
 
     def allocatable_devices(self) -> list[str]:
@@ -95,11 +100,12 @@ class PodResourcesClient:
         share of the GPU is known."""
         self._check_socket()
         stub = self._connected_stub()
+        started = time.monotonic()
         try:
             response = stub.GetAllocatableResources(api_pb2.AllocatableResourcesRequest(),
                                                     timeout=self.timeout)
         except grpc.RpcError as exc:
-            raise self._rpc_error(exc, call="GetAllocatableResources()") from exc
+            raise self._rpc_error(exc, started, call="GetAllocatableResources()") from exc
         return [device_id for devices in response.devices
                 if devices.resource_name.startswith(self.resource_prefixes)
                 for device_id in devices.device_ids]
@@ -174,11 +180,18 @@ class PodResourcesClient:
                 )
             return self._stub
 
-    def _rpc_error(self, exc: grpc.RpcError, *, call: str = "List()") -> PodResourcesError:
+    def _rpc_error(self, exc: grpc.RpcError, started: float, *,
+                   call: str = "List()") -> PodResourcesError:
         code = exc.code() if isinstance(exc, grpc.Call) else None
         details = (exc.details() if isinstance(exc, grpc.Call) else None) or str(exc)
         where = f"kubelet PodResources {call} on {self.socket_path}"
-        if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+        # The kubelet's grpc-go server ends a call at its deadline with RST_STREAM(CANCEL), no
+        # status; when that reaches us before our own deadline timer fires, gRPC says
+        # CANCELLED. This client never cancels a call itself, so a CANCELLED at the deadline
+        # is the kubelet's timeout (tests/realk8s/test_kubelet_podresources.py).
+        at_deadline = time.monotonic() - started >= self.timeout * _DEADLINE_SLACK
+        if code == grpc.StatusCode.DEADLINE_EXCEEDED or (
+                code == grpc.StatusCode.CANCELLED and at_deadline):
             return PodResourcesError("timeout", f"{where} timed out after {self.timeout}s")
         if code == grpc.StatusCode.UNAVAILABLE:
             # A restarted kubelet recreates the socket; a fresh channel skips the reconnect
