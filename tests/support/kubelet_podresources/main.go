@@ -70,7 +70,16 @@ type node struct {
 	last nodeState
 }
 
+// load reads the state file; a call (not the check at start) then waits delay_seconds.
 func (n *node) load() nodeState {
+	state := n.read()
+	if state.DelaySeconds > 0 {
+		time.Sleep(time.Duration(state.DelaySeconds * float64(time.Second)))
+	}
+	return state
+}
+
+func (n *node) read() nodeState {
 	var state nodeState
 	data, err := os.ReadFile(n.path)
 	if err == nil {
@@ -79,9 +88,6 @@ func (n *node) load() nodeState {
 	if err != nil {
 		// A test wrote a broken file: fail loudly rather than answer an empty node.
 		klog.Fatalf("reading state %s: %v", n.path, err)
-	}
-	if state.DelaySeconds > 0 {
-		time.Sleep(time.Duration(state.DelaySeconds * float64(time.Second)))
 	}
 	n.mu.Lock()
 	n.last = state
@@ -221,7 +227,7 @@ func main() {
 		os.Exit(2)
 	}
 	n := &node{path: *statePath}
-	n.load() // a broken state file fails at start, not on the first call
+	n.read() // a broken state file fails at start, not on the first call
 	providers := podresources.PodResourcesProviders{
 		Pods: n, Devices: n, Cpus: n, Memory: n, DynamicResources: n,
 	}
