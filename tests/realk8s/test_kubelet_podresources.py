@@ -40,8 +40,9 @@ def kubelet() -> Iterator[KubeletPodResources]:
 
 @pytest.fixture(autouse=True)
 def _fresh_node(kubelet: KubeletPodResources) -> Iterator[None]:
-    if kubelet.process is None:
-        kubelet.start()  # a test stopped it
+    if kubelet.process is None or kubelet.process.poll() is not None:
+        kubelet.stop()
+        kubelet.start()  # a test stopped it, or it died: the next test gets a live one
     kubelet.set([], {})
     # Every test starts with a full rate-limit bucket (10 tokens, 100 per second).
     time.sleep(0.15)
