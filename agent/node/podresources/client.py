@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import stat
 import threading
+import time
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Final, Literal
@@ -19,6 +20,7 @@ from google.protobuf.message import DecodeError
 from agent.clients.kubernetes.gpus import GPU_RESOURCE_PREFIXES
 from agent.node.podresources import api_pb2
 from agent.node.podresources.transport import (
+    CANCELLED,
     DEADLINE_EXCEEDED,
     UNAVAILABLE,
     GrpcError,
@@ -27,6 +29,10 @@ from agent.node.podresources.transport import (
 
 DEFAULT_SOCKET_PATH: Final = "/var/lib/kubelet/pod-resources/kubelet.sock"
 _SERVICE: Final = "/v1.PodResourcesLister/"
+# The kubelet's grpc-go server resets a call at the deadline we sent it (RST_STREAM CANCEL, no
+# status), timed from when our request arrived and rounded down: its reset can beat our own
+# deadline, so a cancellation this late is the timeout.
+_DEADLINE_SLACK: Final = 0.9
 
 Reason = Literal["socket_missing", "permission_denied", "timeout", "unavailable", "error"]
 
@@ -151,11 +157,13 @@ class PodResourcesClient:
               | api_pb2.AllocatableResourcesResponse) -> None:
         self._check_socket()
         where = f"kubelet PodResources {method}() on {self.socket_path}"
+        started = time.monotonic()
         try:
             answer = self._connected().unary(_SERVICE + method, request.SerializeToString(),
                                              timeout=self.timeout)
         except GrpcError as exc:
-            if exc.code == DEADLINE_EXCEEDED:
+            late = time.monotonic() - started >= self.timeout * _DEADLINE_SLACK
+            if exc.code == DEADLINE_EXCEEDED or (exc.code == CANCELLED and late):
                 raise PodResourcesError(
                     "timeout", f"{where} timed out after {self.timeout}s") from None
             if exc.code == UNAVAILABLE:
