@@ -167,8 +167,8 @@ class PodResourcesClient:
                 raise PodResourcesError(
                     "timeout", f"{where} timed out after {self.timeout}s") from None
             if exc.code == UNAVAILABLE:
-                # A restarted kubelet recreates the socket: the next call connects afresh.
-                self.close()
+                # The channel dropped its connection with the error: after a kubelet restart
+                # (a new socket) the next call connects afresh, without a backoff.
                 raise PodResourcesError("unavailable", f"{where} unavailable: {exc.details}"
                                         ) from None
             raise PodResourcesError("error", f"{where} failed with {exc.name}: {exc.details}"

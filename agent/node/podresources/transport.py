@@ -93,21 +93,17 @@ class UnixGrpcChannel:
         ``timeout`` seconds have passed, ``UNAVAILABLE`` when the server cannot be reached)."""
         deadline = time.monotonic() + timeout
         with self._lock:
-            reused = self._sock is not None
-            try:
-                return self._call(method, request, deadline)
-            except _Retryable:
-                self._close()
-                if not reused:
+            while True:  # at most twice: a failed call leaves no connection to reuse
+                reused = self._sock is not None
+                try:
+                    return self._call(method, request, deadline)
+                except _Retryable:
+                    self._close()
+                    if not reused:
+                        raise
+                except BaseException:
+                    self._close()
                     raise
-            except BaseException:
-                self._close()
-                raise
-            try:
-                return self._call(method, request, deadline)
-            except BaseException:
-                self._close()
-                raise
 
     def close(self) -> None:
         with self._lock:
