@@ -56,8 +56,7 @@ from agent.notify.blocks import (
 )
 from agent.notify.group_lock import GroupLocks
 from agent.notify.incident import Alerts, AlertState, accumulate, ordered
-from agent.notify.outbox import TABLES, Outbox, notifications
-from agent.notify.webhook import Notification
+from agent.notify.outbox import TABLES, Outbox
 
 log = logging.getLogger(__name__)
 
@@ -263,25 +262,13 @@ class Acknowledger:
         rendered = [p.notification for p in self._outbox.pending(group_id)
                     if p.id <= state.rendered_upto]
         alerts, _ = accumulate(state.alerts, rendered)
-        latest = rendered[-1] if rendered else self._latest_notification(group_id)
+        # Delivered webhooks are kept a day: older groups show without their group labels.
+        latest = rendered[-1] if rendered else self._outbox.last_notification(group_id)
         view = GroupView(alerts=ordered(alerts.values()),
                          group_labels=latest.group_labels if latest is not None else {},
                          truncated_alerts=latest.truncated_alerts if latest else 0)
         return CurrentGroup(group_key=state.group_key, channel_id=state.channel_id, ts=state.ts,
                             alerts=alerts, view=view)
-
-    def _latest_notification(self, group_id: str) -> Notification | None:
-        # Delivered webhooks are kept a day: older groups show without their group labels.
-        with self._engine.connect() as conn:
-            row = conn.execute(select(notifications.c.payload)
-                               .where(notifications.c.group_id == group_id)
-                               .order_by(notifications.c.id.desc()).limit(1)).first()
-        if row is None:
-            return None
-        try:
-            return Notification.model_validate_json(row[0])
-        except ValueError:
-            return None
 
     def rerender(self, group_id: str) -> None:
         """Update the root with the acknowledgements as they are now (under the group's lock,
